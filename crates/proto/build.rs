@@ -1,0 +1,24 @@
+//! Generates the gRPC code with a vendored protoc, so building sock needs no
+//! system protoc.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    #[allow(unsafe_code)]
+    // SAFETY: build scripts run single-threaded, so nothing reads the
+    // environment while it changes; prost-build reads PROTOC afterwards.
+    unsafe {
+        std::env::set_var("PROTOC", protoc);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files: Vec<PathBuf> = ["common", "gateway", "registry", "cache", "sandboxd"]
+        .iter()
+        .map(|f| root.join(format!("sock/v1/{f}.proto")))
+        .collect();
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("sock_descriptor.bin"))
+        .compile_protos(&files, std::slice::from_ref(&root))?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

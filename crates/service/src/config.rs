@@ -1,0 +1,113 @@
+//! Config in three layers: the service's embedded defaults, then its section
+//! of an optional TOML file shared by all services (`[gateway]`,
+//! `[registry]`, …), then `SOCK_<SERVICE>_<KEY>` environment variables.
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid {service} config: {source}")]
+    Invalid {
+        service: String,
+        source: Box<figment::Error>,
+    },
+}
+
+/// Loads the config of `service` ("gateway", "registry", …).
+pub fn load_config<T>(service: &str, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Some(section) = table.remove(service) {
+            figment = figment.merge(Toml::string(&toml::to_string(&section).unwrap_or_default()));
+        }
+    }
+    let prefix = format!("SOCK_{}_", service.to_ascii_uppercase());
+    figment
+        .merge(Env::prefixed(&prefix))
+        .extract()
+        .map_err(|source| ConfigError::Invalid {
+            service: service.to_string(),
+            source: Box::new(source),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Demo {
+        listen: String,
+        cache_ms: u64,
+    }
+
+    impl Default for Demo {
+        fn default() -> Self {
+            Demo {
+                listen: "127.0.0.1:1".into(),
+                cache_ms: 5000,
+            }
+        }
+    }
+
+    #[test]
+    fn file_section_overrides_defaults_and_other_sections_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock.toml");
+        std::fs::write(
+            &path,
+            "[demo]\ncache_ms = 10\n[other]\nlisten = \"nope\"\n",
+        )
+        .expect("write");
+        let cfg: Demo = load_config("demo", Some(&path)).expect("load");
+        assert_eq!(
+            cfg,
+            Demo {
+                listen: "127.0.0.1:1".into(),
+                cache_ms: 10
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_file_is_a_clear_error() {
+        let err = load_config::<Demo>("demo", Some(Path::new("/nonexistent/sock.toml")))
+            .expect_err("missing file must fail");
+        assert!(err.to_string().contains("cannot read config file /nonexistent/sock.toml"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock.toml");
+        std::fs::write(&path, "[demo]\ncache_ms = \"soon\"\n").expect("write");
+        let err = load_config::<Demo>("demo", Some(&path)).expect_err("bad type must fail");
+        assert!(err.to_string().starts_with("invalid demo config"), "{err}");
+    }
+}
