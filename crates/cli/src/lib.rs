@@ -1,0 +1,5 @@
+//! Library side of the `sock` command: where a local cluster's services
+//! listen (`endpoints.json`), shared with the end-to-end tests.
+#![forbid(unsafe_code)]
+
+pub mod endpoints;

@@ -1,0 +1,69 @@
+//! Where the services listen. `sock up` writes them to
+//! `<data dir>/endpoints.json`, so the other commands find a local cluster
+//! with no flags; flags and env override.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "endpoints.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Endpoints {
+    pub gateway: String,
+    pub registry: String,
+    pub registry_http: String,
+    pub cache: String,
+    pub sandboxd: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints {
+            gateway: "http://127.0.0.1:7070".into(),
+            registry: "http://127.0.0.1:7071".into(),
+            registry_http: "http://127.0.0.1:7072".into(),
+            cache: "http://127.0.0.1:7073".into(),
+            sandboxd: "http://127.0.0.1:7074".into(),
+        }
+    }
+}
+
+impl Endpoints {
+    pub fn resolve(data_dir: &Path, gateway: Option<String>, registry: Option<String>) -> Self {
+        let mut endpoints = std::fs::read(data_dir.join(FILE_NAME))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let Endpoints {
+            gateway: g,
+            registry: r,
+            ..
+        } = &mut endpoints;
+        if let Some(gateway) = gateway {
+            *g = with_scheme(gateway);
+        }
+        if let Some(registry) = registry {
+            *r = with_scheme(registry);
+        }
+        endpoints
+    }
+}
+
+/// Accepts `host:port` as well as a URL.
+fn with_scheme(addr: String) -> String {
+    if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+pub async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}; is sock running (`sock up`)?"))
+}

@@ -1,0 +1,45 @@
+//! `sock invoke`: one call through the gateway.
+use std::process::ExitCode;
+
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::{ErrorKind, InvokeRequest};
+
+use crate::admin::status_error;
+use sock_cli::endpoints::{Endpoints, connect};
+
+/// Prints the result on stdout and exits 0; a function error goes to
+/// stderr with its traceback and exits 1; a platform error exits 2.
+pub async fn invoke(
+    endpoints: &Endpoints,
+    name: &str,
+    payload: Option<String>,
+    timeout_ms: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let payload = payload.unwrap_or_default().into_bytes();
+    let response = GatewayClient::new(connect(&endpoints.gateway).await?)
+        .invoke(InvokeRequest {
+            function: name.into(),
+            payload,
+            timeout_ms,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match response.outcome {
+        Some(Outcome::Result(result)) => {
+            println!("{}", String::from_utf8_lossy(&result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Outcome::Error(error)) => {
+            let kind = ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Unspecified);
+            eprintln!("{name} failed ({}): {}", kind.as_str_name(), error.message);
+            if !error.traceback.is_empty() {
+                eprint!("{}", error.traceback);
+            }
+            eprintln!("call id: {}", response.call_id);
+            Ok(ExitCode::from(1))
+        }
+        None => anyhow::bail!("the gateway answered neither a result nor an error"),
+    }
+}

@@ -1,0 +1,84 @@
+//! `sock`: the command line of sock. Each subcommand lives in its own
+//! module; this file only parses arguments and reports the error once.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod invoke;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sock",
+    version,
+    about = "Serverless Python functions on SOCK containers"
+)]
+struct Cli {
+    /// Gateway gRPC address [default: from ./.sock/endpoints.json, else http://127.0.0.1:7070]
+    #[arg(long, global = true, env = "SOCK_CLI_GATEWAY")]
+    gateway: Option<String>,
+    /// Registry gRPC address [default: from ./.sock/endpoints.json, else http://127.0.0.1:7071]
+    #[arg(long, global = true, env = "SOCK_CLI_REGISTRY")]
+    registry: Option<String>,
+    /// Data dir of a local `sock up`, read for its endpoints.
+    #[arg(long, global = true, env = "SOCK_DATA_DIR", default_value = ".sock")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack a function directory and upload it as a new version.
+    Push {
+        dir: PathBuf,
+        /// Function name [default: the directory's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Call a function with a JSON event and print its JSON result.
+    Invoke {
+        name: String,
+        /// The JSON event [default: null]
+        payload: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u32>,
+    },
+    /// List functions.
+    Ls,
+    /// Delete a function.
+    Rm { name: String },
+    /// Start registry, cache, sandboxd and gateway as separate processes and
+    /// stop them all on Ctrl-C.
+    Up(up::UpArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let endpoints =
+        sock_cli::endpoints::Endpoints::resolve(&cli.data_dir, cli.gateway, cli.registry);
+    let outcome = match cli.command {
+        Command::Push { dir, name } => admin::push(&endpoints, &dir, name).await,
+        Command::Invoke {
+            name,
+            payload,
+            timeout_ms,
+        } => invoke::invoke(&endpoints, &name, payload, timeout_ms).await,
+        Command::Ls => admin::list(&endpoints).await,
+        Command::Rm { name } => admin::remove(&endpoints, &name).await,
+        Command::Up(args) => up::up(args, &cli.data_dir).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
