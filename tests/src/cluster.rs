@@ -1,0 +1,198 @@
+//! A local sock cluster started through `sock up`, stopped on drop.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sock_cli::endpoints::Endpoints;
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use tonic::transport::Channel;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when the tests may create sandboxes. CI runs as root; elsewhere the
+/// caller prints a loud skip notice and returns.
+pub fn have_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("\n*** SKIPPED: this test creates sandboxes and needs root (CI runs it as root) ***\n");
+    }
+    root
+}
+
+/// Directory holding the workspace's binaries, built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--workspace", "--bins", "--quiet"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the service binaries");
+        assert!(status.success(), "building the service binaries failed");
+        dir
+    })
+}
+
+/// A running cluster: `sock up` and its four services.
+pub struct Cluster {
+    up: Child,
+    data_dir: tempfile::TempDir,
+    pub endpoints: Endpoints,
+    /// The sandboxd instance name: its cgroups live under `sock/<instance>`.
+    pub instance: String,
+}
+
+impl Cluster {
+    /// Starts a cluster on free ports with a fresh data dir.
+    pub fn start() -> Cluster {
+        Cluster::start_with_env(&[])
+    }
+
+    /// Starts a cluster with extra environment for every service (config
+    /// via `SOCK_<SERVICE>_<KEY>`, OpenTelemetry via `OTEL_*`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Cluster {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let instance = format!(
+            "e2e-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let data_dir = tempfile::Builder::new()
+            .prefix("sock-e2e-")
+            .tempdir()
+            .expect("temp data dir");
+        let bin = bin_dir();
+        let up = Command::new(bin.join("sock"))
+            .args(["up", "--port", "0", "--bin-dir"])
+            .arg(bin)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("SOCK_SANDBOXD_INSTANCE", &instance)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sock up");
+        let mut cluster = Cluster {
+            up,
+            data_dir,
+            endpoints: Endpoints::default(),
+            instance,
+        };
+        cluster.endpoints = cluster.wait_up();
+        cluster
+    }
+
+    fn wait_up(&mut self) -> Endpoints {
+        let file = self.data_dir.path().join(sock_cli::endpoints::FILE_NAME);
+        let started = Instant::now();
+        loop {
+            if let Ok(bytes) = std::fs::read(&file) {
+                return serde_json::from_slice(&bytes).expect("endpoints.json is valid");
+            }
+            if let Some(status) = self.up.try_wait().expect("poll sock up") {
+                panic!("sock up exited before the cluster was up: {status}");
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "cluster not up after {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    pub async fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::new(channel(&self.endpoints.gateway).await)
+    }
+
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(channel(&self.endpoints.registry).await)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn sandboxd(&self) -> SandboxdClient<Channel> {
+        SandboxdClient::new(channel(&self.endpoints.sandboxd).await)
+    }
+
+    /// Stops the cluster as Ctrl-C would, and says whether `sock up` exited
+    /// cleanly.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> std::process::ExitStatus {
+        if let Some(status) = self.up.try_wait().expect("poll sock up") {
+            return status;
+        }
+        let pid = Pid::from_raw(i32::try_from(self.up.id()).expect("pid fits i32"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.up.try_wait().expect("poll sock up") {
+                return status;
+            }
+            if started.elapsed() > STOP_TIMEOUT {
+                let _ = self.up.kill();
+                return self.up.wait().expect("reap sock up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(addr.to_string())
+        .expect("valid endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// Cgroup directories of one sandboxd instance that still exist, in any
+/// hierarchy (v1 controllers and the v2 mount).
+pub fn leftover_cgroups(instance: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return found;
+    };
+    for root in roots.flatten() {
+        let dir = root.path().join("sock").join(instance);
+        if dir.exists() {
+            found.push(dir);
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup/sock").join(instance);
+    if v2.exists() {
+        found.push(v2);
+    }
+    found
+}
