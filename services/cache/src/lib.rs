@@ -1,0 +1,21 @@
+//! sock's node-local code cache.
+//!
+//! `sock.v1.Cache/Prepare` makes sure a function's code is unpacked on
+//! local disk, where sandboxd bind-mounts it into sandboxes. Bundles come
+//! from the registry's HTTP store with conditional requests
+//! (`If-None-Match` / `If-Modified-Since`), at most once per
+//! `registry_cache_ms` per function unless a newer version is asked for.
+//! The cache runs unprivileged; it is where untrusted archives get
+//! unpacked, never sandboxd.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod prepare;
+mod registry;
+mod server;
+mod store;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::run;

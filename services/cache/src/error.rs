@@ -1,0 +1,84 @@
+//! The one error type of the cache, and its single mapping to gRPC status.
+use std::path::PathBuf;
+
+use sock_bundle::BundleError;
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the request names no function; set PrepareRequest.function")]
+    MissingFunction,
+    #[error("{source}")]
+    InvalidName { source: BundleError },
+    #[error("function '{name}' does not exist; push it with `sock push`")]
+    NotFound { name: String },
+    #[error(
+        "function '{name}' version {asked} is not available: the registry's latest is version {latest}"
+    )]
+    VersionNotAvailable {
+        name: String,
+        asked: u64,
+        latest: u64,
+    },
+    #[error("registry unavailable: {reason}")]
+    RegistryUnavailable { reason: String },
+    #[error("registry sent an unusable answer for function '{name}': {reason}")]
+    RegistryProtocol { name: String, reason: String },
+    #[error("bundle of function '{name}' version {version} is invalid: {source}")]
+    InvalidBundle {
+        name: String,
+        version: u64,
+        source: BundleError,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid registry_url '{url}': {reason}")]
+    RegistryUrl { url: String, reason: String },
+    #[error("cannot build the registry http client: {0}")]
+    HttpClient(reqwest::Error),
+    #[error("cache gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+impl Error {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::MissingFunction | Error::InvalidName { .. } | Error::InvalidBundle { .. } => {
+                Status::invalid_argument(message)
+            }
+            Error::NotFound { .. } => Status::not_found(message),
+            Error::VersionNotAvailable { .. } => Status::failed_precondition(message),
+            Error::RegistryUnavailable { .. } => Status::unavailable(message),
+            // Host paths and client internals stay in the log.
+            Error::RegistryProtocol { .. }
+            | Error::Io { .. }
+            | Error::RegistryUrl { .. }
+            | Error::HttpClient(_)
+            | Error::Serve(_) => {
+                tracing::error!(error = %message, "prepare failed");
+                Status::internal(
+                    "the code cache failed to prepare the function; see the cache's log",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `Prepare`: per-function state, freshness and single-flight fetching.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::registry::{Fetched, Registry};
+use crate::store::{Installed, Store};
+
+pub(crate) struct Preparer {
+    store: Arc<Store>,
+    registry: Registry,
+    /// How long a registry answer counts as current.
+    fresh_for: Duration,
+    /// One slot per function name. Its async lock is held across the
+    /// fetch, so concurrent prepares of one function share one request
+    /// while other functions proceed.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Whether `current` was looked up on disk after a restart.
+    loaded: bool,
+    current: Option<Installed>,
+    /// When the registry last confirmed `current`.
+    checked_at: Option<Instant>,
+}
+
+impl Preparer {
+    pub(crate) fn new(store: Store, registry: Registry, fresh_for: Duration) -> Preparer {
+        Preparer {
+            store: Arc::new(store),
+            registry,
+            fresh_for,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Makes sure version `asked` of `name`, or a newer one, is unpacked,
+    /// and says which one and where.
+    #[tracing::instrument(name = "cache.prepare", skip(self), fields(function = %name, version = asked, prepared))]
+    pub(crate) async fn prepare(&self, name: &str, asked: u64) -> Result<Installed, Error> {
+        sock_bundle::validate_name(name).map_err(|source| Error::InvalidName { source })?;
+        let slot = self.slot(name);
+        let mut slot = slot.lock().await;
+        if !slot.loaded {
+            let store = self.store.clone();
+            let owned = name.to_string();
+            slot.current = tokio::task::spawn_blocking(move || store.latest(&owned))
+                .await
+                .expect("reading the cache's own files does not panic");
+            slot.loaded = true;
+        }
+
+        let fresh = slot
+            .checked_at
+            .is_some_and(|at| at.elapsed() < self.fresh_for);
+        if let Some(current) = slot
+            .current
+            .as_ref()
+            .filter(|c| fresh && c.version >= asked)
+        {
+            tracing::Span::current().record("prepared", current.version);
+            return Ok(current.clone());
+        }
+
+        let have = slot
+            .current
+            .as_ref()
+            .map(|c| c.validators.clone())
+            .unwrap_or_default();
+        match self.registry.fetch(name, &have).await {
+            Ok(Fetched::NotModified) => {
+                if slot.current.is_none() {
+                    return Err(Error::RegistryProtocol {
+                        name: name.to_string(),
+                        reason: "304 Not Modified to an unconditional request".into(),
+                    });
+                }
+            }
+            Ok(Fetched::Bundle(download)) => {
+                let store = self.store.clone();
+                let owned = name.to_string();
+                let installed = tokio::task::spawn_blocking(move || {
+                    let installed = store.install(&owned, download)?;
+                    store.prune(&owned, installed.version);
+                    Ok::<_, Error>(installed)
+                })
+                .await
+                .expect("unpacking does not panic")?;
+                tracing::info!(version = installed.version, "unpacked a new version");
+                slot.current = Some(installed);
+            }
+            Err(Error::RegistryUnavailable { reason }) => {
+                return match slot.current.as_ref().filter(|c| c.version >= asked) {
+                    Some(current) => {
+                        tracing::warn!(%reason, version = current.version, "registry unavailable; serving the cached copy");
+                        tracing::Span::current().record("prepared", current.version);
+                        Ok(current.clone())
+                    }
+                    None => Err(Error::RegistryUnavailable { reason }),
+                };
+            }
+            Err(Error::NotFound { name }) => {
+                // Deleted from the registry: stop serving it.
+                slot.current = None;
+                slot.checked_at = None;
+                return Err(Error::NotFound { name });
+            }
+            Err(other) => return Err(other),
+        }
+
+        slot.checked_at = Some(Instant::now());
+        let current = slot
+            .current
+            .clone()
+            .expect("a fetch that succeeded left a current version");
+        if current.version < asked {
+            return Err(Error::VersionNotAvailable {
+                name: name.to_string(),
+                asked,
+                latest: current.version,
+            });
+        }
+        tracing::Span::current().record("prepared", current.version);
+        Ok(current)
+    }
+
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self
+            .slots
+            .lock()
+            .expect("the slot map is never held across a panic");
+        slots.entry(name.to_string()).or_default().clone()
+    }
+}

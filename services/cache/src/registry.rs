@@ -1,0 +1,162 @@
+//! The registry's HTTP bundle store, as the cache sees it: one conditional
+//! `GET /functions/<name>` per check.
+use std::error::Error as _;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{
+    ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
+
+use crate::error::Error;
+
+/// Header carrying the version of the bundle in a 200 answer.
+const VERSION_HEADER: &str = "x-sock-version";
+
+pub(crate) struct Registry {
+    http: reqwest::Client,
+    /// `registry_url` without a trailing slash.
+    base: String,
+}
+
+/// Validators of the copy we hold, so the registry can answer 304.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+pub(crate) enum Fetched {
+    NotModified,
+    Bundle(Download),
+}
+
+/// A bundle as the registry sent it; nothing on disk yet.
+pub(crate) struct Download {
+    pub version: u64,
+    pub validators: Validators,
+    pub body: Bytes,
+}
+
+impl Registry {
+    pub(crate) fn new(registry_url: &str) -> Result<Registry, Error> {
+        let url = reqwest::Url::parse(registry_url).map_err(|e| Error::RegistryUrl {
+            url: registry_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        // Built without TLS: the registry is reached over the node's
+        // private network, like every other sock service.
+        if url.scheme() != "http" {
+            return Err(Error::RegistryUrl {
+                url: registry_url.to_string(),
+                reason: "only http:// URLs are supported".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            // The registry is internal; an HTTP_PROXY meant for the
+            // outside world must not capture it.
+            .no_proxy()
+            .build()
+            .map_err(Error::HttpClient)?;
+        Ok(Registry {
+            http,
+            base: registry_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Asks for `name`'s latest bundle, unless it is still the one `have`
+    /// describes. `name` must already be validated: it goes into the URL
+    /// as is.
+    #[tracing::instrument(name = "registry.fetch", skip_all, fields(function = %name, status))]
+    pub(crate) async fn fetch(&self, name: &str, have: &Validators) -> Result<Fetched, Error> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = have
+            .etag
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            headers.insert(IF_NONE_MATCH, value);
+        }
+        if let Some(time) = have.last_modified {
+            let value = HeaderValue::from_str(&httpdate::fmt_http_date(time))
+                .expect("an HTTP date is a valid header value");
+            headers.insert(IF_MODIFIED_SINCE, value);
+        }
+        sock_telemetry::http::inject_context(&mut headers);
+
+        let response = self
+            .http
+            .get(format!("{}/functions/{name}", self.base))
+            .headers(headers)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        tracing::Span::current().record("status", status.as_u16());
+        match status {
+            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
+            StatusCode::NOT_FOUND => Err(Error::NotFound {
+                name: name.to_string(),
+            }),
+            StatusCode::OK => {
+                let version =
+                    version_of(response.headers()).ok_or_else(|| Error::RegistryProtocol {
+                        name: name.to_string(),
+                        reason: "missing or invalid X-Sock-Version header".into(),
+                    })?;
+                let validators = Validators {
+                    etag: header_str(response.headers(), &ETAG).map(str::to_string),
+                    last_modified: header_str(response.headers(), &LAST_MODIFIED)
+                        .and_then(|v| httpdate::parse_http_date(v).ok()),
+                };
+                let body = response.bytes().await.map_err(unavailable)?;
+                Ok(Fetched::Bundle(Download {
+                    version,
+                    validators,
+                    body,
+                }))
+            }
+            s if s.is_server_error() => Err(Error::RegistryUnavailable {
+                reason: format!("the registry answered {s}"),
+            }),
+            s => Err(Error::RegistryProtocol {
+                name: name.to_string(),
+                reason: format!("unexpected status {s}"),
+            }),
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &reqwest::header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn version_of(headers: &HeaderMap) -> Option<u64> {
+    header_str(
+        headers,
+        &reqwest::header::HeaderName::from_static(VERSION_HEADER),
+    )?
+    .trim()
+    .parse()
+    .ok()
+}
+
+/// The whole cause chain, which is where "connection refused" lives, but
+/// not the URL.
+fn unavailable(err: reqwest::Error) -> Error {
+    let err = err.without_url();
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = cause.source();
+    }
+    Error::RegistryUnavailable { reason }
+}

@@ -1,0 +1,81 @@
+//! The gRPC frame: `sock.v1.Cache` with health, reflection and tracing.
+use std::sync::Arc;
+use std::time::Duration;
+
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::prepare::Preparer;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Serves `sock.v1.Cache` on `listener` until `shutdown` is cancelled,
+/// then lets in-flight calls finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    tracing::debug!(?config, "effective config");
+    let registry = Registry::new(&config.registry_url)?;
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .expect("preparing the data dir does not panic")?;
+    let preparer = Preparer::new(
+        store,
+        registry,
+        Duration::from_millis(config.registry_cache_ms),
+    );
+    let service = CacheService {
+        preparer: Arc::new(preparer),
+    };
+
+    let (health, _) = tonic_health::server::health_reporter();
+    health.set_serving::<CacheServer<CacheService>>().await;
+    let mut server = Server::builder().layer(sock_telemetry::grpc::ServerTraceLayer);
+    tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
+    sock_service::with_standard_services(&mut server, health)
+        .add_service(CacheServer::new(service))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await
+        .map_err(Error::Serve)
+}
+
+struct CacheService {
+    preparer: Arc<Preparer>,
+}
+
+#[tonic::async_trait]
+impl Cache for CacheService {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        let function = request
+            .into_inner()
+            .function
+            .ok_or(Error::MissingFunction)?;
+        let installed = self
+            .preparer
+            .prepare(&function.name, function.version)
+            .await?;
+        Ok(Response::new(PrepareResponse {
+            function: Some(FunctionRef {
+                name: function.name,
+                version: installed.version,
+            }),
+            code_dir: installed.dir.to_string_lossy().into_owned(),
+            package_dirs: Vec::new(),
+            imports: Vec::new(),
+            config: Some(installed.config),
+        }))
+    }
+}
