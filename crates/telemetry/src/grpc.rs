@@ -16,7 +16,11 @@ pub fn traced(channel: Channel) -> TracedChannel {
 pub struct ContextInjector;
 
 impl tonic::service::Interceptor for ContextInjector {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        crate::http::inject_context(request.metadata_mut().as_mut());
         Ok(request)
     }
 }
