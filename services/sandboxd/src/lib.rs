@@ -1,0 +1,32 @@
+//! sock's privileged node daemon: it builds a fresh sandbox for each call
+//! (namespaces, cgroups, a read-only root, an unprivileged uid), runs the
+//! Python runtime in it, and destroys it afterwards.
+//!
+//! The library API is [`Config`] and [`run`] for the service, and
+//! [`Sandboxes`] / [`Sandbox`] to drive sandboxes directly. A program that
+//! embeds sandboxd must let [`sandbox_init`] handle `argv[1] ==
+//! `[`INIT_ARG`] before it starts any thread, as `sock-sandboxd`'s main
+//! does (or point `Config::init_program` at `sock-sandboxd`).
+//!
+//! This is the only sock crate with unsafe code: each use is a function
+//! marked `#[allow(unsafe_code)]` with a `// SAFETY:` comment per block.
+#![deny(unsafe_code)]
+
+mod cgroups;
+mod config;
+mod error;
+mod init;
+mod logs;
+mod mounts;
+mod namespaces;
+mod protocol;
+#[cfg(test)]
+mod runtime_tests;
+mod sandbox;
+mod service;
+
+pub use config::Config;
+pub use error::Error;
+pub use init::{INIT_ARG, sandbox_init};
+pub use sandbox::{Limits, Outcome, Sandbox, SandboxSpec, Sandboxes};
+pub use service::run;

@@ -1,0 +1,89 @@
+//! sandboxd's settings: where it listens, where it keeps state, and the
+//! default limits of a sandbox when a function names none.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// gRPC address of the `sock.v1.Sandboxd` service.
+    pub listen: String,
+    /// gRPC address of the node's cache.
+    pub cache_addr: String,
+    /// sandboxd's state: the runtime file and the sandboxes' root mount
+    /// point. Never visible inside a sandbox.
+    pub data_dir: PathBuf,
+    /// Names this daemon's cgroups (`<ctrl>/sock/<instance>/<sandbox>`), so
+    /// daemons of parallel test clusters never touch each other's.
+    pub instance: String,
+    /// Python interpreter, as a path that also exists inside the sandbox
+    /// (the host's `/usr` is mounted there).
+    pub python: PathBuf,
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// Defaults for a function whose limits say 0.
+    pub memory_mb: u64,
+    pub pids: u32,
+    pub timeout_ms: u32,
+    /// Size of each sandbox's `/tmp`; its pages count against memory_mb.
+    pub tmp_mb: u64,
+    /// How long shutdown waits for in-flight calls before it destroys
+    /// their sandboxes.
+    pub shutdown_grace_ms: u64,
+    /// The `sock-sandboxd` binary that is re-executed as each sandbox's
+    /// init; unset means this process's own executable. Only programs that
+    /// embed sandboxd without its `main` (such as tests) need to set it.
+    pub init_program: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7074".into(),
+            cache_addr: "http://127.0.0.1:7073".into(),
+            data_dir: ".sock/sandboxd".into(),
+            instance: "default".into(),
+            python: "/usr/bin/python3".into(),
+            sandbox_uid: 65534,
+            sandbox_gid: 65534,
+            memory_mb: 128,
+            pids: 32,
+            timeout_ms: 30_000,
+            tmp_mb: 64,
+            shutdown_grace_ms: 10_000,
+            init_program: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock.toml");
+        std::fs::write(
+            &path,
+            "[sandboxd]\ninstance = \"ci\"\nmemory_mb = 256\ninit_program = \"/opt/sock-sandboxd\"\n",
+        )
+        .expect("write config");
+        let config: Config = sock_service::load_config("sandboxd", Some(&path)).expect("load");
+        assert_eq!(config.instance, "ci");
+        assert_eq!(config.memory_mb, 256);
+        assert_eq!(
+            config.init_program,
+            Some(PathBuf::from("/opt/sock-sandboxd"))
+        );
+        assert_eq!(config.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let config: Config = sock_service::load_config("sandboxd", None).expect("load");
+        assert_eq!(config.init_program, None);
+        assert_eq!(config.sandbox_uid, 65534);
+    }
+}

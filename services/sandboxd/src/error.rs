@@ -1,0 +1,118 @@
+//! sandboxd's one error type, and its one mapping to a gRPC status.
+//!
+//! Messages name what failed (path, syscall, cgroup) for the log; the
+//! status a caller sees says what happened without host internals.
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "sock-sandboxd must run as root: it creates namespaces, mounts and cgroups \
+         (running as uid {uid})"
+    )]
+    NotRoot { uid: u32 },
+    #[error("invalid sandboxd config: {0}")]
+    InvalidConfig(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}: cannot {op}: {source}")]
+    Cgroup {
+        op: &'static str,
+        path: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("the {controller} cgroup controller is not available on this machine")]
+    CgroupMissing { controller: &'static str },
+    #[error("code or package dir {path} is not an absolute path to a directory")]
+    CodeDir { path: String },
+    #[error("cannot start sandbox init {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot send the spec to sandbox {id}: {source}")]
+    Spec { id: String, source: std::io::Error },
+    #[error("sandbox {id} failed during setup ({status}); its init logged why")]
+    Setup { id: String, status: String },
+    #[error("sandbox {id} was already destroyed")]
+    Destroyed { id: String },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("cache: {}", .0.message())]
+    Cache(Status),
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidRequest(msg) => Status::invalid_argument(msg),
+            Error::Cache(status) => match status.code() {
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                    Status::unavailable(format!("code cache unavailable: {}", status.message()))
+                }
+                // NOT_FOUND, INVALID_ARGUMENT, …: the cache already said it
+                // in words meant for the caller.
+                code => Status::new(code, status.message()),
+            },
+            other => {
+                tracing::error!(error = %other, "sandbox platform failure");
+                let what = match other {
+                    Error::Cgroup { .. } | Error::CgroupMissing { .. } => {
+                        "cannot set up the sandbox's cgroup"
+                    }
+                    Error::Spawn { .. } | Error::Spec { .. } => "cannot start a sandbox",
+                    Error::Setup { .. } => "sandbox setup failed",
+                    Error::CodeDir { .. } => "the function's code is not on this node",
+                    Error::Destroyed { .. } => "the sandbox was destroyed during the call",
+                    _ => "sandboxd failed",
+                };
+                Status::internal(format!("{what}; the node's sandboxd log has the details"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_do_not_leak_host_paths() {
+        let status = Status::from(Error::Spawn {
+            program: "/work/secret/target/sock-sandboxd".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/work"), "{}", status.message());
+        assert!(status.message().starts_with("cannot start a sandbox"));
+    }
+
+    #[test]
+    fn cache_outage_is_unavailable_and_its_answers_pass_through() {
+        let down = Status::from(Error::Cache(Status::unavailable("tcp connect error")));
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(down.message(), "code cache unavailable: tcp connect error");
+
+        let missing = Status::from(Error::Cache(Status::not_found(
+            "function 'x' does not exist; push it with `sock push`",
+        )));
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(
+            missing.message(),
+            "function 'x' does not exist; push it with `sock push`"
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let status = Status::from(Error::InvalidRequest("function is required".into()));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "function is required");
+    }
+}

@@ -1,0 +1,220 @@
+//! The sandbox ⇄ runtime protocol (ARCHITECTURE.md): a frame is a 4-byte
+//! big-endian length and a JSON header, then a 4-byte length and a raw
+//! body. The peer runs untrusted code, so every length is bounded before
+//! anything is allocated.
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Headers are a few fields; anything longer is a broken peer.
+const MAX_HEADER_BYTES: u32 = 64 << 10;
+/// Payloads and results; the runtime refuses larger results itself with a
+/// clear error, so only a misbehaving sandbox ever reaches this.
+pub(crate) const MAX_BODY_BYTES: u32 = 32 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Header {
+    /// runtime → sandboxd, once, after importing the entry file.
+    Ready,
+    /// sandboxd → runtime; the body is the payload.
+    Invoke { call_id: String },
+    /// runtime → sandboxd; the body is the JSON result.
+    Result,
+    /// runtime → sandboxd; the body is empty.
+    Error {
+        kind: RuntimeErrorKind,
+        message: String,
+        #[serde(default)]
+        traceback: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RuntimeErrorKind {
+    Function,
+    InvalidPayload,
+    InvalidResult,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    #[error("connection closed")]
+    Closed,
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame {part} of {len} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        part: &'static str,
+        len: u32,
+        limit: u32,
+    },
+    #[error("frame header is not valid: {0}")]
+    BadHeader(#[from] serde_json::Error),
+}
+
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    header: &Header,
+    body: &[u8],
+) -> Result<(), ProtocolError> {
+    let header = serde_json::to_vec(header)?;
+    let body_len = u32::try_from(body.len())
+        .ok()
+        .filter(|len| *len <= MAX_BODY_BYTES)
+        .ok_or(ProtocolError::TooLarge {
+            part: "body",
+            len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            limit: MAX_BODY_BYTES,
+        })?;
+    let header_len = u32::try_from(header.len()).expect("a serialized header is small");
+    let mut frame = Vec::with_capacity(8 + header.len() + body.len());
+    frame.extend_from_slice(&header_len.to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&body_len.to_be_bytes());
+    frame.extend_from_slice(body);
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(Header, Vec<u8>), ProtocolError> {
+    let header_len = match r.read_u32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let header = read_part(r, "header", header_len, MAX_HEADER_BYTES).await?;
+    let header: Header = serde_json::from_slice(&header)?;
+    let body_len = r.read_u32().await.map_err(eof_is_closed)?;
+    let body = read_part(r, "body", body_len, MAX_BODY_BYTES).await?;
+    Ok((header, body))
+}
+
+async fn read_part<R: AsyncRead + Unpin>(
+    r: &mut R,
+    part: &'static str,
+    len: u32,
+    limit: u32,
+) -> Result<Vec<u8>, ProtocolError> {
+    if len > limit {
+        return Err(ProtocolError::TooLarge { part, len, limit });
+    }
+    let mut buf = vec![0; len as usize];
+    r.read_exact(&mut buf).await.map_err(eof_is_closed)?;
+    Ok(buf)
+}
+
+fn eof_is_closed(e: std::io::Error) -> ProtocolError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProtocolError::Closed
+    } else {
+        ProtocolError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_match_the_documented_json() {
+        let invoke = Header::Invoke {
+            call_id: "c1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&invoke).expect("encode"),
+            r#"{"type":"invoke","call_id":"c1"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Header>(r#"{"type":"ready"}"#).expect("decode"),
+            Header::Ready
+        );
+        let error: Header =
+            serde_json::from_str(r#"{"type":"error","kind":"invalid_payload","message":"bad"}"#)
+                .expect("decode");
+        assert_eq!(
+            error,
+            Header::Error {
+                kind: RuntimeErrorKind::InvalidPayload,
+                message: "bad".into(),
+                traceback: String::new(),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_with_the_documented_layout() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Header::Result, b"[1, 2]")
+            .await
+            .expect("write");
+        let header = br#"{"type":"result"}"#;
+        let mut expected = (header.len() as u32).to_be_bytes().to_vec();
+        expected.extend_from_slice(header);
+        expected.extend_from_slice(&6u32.to_be_bytes());
+        expected.extend_from_slice(b"[1, 2]");
+        assert_eq!(wire, expected);
+
+        let (header, body) = read_frame(&mut wire.as_slice()).await.expect("read");
+        assert_eq!(header, Header::Result);
+        assert_eq!(body, b"[1, 2]");
+    }
+
+    #[tokio::test]
+    async fn clean_eof_is_closed_and_a_cut_frame_too() {
+        let empty: &[u8] = &[];
+        assert!(matches!(
+            read_frame(&mut &*empty).await,
+            Err(ProtocolError::Closed)
+        ));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Header::Ready, b"")
+            .await
+            .expect("write");
+        wire.truncate(wire.len() - 2);
+        assert!(matches!(
+            read_frame(&mut wire.as_slice()).await,
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_lengths_are_refused_before_allocating() {
+        let wire = u32::MAX.to_be_bytes();
+        let err = read_frame(&mut wire.as_slice())
+            .await
+            .expect_err("too large");
+        assert!(
+            err.to_string()
+                .starts_with("frame header of 4294967295 bytes is over the limit"),
+            "{err}"
+        );
+
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Header::Result, b"")
+            .await
+            .expect("write");
+        let at = wire.len() - 4;
+        wire[at..].copy_from_slice(&(MAX_BODY_BYTES + 1).to_be_bytes());
+        let err = read_frame(&mut wire.as_slice())
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, ProtocolError::TooLarge { part: "body", .. }));
+    }
+
+    #[tokio::test]
+    async fn garbage_header_is_an_error_not_a_panic() {
+        let mut wire = 3u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(b"{x}");
+        wire.extend_from_slice(&0u32.to_be_bytes());
+        assert!(matches!(
+            read_frame(&mut wire.as_slice()).await,
+            Err(ProtocolError::BadHeader(_))
+        ));
+    }
+}

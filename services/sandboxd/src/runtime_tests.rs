@@ -1,0 +1,143 @@
+//! The Python runtime, run unsandboxed over a socketpair and driven with
+//! the real protocol code: what it answers is what sandboxd relies on.
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::protocol::{Header, RuntimeErrorKind, read_frame, write_frame};
+
+const RUNTIME_PY: &str = include_str!("../../../runtime/sock_runtime.py");
+
+struct Runtime {
+    child: Child,
+    conn: UnixStream,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the runtime on a code dir holding `f_py` and waits for ready.
+async fn start(f_py: &str) -> Runtime {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("code");
+    std::fs::create_dir(&code).expect("mkdir code");
+    std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+    let runtime = dir.path().join("sock_runtime.py");
+    std::fs::write(&runtime, RUNTIME_PY).expect("write runtime");
+
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    // The shell moves the socket from stdin to fd 3, where the runtime
+    // expects it, without any pre_exec code.
+    let child = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "exec \"$@\" 3<&0 0</dev/null",
+            "sh",
+            "/usr/bin/python3",
+        ])
+        .args(["-I", "-S", "-B"])
+        .arg(&runtime)
+        .arg(&code)
+        .arg("f.py")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python3");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let mut conn = UnixStream::from_std(ours).expect("tokio socket");
+    let (header, _) = read_frame(&mut conn).await.expect("ready frame");
+    assert_eq!(header, Header::Ready);
+    Runtime {
+        child,
+        conn,
+        _dir: dir,
+    }
+}
+
+impl Runtime {
+    async fn call(&mut self, payload: &[u8]) -> (Header, Vec<u8>) {
+        write_frame(
+            &mut self.conn,
+            &Header::Invoke {
+                call_id: "c1".into(),
+            },
+            payload,
+        )
+        .await
+        .expect("send invoke");
+        read_frame(&mut self.conn).await.expect("answer")
+    }
+}
+
+fn error_of(header: Header) -> (RuntimeErrorKind, String, String) {
+    match header {
+        Header::Error {
+            kind,
+            message,
+            traceback,
+        } => (kind, message, traceback),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn echoes_json_and_serves_many_calls() {
+    let mut rt = start("def f(event):\n    return {'got': event}\n").await;
+    let (header, body) = rt.call(br#"{"n": [1, 2]}"#).await;
+    assert_eq!(header, Header::Result);
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("json result");
+    assert_eq!(value, serde_json::json!({"got": {"n": [1, 2]}}));
+
+    let (_, body) = rt.call(b"").await;
+    assert_eq!(body, br#"{"got": null}"#, "empty payload is None");
+}
+
+#[tokio::test]
+async fn invalid_payload_and_result_are_reported_as_such() {
+    let mut rt = start("def f(event):\n    return {1, 2} if event == 'set' else event\n").await;
+    let (kind, message, _) = error_of(rt.call(b"{not json").await.0);
+    assert_eq!(kind, RuntimeErrorKind::InvalidPayload);
+    assert!(
+        message.starts_with("payload is not valid JSON"),
+        "{message}"
+    );
+
+    let (kind, message, _) = error_of(rt.call(br#""set""#).await.0);
+    assert_eq!(kind, RuntimeErrorKind::InvalidResult);
+    assert!(message.contains("not JSON serializable"), "{message}");
+}
+
+#[tokio::test]
+async fn exceptions_carry_type_message_and_a_user_traceback() {
+    let mut rt =
+        start("def helper():\n    return 1 / 0\n\ndef f(event):\n    return helper()\n").await;
+    let (kind, message, traceback) = error_of(rt.call(b"1").await.0);
+    assert_eq!(kind, RuntimeErrorKind::Function);
+    assert_eq!(message, "ZeroDivisionError: division by zero");
+    assert!(traceback.contains("in helper"), "{traceback}");
+    assert!(!traceback.contains("sock_runtime.py"), "{traceback}");
+}
+
+#[tokio::test]
+async fn import_errors_are_reported_on_the_call() {
+    let mut rt = start("import no_such_module_anywhere\n").await;
+    let (kind, message, traceback) = error_of(rt.call(b"").await.0);
+    assert_eq!(kind, RuntimeErrorKind::Function);
+    assert!(
+        message.starts_with("importing f.py failed: ModuleNotFoundError"),
+        "{message}"
+    );
+    assert!(traceback.contains("no_such_module_anywhere"), "{traceback}");
+
+    let mut rt = start("x = 1\n").await;
+    let (_, message, _) = error_of(rt.call(b"").await.0);
+    assert_eq!(message, "f.py defines no function f(event)");
+}
+
+#[tokio::test]
+async fn runtime_exits_when_sandboxd_closes_the_socket() {
+    let mut rt = start("def f(event):\n    return event\n").await;
+    drop(rt.conn);
+    let status = rt.child.wait().await.expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,689 @@
+//! Sandboxes: create one for a function, call it, destroy it.
+//!
+//! [`Sandboxes`] owns what all sandboxes of one sandboxd share (the data
+//! dir, the runtime file, the cgroup instance); [`Sandbox`] is one live
+//! sandbox. Destroying is the one path every sandbox takes, whether the
+//! call succeeded, failed, timed out, or the future was dropped: it kills
+//! everything in the sandbox's cgroup and removes it.
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sock_proto::v1::{ErrorKind, FunctionError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::cgroups::{self, CgroupLimits, SandboxCgroup};
+use crate::config::Config;
+use crate::error::Error;
+use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED};
+use crate::logs::{self, Origin};
+use crate::namespaces;
+use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
+
+/// The runtime, embedded so sandboxd and its runtime always match.
+const RUNTIME_PY: &str = include_str!("../../../runtime/sock_runtime.py");
+/// How long a runtime that closed its socket gets to exit before it is
+/// killed anyway.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Resource limits of one sandbox; 0 takes sandboxd's configured default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub pids: u32,
+    /// Share of one CPU in percent; 0 = no CPU limit.
+    pub cpu_percent: u32,
+}
+
+/// What to run in a new sandbox.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SandboxSpec {
+    /// Function name, for logs.
+    pub function: String,
+    /// Host directory with the function's code, mounted read-only at /code.
+    pub code_dir: PathBuf,
+    /// Host directories of installed packages, in sys.path order.
+    pub package_dirs: Vec<PathBuf>,
+    /// Entry file inside the code dir; empty means "f.py".
+    pub entry_file: String,
+    /// Extra environment of the function.
+    pub environment: Vec<(String, String)>,
+    pub limits: Limits,
+}
+
+/// How a call ended, as far as the function is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// `f(event)` returned this JSON.
+    Returned(Vec<u8>),
+    /// The function raised, timed out, ran out of memory or died.
+    Failed(FunctionError),
+}
+
+/// The sandboxes of one sandboxd instance.
+pub struct Sandboxes {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    mount_point: PathBuf,
+    runtime_dir: PathBuf,
+    init_program: PathBuf,
+    cgroup_version: u32,
+    live: Mutex<HashMap<String, Arc<SandboxCgroup>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        cgroups::remove_parents(&self.config.instance);
+    }
+}
+
+impl Shared {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SandboxCgroup>>> {
+        // A panic while holding the lock leaves the map consistent (single
+        // inserts and removes), so poisoning is safe to ignore.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sandboxes {
+    /// Prepares the data dir and the runtime, and removes what an earlier
+    /// run of the same instance left behind. Needs root.
+    pub fn new(config: Config) -> Result<Sandboxes, Error> {
+        let uid = nix::unistd::geteuid();
+        if !uid.is_root() {
+            return Err(Error::NotRoot { uid: uid.as_raw() });
+        }
+        check_config(&config)?;
+        let init_program = match &config.init_program {
+            Some(path) => {
+                std::fs::metadata(path).map_err(io("init program", path))?;
+                path.clone()
+            }
+            None => PathBuf::from("/proc/self/exe"),
+        };
+
+        let data_dir = &config.data_dir;
+        make_dir(data_dir, 0o700)?;
+        let data_dir = data_dir.canonicalize().map_err(io("data dir", data_dir))?;
+        let mount_point = data_dir.join("root");
+        make_dir(&mount_point, 0o755)?;
+        let runtime_dir = data_dir.join("runtime");
+        make_dir(&runtime_dir, 0o755)?;
+        write_runtime(&runtime_dir)?;
+
+        let removed = cgroups::remove_leftovers(&config.instance);
+        if removed > 0 {
+            tracing::warn!(removed, instance = %config.instance, "removed leftover sandboxes");
+        }
+        Ok(Sandboxes {
+            shared: Arc::new(Shared {
+                config,
+                mount_point,
+                runtime_dir,
+                init_program,
+                cgroup_version: cgroups::version(),
+                live: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Sandboxes alive right now.
+    pub fn alive(&self) -> usize {
+        self.shared.live().len()
+    }
+
+    /// The cgroup version in use: 1 or 2.
+    pub fn cgroup_version(&self) -> u32 {
+        self.shared.cgroup_version
+    }
+
+    /// Kills every live sandbox (at shutdown, once in-flight calls had
+    /// their chance). Their calls then end with a KILLED outcome.
+    pub async fn destroy_all(&self) {
+        let cgroups: Vec<Arc<SandboxCgroup>> = self.shared.live().values().cloned().collect();
+        if cgroups.is_empty() {
+            return;
+        }
+        tracing::info!(sandboxes = cgroups.len(), "destroying live sandboxes");
+        let _ = tokio::task::spawn_blocking(move || cgroups.iter().for_each(|c| c.destroy())).await;
+    }
+
+    /// Starts a sandbox. The runtime imports the function's entry file in
+    /// the background; [`Sandbox::invoke`] waits for it.
+    pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
+        check_spec(&spec)?;
+        let config = &self.shared.config;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let memory_mb = or_default(spec.limits.memory_mb, config.memory_mb);
+        let limits = CgroupLimits {
+            memory_bytes: memory_mb << 20,
+            pids: or_default(spec.limits.pids, config.pids),
+            cpu_percent: spec.limits.cpu_percent,
+        };
+        let cgroup = Arc::new(SandboxCgroup::create(&config.instance, &id, limits)?);
+        self.shared.live().insert(id.clone(), cgroup.clone());
+        let function: Arc<str> = spec.function.as_str().into();
+
+        match self.start(&id, &function, spec, &cgroup).await {
+            Ok((child, conn)) => Ok(Sandbox {
+                dirs: cgroup.dirs(),
+                live: Some(Live {
+                    cgroup,
+                    child,
+                    conn,
+                    ready: false,
+                }),
+                id,
+                function,
+                memory_mb,
+                shared: self.shared.clone(),
+            }),
+            Err(e) => {
+                let shared = self.shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    cgroup.destroy();
+                    shared.live().remove(&id);
+                })
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns the init in the cgroup and hands it its spec. A returned
+    /// error leaves no process: the child is killed when dropped.
+    async fn start(
+        &self,
+        id: &str,
+        function: &Arc<str>,
+        spec: SandboxSpec,
+        cgroup: &SandboxCgroup,
+    ) -> Result<(Child, UnixStream), Error> {
+        let shared = &self.shared;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|source| Error::Spawn {
+                program: "socketpair".into(),
+                source,
+            })?;
+        let theirs = OwnedFd::from(theirs);
+        let mut cmd = Command::new(&shared.init_program);
+        cmd.arg(INIT_ARG)
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        namespaces::prepare_init(&mut cmd, &theirs);
+        let spawn_err = |source| Error::Spawn {
+            program: shared.init_program.display().to_string(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        drop(theirs);
+        let pid = child.id().ok_or_else(|| {
+            spawn_err(std::io::Error::other(
+                "the init exited before it was started",
+            ))
+        })?;
+        // Before the spec goes out: everything the init forks is charged
+        // to the sandbox from the start.
+        cgroup.add(pid)?;
+
+        for (reader, stream) in [
+            (child.stdout.take().map(box_reader), "stdout"),
+            (child.stderr.take().map(box_reader), "stderr"),
+        ] {
+            if let Some(reader) = reader {
+                logs::forward(
+                    reader,
+                    Origin {
+                        function: function.clone(),
+                        sandbox: id.into(),
+                        stream,
+                    },
+                );
+            }
+        }
+
+        let init_spec = InitSpec {
+            mount_point: shared.mount_point.clone(),
+            code_dir: spec.code_dir,
+            runtime_dir: shared.runtime_dir.clone(),
+            package_dirs: spec.package_dirs,
+            tmp_mb: shared.config.tmp_mb,
+            uid: shared.config.sandbox_uid,
+            gid: shared.config.sandbox_gid,
+            python: shared.config.python.clone(),
+            entry_file: if spec.entry_file.is_empty() {
+                "f.py".into()
+            } else {
+                spec.entry_file
+            },
+            environment: spec.environment,
+        };
+        let json = serde_json::to_vec(&init_spec).expect("the init spec is plain data");
+        let spec_err = |source| Error::Spec {
+            id: id.to_string(),
+            source,
+        };
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| spec_err(std::io::Error::other("no stdin pipe")))?;
+        stdin.write_all(&json).await.map_err(spec_err)?;
+        drop(stdin);
+
+        ours.set_nonblocking(true).map_err(spec_err)?;
+        let conn = UnixStream::from_std(ours).map_err(spec_err)?;
+        Ok((child, conn))
+    }
+}
+
+fn box_reader<R>(r: R) -> Box<dyn tokio::io::AsyncRead + Unpin + Send>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    Box::new(r)
+}
+
+/// One sandbox. Dropping it destroys it (synchronously, in milliseconds);
+/// prefer [`Sandbox::destroy`] in async code.
+pub struct Sandbox {
+    id: String,
+    function: Arc<str>,
+    memory_mb: u64,
+    dirs: Vec<PathBuf>,
+    shared: Arc<Shared>,
+    live: Option<Live>,
+}
+
+struct Live {
+    cgroup: Arc<SandboxCgroup>,
+    child: Child,
+    conn: UnixStream,
+    ready: bool,
+}
+
+/// What the runtime answered to one invoke.
+enum Reply {
+    Result(Vec<u8>),
+    Error {
+        kind: RuntimeErrorKind,
+        message: String,
+        traceback: String,
+    },
+}
+
+impl Sandbox {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the sandbox still runs; false once destroyed.
+    pub fn is_alive(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// The sandbox's cgroup directories (they stay named after destroy,
+    /// when they no longer exist).
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Calls the function with `payload` (JSON bytes; empty means None).
+    /// `timeout` covers the import of the entry file too on the first
+    /// call. A timeout, a dead runtime or a broken reply destroys the
+    /// sandbox; the outcome says what happened.
+    pub async fn invoke(
+        &mut self,
+        call_id: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Outcome, Error> {
+        if payload.len() > MAX_BODY_BYTES as usize {
+            return Err(Error::InvalidRequest(format!(
+                "payload is {} bytes, over the limit of {} MiB",
+                payload.len(),
+                MAX_BODY_BYTES >> 20
+            )));
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::Destroyed {
+                id: self.id.clone(),
+            });
+        };
+        let exchanged = tokio::time::timeout(timeout, exchange(live, call_id, payload)).await;
+        match exchanged {
+            Ok(Ok(Reply::Result(body))) => Ok(Outcome::Returned(body)),
+            Ok(Ok(Reply::Error {
+                kind,
+                message,
+                traceback,
+            })) => Ok(Outcome::Failed(function_error(
+                match kind {
+                    RuntimeErrorKind::InvalidPayload => ErrorKind::InvalidPayload,
+                    RuntimeErrorKind::Function | RuntimeErrorKind::InvalidResult => {
+                        ErrorKind::Function
+                    }
+                },
+                message,
+                traceback,
+            ))),
+            Ok(Err(ProtocolError::Closed | ProtocolError::Io(_))) => self.died().await,
+            Ok(Err(broken)) => {
+                tracing::warn!(sandbox = %self.id, error = %broken, "runtime broke the protocol");
+                self.destroy().await;
+                Ok(Outcome::Failed(function_error(
+                    ErrorKind::Killed,
+                    format!("sandbox sent an invalid reply ({broken}); it was destroyed"),
+                    String::new(),
+                )))
+            }
+            Err(_elapsed) => {
+                self.destroy().await;
+                Ok(Outcome::Failed(function_error(
+                    ErrorKind::Timeout,
+                    format!(
+                        "function exceeded its timeout of {} ms",
+                        timeout.as_millis()
+                    ),
+                    String::new(),
+                )))
+            }
+        }
+    }
+
+    /// The runtime closed its socket: find out why, then clean up.
+    async fn died(&mut self) -> Result<Outcome, Error> {
+        let live = self
+            .live
+            .as_mut()
+            .expect("died() is only called on a live sandbox");
+        let status = tokio::time::timeout(EXIT_GRACE, live.child.wait()).await;
+        let oom = live.cgroup.oom_killed();
+        let ready = live.ready;
+        self.destroy().await;
+        let status = match status {
+            Ok(Ok(status)) => status,
+            _ => {
+                return Ok(Outcome::Failed(function_error(
+                    ErrorKind::Killed,
+                    "sandbox closed its connection to sandboxd; it was destroyed".into(),
+                    String::new(),
+                )));
+            }
+        };
+        if oom {
+            return Ok(Outcome::Failed(function_error(
+                ErrorKind::OutOfMemory,
+                format!("function ran out of memory (limit {} MB)", self.memory_mb),
+                String::new(),
+            )));
+        }
+        if !ready && status.code() == Some(SETUP_FAILED) {
+            return Err(Error::Setup {
+                id: self.id.clone(),
+                status: describe(status),
+            });
+        }
+        Ok(Outcome::Failed(function_error(
+            ErrorKind::Killed,
+            format!("sandbox exited unexpectedly ({})", describe(status)),
+            String::new(),
+        )))
+    }
+
+    /// Kills everything in the sandbox and removes its cgroup. Idempotent.
+    pub async fn destroy(&mut self) {
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let id = self.id.clone();
+        let function = self.function.clone();
+        // Killing and waiting for the cgroup to drain blocks.
+        let done = tokio::task::spawn_blocking(move || teardown(&shared, &id, &function, live));
+        if let Err(e) = done.await {
+            tracing::error!(sandbox = %self.id, error = %e, "sandbox teardown panicked");
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            teardown(&self.shared, &self.id, &self.function, live);
+        }
+    }
+}
+
+fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
+    let Live {
+        cgroup,
+        mut child,
+        conn,
+        ..
+    } = live;
+    drop(conn);
+    cgroup.destroy();
+    // The init was in the cgroup, so it is dead now; reap it here, or let
+    // tokio's orphan reaper do it if the kernel is slow to report it.
+    let _ = child.try_wait();
+    shared.live().remove(id);
+    tracing::debug!(sandbox = %id, function, "sandbox destroyed");
+}
+
+async fn exchange(live: &mut Live, call_id: &str, payload: &[u8]) -> Result<Reply, ProtocolError> {
+    if !live.ready {
+        match protocol::read_frame(&mut live.conn).await? {
+            (Header::Ready, _) => live.ready = true,
+            (other, _) => return Err(unexpected(&other)),
+        }
+    }
+    protocol::write_frame(
+        &mut live.conn,
+        &Header::Invoke {
+            call_id: call_id.into(),
+        },
+        payload,
+    )
+    .await?;
+    match protocol::read_frame(&mut live.conn).await? {
+        (Header::Result, body) => Ok(Reply::Result(body)),
+        (
+            Header::Error {
+                kind,
+                message,
+                traceback,
+            },
+            _,
+        ) => Ok(Reply::Error {
+            kind,
+            message,
+            traceback,
+        }),
+        (other, _) => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(header: &Header) -> ProtocolError {
+    ProtocolError::BadHeader(serde::de::Error::custom(format!(
+        "unexpected frame {header:?}"
+    )))
+}
+
+fn function_error(kind: ErrorKind, message: String, traceback: String) -> FunctionError {
+    FunctionError {
+        kind: kind as i32,
+        message,
+        traceback,
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(name) => format!("signal {signal} ({})", name.as_str()),
+            Err(_) => format!("signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+fn or_default<T: PartialEq + Default>(value: T, default: T) -> T {
+    if value == T::default() {
+        default
+    } else {
+        value
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |source| Error::Io { what, path, source }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io("cannot create directory", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot set permissions of", path))
+}
+
+/// Written next to the final name and renamed, so a sandbox starting
+/// meanwhile never sees half a file.
+fn write_runtime(dir: &Path) -> Result<(), Error> {
+    let tmp = dir.join(".sock_runtime.py.tmp");
+    let path = dir.join("sock_runtime.py");
+    std::fs::write(&tmp, RUNTIME_PY).map_err(io("cannot write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(io("cannot set permissions of", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+}
+
+fn check_config(config: &Config) -> Result<(), Error> {
+    let instance = &config.instance;
+    let valid_instance = !instance.is_empty()
+        && instance != "."
+        && instance != ".."
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid_instance {
+        return Err(Error::InvalidConfig(format!(
+            "instance {instance:?} must be letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if !config.python.is_absolute() {
+        return Err(Error::InvalidConfig(format!(
+            "python {} must be an absolute path",
+            config.python.display()
+        )));
+    }
+    if config.sandbox_uid == 0 || config.sandbox_gid == 0 {
+        return Err(Error::InvalidConfig(
+            "sandbox_uid and sandbox_gid must not be 0: functions never run as root".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_spec(spec: &SandboxSpec) -> Result<(), Error> {
+    for dir in std::iter::once(&spec.code_dir).chain(&spec.package_dirs) {
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(Error::CodeDir {
+                path: dir.display().to_string(),
+            });
+        }
+    }
+    let entry = Path::new(&spec.entry_file);
+    if !entry
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(Error::InvalidRequest(format!(
+            "entry file {:?} must be a relative path inside the function's bundle",
+            spec.entry_file
+        )));
+    }
+    for (key, value) in &spec.environment {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(Error::InvalidRequest(format!(
+                "environment variable {key:?} is not valid: names must be non-empty \
+                 without '=' or NUL, values without NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_limits_take_the_default() {
+        assert_eq!(or_default(0u64, 128), 128);
+        assert_eq!(or_default(64u64, 128), 64);
+    }
+
+    #[test]
+    fn statuses_read_like_a_person_would_say_them() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn entry_files_cannot_escape_the_bundle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = |entry: &str| SandboxSpec {
+            code_dir: dir.path().to_path_buf(),
+            entry_file: entry.into(),
+            ..SandboxSpec::default()
+        };
+        assert!(check_spec(&spec("f.py")).is_ok());
+        assert!(check_spec(&spec("src/handler.py")).is_ok());
+        let err = check_spec(&spec("../f.py")).expect_err("escapes");
+        assert!(err.to_string().contains("must be a relative path"), "{err}");
+        assert!(check_spec(&spec("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn bad_environment_names_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = SandboxSpec {
+            code_dir: dir.path().to_path_buf(),
+            environment: vec![("A=B".into(), "c".into())],
+            ..SandboxSpec::default()
+        };
+        let err = check_spec(&spec).expect_err("'=' in a name");
+        assert!(err.to_string().contains("\"A=B\" is not valid"), "{err}");
+    }
+
+    #[test]
+    fn instance_names_stay_one_path_component() {
+        for bad in ["", "..", "a/b", "x y"] {
+            let config = Config {
+                instance: bad.into(),
+                ..Config::default()
+            };
+            assert!(check_config(&config).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_config(&Config::default()).is_ok());
+    }
+}

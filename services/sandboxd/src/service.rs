@@ -1,0 +1,190 @@
+//! The `sock.v1.Sandboxd` gRPC service and the server around it.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sock_proto::v1::cache_client::CacheClient;
+use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
+use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
+use sock_proto::v1::{
+    FunctionRef, PrepareRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
+    StatusResponse,
+};
+use sock_telemetry::grpc::{ServerTraceLayer, TracedChannel};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Endpoint, Server};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::sandbox::{Limits, Outcome, SandboxSpec, Sandboxes};
+
+/// After the grace period the remaining sandboxes are killed, which ends
+/// their calls at once; this bounds the wait for those answers.
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+struct SandboxdService {
+    sandboxes: Arc<Sandboxes>,
+    cache: CacheClient<TracedChannel>,
+    default_timeout_ms: u32,
+    calls: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl Sandboxd for SandboxdService {
+    async fn invoke(
+        &self,
+        request: Request<SandboxInvokeRequest>,
+    ) -> Result<Response<SandboxInvokeResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(self.call(request.into_inner()).await?))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            sandboxes: u32::try_from(self.sandboxes.alive()).unwrap_or(u32::MAX),
+            calls_total: self.calls.load(Ordering::Relaxed),
+            cgroup_version: self.sandboxes.cgroup_version(),
+        }))
+    }
+}
+
+impl SandboxdService {
+    /// Prepare → create → run → destroy. The sandbox is destroyed on every
+    /// path: explicitly here, or by its Drop when the call is cancelled.
+    async fn call(&self, req: SandboxInvokeRequest) -> Result<SandboxInvokeResponse, Error> {
+        let function = req
+            .function
+            .filter(|f| !f.name.is_empty())
+            .ok_or_else(|| Error::InvalidRequest("the request names no function".into()))?;
+        let name = function.name.clone();
+
+        let prepared = self
+            .cache
+            .clone()
+            .prepare(PrepareRequest {
+                function: Some(function.clone()),
+            })
+            .instrument(tracing::info_span!(
+                "cache.prepare",
+                function = %name,
+                version = function.version
+            ))
+            .await
+            .map_err(Error::Cache)?
+            .into_inner();
+        let version = prepared
+            .function
+            .as_ref()
+            .map_or(function.version, |f: &FunctionRef| f.version);
+        // The cache's config belongs to the version it prepared, which may
+        // be newer than the caller's.
+        let config = prepared.config.or(req.config).unwrap_or_default();
+        let limits = config.limits.unwrap_or_default();
+        let timeout_ms = [req.timeout_ms, limits.timeout_ms, self.default_timeout_ms]
+            .into_iter()
+            .find(|ms| *ms > 0)
+            .unwrap_or(self.default_timeout_ms);
+        let mut environment: Vec<(String, String)> = config.environment.into_iter().collect();
+        environment.sort();
+        let spec = SandboxSpec {
+            function: name.clone(),
+            code_dir: prepared.code_dir.into(),
+            package_dirs: prepared.package_dirs.into_iter().map(Into::into).collect(),
+            entry_file: config.entry_file,
+            environment,
+            limits: Limits {
+                memory_mb: limits.memory_mb,
+                pids: limits.pids,
+                cpu_percent: limits.cpu_percent,
+            },
+        };
+
+        let mut sandbox = self
+            .sandboxes
+            .create(spec)
+            .instrument(tracing::info_span!("sandbox.create", function = %name, version))
+            .await?;
+        let id = sandbox.id().to_string();
+        let outcome = sandbox
+            .invoke(
+                &req.call_id,
+                &req.payload,
+                Duration::from_millis(u64::from(timeout_ms)),
+            )
+            .instrument(tracing::info_span!(
+                "function.run",
+                function = %name,
+                version,
+                call_id = %req.call_id,
+                sandbox = %id
+            ))
+            .await;
+        sandbox
+            .destroy()
+            .instrument(tracing::info_span!("sandbox.destroy", sandbox = %id))
+            .await;
+
+        let outcome = match outcome? {
+            Outcome::Returned(body) => ProtoOutcome::Result(body),
+            Outcome::Failed(error) => ProtoOutcome::Error(error),
+        };
+        Ok(SandboxInvokeResponse {
+            outcome: Some(outcome),
+            version,
+        })
+    }
+}
+
+/// Serves `sock.v1.Sandboxd` on `listener` until `shutdown`; then lets
+/// in-flight calls finish for `shutdown_grace_ms` and destroys every
+/// sandbox still alive. Refuses to start when not root.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    tracing::debug!(?config, "effective sandboxd config");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let channel = Endpoint::from_shared(config.cache_addr.clone())
+        .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
+        .connect_lazy();
+    let default_timeout_ms = config.timeout_ms;
+    let sandboxes = Arc::new(Sandboxes::new(config)?);
+    let service = SandboxdService {
+        sandboxes: sandboxes.clone(),
+        cache: CacheClient::new(sock_telemetry::grpc::traced(channel)),
+        default_timeout_ms,
+        calls: AtomicU64::new(0),
+    };
+
+    let health = tonic_health::server::HealthReporter::new();
+    health
+        .set_serving::<SandboxdServer<SandboxdService>>()
+        .await;
+    let mut server = Server::builder().layer(ServerTraceLayer);
+    let stopping = shutdown.clone();
+    let serve = sock_service::with_standard_services(&mut server, health)
+        .add_service(SandboxdServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stopping.cancelled().await
+        });
+    tokio::pin!(serve);
+
+    let served = tokio::select! {
+        served = &mut serve => served,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "calls still running after the shutdown grace period");
+            sandboxes.destroy_all().await;
+            tokio::time::timeout(AFTER_KILL, &mut serve).await.unwrap_or(Ok(()))
+        }
+    };
+    sandboxes.destroy_all().await;
+    served.map_err(Error::Serve)
+}

@@ -1,0 +1,430 @@
+//! Real sandboxes, driven through the library API (no gRPC, no cache).
+//! They need root; without it each test says so loudly and returns.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sock_proto::v1::{ErrorKind, FunctionError};
+use sock_sandboxd::{Config, Limits, Outcome, SandboxSpec, Sandboxes};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A code dir with an `f.py`, a data dir and a sandboxd instance of its own
+/// (so parallel tests never share cgroups). Dropping it removes them all.
+struct Fixture {
+    dir: tempfile::TempDir,
+    instance: String,
+    sandboxes: Option<Sandboxes>,
+}
+
+fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root ({test})");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("code");
+    std::fs::create_dir(&code).expect("mkdir code");
+    std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+    let instance = format!("test-{test}-{}", std::process::id());
+    let sandboxes = Sandboxes::new(config(dir.path(), &instance)).expect("start sandboxes");
+    Some(Fixture {
+        dir,
+        instance,
+        sandboxes: Some(sandboxes),
+    })
+}
+
+fn config(dir: &Path, instance: &str) -> Config {
+    Config {
+        data_dir: dir.join("data"),
+        instance: instance.into(),
+        // Test binaries have no sandbox-init dispatch; the real binary does.
+        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
+        ..Config::default()
+    }
+}
+
+impl Fixture {
+    fn sandboxes(&self) -> &Sandboxes {
+        self.sandboxes
+            .as_ref()
+            .expect("sandboxes live until finish")
+    }
+
+    fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            function: "test".into(),
+            code_dir: self.dir.path().join("code"),
+            ..SandboxSpec::default()
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// One call in a fresh sandbox, destroyed afterwards; asserts its
+    /// cgroups are gone.
+    async fn call_with(&self, spec: SandboxSpec, payload: &[u8], timeout: Duration) -> Outcome {
+        let mut sandbox = self.sandboxes().create(spec).await.expect("create sandbox");
+        let dirs = sandbox.cgroup_dirs().to_vec();
+        assert!(!dirs.is_empty());
+        assert!(dirs.iter().all(|d| d.is_dir()), "cgroups exist while alive");
+        let outcome = sandbox
+            .invoke("call-1", payload, timeout)
+            .await
+            .expect("invoke");
+        sandbox.destroy().await;
+        assert_gone(&dirs);
+        assert_eq!(self.sandboxes().alive(), 0);
+        outcome
+    }
+
+    async fn call(&self, payload: &[u8]) -> Outcome {
+        self.call_with(self.spec(), payload, TIMEOUT).await
+    }
+
+    /// Shuts the instance down and checks it left no cgroup behind.
+    fn finish(mut self) {
+        let dirs: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer"]
+            .iter()
+            .map(|c| {
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join("sock")
+                    .join(&self.instance)
+            })
+            .collect();
+        drop(self.sandboxes.take());
+        assert_gone(&dirs);
+    }
+}
+
+fn assert_gone(dirs: &[PathBuf]) {
+    for dir in dirs {
+        assert!(!dir.exists(), "cgroup {} was left behind", dir.display());
+    }
+}
+
+fn json(outcome: Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Returned(body) => serde_json::from_slice(&body).expect("result is JSON"),
+        Outcome::Failed(e) => panic!("function failed: {e:?}"),
+    }
+}
+
+fn failure(outcome: Outcome) -> FunctionError {
+    match outcome {
+        Outcome::Failed(e) => e,
+        Outcome::Returned(body) => {
+            panic!("expected a failure, got {}", String::from_utf8_lossy(&body))
+        }
+    }
+}
+
+#[tokio::test]
+async fn echo_round_trip() {
+    let Some(fx) = fixture("echo", "def f(event):\n    return event\n") else {
+        return;
+    };
+    let outcome = fx.call(br#"{"hello": ["world", 1]}"#).await;
+    assert_eq!(json(outcome), serde_json::json!({"hello": ["world", 1]}));
+    fx.finish();
+}
+
+#[tokio::test]
+async fn raising_function_reports_kind_message_and_traceback() {
+    let f_py = "def check(event):\n    raise ValueError('bad input: ' + str(event))\n\ndef f(event):\n    check(event)\n";
+    let Some(fx) = fixture("raise", f_py) else {
+        return;
+    };
+    let error = failure(fx.call(b"7").await);
+    assert_eq!(error.kind(), ErrorKind::Function);
+    assert_eq!(error.message, "ValueError: bad input: 7");
+    assert!(
+        error.traceback.contains("/code/f.py"),
+        "{}",
+        error.traceback
+    );
+    assert!(error.traceback.contains("in check"), "{}", error.traceback);
+    fx.finish();
+}
+
+#[tokio::test]
+async fn host_files_are_invisible() {
+    let f_py = r#"
+import os
+
+def f(paths):
+    seen = {}
+    for p in paths:
+        try:
+            if os.path.isdir(p):
+                os.listdir(p)
+            else:
+                open(p, 'rb').read(1)
+            seen[p] = 'readable'
+        except OSError as e:
+            seen[p] = type(e).__name__
+    return seen
+"#;
+    let Some(fx) = fixture("hidden", f_py) else {
+        return;
+    };
+    let secret = [
+        "/root".to_string(),
+        "/etc/shadow".to_string(),
+        "/etc/ssl/private".to_string(),
+        env!("CARGO_MANIFEST_DIR").to_string(),
+        fx.data_dir().display().to_string(),
+        fx.dir.path().display().to_string(),
+    ];
+    let mut paths = secret.to_vec();
+    paths.push("/code/f.py".into());
+    let payload = serde_json::to_vec(&paths).expect("payload");
+    let seen = json(fx.call(&payload).await);
+    for path in &secret {
+        assert_ne!(seen[path], "readable", "{path} is visible: {seen}");
+    }
+    assert_eq!(seen["/code/f.py"], "readable", "{seen}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn only_tmp_is_writable() {
+    let f_py = r#"
+import errno
+
+def f(paths):
+    out = {}
+    for p in paths:
+        try:
+            with open(p, 'w') as fh:
+                fh.write('hi')
+            out[p] = open(p).read()
+        except OSError as e:
+            out[p] = errno.errorcode[e.errno]
+    return out
+"#;
+    let Some(fx) = fixture("readonly", f_py) else {
+        return;
+    };
+    let paths = [
+        "/x",
+        "/code/x",
+        "/code/f.py",
+        "/etc/x",
+        "/usr/x",
+        "/sock/x",
+        "/dev/x",
+        "/tmp/x",
+    ];
+    let out = json(fx.call(&serde_json::to_vec(&paths).expect("payload")).await);
+    assert_eq!(out["/tmp/x"], "hi", "{out}");
+    for path in &paths[..paths.len() - 1] {
+        assert!(
+            out[path] == "EROFS" || out[path] == "EACCES",
+            "{path} is writable: {out}"
+        );
+    }
+    // Mounted read-only, not merely owned by root.
+    assert_eq!(out["/code/f.py"], "EROFS", "{out}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn proc_shows_only_the_sandbox() {
+    let f_py = r#"
+import os
+
+def f(event):
+    pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+    cmdline = open('/proc/1/cmdline', 'rb').read().split(b'\0')
+    return {'pids': pids, 'me': os.getpid(), 'pid1': [c.decode() for c in cmdline if c]}
+"#;
+    let Some(fx) = fixture("proc", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    assert_eq!(out["pids"], serde_json::json!([1]), "{out}");
+    assert_eq!(out["me"], 1, "{out}");
+    let pid1: Vec<String> = serde_json::from_value(out["pid1"].clone()).expect("argv");
+    assert!(
+        pid1.contains(&"/sock/sock_runtime.py".to_string()),
+        "{pid1:?}"
+    );
+    fx.finish();
+}
+
+#[tokio::test]
+async fn function_runs_unprivileged() {
+    let f_py = r#"
+import os
+
+def f(event):
+    status = dict(
+        line.split(':\t', 1) for line in open('/proc/self/status').read().splitlines() if ':\t' in line
+    )
+    return {
+        'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(), 'groups': os.getgroups(),
+        'CapEff': status['CapEff'].strip(), 'CapBnd': status['CapBnd'].strip(),
+        'NoNewPrivs': status['NoNewPrivs'].strip(),
+    }
+"#;
+    let Some(fx) = fixture("uid", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    assert_ne!(out["uid"], 0, "{out}");
+    assert_eq!(out["uid"], 65534, "{out}");
+    assert_eq!(out["euid"], 65534, "{out}");
+    assert_eq!(out["gid"], 65534, "{out}");
+    assert_eq!(out["groups"], serde_json::json!([]), "{out}");
+    assert_eq!(out["CapEff"], "0000000000000000", "{out}");
+    assert_eq!(out["CapBnd"], "0000000000000000", "{out}");
+    assert_eq!(out["NoNewPrivs"], "1", "{out}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn no_network_but_loopback() {
+    let f_py = r#"
+import socket
+
+def f(event):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(('127.0.0.1', event['port']))
+        connect = 'connected'
+    except OSError as e:
+        connect = type(e).__name__
+    return {
+        'connect': connect,
+        'interfaces': [name for _, name in socket.if_nameindex()],
+        'hostname': socket.gethostname(),
+    }
+"#;
+    let Some(fx) = fixture("net", f_py) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let out = json(fx.call(format!(r#"{{"port": {port}}}"#).as_bytes()).await);
+    assert_ne!(out["connect"], "connected", "{out}");
+    assert_eq!(out["interfaces"], serde_json::json!(["lo"]), "{out}");
+    assert_eq!(out["hostname"], "sandbox", "{out}");
+    assert!(
+        listener.accept().is_err(),
+        "the host's listener got a connection from the sandbox"
+    );
+    fx.finish();
+}
+
+#[tokio::test]
+async fn timeout_destroys_the_sandbox() {
+    let Some(fx) = fixture(
+        "timeout",
+        "import time\n\ndef f(event):\n    time.sleep(60)\n",
+    ) else {
+        return;
+    };
+    let mut sandbox = fx.sandboxes().create(fx.spec()).await.expect("create");
+    let dirs = sandbox.cgroup_dirs().to_vec();
+    let outcome = sandbox
+        .invoke("slow", b"", Duration::from_millis(500))
+        .await
+        .expect("invoke");
+    let error = failure(outcome);
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    assert_eq!(error.message, "function exceeded its timeout of 500 ms");
+    // Gone already, before any explicit destroy.
+    assert!(!sandbox.is_alive());
+    assert_gone(&dirs);
+    assert_eq!(fx.sandboxes().alive(), 0);
+    let again = sandbox.invoke("again", b"", TIMEOUT).await;
+    assert!(again.is_err(), "a destroyed sandbox must refuse calls");
+    drop(sandbox);
+    fx.finish();
+}
+
+#[tokio::test]
+async fn running_out_of_memory_is_reported_with_the_limit() {
+    let f_py = "def f(event):\n    hog = b'x' * (256 << 20)\n    return len(hog)\n";
+    let Some(fx) = fixture("oom", f_py) else {
+        return;
+    };
+    let spec = SandboxSpec {
+        limits: Limits {
+            memory_mb: 64,
+            ..Limits::default()
+        },
+        ..fx.spec()
+    };
+    let error = failure(fx.call_with(spec, b"", TIMEOUT).await);
+    assert_eq!(error.kind(), ErrorKind::OutOfMemory, "{error:?}");
+    assert_eq!(error.message, "function ran out of memory (limit 64 MB)");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn a_runtime_that_exits_is_reported_as_killed() {
+    let Some(fx) = fixture("exit", "import os\n\ndef f(event):\n    os._exit(3)\n") else {
+        return;
+    };
+    let error = failure(fx.call(b"").await);
+    assert_eq!(error.kind(), ErrorKind::Killed);
+    assert_eq!(error.message, "sandbox exited unexpectedly (exit status 3)");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn environment_is_the_functions_and_not_the_hosts() {
+    let f_py = "import os\n\ndef f(event):\n    return dict(os.environ)\n";
+    let Some(fx) = fixture("env", f_py) else {
+        return;
+    };
+    let spec = SandboxSpec {
+        environment: vec![("GREETING".into(), "hello".into())],
+        ..fx.spec()
+    };
+    let env = json(fx.call_with(spec, b"", TIMEOUT).await);
+    assert_eq!(env["GREETING"], "hello", "{env}");
+    assert_eq!(env["HOME"], "/tmp", "{env}");
+    assert!(
+        env.get("CARGO_MANIFEST_DIR").is_none(),
+        "host env leaked: {env}"
+    );
+    fx.finish();
+}
+
+#[tokio::test]
+async fn a_restart_removes_what_the_previous_run_left() {
+    let Some(fx) = fixture("leftover", "def f(event):\n    return 1\n") else {
+        return;
+    };
+    let sandbox = fx.sandboxes().create(fx.spec()).await.expect("create");
+    let dirs = sandbox.cgroup_dirs().to_vec();
+    // Simulate a crash: the sandbox is never destroyed by this process.
+    std::mem::forget(sandbox);
+    assert!(dirs.iter().all(|d| d.is_dir()));
+
+    let pids: Vec<i32> = std::fs::read_to_string(dirs[0].join("cgroup.procs"))
+        .expect("cgroup.procs")
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect();
+    assert!(!pids.is_empty());
+
+    let restarted = Sandboxes::new(config(fx.dir.path(), &fx.instance)).expect("restart");
+    assert_gone(&dirs);
+    assert_eq!(restarted.alive(), 0);
+    // The forgotten init is still this process's child: reap it, as a
+    // crashed sandboxd's would be reaped by whoever inherits it.
+    for pid in pids {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+    drop(restarted);
+    fx.finish();
+}
