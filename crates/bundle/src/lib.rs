@@ -2,14 +2,31 @@
 //! OpenLambda's shape (`f.py` or another entry file, optional
 //! `requirements.txt` and `ol.yaml`).
 //!
-//! Everything here treats the archive as hostile: validation refuses
-//! anything that is not a plain file or directory inside the bundle, and
-//! unpacking only ever creates those.
+//! Everything here treats the archive as hostile. [`validate`] and
+//! [`unpack`] share one reader that refuses, with an error naming the entry,
+//! anything that is not a file, a directory or a symlink staying inside the
+//! bundle, and anything past the [`BundleLimits`]; unpacking only ever
+//! creates those three kinds, never writing through a symlink.
 #![forbid(unsafe_code)]
 
+mod config;
+mod error;
+mod name;
+mod pack;
+mod reader;
+mod tree;
+mod unpack;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::io::{self, Read};
 use std::path::Path;
 
 use sock_proto::v1::FunctionConfig;
+
+pub use error::{BundleError, Size};
+pub use name::validate_name;
 
 /// Size bounds applied while reading an archive.
 #[derive(Clone, Copy, Debug)]
@@ -31,39 +48,57 @@ impl Default for BundleLimits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    #[error("placeholder")]
-    Todo,
-}
-
 /// What validation learned from a bundle.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manifest {
+    /// From `ol.yaml` and `requirements.txt`, with defaults filled in
+    /// (`entry_file` "f.py", `isolation` "sock", `limits` all zero).
     pub config: FunctionConfig,
-}
-
-/// Checks a function name: `[a-z0-9][a-z0-9_-]{0,62}`.
-pub fn validate_name(name: &str) -> Result<(), BundleError> {
-    let _ = name;
-    Err(BundleError::Todo)
 }
 
 /// Validates an untrusted bundle without writing anything to disk.
 pub fn validate(bundle: &[u8], limits: &BundleLimits) -> Result<Manifest, BundleError> {
-    let _ = (bundle, limits);
-    Err(BundleError::Todo)
+    reader::read(bundle, limits, &mut Discard)
 }
 
-/// Unpacks a bundle into `dest` (which must not exist yet), validating it
-/// on the way. Files are world-readable, directories world-traversable.
+/// Unpacks a bundle into `dest` (which must not exist yet; its parent
+/// must), validating it on the way. Files are 0644 (0755 if the archive gave
+/// any execute bit), directories 0755, whatever the archive says. On error
+/// `dest` is removed again.
 pub fn unpack(bundle: &[u8], dest: &Path, limits: &BundleLimits) -> Result<Manifest, BundleError> {
-    let _ = (bundle, dest, limits);
-    Err(BundleError::Todo)
+    unpack::unpack(bundle, dest, limits)
 }
 
-/// Packs a function directory into a bundle.
+/// Packs a function directory into a bundle, leaving out `.git`,
+/// `__pycache__` and `*.pyc`. Symlinks are kept as symlinks and must stay
+/// inside `dir`; other special files are refused.
 pub fn pack(dir: &Path) -> Result<Vec<u8>, BundleError> {
-    let _ = dir;
-    Err(BundleError::Todo)
+    pack::pack(dir)
 }
+
+/// The sink of `validate`: reads everything (so truncation and the gzip
+/// checksum are caught) and keeps nothing.
+struct Discard;
+
+impl reader::Sink for Discard {
+    fn dir(&mut self, _: &str) -> Result<(), BundleError> {
+        Ok(())
+    }
+
+    fn file(&mut self, path: &str, _: bool, data: &mut dyn Read) -> Result<(), BundleError> {
+        io::copy(data, &mut io::sink())
+            .map(drop)
+            .map_err(|e| BundleError::io("read", path, e))
+    }
+
+    fn hard_link(&mut self, _: &str, _: &str) -> Result<(), BundleError> {
+        Ok(())
+    }
+
+    fn symlink(&mut self, _: &str, _: &str) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

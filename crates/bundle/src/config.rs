@@ -1,0 +1,356 @@
+//! A function's configuration from its bundle: `ol.yaml` (OpenLambda's
+//! format, plus sock's `limits` and `isolation`) and `requirements.txt`.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use sock_proto::v1::{FunctionConfig, Limits};
+
+use crate::error::{BundleError, shown};
+use crate::tree::normalize;
+
+pub(crate) const DEFAULT_ENTRY_FILE: &str = "f.py";
+const ENTRY_FILE_VAR: &str = "OL_ENTRY_FILE";
+pub(crate) const WSGI_ENTRY_VAR: &str = "OL_WSGI_ENTRY";
+const ISOLATIONS: [&str; 2] = ["sock", "gvisor"];
+
+/// ol.yaml as written. Unknown top-level keys and triggers are ignored so
+/// OpenLambda bundles with features sock lacks still load; `limits` is ours,
+/// so a typo there is an error rather than a silently ignored limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OlYaml {
+    triggers: Triggers,
+    environment: BTreeMap<String, Value>,
+    limits: Option<LimitsYaml>,
+    isolation: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Triggers {
+    http: Vec<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LimitsYaml {
+    memory_mb: u64,
+    pids: u32,
+    cpu_percent: u32,
+    timeout_ms: u32,
+}
+
+fn invalid(reason: impl Into<String>) -> BundleError {
+    BundleError::InvalidConfig {
+        reason: reason.into(),
+    }
+}
+
+/// Builds the config from the bytes of `ol.yaml` and `requirements.txt`,
+/// either of which may be absent.
+pub(crate) fn function_config(
+    ol_yaml: Option<&[u8]>,
+    requirements: Option<&[u8]>,
+) -> Result<FunctionConfig, BundleError> {
+    let ol = match ol_yaml {
+        Some(bytes) => parse_ol_yaml(bytes)?,
+        None => OlYaml::default(),
+    };
+    let environment = environment(ol.environment)?;
+    let entry_file = match environment.get(ENTRY_FILE_VAR) {
+        Some(file) => match normalize(file) {
+            Ok(Some(path)) => path,
+            _ => {
+                return Err(invalid(format!(
+                    "{ENTRY_FILE_VAR} '{}' must be a relative path inside the bundle",
+                    shown(file)
+                )));
+            }
+        },
+        None => DEFAULT_ENTRY_FILE.to_string(),
+    };
+    let wsgi_entry = match environment.get(WSGI_ENTRY_VAR) {
+        Some(entry) => {
+            wsgi_module_file(entry)?;
+            entry.clone()
+        }
+        None => String::new(),
+    };
+    let isolation = match ol.isolation {
+        None => ISOLATIONS[0].to_string(),
+        Some(i) if ISOLATIONS.contains(&i.as_str()) => i,
+        Some(i) => {
+            return Err(invalid(format!(
+                "isolation must be 'sock' or 'gvisor', not '{}'",
+                shown(&i)
+            )));
+        }
+    };
+    let limits = ol.limits.unwrap_or_default();
+    Ok(FunctionConfig {
+        http_methods: http_methods(ol.triggers.http)?,
+        environment: environment.into_iter().collect(),
+        entry_file,
+        wsgi_entry,
+        limits: Some(Limits {
+            memory_mb: limits.memory_mb,
+            pids: limits.pids,
+            cpu_percent: limits.cpu_percent,
+            timeout_ms: limits.timeout_ms,
+        }),
+        requirements: match requirements {
+            Some(bytes) => parse_requirements(bytes)?,
+            None => Vec::new(),
+        },
+        isolation,
+    })
+}
+
+fn parse_ol_yaml(bytes: &[u8]) -> Result<OlYaml, BundleError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text"))?;
+    // An empty or comments-only file is a valid "no settings".
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if doc.is_null() {
+        return Ok(OlYaml::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))
+}
+
+fn environment(raw: BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, BundleError> {
+    raw.into_iter()
+        .map(|(key, value)| {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(invalid(format!(
+                    "environment variable name '{}' is empty or holds '=' or NUL",
+                    shown(&key)
+                )));
+            }
+            let value = match value {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                _ => {
+                    return Err(invalid(format!(
+                        "environment variable '{}' must be a string, number or boolean",
+                        shown(&key)
+                    )));
+                }
+            };
+            if value.contains('\0') {
+                return Err(invalid(format!(
+                    "environment variable '{}' holds NUL",
+                    shown(&key)
+                )));
+            }
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Methods of `triggers.http`, either `- method: GET` (OpenLambda) or a
+/// plain `[GET, POST]`; upper-cased, without repeats.
+fn http_methods(raw: Vec<Value>) -> Result<Vec<String>, BundleError> {
+    let mut methods: Vec<String> = Vec::new();
+    for trigger in raw {
+        let method = match &trigger {
+            Value::String(m) => Some(m.as_str()),
+            Value::Mapping(map) => map.get("method").and_then(Value::as_str),
+            _ => None,
+        };
+        let Some(method) =
+            method.filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()))
+        else {
+            return Err(invalid(
+                "each triggers.http entry must be an HTTP method such as GET, or `method: GET`",
+            ));
+        };
+        let method = method.to_ascii_uppercase();
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    Ok(methods)
+}
+
+/// The files a WSGI entry `package.module:app` may import, either of
+/// which satisfies it: `package/module.py`, `package/module/__init__.py`.
+pub(crate) fn wsgi_module_file(entry: &str) -> Result<[String; 2], BundleError> {
+    let is_ident = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match entry.split_once(':') {
+        Some((module, app)) if module.split('.').all(is_ident) && app.split('.').all(is_ident) => {
+            let base = module.replace('.', "/");
+            Ok([format!("{base}.py"), format!("{base}/__init__.py")])
+        }
+        _ => Err(invalid(format!(
+            "{WSGI_ENTRY_VAR} '{}' must look like 'module:app'",
+            shown(entry)
+        ))),
+    }
+}
+
+/// Requirement lines as pip reads them: continuation lines joined,
+/// comments and blank lines dropped, whitespace trimmed.
+fn parse_requirements(bytes: &[u8]) -> Result<Vec<String>, BundleError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| BundleError::InvalidRequirements {
+        reason: "it is not UTF-8 text".into(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = strip_comment(line);
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                let requirement = pending.split_whitespace().collect::<Vec<_>>().join(" ");
+                if !requirement.is_empty() {
+                    out.push(requirement);
+                }
+                pending.clear();
+            }
+        }
+    }
+    let rest = pending.trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    Ok(out)
+}
+
+/// pip treats `#` as a comment at the start of a line or after whitespace.
+fn strip_comment(line: &str) -> &str {
+    let cut = line
+        .char_indices()
+        .find(|&(i, c)| c == '#' && (i == 0 || line[..i].ends_with([' ', '\t'])))
+        .map_or(line.len(), |(i, _)| i);
+    line[..cut].trim_end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Result<FunctionConfig, BundleError> {
+        function_config(Some(yaml.as_bytes()), None)
+    }
+
+    #[test]
+    fn no_files_means_defaults() {
+        let c = function_config(None, None).expect("defaults");
+        assert_eq!(c.entry_file, "f.py");
+        assert_eq!(c.isolation, "sock");
+        assert!(c.http_methods.is_empty() && c.environment.is_empty() && c.wsgi_entry.is_empty());
+        assert_eq!(c.limits, Some(Limits::default()));
+        let empty = config("# nothing here\n").expect("comments only");
+        assert_eq!(empty, c);
+    }
+
+    #[test]
+    fn full_file_is_read() {
+        let c = config(
+            "triggers:\n  http:\n    - method: get\n    - method: POST\n    - method: GET\n\
+             environment:\n  OL_ENTRY_FILE: ./src/main.py\n  GREETING: hi\n  PORT: 8080\n\
+             limits:\n  memory_mb: 128\n  pids: 32\n  cpu_percent: 50\n  timeout_ms: 3000\n\
+             isolation: gvisor\n",
+        )
+        .expect("valid");
+        assert_eq!(c.http_methods, ["GET", "POST"]);
+        assert_eq!(c.entry_file, "src/main.py");
+        assert_eq!(c.environment["GREETING"], "hi");
+        assert_eq!(c.environment["PORT"], "8080");
+        assert_eq!(c.environment["OL_ENTRY_FILE"], "./src/main.py");
+        assert_eq!(
+            c.limits,
+            Some(Limits {
+                memory_mb: 128,
+                pids: 32,
+                cpu_percent: 50,
+                timeout_ms: 3000
+            })
+        );
+        assert_eq!(c.isolation, "gvisor");
+    }
+
+    #[test]
+    fn methods_may_be_plain_strings_and_unknown_triggers_are_ignored() {
+        let c =
+            config("triggers:\n  http: [get, Post]\n  cron: [{schedule: '* * * * *'}]\nother: 1\n")
+                .expect("valid");
+        assert_eq!(c.http_methods, ["GET", "POST"]);
+    }
+
+    #[test]
+    fn wsgi_entry_is_taken_from_the_environment() {
+        let c = config("environment:\n  OL_WSGI_ENTRY: web.app:application\n").expect("valid");
+        assert_eq!(c.wsgi_entry, "web.app:application");
+        assert_eq!(
+            wsgi_module_file(&c.wsgi_entry).expect("valid"),
+            ["web/app.py".to_string(), "web/app/__init__.py".to_string()]
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (yaml, needle) in [
+            ("limits:\n  memroy_mb: 1\n", "unknown field `memroy_mb`"),
+            ("limits:\n  memory_mb: -1\n", "memory_mb"),
+            (
+                "isolation: docker\n",
+                "isolation must be 'sock' or 'gvisor', not 'docker'",
+            ),
+            (
+                "environment:\n  OL_ENTRY_FILE: ../x.py\n",
+                "OL_ENTRY_FILE '../x.py' must be a relative path",
+            ),
+            (
+                "environment:\n  OL_ENTRY_FILE: /x.py\n",
+                "OL_ENTRY_FILE '/x.py'",
+            ),
+            (
+                "environment:\n  OL_WSGI_ENTRY: app\n",
+                "must look like 'module:app'",
+            ),
+            (
+                "environment:\n  X: [1]\n",
+                "environment variable 'X' must be a string",
+            ),
+            ("triggers:\n  http: [{verb: GET}]\n", "triggers.http entry"),
+            ("triggers: [oops\n", "invalid ol.yaml"),
+        ] {
+            let err = config(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with("invalid ol.yaml: "), "{err}");
+            assert!(err.contains(needle), "{yaml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn requirements_lose_comments_blanks_and_continuations() {
+        let reqs = parse_requirements(
+            b"\xef\xbb\xbf# via pip-compile\nrequests==2.31.0  # http\n\n  idna==3.6\n\
+              certifi==2024.2.2 \\\n    --hash=sha256:abc\nurl#frag==1\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            reqs,
+            [
+                "requests==2.31.0",
+                "idna==3.6",
+                "certifi==2024.2.2 --hash=sha256:abc",
+                "url#frag==1"
+            ]
+        );
+        assert!(parse_requirements(b"\xff\n").is_err());
+    }
+}
