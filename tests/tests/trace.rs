@@ -1,0 +1,106 @@
+//! One invocation is one trace: spans from all four services, exported
+//! over OTLP, share a trace id and hang off the gateway's span.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sock_e2e::cluster::{Cluster, have_root};
+use sock_e2e::functions::example;
+use sock_e2e::otlp::{OtlpReceiver, Span};
+use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+
+const SERVICES: [&str; 4] = ["sock-gateway", "sock-registry", "sock-cache", "sock-sandboxd"];
+
+/// Trace ids whose spans come from all four services.
+fn complete_traces(spans: &[Span]) -> Vec<String> {
+    let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for span in spans {
+        services
+            .entry(span.trace_id.as_str())
+            .or_default()
+            .insert(span.service.as_str());
+    }
+    services
+        .into_iter()
+        .filter(|(_, seen)| SERVICES.iter().all(|s| seen.contains(s)))
+        .map(|(trace, _)| trace.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_invocation_is_one_trace_across_all_four_services() {
+    if !have_root() {
+        return;
+    }
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let cluster = Cluster::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    cluster
+        .registry()
+        .await
+        .push_function(PushFunctionRequest {
+            name: "echo".into(),
+            bundle: sock_bundle::pack(&example("echo")).expect("pack echo"),
+        })
+        .await
+        .expect("push echo");
+    let response = cluster
+        .gateway()
+        .await
+        .invoke(InvokeRequest {
+            function: "echo".into(),
+            payload: b"{\"traced\":true}".to_vec(),
+            timeout_ms: None,
+        })
+        .await
+        .expect("invoke echo");
+    let call_id = response.metadata().get("x-sock-call-id").cloned();
+
+    let spans = receiver
+        .wait_for(|spans| !complete_traces(spans).is_empty(), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|timeout| {
+            let seen: BTreeSet<_> = timeout
+                .seen
+                .iter()
+                .map(|s| format!("{} {} {}", s.service, s.trace_id, s.name))
+                .collect();
+            panic!("no trace with spans from all four services; saw:\n{seen:#?}")
+        });
+    let traces = complete_traces(&spans);
+    assert_eq!(traces.len(), 1, "exactly one invocation trace: {traces:?}");
+    let trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == traces[0]).collect();
+
+    // The gateway's server span is the root; every other span has a parent
+    // within the same trace.
+    let ids: BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<&&Span> = trace.iter().filter(|s| s.parent_id.is_none()).collect();
+    assert_eq!(roots.len(), 1, "one root span: {trace:#?}");
+    assert_eq!(roots[0].service, "sock-gateway");
+    for span in &trace {
+        if let Some(parent) = &span.parent_id {
+            assert!(ids.contains(parent.as_str()), "orphan span {span:#?}");
+        }
+    }
+    if let Some(call_id) = call_id {
+        let call_id = call_id.to_str().expect("ascii call id");
+        assert!(
+            trace
+                .iter()
+                .any(|s| s.attributes.values().any(|v| v == call_id)),
+            "the call id {call_id} appears in the trace"
+        );
+    } else {
+        panic!("the gateway returns the call id in x-sock-call-id");
+    }
+    // The function's own run is a span of sandboxd.
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.service == "sock-sandboxd" && s.name == "function.run"),
+        "a function.run span: {:#?}",
+        trace.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>()
+    );
+}
