@@ -17,7 +17,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Injects the current span's context into outgoing HTTP headers
 /// (`traceparent`, `tracestate`).
 pub fn inject_context(headers: &mut http::HeaderMap) {
-    let context = tracing::Span::current().context();
+    let mut context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        // The current span is one OpenTelemetry does not record (below
+        // `info`); the innermost one it does record is active instead.
+        context = opentelemetry::Context::current();
+    }
     global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });

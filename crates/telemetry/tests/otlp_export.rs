@@ -40,6 +40,7 @@ async fn one_call_is_one_trace_across_grpc_and_http() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("RUST_LOG", "info,otlp_export=debug".into()),
         ],
     )
     .await;
@@ -140,8 +141,11 @@ async fn make_traced_calls() {
     let mut request = http::Request::get("/items/7")
         .body(Body::empty())
         .expect("request");
-    tracing::info_span!("http client", otel.kind = "client")
-        .in_scope(|| inject_context(request.headers_mut()));
+    // The debug span is logged but not traced (the parent sets RUST_LOG),
+    // so the context to send is that of the span around it.
+    tracing::info_span!("http client", otel.kind = "client").in_scope(|| {
+        tracing::debug_span!("build request").in_scope(|| inject_context(request.headers_mut()))
+    });
     let response = app.clone().oneshot(request).await.expect("routed");
     assert_eq!(response.status(), http::StatusCode::OK);
     let untraced = http::Request::get("/items/8")
