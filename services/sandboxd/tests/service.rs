@@ -1,0 +1,352 @@
+//! The gRPC service end to end on one node: a fake cache in the test (the
+//! real one is tested in its own crate and end to end), the real sandboxd
+//! `run` with real sandboxes. Needs root.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::sandbox_invoke_response::Outcome;
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{
+    ErrorKind, FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
+    SandboxInvokeResponse, StatusRequest,
+};
+use sock_sandboxd::Config;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status};
+
+/// Serves one function, "echo" (version 3), from a code dir; everything
+/// else does not exist.
+struct FakeCache {
+    code_dir: PathBuf,
+}
+
+#[tonic::async_trait]
+impl Cache for FakeCache {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        let function = request.into_inner().function.unwrap_or_default();
+        if function.name != "echo" {
+            return Err(Status::not_found(format!(
+                "function '{}' does not exist; push it with `sock push`",
+                function.name
+            )));
+        }
+        Ok(Response::new(PrepareResponse {
+            function: Some(FunctionRef {
+                name: "echo".into(),
+                version: 3,
+            }),
+            code_dir: self.code_dir.display().to_string(),
+            config: Some(FunctionConfig {
+                entry_file: "main.py".into(),
+                environment: [("SUFFIX".to_string(), "!".to_string())].into(),
+                ..FunctionConfig::default()
+            }),
+            ..PrepareResponse::default()
+        }))
+    }
+}
+
+const MAIN_PY: &str = r#"
+import os, time
+
+def f(event):
+    time.sleep(event.get('sleep', 0))
+    return event['say'] + os.environ['SUFFIX']
+"#;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    instance: String,
+    client: SandboxdClient<Channel>,
+    shutdown: CancellationToken,
+    served: tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>,
+}
+
+fn is_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root ({test})");
+    }
+    root
+}
+
+/// Starts the fake cache (or, when `up` is false, reserves an address
+/// nothing listens on); returns its address.
+async fn start_cache(dir: &Path, up: bool) -> String {
+    let code_dir = dir.join("code");
+    std::fs::create_dir(&code_dir).expect("mkdir code");
+    std::fs::write(code_dir.join("main.py"), MAIN_PY).expect("write main.py");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    if up {
+        tokio::spawn(
+            Server::builder()
+                .add_service(CacheServer::new(FakeCache { code_dir }))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+    }
+    addr
+}
+
+fn client(addr: String) -> SandboxdClient<Channel> {
+    SandboxdClient::new(
+        tonic::transport::Endpoint::from_shared(addr)
+            .expect("endpoint")
+            .connect_lazy(),
+    )
+}
+
+fn assert_no_cgroups(instance: &str) {
+    for controller in ["memory", "pids", "cpu", "freezer"] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("sock")
+            .join(instance);
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+}
+
+async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
+    if !is_root(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_addr = start_cache(dir.path(), cache_up).await;
+
+    let instance = format!("svc-{test}-{}", std::process::id());
+    let config = Config {
+        cache_addr,
+        data_dir: dir.path().join("data"),
+        instance: instance.clone(),
+        shutdown_grace_ms: grace_ms,
+        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
+        ..Config::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sandboxd");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
+    Some(Node {
+        _dir: dir,
+        instance,
+        client: client(addr),
+        shutdown,
+        served,
+    })
+}
+
+impl Node {
+    async fn invoke(&self, name: &str, payload: &str) -> Result<SandboxInvokeResponse, Status> {
+        invoke(self.client.clone(), name, payload).await
+    }
+
+    /// Stops sandboxd and checks it left no cgroup of its instance.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.served)
+            .await
+            .expect("sandboxd stops")
+            .expect("run task")
+            .expect("run returns Ok");
+        assert_no_cgroups(&self.instance);
+    }
+}
+
+async fn invoke(
+    mut client: SandboxdClient<Channel>,
+    name: &str,
+    payload: &str,
+) -> Result<SandboxInvokeResponse, Status> {
+    client
+        .invoke(SandboxInvokeRequest {
+            function: Some(FunctionRef {
+                name: name.into(),
+                version: 1,
+            }),
+            config: None,
+            payload: payload.as_bytes().to_vec(),
+            call_id: "call-1".into(),
+            timeout_ms: 20_000,
+        })
+        .await
+        .map(Response::into_inner)
+}
+
+/// Waits (bounded) until sandboxd answers Status with `n` live sandboxes.
+async fn wait_for_sandboxes(client: &SandboxdClient<Channel>, n: u32) {
+    for _ in 0..500 {
+        let status = client.clone().status(StatusRequest {}).await;
+        if status.is_ok_and(|s| s.into_inner().sandboxes == n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("sandboxd never reported {n} sandboxes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_runs_the_prepared_version_with_its_config() {
+    let Some(node) = start("invoke", 10_000, true).await else {
+        return;
+    };
+    let response = node
+        .invoke("echo", r#"{"say": "hi"}"#)
+        .await
+        .expect("invoke");
+    assert_eq!(response.version, 3, "the version the cache prepared");
+    assert_eq!(
+        response.outcome,
+        Some(Outcome::Result(br#""hi!""#.to_vec()))
+    );
+
+    let response = node.invoke("echo", "{}").await.expect("invoke");
+    let Some(Outcome::Error(error)) = response.outcome else {
+        panic!("expected a function error, got {response:?}");
+    };
+    assert_eq!(error.kind(), ErrorKind::Function);
+    assert_eq!(error.message, "KeyError: 'say'");
+
+    let status = node
+        .client
+        .clone()
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.calls_total, 2);
+    assert_eq!(status.sandboxes, 0, "every call destroys its sandbox");
+    assert!(matches!(status.cgroup_version, 1 | 2));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_answers_and_outages_reach_the_caller_clearly() {
+    let Some(node) = start("cache", 10_000, true).await else {
+        return;
+    };
+    let status = node
+        .invoke("nope", "{}")
+        .await
+        .expect_err("unknown function");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        "function 'nope' does not exist; push it with `sock push`"
+    );
+    node.stop().await;
+
+    let Some(node) = start("cachedown", 10_000, false).await else {
+        return;
+    };
+    let status = node.invoke("echo", "{}").await.expect_err("cache down");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().starts_with("code cache unavailable:"),
+        "{}",
+        status.message()
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_calls_finish() {
+    let Some(node) = start("drain", 30_000, true).await else {
+        return;
+    };
+    let call = tokio::spawn(invoke(
+        node.client.clone(),
+        "echo",
+        r#"{"say": "done", "sleep": 1}"#,
+    ));
+    wait_for_sandboxes(&node.client, 1).await;
+    node.shutdown.cancel();
+    let response = call.await.expect("call task").expect("call answered");
+    assert_eq!(
+        response.outcome,
+        Some(Outcome::Result(br#""done!""#.to_vec()))
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_destroys_sandboxes_that_outlive_the_grace_period() {
+    let Some(node) = start("kill", 200, true).await else {
+        return;
+    };
+    let call = tokio::spawn(invoke(
+        node.client.clone(),
+        "echo",
+        r#"{"say": "never", "sleep": 600}"#,
+    ));
+    wait_for_sandboxes(&node.client, 1).await;
+    node.shutdown.cancel();
+    let response = call.await.expect("call task").expect("call answered");
+    let Some(Outcome::Error(error)) = response.outcome else {
+        panic!("expected the call to be killed, got {response:?}");
+    };
+    assert_eq!(error.kind(), ErrorKind::Killed, "{error:?}");
+    node.stop().await;
+}
+
+/// Kills the daemon if a test fails before it stopped it.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary: config from the environment, its own executable as
+/// the sandbox init, and SIGTERM for a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
+    if !is_root("binary") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_addr = start_cache(dir.path(), true).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let instance = format!("svc-binary-{}", std::process::id());
+    let mut daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd"))
+            .env("SOCK_SANDBOXD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
+            .env("SOCK_SANDBOXD_DATA_DIR", dir.path().join("data"))
+            .env("SOCK_SANDBOXD_INSTANCE", &instance)
+            .spawn()
+            .expect("start sock-sandboxd"),
+    );
+    let client = client(format!("http://127.0.0.1:{port}"));
+    wait_for_sandboxes(&client, 0).await;
+
+    let response = invoke(client, "echo", r#"{"say": "from the binary"}"#)
+        .await
+        .expect("invoke");
+    assert_eq!(
+        response.outcome,
+        Some(Outcome::Result(br#""from the binary!""#.to_vec()))
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::task::spawn_blocking(move || daemon.0.wait())
+        .await
+        .expect("wait task")
+        .expect("wait");
+    assert!(status.success(), "sock-sandboxd exited with {status}");
+    assert_no_cgroups(&instance);
+}
