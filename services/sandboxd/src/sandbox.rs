@@ -113,7 +113,13 @@ impl Sandboxes {
         };
 
         let data_dir = &config.data_dir;
-        make_dir(data_dir, 0o700)?;
+        // Created private, but an existing directory keeps its mode: the
+        // data dir may be a shared parent the operator chose.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(io("cannot create directory", data_dir))?;
         let data_dir = data_dir.canonicalize().map_err(io("data dir", data_dir))?;
         let mount_point = data_dir.join("root");
         make_dir(&mount_point, 0o755)?;
@@ -555,6 +561,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, path, source }
 }
 
+/// Creates one of sandboxd's own directories with exactly `mode`, whatever
+/// the umask: sandboxes read the runtime dir as an unprivileged uid.
 fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -566,9 +574,13 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
 }
 
 /// Written next to the final name and renamed, so a sandbox starting
-/// meanwhile never sees half a file.
+/// meanwhile (maybe of another instance sharing the data dir) never sees
+/// half a file.
 fn write_runtime(dir: &Path) -> Result<(), Error> {
-    let tmp = dir.join(".sock_runtime.py.tmp");
+    let tmp = dir.join(format!(
+        ".sock_runtime.py.{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let path = dir.join("sock_runtime.py");
     std::fs::write(&tmp, RUNTIME_PY).map_err(io("cannot write", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))

@@ -428,3 +428,58 @@ async fn a_restart_removes_what_the_previous_run_left() {
     drop(restarted);
     fx.finish();
 }
+
+#[tokio::test]
+async fn dropping_a_sandbox_mid_call_destroys_it() {
+    let Some(fx) = fixture("drop", "import time\n\ndef f(event):\n    time.sleep(60)\n") else {
+        return;
+    };
+    let mut sandbox = fx.sandboxes().create(fx.spec()).await.expect("create");
+    let dirs = sandbox.cgroup_dirs().to_vec();
+    // The caller gives up (a cancelled gRPC call drops its future).
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        sandbox.invoke("c", b"", TIMEOUT),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the call cannot have finished");
+    assert!(sandbox.is_alive());
+    drop(sandbox);
+    assert_gone(&dirs);
+    assert_eq!(fx.sandboxes().alive(), 0);
+    fx.finish();
+}
+
+#[tokio::test]
+async fn fork_bombs_hit_the_pids_limit_and_die_with_the_sandbox() {
+    let f_py = r#"
+import os, time
+
+def f(event):
+    forked = 0
+    try:
+        for _ in range(100):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            forked += 1
+    except OSError as e:
+        return {'forked': forked, 'error': type(e).__name__}
+    return {'forked': forked, 'error': None}
+"#;
+    let Some(fx) = fixture("pids", f_py) else {
+        return;
+    };
+    let spec = SandboxSpec {
+        limits: Limits {
+            pids: 16,
+            ..Limits::default()
+        },
+        ..fx.spec()
+    };
+    // call_with also checks that destroy removed every forked process.
+    let out = json(fx.call_with(spec, b"", TIMEOUT).await);
+    assert_eq!(out["error"], "BlockingIOError", "{out}");
+    assert!(out["forked"].as_u64().expect("count") < 16, "{out}");
+    fx.finish();
+}
