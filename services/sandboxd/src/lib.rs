@@ -4,9 +4,10 @@
 //!
 //! The library API is [`Config`] and [`run`] for the service, and
 //! [`Sandboxes`] / [`Sandbox`] to drive sandboxes directly. A program that
-//! embeds sandboxd must let [`sandbox_init`] handle `argv[1] ==
-//! `[`INIT_ARG`] before it starts any thread, as `sock-sandboxd`'s main
-//! does (or point `Config::init_program` at `sock-sandboxd`).
+//! embeds sandboxd must hand a re-execution with `argv[1]` equal to
+//! [`INIT_ARG`] to [`sandbox_init`] before it starts any thread, as
+//! `sock-sandboxd`'s main does, or point `Config::init_program` at
+//! `sock-sandboxd`.
 //!
 //! This is the only sock crate with unsafe code: each use is a function
 //! marked `#[allow(unsafe_code)]` with a `// SAFETY:` comment per block.
