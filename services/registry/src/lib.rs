@@ -1,0 +1,69 @@
+//! The registry: sock's code store.
+//!
+//! Function bundles and their versions live in sled under `data_dir`. The
+//! gRPC admin API (`sock.v1.Registry`) pushes, describes, lists and
+//! deletes functions; every push is validated as a hostile archive before
+//! anything is stored, and a refused push leaves the previous version
+//! serving. The HTTP store serves the latest bundle of each function with
+//! ETag / Last-Modified validators and answers 304 to a current copy.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod functions;
+mod grpc;
+mod http;
+mod store;
+
+use sock_bundle::BundleLimits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+
+use functions::Functions;
+use store::Store;
+
+/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` is cancelled
+/// and in-flight requests are done, or until either server fails.
+pub async fn run(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    tracing::debug!(?config, "registry config");
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let limits = BundleLimits {
+        max_bundle_bytes: config.max_bundle_bytes(),
+        ..BundleLimits::default()
+    };
+    let functions = Functions::new(store, limits);
+    tracing::info!(
+        grpc = %local_addr(&grpc),
+        http = %local_addr(&http),
+        "registry serving"
+    );
+    // One server failing stops the other rather than leaving half a
+    // registry running.
+    let stop = shutdown.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
+    tokio::try_join!(
+        grpc::serve(
+            functions.clone(),
+            grpc,
+            limits.max_bundle_bytes,
+            stop.clone()
+        ),
+        http::serve(functions, http, stop.clone()),
+    )?;
+    Ok(())
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}

@@ -1,0 +1,34 @@
+//! The registry's settings, loaded by `sock_service::load_config("registry", …)`.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address of the gRPC admin API (push, get, list, delete).
+    pub grpc_listen: String,
+    /// Address of the HTTP bundle store (`GET /functions/{name}`).
+    pub http_listen: String,
+    /// Where sled keeps functions and bundles.
+    pub data_dir: PathBuf,
+    /// Largest bundle accepted, compressed, in MiB.
+    pub max_bundle_mb: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_listen: "127.0.0.1:7071".into(),
+            http_listen: "127.0.0.1:7072".into(),
+            data_dir: PathBuf::from(".sock/registry"),
+            max_bundle_mb: 32,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn max_bundle_bytes(&self) -> u64 {
+        self.max_bundle_mb.saturating_mul(1 << 20)
+    }
+}

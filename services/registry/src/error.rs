@@ -1,0 +1,67 @@
+//! The registry's one error type, and the two places it becomes a protocol
+//! status: `tonic::Status` for gRPC and an HTTP response for the store.
+//! Storage failures are logged here in full and shown to callers only as a
+//! short message, so host paths and sled internals stay in the log.
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sock_bundle::BundleError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An invalid function name or a refused bundle.
+    #[error(transparent)]
+    Invalid(#[from] BundleError),
+
+    #[error("function '{0}' does not exist; push it with `sock push`")]
+    NotFound(String),
+
+    #[error("cannot open the store in {path}: {source}", path = .path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: sled::Error,
+    },
+
+    #[error("store failed: {0}")]
+    Storage(#[from] sled::Error),
+
+    #[error("stored record of function '{name}' is corrupt: {reason}")]
+    Corrupt { name: String, reason: String },
+
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// What callers see of a failure that is ours, not theirs.
+const INTERNAL: &str = "the registry failed to read or write its store; see the registry's log";
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(e) => tonic::Status::invalid_argument(e.to_string()),
+            e @ Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            e => {
+                tracing::error!(error = %e, "registry request failed");
+                tonic::Status::internal(INTERNAL)
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Invalid(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            e @ Error::NotFound(_) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+            e => {
+                tracing::error!(error = %e, "registry request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL).into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What both front ends ask of the registry: validate, store, look up.
+//! Validation and sled work block, so they run on the blocking pool.
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::IVec;
+use sock_bundle::{BundleLimits, validate_name};
+use sock_proto::v1::FunctionInfo;
+
+use crate::error::Error;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub(crate) struct Functions {
+    store: Arc<Store>,
+    limits: BundleLimits,
+}
+
+impl Functions {
+    pub(crate) fn new(store: Store, limits: BundleLimits) -> Self {
+        Functions {
+            store: Arc::new(store),
+            limits,
+        }
+    }
+
+    /// Validates name and bundle, then stores the bundle as the next
+    /// version. A refused push changes nothing.
+    pub(crate) async fn push(&self, name: String, bundle: Vec<u8>) -> Result<FunctionInfo, Error> {
+        validate_name(&name)?;
+        let this = self.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let manifest = sock_bundle::validate(&bundle, &this.limits)?;
+            this.store
+                .push(&name, &bundle, manifest.config, now_unix_ms())
+        })
+        .await?;
+        match &pushed {
+            Ok(info) => {
+                tracing::info!(function = %info.name, version = info.version, bytes = info.bundle_bytes, "pushed")
+            }
+            Err(Error::Invalid(reason)) => tracing::info!(%reason, "push refused"),
+            Err(_) => {}
+        }
+        pushed
+    }
+
+    pub(crate) async fn get(&self, name: String) -> Result<FunctionInfo, Error> {
+        self.blocking(name, |store, name| store.get(name)).await
+    }
+
+    pub(crate) async fn latest(&self, name: String) -> Result<(FunctionInfo, IVec), Error> {
+        self.blocking(name, |store, name| store.latest(name)).await
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<FunctionInfo>, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.list()).await?
+    }
+
+    pub(crate) async fn delete(&self, name: String) -> Result<(), Error> {
+        self.blocking(name.clone(), |store, name| store.delete(name))
+            .await?;
+        tracing::info!(function = %name, "deleted");
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        name: String,
+        f: impl FnOnce(&Store, &str) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        validate_name(&name)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store, &name)).await?
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    i64::try_from(since_epoch.as_millis()).expect("milliseconds since 1970 fit in i64")
+}

@@ -1,0 +1,103 @@
+//! The gRPC admin API, `sock.v1.Registry`.
+use sock_bundle::Size;
+use sock_proto::v1::registry_server::{Registry, RegistryServer};
+use sock_proto::v1::{
+    DeleteFunctionRequest, DeleteFunctionResponse, FunctionInfo, GetFunctionRequest,
+    ListFunctionsRequest, ListFunctionsResponse, PushFunctionRequest,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+use tower::util::MapResponseLayer;
+
+use crate::error::Error;
+use crate::functions::Functions;
+
+struct RegistryService {
+    functions: Functions,
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn push_function(
+        &self,
+        request: Request<PushFunctionRequest>,
+    ) -> Result<Response<FunctionInfo>, Status> {
+        let PushFunctionRequest { name, bundle } = request.into_inner();
+        Ok(Response::new(self.functions.push(name, bundle).await?))
+    }
+
+    async fn get_function(
+        &self,
+        request: Request<GetFunctionRequest>,
+    ) -> Result<Response<FunctionInfo>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(self.functions.get(name).await?))
+    }
+
+    async fn list_functions(
+        &self,
+        _: Request<ListFunctionsRequest>,
+    ) -> Result<Response<ListFunctionsResponse>, Status> {
+        let functions = self.functions.list().await?;
+        Ok(Response::new(ListFunctionsResponse { functions }))
+    }
+
+    async fn delete_function(
+        &self,
+        request: Request<DeleteFunctionRequest>,
+    ) -> Result<Response<DeleteFunctionResponse>, Status> {
+        self.functions.delete(request.into_inner().name).await?;
+        Ok(Response::new(DeleteFunctionResponse {}))
+    }
+}
+
+/// Room in a push request for what is not the bundle (the name, framing).
+const REQUEST_OVERHEAD: u64 = 1 << 20;
+
+/// Serves the admin API, health and reflection until `shutdown`.
+///
+/// Requests may be `max_bundle_bytes` plus some room, so a bundle just over
+/// the limit still arrives and is refused with a message saying by how
+/// much, while a far larger one is cut off by tonic before it is buffered.
+pub(crate) async fn serve(
+    functions: Functions,
+    listener: TcpListener,
+    max_bundle_bytes: u64,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (health, _) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RegistryServer<RegistryService>>()
+        .await;
+    let max_message = max_bundle_bytes.saturating_add(REQUEST_OVERHEAD);
+    let service = RegistryServer::new(RegistryService { functions })
+        .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
+    let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));
+    let mut server = Server::builder()
+        .layer(sock_telemetry::grpc::ServerTraceLayer)
+        .layer(MapResponseLayer::new(too_large));
+    sock_service::with_standard_services(&mut server, health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// tonic 0.14 refuses a request over the decoding limit with OUT_OF_RANGE
+/// and a message about "decoded message length"; gRPC's status codes call
+/// for RESOURCE_EXHAUSTED, which is what clients check for. Our handlers
+/// never answer OUT_OF_RANGE, so every one of them is that refusal.
+fn too_large_is_resource_exhausted<B: Default>(
+    limit: Size,
+) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |response| {
+        let status = response.headers().get("grpc-status");
+        if status.is_none_or(|code| code.as_bytes() != b"11") {
+            return response;
+        }
+        Status::resource_exhausted(format!("bundle is far over the limit of {limit}")).into_http()
+    }
+}

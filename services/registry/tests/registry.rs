@@ -1,0 +1,491 @@
+//! The registry as its clients see it: `run` in-process on loopback
+//! listeners over a temporary data dir, driven with the generated gRPC
+//! client and reqwest.
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
+use sock_bundle::testing::{TarBuilder, hostile_bundles, incompressible};
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::{
+    DeleteFunctionRequest, FunctionInfo, GetFunctionRequest, ListFunctionsRequest,
+    PushFunctionRequest,
+};
+use sock_registry::{Config, Error};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A running registry; dropping it cancels it.
+struct Registry {
+    channel: Channel,
+    grpc: RegistryClient<Channel>,
+    http: reqwest::Client,
+    base: String,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl Registry {
+    async fn start(data_dir: &Path) -> Registry {
+        Registry::start_with(Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        })
+        .await
+    }
+
+    async fn start_with(config: Config) -> Registry {
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let grpc_addr = grpc_listener.local_addr().expect("grpc addr");
+        let http_addr = http_listener.local_addr().expect("http addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sock_registry::run(
+            config,
+            grpc_listener,
+            http_listener,
+            shutdown.clone(),
+        ));
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .expect("grpc url")
+            .connect()
+            .await
+            .expect("connect grpc");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
+        Registry {
+            grpc: RegistryClient::new(channel.clone()),
+            channel,
+            http,
+            base: format!("http://{http_addr}"),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the registry and waits until it has let go of its store.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("running");
+        task.await
+            .expect("registry task")
+            .expect("registry ran cleanly");
+    }
+
+    async fn push(&mut self, name: &str, bundle: Vec<u8>) -> Result<FunctionInfo, tonic::Status> {
+        let request = PushFunctionRequest {
+            name: name.into(),
+            bundle,
+        };
+        self.grpc
+            .push_function(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn info(&mut self, name: &str) -> Result<FunctionInfo, tonic::Status> {
+        let request = GetFunctionRequest { name: name.into() };
+        self.grpc
+            .get_function(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    fn get(&self, name: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}/functions/{name}", self.base))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn bundle(body: &str) -> Vec<u8> {
+    TarBuilder::new()
+        .file(
+            "f.py",
+            format!("def f(event):\n    return {body}\n").as_bytes(),
+        )
+        .bundle()
+}
+
+fn header(response: &reqwest::Response, name: impl reqwest::header::AsHeaderName) -> &str {
+    response
+        .headers()
+        .get(name)
+        .expect("header present")
+        .to_str()
+        .expect("ascii header")
+}
+
+fn http_date(modified_unix_ms: i64) -> String {
+    let secs = u64::try_from(modified_unix_ms / 1000).expect("after 1970");
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[tokio::test]
+async fn serves_pushed_bundles_with_validators_and_304s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+
+    let v1 = bundle("1");
+    let info = registry.push("hello", v1.clone()).await.expect("push");
+    assert_eq!(info.version, 1);
+    assert_eq!(info.bundle_bytes, v1.len() as u64);
+    let tag = info
+        .etag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'));
+    let (version, hash) = tag
+        .and_then(|t| t.split_once('-'))
+        .expect("\"version-hash\"");
+    assert_eq!(version, "1");
+    assert!(
+        hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        info.etag
+    );
+    assert_eq!(
+        info.config.as_ref().map(|c| c.entry_file.as_str()),
+        Some("f.py")
+    );
+
+    let got = registry.get("hello").send().await.expect("get");
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(header(&got, CONTENT_TYPE), "application/gzip");
+    assert_eq!(header(&got, ETAG), info.etag);
+    assert_eq!(
+        header(&got, LAST_MODIFIED),
+        http_date(info.modified_unix_ms)
+    );
+    assert_eq!(header(&got, "x-sock-version"), "1");
+    let last_modified = header(&got, LAST_MODIFIED).to_string();
+    assert_eq!(got.bytes().await.expect("body"), v1);
+
+    let head = registry
+        .http
+        .head(format!("{}/functions/hello", registry.base))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, ETAG), info.etag);
+    assert_eq!(header(&head, CONTENT_LENGTH), v1.len().to_string());
+    assert!(head.bytes().await.expect("body").is_empty());
+
+    let weak = format!("W/{}", info.etag);
+    let listed = format!("\"0-nope\", {}", info.etag);
+    for tag in [info.etag.as_str(), weak.as_str(), listed.as_str(), "*"] {
+        let cached = registry
+            .get("hello")
+            .header(IF_NONE_MATCH, tag)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            cached.status(),
+            StatusCode::NOT_MODIFIED,
+            "If-None-Match: {tag}"
+        );
+        assert_eq!(header(&cached, ETAG), info.etag);
+        assert_eq!(header(&cached, LAST_MODIFIED), last_modified);
+        assert_eq!(header(&cached, "x-sock-version"), "1");
+        assert!(cached.bytes().await.expect("body").is_empty());
+    }
+    let since = registry
+        .get("hello")
+        .header(IF_MODIFIED_SINCE, &last_modified)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(since.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&since, ETAG), info.etag);
+    let older = http_date(info.modified_unix_ms - 1000);
+    let stale = registry
+        .get("hello")
+        .header(IF_MODIFIED_SINCE, older)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(stale.status(), StatusCode::OK);
+
+    let v2 = bundle("2");
+    let next = registry
+        .push("hello", v2.clone())
+        .await
+        .expect("push again");
+    assert_eq!(next.version, 2);
+    assert_ne!(next.etag, info.etag);
+    assert!(next.modified_unix_ms >= info.modified_unix_ms);
+
+    let refreshed = registry
+        .get("hello")
+        .header(IF_NONE_MATCH, &info.etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        refreshed.status(),
+        StatusCode::OK,
+        "the old ETag must not give 304"
+    );
+    assert_eq!(header(&refreshed, ETAG), next.etag);
+    assert_eq!(header(&refreshed, "x-sock-version"), "2");
+    assert_eq!(refreshed.bytes().await.expect("body"), v2);
+
+    // If-None-Match decides when present, even if the date says "fresh".
+    let both = registry
+        .get("hello")
+        .header(IF_NONE_MATCH, &info.etag)
+        .header(IF_MODIFIED_SINCE, http_date(next.modified_unix_ms + 60_000))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(both.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refuses_hostile_bundles_and_keeps_serving_the_previous_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    let good = bundle("'good'");
+    let info = registry.push("victim", good.clone()).await.expect("push");
+
+    for hostile in hostile_bundles() {
+        let status = registry
+            .push("victim", hostile.bundle)
+            .await
+            .expect_err(hostile.kind);
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{}: {}",
+            hostile.kind,
+            status.message()
+        );
+        assert!(
+            status.message().contains(hostile.message),
+            "{}: got '{}'",
+            hostile.kind,
+            status.message()
+        );
+    }
+
+    let served = registry.get("victim").send().await.expect("get");
+    assert_eq!(header(&served, ETAG), info.etag);
+    assert_eq!(served.bytes().await.expect("body"), good);
+    assert_eq!(registry.info("victim").await.expect("info"), info);
+    let after = registry
+        .push("victim", bundle("'better'"))
+        .await
+        .expect("push");
+    assert_eq!(after.version, 2, "refused pushes use up no version");
+
+    let status = registry.push("Victim!", good).await.expect_err("bad name");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("invalid function name 'Victim!'"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn bundles_over_the_limit_are_refused_clearly_or_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start_with(Config {
+        data_dir: dir.path().to_path_buf(),
+        max_bundle_mb: 1,
+        ..Config::default()
+    })
+    .await;
+
+    let status = registry
+        .push("big", incompressible(3 << 19))
+        .await
+        .expect_err("over limit");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "bundle is 1.5 MiB, over the limit of 1 MiB"
+    );
+
+    let status = registry
+        .push("big", incompressible(3 << 20))
+        .await
+        .expect_err("far over");
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert_eq!(status.message(), "bundle is far over the limit of 1 MiB");
+    assert_eq!(
+        registry
+            .info("big")
+            .await
+            .expect_err("nothing stored")
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn deleted_functions_are_gone_and_versions_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    registry.push("gone", bundle("1")).await.expect("push");
+    registry.push("gone", bundle("2")).await.expect("push");
+
+    registry
+        .grpc
+        .delete_function(DeleteFunctionRequest {
+            name: "gone".into(),
+        })
+        .await
+        .expect("delete");
+    let missing = registry.get("gone").send().await.expect("get");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let text = missing.text().await.expect("body");
+    assert_eq!(
+        text,
+        "function 'gone' does not exist; push it with `sock push`"
+    );
+    let status = registry.info("gone").await.expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), text);
+    let again = registry
+        .grpc
+        .delete_function(DeleteFunctionRequest {
+            name: "gone".into(),
+        })
+        .await;
+    assert_eq!(again.expect_err("already deleted").code(), Code::NotFound);
+
+    let back = registry.push("gone", bundle("3")).await.expect("push");
+    assert_eq!(back.version, 3, "a version number is never reused");
+    let served = registry.get("gone").send().await.expect("get");
+    assert_eq!(header(&served, "x-sock-version"), "3");
+}
+
+#[tokio::test]
+async fn lists_functions_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    assert!(
+        registry
+            .grpc
+            .list_functions(ListFunctionsRequest {})
+            .await
+            .expect("list")
+            .into_inner()
+            .functions
+            .is_empty()
+    );
+    registry.push("beta", bundle("1")).await.expect("push");
+    registry.push("alpha", bundle("1")).await.expect("push");
+    registry.push("beta", bundle("2")).await.expect("push");
+    let listed = registry
+        .grpc
+        .list_functions(ListFunctionsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .functions;
+    let summary: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|f| (f.name.as_str(), f.version))
+        .collect();
+    assert_eq!(summary, [("alpha", 1), ("beta", 2)]);
+}
+
+#[tokio::test]
+async fn http_refuses_other_methods_bad_names_and_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    registry.push("f", bundle("1")).await.expect("push");
+
+    let post = registry
+        .http
+        .post(format!("{}/functions/f", registry.base))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&post, "allow"), "GET, HEAD");
+
+    let bad = registry.get("Not%20Valid").send().await.expect("get");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        bad.text()
+            .await
+            .expect("body")
+            .starts_with("invalid function name 'Not Valid'")
+    );
+
+    let elsewhere = registry
+        .http
+        .get(format!("{}/bundles/f", registry.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn grpc_health_reports_the_registry_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path()).await;
+    let mut health = HealthClient::new(registry.channel.clone());
+    let request = HealthCheckRequest {
+        service: "sock.v1.Registry".into(),
+    };
+    let status = health
+        .check(request)
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn functions_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    registry.push("durable", bundle("1")).await.expect("push");
+    let before = registry.push("durable", bundle("2")).await.expect("push");
+    registry.stop().await;
+
+    let mut registry = Registry::start(dir.path()).await;
+    assert_eq!(registry.info("durable").await.expect("info"), before);
+    let served = registry.get("durable").send().await.expect("get");
+    assert_eq!(header(&served, ETAG), before.etag);
+    assert_eq!(served.bytes().await.expect("body"), bundle("2"));
+    assert_eq!(
+        registry
+            .push("durable", bundle("3"))
+            .await
+            .expect("push")
+            .version,
+        3
+    );
+    registry.stop().await;
+}
