@@ -1,0 +1,634 @@
+//! The gateway against a real registry (in-process, on a temp dir) and a
+//! fake sandboxd that records what it is asked and answers by payload.
+//! sandboxd itself needs root and a real cache; the end-to-end tests cover
+//! it.
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sock_bundle::testing::TarBuilder;
+use sock_gateway::{CALL_ID_HEADER, Config};
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
+use sock_proto::v1::{
+    ErrorKind, FunctionError, InvokeRequest, InvokeResponse, PushFunctionRequest,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, invoke_response,
+    sandbox_invoke_response,
+};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status};
+
+// ---------------------------------------------------------------- registry
+
+/// A real registry on a temp dir; stopped when dropped.
+struct Registry {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    _data: TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let data = tempfile::tempdir().expect("temp dir for the registry");
+        let grpc = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind registry gRPC");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind registry HTTP");
+        let addr = grpc.local_addr().expect("registry address");
+        let config = sock_registry::Config {
+            data_dir: data.path().join("registry"),
+            ..sock_registry::Config::default()
+        };
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            sock_registry::run(config, grpc, http, token)
+                .await
+                .expect("registry runs");
+        });
+        Registry {
+            addr,
+            shutdown,
+            task: Some(task),
+            _data: data,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Pushes function `name` with `ol_yaml` (if any) and returns its version.
+    async fn push(&self, name: &str, ol_yaml: Option<&str>) -> u64 {
+        let mut bundle = TarBuilder::with_entry_file();
+        if let Some(yaml) = ol_yaml {
+            bundle = bundle.file("ol.yaml", yaml.as_bytes());
+        }
+        let mut client = RegistryClient::connect(self.endpoint())
+            .await
+            .expect("connect registry");
+        client
+            .push_function(PushFunctionRequest {
+                name: name.to_string(),
+                bundle: bundle.bundle(),
+            })
+            .await
+            .expect("push")
+            .into_inner()
+            .version
+    }
+
+    /// Stops the registry and waits until it no longer serves.
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("registry task");
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sandboxd
+
+/// Payloads that make the fake sandboxd do something else than echo.
+const RAISE: &[u8] = b"\"raise\"";
+const FULL: &[u8] = b"\"full\"";
+const HANG: &[u8] = b"\"hang\"";
+const SLOW: &[u8] = b"\"slow\"";
+
+#[derive(Default)]
+struct FakeSandboxd {
+    calls: Mutex<Vec<SandboxInvokeRequest>>,
+    /// Notified when a call arrives.
+    arrived: Notify,
+}
+
+impl FakeSandboxd {
+    fn calls(&self) -> Vec<SandboxInvokeRequest> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    fn last_call(&self) -> SandboxInvokeRequest {
+        self.calls().pop().expect("sandboxd got a call")
+    }
+}
+
+struct FakeSandboxdService(Arc<FakeSandboxd>);
+
+#[tonic::async_trait]
+impl Sandboxd for FakeSandboxdService {
+    async fn invoke(
+        &self,
+        request: Request<SandboxInvokeRequest>,
+    ) -> Result<Response<SandboxInvokeResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .calls
+            .lock()
+            .expect("calls lock")
+            .push(request.clone());
+        self.0.arrived.notify_one();
+        let version = request.function.as_ref().map_or(0, |f| f.version);
+        let outcome = match request.payload.as_slice() {
+            RAISE => sandbox_invoke_response::Outcome::Error(FunctionError {
+                kind: ErrorKind::Function.into(),
+                message: "ZeroDivisionError: division by zero".into(),
+                traceback: "Traceback (most recent call last): ...".into(),
+            }),
+            FULL => {
+                return Err(Status::resource_exhausted(
+                    "node is full: 0 MiB of memory free",
+                ));
+            }
+            HANG => {
+                // Dropped when the gateway gives up on the call.
+                std::future::pending::<()>().await;
+                unreachable!("a pending future never completes")
+            }
+            SLOW => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                sandbox_invoke_response::Outcome::Result(request.payload)
+            }
+            _ => sandbox_invoke_response::Outcome::Result(request.payload),
+        };
+        Ok(Response::new(SandboxInvokeResponse {
+            outcome: Some(outcome),
+            version,
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+}
+
+/// Serves `fake` on a free port; stops when the returned task is aborted.
+async fn serve_sandboxd(fake: Arc<FakeSandboxd>) -> (String, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake sandboxd");
+    let addr = listener.local_addr().expect("fake sandboxd address");
+    let task = tokio::spawn(async move {
+        Server::builder()
+            .add_service(SandboxdServer::new(FakeSandboxdService(fake)))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .expect("fake sandboxd serves");
+    });
+    (format!("http://{addr}"), AbortOnDrop(task))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An address nothing listens on.
+async fn closed_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+// ----------------------------------------------------------------- gateway
+
+struct Gateway {
+    client: GatewayClient<Channel>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), sock_gateway::Error>>>,
+}
+
+impl Gateway {
+    async fn start(config: Config) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let addr = listener.local_addr().expect("gateway address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sock_gateway::run(config, listener, shutdown.clone()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("gateway endpoint")
+            .connect_lazy();
+        Gateway {
+            client: GatewayClient::new(channel),
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    async fn invoke(
+        &self,
+        function: &str,
+        payload: &[u8],
+    ) -> Result<Response<InvokeResponse>, Status> {
+        self.send(InvokeRequest {
+            function: function.to_string(),
+            payload: payload.to_vec(),
+            timeout_ms: None,
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        request: impl tonic::IntoRequest<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        self.client.clone().invoke(request).await
+    }
+
+    async fn version_of(&self, function: &str) -> u64 {
+        self.invoke(function, b"{}")
+            .await
+            .expect("invoke")
+            .into_inner()
+            .version
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn config(registry: &str, sandboxd: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        registry_addr: registry.to_string(),
+        sandboxd_addr: sandboxd.to_string(),
+        ..Config::default()
+    }
+}
+
+fn result_of(response: &InvokeResponse) -> &[u8] {
+    match &response.outcome {
+        Some(invoke_response::Outcome::Result(result)) => result,
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+fn assert_status(
+    result: Result<Response<InvokeResponse>, Status>,
+    code: Code,
+    message: &str,
+) -> Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(message), "{status:?}");
+    status
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn unknown_function_is_not_found_with_a_hint() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+
+    let status = gateway
+        .invoke("nope", b"{}")
+        .await
+        .expect_err("unknown function");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        "function 'nope' does not exist; push it with `sock push`"
+    );
+    assert!(
+        status.metadata().get(CALL_ID_HEADER).is_some(),
+        "failed calls have an id too"
+    );
+    assert!(sandboxd.calls().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_names_and_zero_timeouts_are_invalid_arguments() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("echo", None).await;
+
+    assert_status(
+        gateway.invoke("Not/A/Name", b"{}").await,
+        Code::InvalidArgument,
+        "invalid function name",
+    );
+    let zero = InvokeRequest {
+        function: "echo".into(),
+        payload: b"{}".to_vec(),
+        timeout_ms: Some(0),
+    };
+    assert_status(
+        gateway.send(zero).await,
+        Code::InvalidArgument,
+        "timeout_ms must be greater than 0",
+    );
+    assert!(sandboxd.calls().is_empty());
+}
+
+#[tokio::test]
+async fn invoke_passes_function_config_and_payload_through() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    let yaml = "environment:\n  GREETING: hi\nlimits:\n  memory_mb: 64\n  timeout_ms: 1500\n";
+    let version = registry.push("hello", Some(yaml)).await;
+
+    let response = gateway
+        .invoke("hello", br#"{"name": "sock"}"#)
+        .await
+        .expect("invoke");
+    let header = response
+        .metadata()
+        .get(CALL_ID_HEADER)
+        .expect("call id metadata")
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let answer = response.into_inner();
+    assert_eq!(result_of(&answer), br#"{"name": "sock"}"#);
+    assert_eq!(answer.version, version);
+    assert_eq!(answer.call_id, header);
+    uuid::Uuid::parse_str(&answer.call_id).expect("the call id is a uuid");
+
+    let call = sandboxd.last_call();
+    let function = call.function.expect("function ref");
+    assert_eq!(
+        (function.name.as_str(), function.version),
+        ("hello", version)
+    );
+    assert_eq!(call.payload, br#"{"name": "sock"}"#);
+    assert_eq!(call.call_id, answer.call_id);
+    let config = call.config.expect("function config");
+    assert_eq!(
+        config.environment.get("GREETING").map(String::as_str),
+        Some("hi")
+    );
+    let limits = config.limits.expect("limits");
+    assert_eq!(limits.memory_mb, 64);
+    assert_eq!(call.timeout_ms, 1500, "the function's own timeout");
+
+    let second = gateway
+        .invoke("hello", b"{}")
+        .await
+        .expect("invoke")
+        .into_inner();
+    assert_ne!(second.call_id, answer.call_id, "every call has its own id");
+}
+
+#[tokio::test]
+async fn the_budget_is_the_shortest_of_request_deadline_and_function_limit() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        default_timeout_ms: 4321,
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    registry.push("plain", None).await;
+
+    gateway.invoke("plain", b"{}").await.expect("invoke");
+    assert_eq!(
+        sandboxd.last_call().timeout_ms,
+        4321,
+        "the gateway's default"
+    );
+
+    let asked = InvokeRequest {
+        function: "plain".into(),
+        payload: b"{}".to_vec(),
+        timeout_ms: Some(250),
+    };
+    gateway.send(asked).await.expect("invoke");
+    assert_eq!(
+        sandboxd.last_call().timeout_ms,
+        250,
+        "what the caller asked"
+    );
+
+    let mut with_deadline = Request::new(InvokeRequest {
+        function: "plain".into(),
+        payload: b"{}".to_vec(),
+        timeout_ms: None,
+    });
+    with_deadline.set_timeout(Duration::from_secs(2));
+    gateway.send(with_deadline).await.expect("invoke");
+    let budget = sandboxd.last_call().timeout_ms;
+    assert!(
+        budget > 0 && budget <= 2000,
+        "bounded by the gRPC deadline: {budget}"
+    );
+}
+
+#[tokio::test]
+async fn a_function_that_raised_is_an_answer_not_a_failed_call() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("divide", None).await;
+
+    let answer = gateway
+        .invoke("divide", RAISE)
+        .await
+        .expect("an answer")
+        .into_inner();
+    match answer.outcome {
+        Some(invoke_response::Outcome::Error(error)) => {
+            assert_eq!(error.kind(), ErrorKind::Function);
+            assert_eq!(error.message, "ZeroDivisionError: division by zero");
+            assert!(error.traceback.starts_with("Traceback"));
+        }
+        other => panic!("expected the function's error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sandboxd_statuses_pass_through() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("big", None).await;
+
+    let status = gateway
+        .invoke("big", FULL)
+        .await
+        .expect_err("sandboxd refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "node is full: 0 MiB of memory free");
+}
+
+#[tokio::test]
+async fn a_sandboxd_that_does_not_answer_in_time_is_deadline_exceeded() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("stuck", None).await;
+
+    let request = InvokeRequest {
+        function: "stuck".into(),
+        payload: HANG.to_vec(),
+        timeout_ms: Some(100),
+    };
+    let status = gateway.send(request).await.expect_err("no answer");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "function 'stuck' did not answer within its budget of 100 ms"
+    );
+}
+
+#[tokio::test]
+async fn sandboxd_down_is_unavailable_with_the_reason() {
+    let registry = Registry::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &closed_endpoint().await)).await;
+    registry.push("lonely", None).await;
+
+    let status = assert_status(gateway.invoke("lonely", b"{}").await, Code::Unavailable, "");
+    assert!(
+        status.message().starts_with("no sandbox node reachable: "),
+        "{status:?}"
+    );
+    assert!(status.message().contains("refused"), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_gateway_starts_without_its_peers_and_reports_serving() {
+    let gateway = Gateway::start(config(&closed_endpoint().await, &closed_endpoint().await)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.addr))
+        .expect("endpoint")
+        .connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sock.v1.Gateway".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        answer.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    assert_status(
+        gateway.invoke("anything", b"{}").await,
+        Code::Unavailable,
+        "registry unavailable: ",
+    );
+}
+
+#[tokio::test]
+async fn metadata_is_refreshed_after_the_cache_time_and_survives_a_registry_outage() {
+    const CACHE: Duration = Duration::from_millis(2000);
+    let mut registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        registry_cache_ms: CACHE.as_millis() as u64,
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+
+    assert_eq!(registry.push("counter", None).await, 1);
+    let before_first_lookup = Instant::now();
+    assert_eq!(gateway.version_of("counter").await, 1);
+    assert_eq!(registry.push("counter", None).await, 2);
+    let cached = gateway.version_of("counter").await;
+    // The lookup happened after `before_first_lookup`; if this machine was
+    // so slow that the cache time has passed since, either version is right.
+    if before_first_lookup.elapsed() < CACHE {
+        assert_eq!(cached, 1, "served from the cache");
+    }
+
+    tokio::time::sleep(CACHE).await;
+    assert_eq!(
+        gateway.version_of("counter").await,
+        2,
+        "refreshed after the cache time"
+    );
+
+    registry.stop().await;
+    tokio::time::sleep(CACHE).await;
+    assert_eq!(
+        gateway.version_of("counter").await,
+        2,
+        "the last known version while the registry is down"
+    );
+    assert_status(
+        gateway.invoke("never-seen", b"{}").await,
+        Code::Unavailable,
+        "registry unavailable: ",
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_calls_in_flight_finish() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let mut gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("slow", None).await;
+
+    let arrived = sandboxd.arrived.notified();
+    let call = tokio::spawn({
+        let mut client = gateway.client.clone();
+        async move {
+            client
+                .invoke(InvokeRequest {
+                    function: "slow".into(),
+                    payload: SLOW.to_vec(),
+                    timeout_ms: None,
+                })
+                .await
+        }
+    });
+    arrived.await;
+    gateway.shutdown.cancel();
+
+    let answer = call
+        .await
+        .expect("call task")
+        .expect("the call in flight completes");
+    assert_eq!(result_of(answer.get_ref()), SLOW);
+    let stopped = gateway.task.take().expect("gateway task");
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("run returns after shutdown")
+        .expect("gateway task")
+        .expect("run ends cleanly");
+}
