@@ -280,28 +280,14 @@ impl Reader<'_> {
         }
 
         match kind {
-            Kind::Dir => {
-                self.insert(&path, Node::Dir)?;
-            }
+            Kind::Dir => self.insert(&path, Node::Dir)?,
             Kind::File => self.file(&mut entry, &path, &entry_name)?,
             Kind::HardLink => {
-                let link = pending.pax_link.or(pending.long_link).unwrap_or_else(|| {
-                    entry
-                        .header()
-                        .link_name_bytes()
-                        .map(|l| l.into_owned())
-                        .unwrap_or_default()
-                });
+                let link = link_target(pending.pax_link.or(pending.long_link), entry.header());
                 self.hard_link(&path, &entry_name, link)?;
             }
             Kind::Symlink => {
-                let link = pending.pax_link.or(pending.long_link).unwrap_or_else(|| {
-                    entry
-                        .header()
-                        .link_name_bytes()
-                        .map(|l| l.into_owned())
-                        .unwrap_or_default()
-                });
+                let link = link_target(pending.pax_link.or(pending.long_link), entry.header());
                 self.symlink(&path, &entry_name, link)?;
             }
         }
@@ -309,7 +295,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn insert(&mut self, path: &str, node: Node) -> Result<bool, BundleError> {
+    fn insert(&mut self, path: &str, node: Node) -> Result<(), BundleError> {
         let sink = &mut *self.sink;
         self.tree.insert(path, node, &mut |dir| sink.dir(dir))
     }
@@ -411,8 +397,7 @@ impl Reader<'_> {
                 target: shown(&target),
             });
         }
-        self.insert(path, Node::Symlink(target))?;
-        Ok(())
+        self.insert(path, Node::Symlink(target))
     }
 
     fn apply_pax(&mut self, pax: &[u8]) -> Result<(), BundleError> {
@@ -595,6 +580,16 @@ fn decode(bytes: Vec<u8>) -> Result<String, (String, Problem)> {
             Problem::NotUtf8,
         )),
     }
+}
+
+/// A link's target: from a long-link or pax header if one came before it.
+fn link_target(extended: Option<Vec<u8>>, header: &tar::Header) -> Vec<u8> {
+    extended.unwrap_or_else(|| {
+        header
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default()
+    })
 }
 
 fn trim_nuls(mut bytes: Vec<u8>) -> Vec<u8> {

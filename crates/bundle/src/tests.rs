@@ -65,6 +65,20 @@ fn refuses_a_truncated_bundle() {
 }
 
 #[test]
+fn refuses_a_tar_cut_short_inside_complete_gzip() {
+    let tar = TarBuilder::with_entry_file()
+        .file("data.bin", &[7; 4096])
+        .tar();
+    // Keep f.py, the data header and half the data.
+    let cut = gzip(&tar[..1024 + 512 + 2048]);
+    let err = validate(&cut, &BundleLimits::default()).expect_err("cut short");
+    assert_eq!(
+        err.to_string(),
+        "bundle is truncated or corrupt at entry 'data.bin': its data ends after 2048 of 4096 bytes"
+    );
+}
+
+#[test]
 fn refuses_a_corrupt_gzip_trailer() {
     let mut bundle = TarBuilder::with_entry_file().bundle();
     let n = bundle.len();

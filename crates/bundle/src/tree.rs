@@ -66,7 +66,7 @@ impl Tree {
         path: &str,
         node: Node,
         on_new_dir: &mut dyn FnMut(&str) -> Result<(), BundleError>,
-    ) -> Result<bool, BundleError> {
+    ) -> Result<(), BundleError> {
         for (i, _) in path.match_indices('/') {
             let parent = &path[..i];
             match self.nodes.get(parent) {
@@ -84,14 +84,14 @@ impl Tree {
             }
         }
         match (self.nodes.get(path), &node) {
-            (Some(Node::Dir), Node::Dir) => return Ok(false),
+            (Some(Node::Dir), Node::Dir) => return Ok(()),
             (Some(_), _) => return Err(BundleError::Duplicate { entry: shown(path) }),
             (None, Node::Dir) => on_new_dir(path)?,
             (None, Node::Symlink(_)) => self.symlinks.push(path.to_string()),
             (None, Node::File) => {}
         }
         self.nodes.insert(path.to_string(), node);
-        Ok(true)
+        Ok(())
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
