@@ -1,0 +1,1060 @@
+//! sock as deployed: the Kubernetes manifests and compose files wire the
+//! services with config keys the services really have, and the compose
+//! stack (image from host-built binaries, two nodes) answers calls end to
+//! end, exports one trace per call, and `down -v` leaves nothing behind.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_yaml::Value;
+use sock_e2e::cluster::{have_root, leftover_cgroups};
+use sock_e2e::functions::example;
+use sock_e2e::otlp::{OtlpReceiver, Span};
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::sandbox_invoke_response::Outcome as NodeOutcome;
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{
+    FunctionRef, GetFunctionRequest, InvokeRequest, PushFunctionRequest, SandboxInvokeRequest,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::Channel;
+
+const SERVICES: [&str; 4] = ["gateway", "registry", "cache", "sandboxd"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// The config keys of a service: the fields of its `Config`.
+fn config_keys(service: &str) -> BTreeSet<String> {
+    let value = match service {
+        "gateway" => serde_json::to_value(sock_gateway::Config::default()),
+        "registry" => serde_json::to_value(sock_registry::Config::default()),
+        "cache" => serde_json::to_value(sock_cache::Config::default()),
+        "sandboxd" => serde_json::to_value(sock_sandboxd::Config::default()),
+        other => panic!("no sock service is called '{other}'"),
+    }
+    .expect("configs serialize");
+    value
+        .as_object()
+        .expect("a config is a struct")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// `SOCK_<SERVICE>_<KEY>` → (service, key), for the four services.
+fn config_env(name: &str) -> Option<(&'static str, String)> {
+    let rest = name.strip_prefix("SOCK_")?;
+    SERVICES.iter().find_map(|service| {
+        let key = rest.strip_prefix(&format!("{}_", service.to_ascii_uppercase()))?;
+        Some((*service, key.to_ascii_lowercase()))
+    })
+}
+
+/// `sock-gateway` → `gateway`.
+fn service_of_binary(command: &Value) -> Option<&'static str> {
+    let binary = command.as_sequence()?.first()?.as_str()?;
+    let service = binary.strip_prefix("sock-")?;
+    SERVICES.iter().copied().find(|s| *s == service)
+}
+
+/// The port of `host:port`, `http://host:port` or `0.0.0.0:port`.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("'{addr}' has no port"))
+}
+
+/// The host of `http://host:port`.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.rsplit_once(':').map_or(rest, |(host, _)| host)
+}
+
+// ---------------------------------------------------------------------
+// Kubernetes manifests
+// ---------------------------------------------------------------------
+
+struct Manifests {
+    docs: Vec<(String, Value)>,
+}
+
+impl Manifests {
+    fn load() -> Manifests {
+        let dir = repo().join("deploy/k8s");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("deploy/k8s exists")
+            .map(|e| e.expect("read deploy/k8s").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        let mut docs = Vec::new();
+        for path in files {
+            let file = path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .to_string();
+            let text = std::fs::read_to_string(&path).expect("read manifest");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value = <Value as serde::Deserialize>::deserialize(doc)
+                    .unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
+                if !value.is_null() {
+                    docs.push((file.clone(), value));
+                }
+            }
+        }
+        Manifests { docs }
+    }
+
+    fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(move |d| d["kind"] == kind)
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} named {name}"))
+    }
+
+    /// Deployments, StatefulSets and DaemonSets.
+    fn workloads(&self) -> impl Iterator<Item = &Value> {
+        self.docs.iter().map(|(_, d)| d).filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some("Deployment" | "StatefulSet" | "DaemonSet")
+            )
+        })
+    }
+
+    /// The container of a sock service, and the pod spec it runs in.
+    fn container(&self, service: &str) -> (&Value, &Value) {
+        self.workloads()
+            .map(|w| &w["spec"]["template"]["spec"])
+            .find_map(|pod| {
+                let c = seq(&pod["containers"])
+                    .iter()
+                    .find(|c| service_of_binary(&c["command"]) == Some(service))?;
+                Some((c, pod))
+            })
+            .unwrap_or_else(|| panic!("no container runs sock-{service}"))
+    }
+
+    /// Follows `http://host:port` through a Service to the container that
+    /// answers it (the Service's selector matches the pod's labels, its
+    /// target port is a port of that container): the sock service and the
+    /// container port.
+    fn reaches(&self, url: &str) -> (&'static str, u64) {
+        let (host, port) = (host_of(url), u64::from(port_of(url)));
+        let service = self.named("Service", host);
+        let service_port = seq(&service["spec"]["ports"])
+            .iter()
+            .find(|p| p["port"].as_u64() == Some(port))
+            .unwrap_or_else(|| panic!("Service {host} has no port {port}"));
+        let target = &service_port["targetPort"];
+        let selector = service["spec"]["selector"]
+            .as_mapping()
+            .unwrap_or_else(|| panic!("Service {host} selects no pods"));
+        self.workloads()
+            .map(|w| &w["spec"]["template"])
+            .filter(|t| {
+                selector
+                    .iter()
+                    .all(|(k, v)| t["metadata"]["labels"].get(k) == Some(v))
+            })
+            .flat_map(|t| seq(&t["spec"]["containers"]))
+            .find_map(|c| {
+                let answering = seq(&c["ports"]).iter().find(|p| {
+                    (target.is_string() && p["name"] == *target)
+                        || p["containerPort"] == *target
+                        || (target.is_null() && p["containerPort"].as_u64() == Some(port))
+                })?;
+                Some((
+                    service_of_binary(&c["command"])?,
+                    answering["containerPort"].as_u64()?,
+                ))
+            })
+            .unwrap_or_else(|| panic!("{url}: Service {host} reaches no sock container"))
+    }
+}
+
+fn seq(value: &Value) -> &[Value] {
+    value.as_sequence().map_or(&[], Vec::as_slice)
+}
+
+fn mount_path<'a>(container: &'a Value, volume: &str) -> Option<&'a str> {
+    seq(&container["volumeMounts"])
+        .iter()
+        .find(|m| m["name"] == volume)
+        .and_then(|m| m["mountPath"].as_str())
+}
+
+fn volume_mounted_at<'a>(container: &'a Value, path: &str) -> Option<&'a str> {
+    seq(&container["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"] == path)
+        .and_then(|m| m["name"].as_str())
+}
+
+/// The service sections of the ConfigMap's sock.toml, each also loaded
+/// the way the service loads it (so types are checked too).
+fn k8s_config(manifests: &Manifests) -> BTreeMap<String, toml::Table> {
+    let map = manifests.named("ConfigMap", "sock-config");
+    let text = map["data"]["sock.toml"]
+        .as_str()
+        .expect("sock-config has sock.toml");
+    let table: toml::Table = toml::from_str(text).expect("sock.toml is valid TOML");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sock.toml");
+    std::fs::write(&file, text).expect("write sock.toml");
+    let load = |service: &str| match service {
+        "gateway" => {
+            sock_service::load_config::<sock_gateway::Config>(service, Some(&file)).map(drop)
+        }
+        "registry" => {
+            sock_service::load_config::<sock_registry::Config>(service, Some(&file)).map(drop)
+        }
+        "cache" => sock_service::load_config::<sock_cache::Config>(service, Some(&file)).map(drop),
+        _ => sock_service::load_config::<sock_sandboxd::Config>(service, Some(&file)).map(drop),
+    };
+    let mut sections = BTreeMap::new();
+    for (service, section) in table {
+        assert!(
+            SERVICES.contains(&service.as_str()),
+            "sock.toml: unknown section [{service}]"
+        );
+        let section = section.as_table().expect("a section is a table").clone();
+        let known = config_keys(&service);
+        for key in section.keys() {
+            assert!(
+                known.contains(key),
+                "sock.toml: [{service}] has no key '{key}' (known: {known:?})"
+            );
+        }
+        load(&service).unwrap_or_else(|e| panic!("sock.toml does not load: {e}"));
+        sections.insert(service, section);
+    }
+    sections
+}
+
+fn key<'a>(config: &'a BTreeMap<String, toml::Table>, service: &str, key: &str) -> &'a str {
+    config[service][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("sock.toml: [{service}] {key} is missing"))
+}
+
+#[test]
+fn k8s_manifests_parse_and_every_file_is_applied() {
+    let manifests = Manifests::load();
+    let listed: BTreeSet<&str> = manifests
+        .of_kind("Kustomization")
+        .flat_map(|k| seq(&k["resources"]))
+        .map(|r| r.as_str().expect("a resource is a file name"))
+        .collect();
+    let files: BTreeSet<&str> = manifests
+        .docs
+        .iter()
+        .filter(|(_, d)| d["kind"] != "Kustomization")
+        .map(|(f, _)| f.as_str())
+        .collect();
+    assert_eq!(
+        listed, files,
+        "kustomization.yaml lists exactly the manifests"
+    );
+    for (file, doc) in &manifests.docs {
+        assert!(
+            doc["apiVersion"].is_string(),
+            "{file}: a document without apiVersion"
+        );
+        if doc["kind"] != "Kustomization" {
+            assert!(
+                doc["metadata"]["name"].is_string(),
+                "{file}: a document without a name"
+            );
+        }
+    }
+}
+
+#[test]
+fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
+    let manifests = Manifests::load();
+    let config = k8s_config(&manifests);
+    assert_eq!(
+        config.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        SERVICES.into_iter().collect(),
+        "sock.toml configures all four services"
+    );
+
+    for service in SERVICES {
+        let (container, pod) = Manifests::container(&manifests, service);
+        let command: Vec<&str> = seq(&container["command"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            command[1..],
+            ["--config", "/etc/sock/sock.toml"],
+            "sock-{service} reads the ConfigMap"
+        );
+        let config_volume = volume_mounted_at(container, "/etc/sock")
+            .unwrap_or_else(|| panic!("sock-{service} does not mount /etc/sock"));
+        assert!(
+            seq(&pod["volumes"])
+                .iter()
+                .any(|v| v["name"] == config_volume && v["configMap"]["name"] == "sock-config"),
+            "sock-{service}: /etc/sock is the sock-config ConfigMap"
+        );
+        for var in seq(&container["env"]) {
+            let name = var["name"].as_str().expect("env name");
+            if let Some((target, key)) = config_env(name) {
+                assert_eq!(
+                    target, service,
+                    "sock-{service} sets another service's {name}"
+                );
+                assert!(
+                    config_keys(service).contains(&key),
+                    "{name}: sock-{service} has no key '{key}'"
+                );
+            }
+        }
+        // Probes ask the port the service listens on.
+        let listen = key(
+            &config,
+            service,
+            if service == "registry" {
+                "grpc_listen"
+            } else {
+                "listen"
+            },
+        );
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let probe_spec = &container[probe];
+            let probed = if let Some(port) = probe_spec["grpc"]["port"].as_u64() {
+                port
+            } else {
+                let exec: Vec<&str> = seq(&probe_spec["exec"]["command"])
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                assert_eq!(
+                    exec.first(),
+                    Some(&"sock-health"),
+                    "sock-{service} {probe}: {exec:?}"
+                );
+                u64::from(port_of(exec[1]))
+            };
+            assert_eq!(
+                probed,
+                u64::from(port_of(listen)),
+                "sock-{service} {probe} probes its listen port"
+            );
+        }
+    }
+
+    // Addresses resolve, through Services, to the port the right service
+    // listens on.
+    let reaches = |url: &str, service: &str, listen: &str| {
+        let (found, port) = manifests.reaches(url);
+        assert_eq!(found, service, "{url} reaches sock-{found}");
+        assert_eq!(
+            port,
+            u64::from(port_of(key(&config, service, listen))),
+            "{url}: sock-{service} listens elsewhere"
+        );
+    };
+    reaches(
+        key(&config, "gateway", "registry_addr"),
+        "registry",
+        "grpc_listen",
+    );
+    reaches(
+        key(&config, "gateway", "sandboxd_addr"),
+        "sandboxd",
+        "listen",
+    );
+    reaches(
+        key(&config, "cache", "registry_url"),
+        "registry",
+        "http_listen",
+    );
+    let gateway_port = port_of(key(&config, "gateway", "listen"));
+    reaches(
+        &format!("http://sock-gateway:{gateway_port}"),
+        "gateway",
+        "listen",
+    );
+    let node = manifests.named("Service", host_of(key(&config, "gateway", "sandboxd_addr")));
+    assert_eq!(
+        node["spec"]["clusterIP"], "None",
+        "node discovery needs a headless Service"
+    );
+
+    // cache and sandboxd: one pod, the cache over loopback, the cache's
+    // volume at the same path in both (code dirs are absolute paths).
+    let (cache, cache_pod) = manifests.container("cache");
+    let (sandboxd, sandboxd_pod) = manifests.container("sandboxd");
+    assert!(
+        std::ptr::eq(cache_pod, sandboxd_pod),
+        "cache and sandboxd share a pod"
+    );
+    assert_eq!(
+        key(&config, "sandboxd", "cache_addr"),
+        format!(
+            "http://127.0.0.1:{}",
+            port_of(key(&config, "cache", "listen"))
+        )
+    );
+    let data_dir = key(&config, "cache", "data_dir");
+    let volume =
+        volume_mounted_at(cache, data_dir).expect("the cache mounts a volume at its data_dir");
+    assert_eq!(
+        mount_path(sandboxd, volume),
+        Some(data_dir),
+        "sandboxd sees the cache volume at the same path"
+    );
+    assert!(
+        volume_mounted_at(sandboxd, key(&config, "sandboxd", "data_dir")).is_some(),
+        "sandboxd's state is a volume"
+    );
+
+    // Only sandboxd is privileged; it sees the host's cgroups, not its pids.
+    assert_eq!(
+        sandboxd["securityContext"]["privileged"], true,
+        "sandboxd runs privileged"
+    );
+    let cgroup =
+        volume_mounted_at(sandboxd, "/sys/fs/cgroup").expect("sandboxd mounts /sys/fs/cgroup");
+    assert!(
+        seq(&sandboxd_pod["volumes"])
+            .iter()
+            .any(|v| v["name"] == cgroup && v["hostPath"]["path"] == "/sys/fs/cgroup")
+    );
+    for workload in manifests.workloads() {
+        let pod = &workload["spec"]["template"]["spec"];
+        assert_ne!(pod["hostPID"], true, "no sock pod shares the host's pids");
+        for c in seq(&pod["containers"]) {
+            if service_of_binary(&c["command"]) != Some("sandboxd") {
+                assert_ne!(
+                    c["securityContext"]["privileged"], true,
+                    "only sandboxd is privileged"
+                );
+                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// compose files
+// ---------------------------------------------------------------------
+
+/// Replaces `${VAR:-default}` by its default and `${VAR:?msg}` by "", as
+/// compose does with none of the variables set.
+fn interpolate_defaults(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("unclosed ${") + start;
+        let expr = &rest[start + 2..end];
+        if let Some((_, default)) = expr.split_once(":-") {
+            out.push_str(default);
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The services of compose.yaml and compose.node2.yaml, merged as compose
+/// merges override files of new services (node2 only adds services).
+fn compose_services() -> BTreeMap<String, Value> {
+    let mut services = BTreeMap::new();
+    for file in ["compose.yaml", "compose.node2.yaml"] {
+        let text = std::fs::read_to_string(repo().join(file)).expect("read compose file");
+        let mut doc: Value = serde_yaml::from_str(&interpolate_defaults(&text))
+            .unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
+        doc.apply_merge().expect("merge keys");
+        for (name, service) in doc["services"].as_mapping().expect("services").clone() {
+            let mut service = service;
+            service.apply_merge().expect("merge keys");
+            let name = name.as_str().expect("service name").to_string();
+            assert!(
+                services.insert(name.clone(), service).is_none(),
+                "{file} redefines {name}"
+            );
+        }
+    }
+    services
+}
+
+fn env_of(service: &Value) -> BTreeMap<String, String> {
+    service["environment"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let value = v
+                        .as_str()
+                        .map_or_else(|| serde_yaml::to_string(v).expect("yaml"), str::to_string);
+                    (k.as_str().expect("env name").to_string(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn compose_files_wire_the_services_with_their_real_config_keys() {
+    let services = compose_services();
+    let sock: BTreeMap<&str, (&'static str, BTreeMap<String, String>)> = services
+        .iter()
+        .filter_map(|(name, s)| {
+            Some((
+                name.as_str(),
+                (service_of_binary(&s["command"])?, env_of(s)),
+            ))
+        })
+        .collect();
+    for service in SERVICES {
+        assert!(
+            sock.values().any(|(s, _)| *s == service),
+            "compose runs no sock-{service}"
+        );
+    }
+    assert!(services.contains_key("jaeger"), "compose.yaml runs Jaeger");
+
+    let listen_port = |name: &str| -> u16 {
+        let (service, env) = &sock[name];
+        let var = if *service == "registry" {
+            "SOCK_REGISTRY_GRPC_LISTEN".into()
+        } else {
+            format!("SOCK_{}_LISTEN", service.to_ascii_uppercase())
+        };
+        let listen = &env[&var];
+        assert!(
+            listen.starts_with("0.0.0.0:"),
+            "{name}: {var}={listen} must bind all interfaces in a container"
+        );
+        port_of(listen)
+    };
+    let volume_at = |name: &str, path: &str| -> Option<String> {
+        seq(&services[name]["volumes"])
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|v| {
+                let mut parts = v.split(':');
+                let (source, target) = (parts.next()?, parts.next()?);
+                (target == path).then(|| source.to_string())
+            })
+    };
+
+    for (name, (service, env)) in &sock {
+        for var in env.keys() {
+            if let Some((target, key)) = config_env(var) {
+                assert_eq!(target, *service, "{name} sets another service's {var}");
+                assert!(
+                    config_keys(service).contains(&key),
+                    "{name}: {var}: sock-{service} has no key '{key}'"
+                );
+            }
+        }
+        assert!(
+            env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{name} exports spans"
+        );
+        let health: Vec<&str> = seq(&services[*name]["healthcheck"]["test"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            health[..2],
+            ["CMD", "sock-health"],
+            "{name} has a grpc health check"
+        );
+        assert_eq!(
+            port_of(health[2]),
+            listen_port(name),
+            "{name}'s health check probes its listen port"
+        );
+        for port in seq(&services[*name]["ports"])
+            .iter()
+            .filter_map(Value::as_str)
+        {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond this machine"
+            );
+        }
+        let powered = !services[*name]["cap_add"].is_null()
+            || !services[*name]["security_opt"].is_null()
+            || services[*name]["user"] == "root";
+        assert_eq!(
+            powered,
+            *service == "sandboxd",
+            "{name}: only sandboxd has powers"
+        );
+        assert_ne!(services[*name]["pid"], "host", "{name} keeps its own pids");
+        assert_ne!(
+            services[*name]["privileged"], true,
+            "{name}: capabilities, not privileged"
+        );
+
+        let peer = |var: &str| -> &str {
+            let url = &env[var];
+            let host = host_of(url);
+            assert_eq!(
+                port_of(url),
+                listen_port(host),
+                "{name}: {var}={url} is not where {host} listens"
+            );
+            let (peer, _) = sock
+                .get(host)
+                .unwrap_or_else(|| panic!("{name}: {var}={url} names no sock service"));
+            peer
+        };
+        match *service {
+            "gateway" => {
+                assert_eq!(peer("SOCK_GATEWAY_REGISTRY_ADDR"), "registry");
+                assert_eq!(peer("SOCK_GATEWAY_SANDBOXD_ADDR"), "sandboxd");
+            }
+            "cache" => {
+                let url = &env["SOCK_CACHE_REGISTRY_URL"];
+                let (peer, registry_env) = &sock[host_of(url)];
+                assert_eq!(*peer, "registry");
+                assert_eq!(
+                    port_of(url),
+                    port_of(&registry_env["SOCK_REGISTRY_HTTP_LISTEN"])
+                );
+            }
+            "sandboxd" => {
+                assert_eq!(peer("SOCK_SANDBOXD_CACHE_ADDR"), "cache");
+                let cache = host_of(&env["SOCK_SANDBOXD_CACHE_ADDR"]);
+                let dir = &sock[cache].1["SOCK_CACHE_DATA_DIR"];
+                let volume = volume_at(cache, dir)
+                    .unwrap_or_else(|| panic!("{cache}: its data dir is no volume"));
+                assert_eq!(
+                    volume_at(name, dir),
+                    Some(volume),
+                    "{name} mounts {cache}'s volume at the same path"
+                );
+                assert_eq!(
+                    volume_at(name, "/sys/fs/cgroup").as_deref(),
+                    Some("/sys/fs/cgroup")
+                );
+            }
+            _ => {}
+        }
+    }
+    let instances: BTreeSet<&String> = sock
+        .values()
+        .filter_map(|(_, env)| env.get("SOCK_SANDBOXD_INSTANCE"))
+        .collect();
+    assert_eq!(
+        instances.len(),
+        2,
+        "each node's sandboxd names its own cgroups"
+    );
+}
+
+// ---------------------------------------------------------------------
+// the compose stack, for real
+// ---------------------------------------------------------------------
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when this machine can run the stack: root (sandboxd's sandboxes),
+/// a Docker daemon, and docker compose in either flavour.
+fn have_docker_compose() -> bool {
+    if !have_root() {
+        return false;
+    }
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = works("docker", &["info"])
+        && (works("docker", &["compose", "version"]) || works("docker-compose", &["version"]));
+    if !ok {
+        eprintln!(
+            "\n*** SKIPPED: needs a Docker daemon and docker compose (or docker-compose) ***\n"
+        );
+    }
+    ok
+}
+
+/// The address containers reach this machine at (what `host-gateway`
+/// means to Docker): the default bridge's own address.
+fn docker_host_address() -> IpAddr {
+    nix::ifaddrs::getifaddrs()
+        .expect("list network interfaces")
+        .find_map(|ifa| {
+            let addr = ifa.address?;
+            (ifa.interface_name == "docker0")
+                .then(|| addr.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+                .flatten()
+        })
+        .expect("the docker0 bridge has an IPv4 address")
+}
+
+/// Relays TCP from an address containers can reach to the OTLP receiver,
+/// which listens on 127.0.0.1 only.
+struct Relay {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(bind: IpAddr, to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind((bind, 0))
+            .await
+            .expect("bind the OTLP relay");
+        let addr = listener.local_addr().expect("relay address");
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One compose project of this test: its own name, image tag, sandboxd
+/// instances and free published ports. Dropping it runs `down -v` and
+/// removes the image tag, also when the test failed half-way.
+struct Project {
+    name: String,
+    env: Vec<(&'static str, String)>,
+    down: bool,
+}
+
+/// compose-prebuilt adds compose.yaml and compose.prebuilt.yaml itself.
+const BASE_FILES: [&str; 2] = ["compose.yaml", "compose.prebuilt.yaml"];
+const TEST_FILES: [&str; 2] = ["compose.node2.yaml", "compose.test.yaml"];
+
+impl Project {
+    fn new(otlp_endpoint: &str) -> Project {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let name = format!("socke2e{}x{nanos}", std::process::id());
+        let env = vec![
+            ("SOCK_IMAGE", format!("sock:{name}")),
+            ("SOCK_COMPOSE_INSTANCE", name.clone()),
+            ("SOCK_PUBLISH_GATEWAY", "127.0.0.1:".into()),
+            ("SOCK_PUBLISH_REGISTRY", "127.0.0.1:".into()),
+            ("SOCK_TEST_OTLP_ENDPOINT", otlp_endpoint.into()),
+        ];
+        Project {
+            name,
+            env,
+            down: false,
+        }
+    }
+
+    fn command(&self, script: &str) -> Command {
+        let mut command = Command::new(repo().join("scripts").join(script));
+        let base: &[&str] = if script == "compose" {
+            &BASE_FILES
+        } else {
+            &[]
+        };
+        for file in base.iter().chain(&TEST_FILES) {
+            command.args(["-f", file]);
+        }
+        command
+            .args(["-p", &self.name])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        command
+    }
+
+    /// Runs `scripts/compose <files> -p <name> args`, failing on error.
+    fn compose(&self, args: &[&str]) -> String {
+        let output = self
+            .command("compose")
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/compose");
+        assert!(output.status.success(), "compose {args:?} failed");
+        String::from_utf8(output.stdout).expect("compose prints UTF-8")
+    }
+
+    /// `release build + base image + up -d --build` of the named services.
+    fn up(&self, services: &[&str]) {
+        let status = self
+            .command("compose-prebuilt")
+            .args(["up", "-d", "--build"])
+            .args(services)
+            .status()
+            .expect("run scripts/compose-prebuilt");
+        assert!(status.success(), "compose up failed (its output is above)");
+    }
+
+    /// The 127.0.0.1 address a service's port is published on.
+    fn published(&self, service: &str, port: u16) -> String {
+        let out = self.compose(&["port", service, &port.to_string()]);
+        let addr = out.trim();
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "{service}:{port} is published on '{addr}'"
+        );
+        format!("http://{addr}")
+    }
+
+    fn wait_healthy(&self, services: &[&str]) {
+        let started = Instant::now();
+        for service in services {
+            let id = self.compose(&["ps", "-q", service]).trim().to_string();
+            assert!(!id.is_empty(), "{service} has no container");
+            loop {
+                let out = docker(&["inspect", "-f", "{{.State.Health.Status}}", &id]);
+                if out.trim() == "healthy" {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < START_TIMEOUT,
+                    "{service} is '{}' after {START_TIMEOUT:?}",
+                    out.trim()
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+
+    fn down(&mut self) {
+        self.down = true;
+        let status = self
+            .command("compose")
+            .args(["down", "-v", "--remove-orphans", "-t", "30"])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "compose down failed");
+        let _ = Command::new("docker")
+            .args(["rmi", &format!("sock:{}", self.name)])
+            .stdout(Stdio::null())
+            .status();
+    }
+
+    /// What Docker still holds of this project.
+    fn leftovers(&self) -> Vec<String> {
+        let label = format!("label=com.docker.compose.project={}", self.name);
+        let mut found = Vec::new();
+        for (what, args) in [
+            ("container", vec!["ps", "-a", "-q", "--filter", &label]),
+            ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+            ("network", vec!["network", "ls", "-q", "--filter", &label]),
+        ] {
+            found.extend(docker(&args).lines().map(|id| format!("{what} {id}")));
+        }
+        found
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if self.down {
+            return;
+        }
+        if std::thread::panicking() {
+            let _ = self
+                .command("compose")
+                .args(["logs", "--no-color", "--tail", "40"])
+                .status();
+        }
+        self.down();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let output: Output = Command::new("docker")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run docker");
+    assert!(output.status.success(), "docker {args:?} failed");
+    String::from_utf8(output.stdout).expect("docker prints UTF-8")
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(addr.to_string())
+        .expect("valid endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A trace id whose spans come from all four services.
+fn whole_trace(spans: &[Span]) -> Option<String> {
+    let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for span in spans {
+        services
+            .entry(&span.trace_id)
+            .or_default()
+            .insert(&span.service);
+    }
+    let all: BTreeSet<&str> = SERVICES
+        .iter()
+        .map(|s| match *s {
+            "gateway" => "sock-gateway",
+            "registry" => "sock-registry",
+            "cache" => "sock-cache",
+            _ => "sock-sandboxd",
+        })
+        .collect();
+    services
+        .into_iter()
+        .find(|(_, s)| all.is_subset(s))
+        .map(|(t, _)| t.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() {
+    if !have_docker_compose() {
+        return;
+    }
+    let otlp = OtlpReceiver::start().await;
+    let receiver: SocketAddr = otlp
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("receiver address");
+    let relay = Relay::start(docker_host_address(), receiver).await;
+    let mut project = Project::new(&format!("http://{}", relay.addr));
+
+    let nodes = [
+        "registry",
+        "cache",
+        "sandboxd",
+        "gateway",
+        "cache2",
+        "sandboxd2",
+    ];
+    let started = Instant::now();
+    project.up(&nodes);
+    project.wait_healthy(&nodes);
+    eprintln!(
+        "compose: release build, image and up took {:?}",
+        started.elapsed()
+    );
+
+    let registry_addr = project.published("registry", 7071);
+    let gateway_addr = project.published("gateway", 7070);
+    let node2_addr = project.published("sandboxd2", 7074);
+
+    let bundle = sock_bundle::pack(&example("echo")).expect("pack examples/echo");
+    let mut registry = RegistryClient::new(channel(&registry_addr).await);
+    let pushed = registry
+        .push_function(PushFunctionRequest {
+            name: "echo".into(),
+            bundle,
+        })
+        .await
+        .expect("push echo through the published registry port")
+        .into_inner();
+
+    let payload = r#"{"from":"compose","n":[1,2,3]}"#;
+    let want: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
+    let response = GatewayClient::new(channel(&gateway_addr).await)
+        .invoke(InvokeRequest {
+            function: "echo".into(),
+            payload: payload.into(),
+            timeout_ms: None,
+        })
+        .await
+        .expect("invoke echo through the published gateway port")
+        .into_inner();
+    match response.outcome.expect("an outcome") {
+        Outcome::Result(result) => {
+            let got: serde_json::Value = serde_json::from_slice(&result).expect("JSON result");
+            assert_eq!(got, want);
+        }
+        Outcome::Error(e) => panic!("echo failed in compose: {e:?}"),
+    }
+
+    // Node 2 runs the same function from its own cache volume.
+    let info = registry
+        .get_function(GetFunctionRequest {
+            name: "echo".into(),
+        })
+        .await
+        .expect("describe echo")
+        .into_inner();
+    let response = SandboxdClient::new(channel(&node2_addr).await)
+        .invoke(SandboxInvokeRequest {
+            function: Some(FunctionRef {
+                name: "echo".into(),
+                version: pushed.version,
+            }),
+            config: info.config,
+            payload: payload.into(),
+            call_id: "compose-node2".into(),
+            timeout_ms: 30_000,
+        })
+        .await
+        .expect("invoke echo on node 2")
+        .into_inner();
+    match response.outcome.expect("an outcome") {
+        NodeOutcome::Result(result) => {
+            let got: serde_json::Value = serde_json::from_slice(&result).expect("JSON result");
+            assert_eq!(got, want);
+        }
+        NodeOutcome::Error(e) => panic!("echo failed on node 2: {e:?}"),
+    }
+
+    let spans = otlp
+        .wait_for(|spans| whole_trace(spans).is_some(), SPAN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("no trace spans gateway, registry, cache and sandboxd: {e}"));
+    let trace = whole_trace(&spans).expect("a whole trace");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace && s.service == "sock-gateway" && s.parent_id.is_none()),
+        "the call's trace starts at the gateway"
+    );
+
+    project.down();
+    assert_eq!(
+        project.leftovers(),
+        Vec::<String>::new(),
+        "down -v removes containers, volumes and networks"
+    );
+    for node in ["node1", "node2"] {
+        let instance = format!("{}-{node}", project.name);
+        assert_eq!(
+            leftover_cgroups(&instance),
+            Vec::<PathBuf>::new(),
+            "sandboxd of {node} removed its cgroups"
+        );
+    }
+}
