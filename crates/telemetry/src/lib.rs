@@ -49,7 +49,8 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs logging and OpenTelemetry for `service` ("gateway", …).
+/// Installs logging and OpenTelemetry for `service` ("gateway", …; a
+/// name that already starts with `sock-` is taken as it is).
 ///
 /// Spans are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, unless

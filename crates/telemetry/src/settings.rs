@@ -29,7 +29,12 @@ impl Settings {
         let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
         Settings {
-            service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| format!("sock-{service}")),
+            service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| {
+                match service.strip_prefix("sock-") {
+                    Some(_) => service.to_string(),
+                    None => format!("sock-{service}"),
+                }
+            }),
             sdk_enabled,
             export_to: endpoint.filter(|_| sdk_enabled && !exporter_off),
         }
@@ -96,6 +101,14 @@ mod tests {
         ]);
         assert_eq!(s.export_to, None);
         assert!(s.sdk_enabled);
+    }
+
+    #[test]
+    fn a_service_already_named_sock_is_not_prefixed_twice() {
+        assert_eq!(
+            Settings::from_env("sock-cache", |_| None).service_name,
+            "sock-cache"
+        );
     }
 
     #[test]
