@@ -44,9 +44,14 @@ async fn echo_returns_its_payload() {
         return;
     }
     let cluster = Cluster::start();
-    push(&cluster, "echo", example_bundle("echo")).await.expect("push echo");
+    push(&cluster, "echo", example_bundle("echo"))
+        .await
+        .expect("push echo");
     let payload = r#"{"hello":"sock","n":[1,2,3]}"#;
-    match invoke(&cluster, "echo", payload).await.expect("invoke echo") {
+    match invoke(&cluster, "echo", payload)
+        .await
+        .expect("invoke echo")
+    {
         Outcome::Result(result) => {
             let got: serde_json::Value = serde_json::from_slice(&result).expect("JSON result");
             let want: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
@@ -56,7 +61,10 @@ async fn echo_returns_its_payload() {
     }
     let instance = cluster.instance.clone();
     assert!(cluster.stop().success(), "sock up exits cleanly on SIGTERM");
-    assert_eq!(leftover_cgroups(&instance), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        leftover_cgroups(&instance),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,12 +73,21 @@ async fn a_raising_function_returns_its_traceback() {
         return;
     }
     let cluster = Cluster::start();
-    push(&cluster, "error", example_bundle("error")).await.expect("push error");
-    match invoke(&cluster, "error", "{}").await.expect("the call itself succeeds") {
+    push(&cluster, "error", example_bundle("error"))
+        .await
+        .expect("push error");
+    match invoke(&cluster, "error", "{}")
+        .await
+        .expect("the call itself succeeds")
+    {
         Outcome::Error(e) => {
             assert_eq!(e.kind(), ErrorKind::Function);
             assert_eq!(e.message, "ZeroDivisionError: division by zero");
-            assert!(e.traceback.contains("in divide"), "traceback: {}", e.traceback);
+            assert!(
+                e.traceback.contains("in divide"),
+                "traceback: {}",
+                e.traceback
+            );
             assert!(e.traceback.contains("f.py"), "traceback: {}", e.traceback);
         }
         Outcome::Result(r) => panic!("expected an error, got {}", String::from_utf8_lossy(&r)),
@@ -83,10 +100,14 @@ async fn unknown_function_is_not_found() {
         return;
     }
     let cluster = Cluster::start();
-    let status = invoke(&cluster, "nosuch", "{}").await.expect_err("must fail");
+    let status = invoke(&cluster, "nosuch", "{}")
+        .await
+        .expect_err("must fail");
     assert_eq!(status.code(), Code::NotFound);
     assert!(
-        status.message().contains("function 'nosuch' does not exist"),
+        status
+            .message()
+            .contains("function 'nosuch' does not exist"),
         "{}",
         status.message()
     );
@@ -98,21 +119,33 @@ async fn a_bad_bundle_is_refused_and_the_previous_version_keeps_serving() {
         return;
     }
     let cluster = Cluster::start();
-    let v1 = push(&cluster, "svc", bundle(&[("f.py", "def f(e):\n    return 'v1'\n")]))
-        .await
-        .expect("push v1");
+    let v1 = push(
+        &cluster,
+        "svc",
+        bundle(&[("f.py", "def f(e):\n    return 'v1'\n")]),
+    )
+    .await
+    .expect("push v1");
 
     let not_gzip = push(&cluster, "svc", b"this is not a tarball".to_vec())
         .await
         .expect_err("garbage must be refused");
     assert_eq!(not_gzip.code(), Code::InvalidArgument);
-    assert!(not_gzip.message().contains("gzip"), "{}", not_gzip.message());
+    assert!(
+        not_gzip.message().contains("gzip"),
+        "{}",
+        not_gzip.message()
+    );
 
     let no_entry = push(&cluster, "svc", bundle(&[("main.py", "x = 1\n")]))
         .await
         .expect_err("a bundle without f.py must be refused");
     assert_eq!(no_entry.code(), Code::InvalidArgument);
-    assert!(no_entry.message().contains("f.py"), "{}", no_entry.message());
+    assert!(
+        no_entry.message().contains("f.py"),
+        "{}",
+        no_entry.message()
+    );
 
     let info = cluster
         .registry()
@@ -144,11 +177,19 @@ async fn the_sock_command_pushes_and_invokes() {
     };
     let hello = example("hello");
     let out = sock(&["push", hello.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("pushed hello version 1"));
 
     let out = sock(&["invoke", "hello", r#"{"name":"tester"}"#]);
-    assert!(out.status.success(), "invoke: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "invoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(result["greeting"], "hello, tester");
 
@@ -156,8 +197,20 @@ async fn the_sock_command_pushes_and_invokes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
 
     let out = sock(&["rm", "hello"]);
-    assert!(out.status.success(), "rm: {}", String::from_utf8_lossy(&out.stderr));
-    let out = sock(&["invoke", "hello"]);
+    assert!(
+        out.status.success(),
+        "rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sock(&["ls"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("hello"),
+        "rm removed it"
+    );
+
+    // The gateway may serve a deleted function for up to registry_cache_ms;
+    // a name never pushed fails at once.
+    let out = sock(&["invoke", "nosuch"]);
     assert_eq!(out.status.code(), Some(2), "a platform error exits 2");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("function 'nosuch' does not exist"));
 }

@@ -8,20 +8,30 @@ use sock_e2e::functions::example;
 use sock_e2e::otlp::{OtlpReceiver, Span};
 use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
 
-const SERVICES: [&str; 4] = ["sock-gateway", "sock-registry", "sock-cache", "sock-sandboxd"];
+const SERVICES: [&str; 4] = [
+    "sock-gateway",
+    "sock-registry",
+    "sock-cache",
+    "sock-sandboxd",
+];
 
-/// Trace ids whose spans come from all four services.
+/// Trace ids whose spans come from all four services and whose root span
+/// (the gateway's, which ends last and so is exported last) has arrived.
 fn complete_traces(spans: &[Span]) -> Vec<String> {
     let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut rooted: BTreeSet<&str> = BTreeSet::new();
     for span in spans {
         services
             .entry(span.trace_id.as_str())
             .or_default()
             .insert(span.service.as_str());
+        if span.parent_id.is_none() {
+            rooted.insert(span.trace_id.as_str());
+        }
     }
     services
         .into_iter()
-        .filter(|(_, seen)| SERVICES.iter().all(|s| seen.contains(s)))
+        .filter(|(trace, seen)| rooted.contains(trace) && SERVICES.iter().all(|s| seen.contains(s)))
         .map(|(trace, _)| trace.to_string())
         .collect()
 }
@@ -59,7 +69,10 @@ async fn one_invocation_is_one_trace_across_all_four_services() {
     let call_id = response.metadata().get("x-sock-call-id").cloned();
 
     let spans = receiver
-        .wait_for(|spans| !complete_traces(spans).is_empty(), Duration::from_secs(30))
+        .wait_for(
+            |spans| !complete_traces(spans).is_empty(),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap_or_else(|timeout| {
             let seen: BTreeSet<_> = timeout
@@ -101,6 +114,9 @@ async fn one_invocation_is_one_trace_across_all_four_services() {
             .iter()
             .any(|s| s.service == "sock-sandboxd" && s.name == "function.run"),
         "a function.run span: {:#?}",
-        trace.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>()
+        trace
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
     );
 }
