@@ -21,7 +21,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn have_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("\n*** SKIPPED: this test creates sandboxes and needs root (CI runs it as root) ***\n");
+        eprintln!(
+            "\n*** SKIPPED: this test creates sandboxes and needs root (CI runs it as root) ***\n"
+        );
     }
     root
 }
@@ -87,7 +89,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(data_dir.path())
             .env("SOCK_SANDBOXD_INSTANCE", &instance)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
