@@ -38,10 +38,11 @@ where
             path: path.display().to_string(),
             source,
         })?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
         if let Some(section) = table.remove(service) {
             figment = figment.merge(Toml::string(&toml::to_string(&section).unwrap_or_default()));
         }
@@ -80,11 +81,8 @@ mod tests {
     fn file_section_overrides_defaults_and_other_sections_are_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sock.toml");
-        std::fs::write(
-            &path,
-            "[demo]\ncache_ms = 10\n[other]\nlisten = \"nope\"\n",
-        )
-        .expect("write");
+        std::fs::write(&path, "[demo]\ncache_ms = 10\n[other]\nlisten = \"nope\"\n")
+            .expect("write");
         let cfg: Demo = load_config("demo", Some(&path)).expect("load");
         assert_eq!(
             cfg,
@@ -99,7 +97,10 @@ mod tests {
     fn unknown_file_is_a_clear_error() {
         let err = load_config::<Demo>("demo", Some(Path::new("/nonexistent/sock.toml")))
             .expect_err("missing file must fail");
-        assert!(err.to_string().contains("cannot read config file /nonexistent/sock.toml"));
+        assert!(
+            err.to_string()
+                .contains("cannot read config file /nonexistent/sock.toml")
+        );
     }
 
     #[test]
