@@ -6,6 +6,8 @@
 //! cgroups below `sock/<instance>`, so daemons of other instances (parallel
 //! test clusters) are never touched.
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cgroup::Cgroup;
@@ -29,9 +31,11 @@ const ROOT: &str = "sock";
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long destroy waits for killed processes to leave the cgroup.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long pausing waits for every process of a sandbox to freeze.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Limits written into a sandbox's cgroup. Zero means "no limit".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CgroupLimits {
     pub memory_bytes: u64,
     pub pids: u32,
@@ -79,75 +83,247 @@ fn dirs_of(cg: &Cgroup) -> Vec<PathBuf> {
     }
 }
 
+/// The pre-created cgroups (`sock/<instance>/pool-N`) sandboxes take and
+/// give back, so that starting a sandbox creates no cgroup: a recycled one
+/// is emptied and gets the next sandbox's limits written over the old.
+#[derive(Debug)]
+pub(crate) struct CgroupPool {
+    instance: String,
+    free: Mutex<Vec<String>>,
+    next: AtomicU64,
+    /// How many empty cgroups to keep ready.
+    spares: usize,
+}
+
+impl CgroupPool {
+    pub fn new(instance: &str, spares: usize) -> CgroupPool {
+        let pool = CgroupPool {
+            instance: instance.to_string(),
+            free: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            spares,
+        };
+        pool.refill();
+        pool
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        // Pushes and pops only: poisoning cannot leave the list broken.
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Empty cgroups ready right now.
+    pub fn spare(&self) -> usize {
+        self.free().len()
+    }
+
+    fn create(&self) -> Result<String, Error> {
+        let name = format!("pool-{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let path = relative_path(&self.instance, Some(&name));
+        create_with_retry(&load(&self.instance, Some(&name)), &path)?;
+        Ok(name)
+    }
+
+    /// Creates cgroups until `spares` are ready; true if it created any.
+    pub fn refill(&self) -> bool {
+        let mut created = false;
+        while self.spare() < self.spares {
+            match self.create() {
+                Ok(name) => self.free().push(name),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pre-create a sandbox cgroup");
+                    break;
+                }
+            }
+            created = true;
+        }
+        created
+    }
+
+    /// A cgroup with `limits` written, from the pool when it has one.
+    pub fn take(&self, limits: CgroupLimits) -> Result<SandboxCgroup, Error> {
+        let recycled = self.free().pop();
+        let name = match recycled {
+            Some(name) => name,
+            None => self.create()?,
+        };
+        let mut cgroup = SandboxCgroup {
+            cg: load(&self.instance, Some(&name)),
+            name: relative_path(&self.instance, Some(&name)),
+            limits,
+            oom_kills_before: 0,
+        };
+        if let Err(e) = cgroup.apply() {
+            cgroup.remove();
+            return Err(e);
+        }
+        // A recycled cgroup remembers the OOM kills of earlier sandboxes.
+        cgroup.oom_kills_before = cgroup.oom_kills();
+        Ok(cgroup)
+    }
+
+    /// Kills what is left in the cgroup and keeps it for the next sandbox,
+    /// or removes it when enough are ready or it will not empty.
+    pub fn recycle(&self, cgroup: &SandboxCgroup) {
+        cgroup.kill();
+        let reusable = cgroup.cg.exists() && cgroup.cg.procs().is_empty();
+        if reusable && self.spare() < self.spares {
+            cgroup.release_pages();
+            let name = cgroup.name.rsplit('/').next().expect("split yields one");
+            self.free().push(name.to_string());
+        } else {
+            cgroup.remove();
+        }
+    }
+
+    /// Removes the ready cgroups (at shutdown).
+    pub fn remove_spares(&self) {
+        let names = std::mem::take(&mut *self.free());
+        for name in names {
+            let _ = load(&self.instance, Some(&name)).delete();
+        }
+    }
+}
+
 /// A sandbox's cgroup. Every method is safe to call after the processes
-/// are gone, and `destroy` twice.
+/// are gone.
 #[derive(Debug)]
 pub(crate) struct SandboxCgroup {
     cg: Cgroup,
     name: String,
+    limits: CgroupLimits,
+    oom_kills_before: u64,
 }
 
 impl SandboxCgroup {
-    /// Creates the cgroup and writes its limits.
-    pub fn create(instance: &str, id: &str, limits: CgroupLimits) -> Result<Self, Error> {
-        let name = relative_path(instance, Some(id));
-        let cg = load(instance, Some(id));
-        create_with_retry(&cg, &name)?;
-        let cgroup = SandboxCgroup { cg, name };
-        if let Err(e) = cgroup.apply(limits) {
-            cgroup.destroy();
-            return Err(e);
-        }
-        Ok(cgroup)
+    fn err(&self, op: &'static str) -> impl FnOnce(cgroups_rs::fs::error::Error) -> Error {
+        let path = self.name.clone();
+        move |source| Error::Cgroup { op, path, source }
     }
 
-    fn apply(&self, limits: CgroupLimits) -> Result<(), Error> {
-        let err = |op: &'static str| {
-            let name = self.name.clone();
-            move |source| Error::Cgroup {
-                op,
-                path: name,
-                source,
-            }
+    fn memory(&self) -> Result<&MemController, Error> {
+        self.cg.controller_of().ok_or(Error::CgroupMissing {
+            controller: "memory",
+        })
+    }
+
+    /// Writes every limit, also the unlimited ones, as the cgroup may hold
+    /// an earlier sandbox's.
+    fn apply(&self) -> Result<(), Error> {
+        let limits = self.limits;
+        let memory = self.memory()?;
+        let bytes = if limits.memory_bytes > 0 {
+            i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX)
+        } else {
+            -1
         };
-        if limits.memory_bytes > 0 {
-            let memory: &MemController =
-                self.cg
-                    .controller_of()
-                    .ok_or_else(|| Error::CgroupMissing {
-                        controller: "memory",
-                    })?;
-            let bytes = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
-            memory.set_limit(bytes).map_err(err("set memory limit"))?;
-            // Without a swap limit a v1 sandbox could page out past its
-            // limit; the file only exists where swap accounting is on.
-            if !self.cg.v2() && memory.path().join("memory.memsw.limit_in_bytes").exists() {
-                memory
-                    .set_memswap_limit(bytes)
-                    .map_err(err("set memory+swap limit"))?;
+        // v1 refuses a memory limit above memory+swap: lift that one first.
+        let memsw = !self.cg.v2() && memory.path().join("memory.memsw.limit_in_bytes").exists();
+        if memsw {
+            memory
+                .set_memswap_limit(-1)
+                .map_err(self.err("lift memory+swap limit"))?;
+        }
+        memory
+            .set_limit(bytes)
+            .map_err(self.err("set memory limit"))?;
+        // Without a swap limit a v1 sandbox could page out past its limit.
+        if memsw {
+            memory
+                .set_memswap_limit(bytes)
+                .map_err(self.err("set memory+swap limit"))?;
+        }
+        let pids: &PidController = self
+            .cg
+            .controller_of()
+            .ok_or(Error::CgroupMissing { controller: "pids" })?;
+        let max = match limits.pids {
+            0 => MaxValue::Max,
+            n => MaxValue::Value(i64::from(n)),
+        };
+        pids.set_pid_max(max).map_err(self.err("set pids.max"))?;
+        let cpu: &cgroups_rs::fs::cpu::CpuController = self
+            .cg
+            .controller_of()
+            .ok_or(Error::CgroupMissing { controller: "cpu" })?;
+        let quota = match limits.cpu_percent {
+            0 => -1,
+            n => i64::try_from(CPU_PERIOD_US * u64::from(n) / 100).unwrap_or(i64::MAX),
+        };
+        cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
+            .map_err(self.err("set cpu quota"))?;
+        Ok(())
+    }
+
+    /// Memory charged to the cgroup now, in bytes.
+    pub fn memory_usage(&self) -> u64 {
+        let Ok(memory) = self.memory() else {
+            return 0;
+        };
+        let file = if self.cg.v2() {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        std::fs::read_to_string(memory.path().join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Freezes every process and shrinks the memory limit to what the
+    /// cgroup uses, so a paused sandbox can neither run nor grow.
+    pub fn pause(&self) -> Result<(), Error> {
+        let freezer: &FreezerController = self.cg.controller_of().ok_or(Error::CgroupMissing {
+            controller: "freezer",
+        })?;
+        freezer.freeze().map_err(self.err("freeze"))?;
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        while !matches!(freezer.state(), Ok(FreezerState::Frozen)) {
+            if Instant::now() >= deadline {
+                return Err(Error::Freeze {
+                    path: self.name.clone(),
+                });
             }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        if limits.pids > 0 {
-            let pids: &PidController = self
-                .cg
-                .controller_of()
-                .ok_or(Error::CgroupMissing { controller: "pids" })?;
-            pids.set_pid_max(MaxValue::Value(i64::from(limits.pids)))
-                .map_err(err("set pids.max"))?;
-        }
-        if limits.cpu_percent > 0 {
-            let cpu: &cgroups_rs::fs::cpu::CpuController = self
-                .cg
-                .controller_of()
-                .ok_or(Error::CgroupMissing { controller: "cpu" })?;
-            let quota = CPU_PERIOD_US * u64::from(limits.cpu_percent) / 100;
-            cpu.set_cfs_quota_and_period(
-                Some(i64::try_from(quota).unwrap_or(i64::MAX)),
-                Some(CPU_PERIOD_US),
-            )
-            .map_err(err("set cpu quota"))?;
+        if self.limits.memory_bytes > 0 {
+            let page = 4096;
+            let usage = self.memory_usage().div_ceil(page) * page;
+            if usage < self.limits.memory_bytes {
+                // v1 may refuse (EBUSY) when it cannot reclaim down to the
+                // new limit; the sandbox then keeps its full limit.
+                let bytes = i64::try_from(usage).unwrap_or(i64::MAX);
+                if let Err(e) = self.memory()?.set_limit(bytes) {
+                    tracing::debug!(cgroup = %self.name, error = %e, "memory limit not shrunk");
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Restores the memory limit, then thaws.
+    pub fn unpause(&self) -> Result<(), Error> {
+        if self.limits.memory_bytes > 0 {
+            let bytes = i64::try_from(self.limits.memory_bytes).unwrap_or(i64::MAX);
+            self.memory()?
+                .set_limit(bytes)
+                .map_err(self.err("restore memory limit"))?;
+        }
+        let freezer: &FreezerController = self.cg.controller_of().ok_or(Error::CgroupMissing {
+            controller: "freezer",
+        })?;
+        freezer.thaw().map_err(self.err("thaw"))
+    }
+
+    /// Returns page cache charged to the cgroup to the system before
+    /// reuse, so the next sandbox starts with nothing charged.
+    fn release_pages(&self) {
+        if let Ok(memory) = self.memory()
+            && !self.cg.v2()
+        {
+            let _ = std::fs::write(memory.path().join("memory.force_empty"), "0");
+        }
     }
 
     /// Moves a process (and so everything it forks later) into the cgroup.
@@ -161,18 +337,22 @@ impl SandboxCgroup {
             })
     }
 
-    /// Whether the kernel's OOM killer has acted inside this cgroup.
-    pub fn oom_killed(&self) -> bool {
-        let Some(memory) = self.cg.controller_of::<MemController>() else {
-            return false;
+    /// OOM kills in this cgroup since it was created.
+    fn oom_kills(&self) -> u64 {
+        let Ok(memory) = self.memory() else {
+            return 0;
         };
         if self.cg.v2() {
             return std::fs::read_to_string(memory.path().join("memory.events"))
-                .map(|events| v2_oom_kills(&events) > 0)
-                .unwrap_or(false);
+                .map(|events| v2_oom_kills(&events))
+                .unwrap_or(0);
         }
-        let oom = memory.memory_stat().oom_control;
-        oom.oom_kill > 0 || oom.under_oom
+        memory.memory_stat().oom_control.oom_kill
+    }
+
+    /// Whether the kernel's OOM killer has acted on this sandbox.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_kills() > self.oom_kills_before
     }
 
     /// The cgroup's directories, one per controller on v1.
@@ -180,19 +360,25 @@ impl SandboxCgroup {
         dirs_of(&self.cg)
     }
 
-    /// Kills every process in the cgroup, waits until it is empty and
-    /// removes it. Blocks for as long as the kernel needs to reap the
-    /// processes (milliseconds), bounded by DRAIN_TIMEOUT. Logs instead of
-    /// failing: there is nothing better to do with a stuck cgroup than to
-    /// report it.
-    pub fn destroy(&self) {
+    /// Kills every process in the cgroup and waits until it is empty.
+    /// Blocks for as long as the kernel needs to reap the processes
+    /// (milliseconds), bounded by DRAIN_TIMEOUT. Logs instead of failing:
+    /// there is nothing better to do with a stuck cgroup than to report it.
+    pub fn kill(&self) {
         if !self.cg.exists() {
             return;
         }
         if let Err(e) = kill_all(&self.cg) {
             tracing::warn!(cgroup = %self.name, error = %e, "cgroup still has processes");
         }
-        if let Err(e) = self.cg.delete() {
+    }
+
+    /// Kills everything in the cgroup and removes it.
+    pub fn remove(&self) {
+        self.kill();
+        if self.cg.exists()
+            && let Err(e) = self.cg.delete()
+        {
             tracing::warn!(cgroup = %self.name, error = %e, "cannot remove cgroup");
         }
     }
@@ -332,8 +518,10 @@ pub(crate) fn remove_leftovers(instance: &str) -> usize {
         SandboxCgroup {
             cg: load(instance, Some(id)),
             name: relative_path(instance, Some(id)),
+            limits: CgroupLimits::default(),
+            oom_kills_before: 0,
         }
-        .destroy();
+        .remove();
     }
     ids.len()
 }

@@ -28,6 +28,21 @@ pub struct Config {
     pub timeout_ms: u32,
     /// Size of each sandbox's `/tmp`; its pages count against memory_mb.
     pub tmp_mb: u64,
+    /// Memory all sandboxes together may reserve (each its memory limit);
+    /// 0 means the machine's total RAM minus 500 MB.
+    pub mem_pool_mb: u64,
+    /// An idle sandbox is paused (frozen, memory limit shrunk to its use)
+    /// after this long without a call. Long enough that a function called
+    /// a few times a second stays thawed, short enough that an idle one
+    /// stops using CPU at once.
+    pub pause_after_ms: u64,
+    /// When the machine's available memory drops below this, idle
+    /// sandboxes are evicted until it is back above; 0 turns it off.
+    pub min_free_mb: u64,
+    /// Empty cgroups and network namespaces kept ready, so that starting
+    /// a sandbox creates neither.
+    pub cgroup_pool_size: usize,
+    pub netns_pool_size: usize,
     /// How long shutdown waits for in-flight calls before it destroys
     /// their sandboxes.
     pub shutdown_grace_ms: u64,
@@ -51,6 +66,11 @@ impl Default for Config {
             pids: 32,
             timeout_ms: 30_000,
             tmp_mb: 64,
+            mem_pool_mb: 0,
+            pause_after_ms: 500,
+            min_free_mb: 256,
+            cgroup_pool_size: 16,
+            netns_pool_size: 8,
             shutdown_grace_ms: 10_000,
             init_program: None,
         }

@@ -25,6 +25,8 @@ pub enum Error {
         path: String,
         source: cgroups_rs::fs::error::Error,
     },
+    #[error("cgroup {path}: its processes did not freeze within 1 s")]
+    Freeze { path: String },
     #[error("the {controller} cgroup controller is not available on this machine")]
     CgroupMissing { controller: &'static str },
     #[error("code or package dir {path} is not an absolute path to a directory")]
@@ -42,6 +44,8 @@ pub enum Error {
     Destroyed { id: String },
     #[error("{0}")]
     InvalidRequest(String),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
     #[error("cache: {}", .0.message())]
     Cache(Status),
     #[error("grpc server: {0}")]
@@ -52,6 +56,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::InvalidRequest(msg) => Status::invalid_argument(msg),
+            Error::Pool(e) => Status::resource_exhausted(e.to_string()),
             Error::Cache(status) => match status.code() {
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
                     Status::unavailable(format!("code cache unavailable: {}", status.message()))
@@ -63,7 +68,7 @@ impl From<Error> for Status {
             other => {
                 tracing::error!(error = %other, "sandbox platform failure");
                 let what = match other {
-                    Error::Cgroup { .. } | Error::CgroupMissing { .. } => {
+                    Error::Cgroup { .. } | Error::CgroupMissing { .. } | Error::Freeze { .. } => {
                         "cannot set up the sandbox's cgroup"
                     }
                     Error::Spawn { .. } | Error::Spec { .. } => "cannot start a sandbox",

@@ -2,7 +2,7 @@
 //! new namespaces and already inside the sandbox's cgroups.
 //!
 //! It reads its [`InitSpec`] from stdin, builds the root file system, sets
-//! the hostname and brings `lo` up, then forks: the child is pid 1 of the
+//! the hostname, then forks: the child is pid 1 of the
 //! new pid namespace, mounts `/proc`, drops every privilege and execs the
 //! Python runtime. The init waits for it and exits with its status.
 //!
@@ -133,7 +133,6 @@ fn init() -> Result<i32, InitError> {
     );
     mounts::build_root(&spec.mount_point, &steps)?;
     namespaces::set_hostname().map_err(sys("sethostname"))?;
-    namespaces::bring_up_loopback().map_err(sys("bring up lo"))?;
 
     #[allow(unsafe_code)]
     // SAFETY: the init is single-threaded (see the module docs), so the

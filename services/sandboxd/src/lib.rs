@@ -20,11 +20,14 @@ mod init;
 mod logs;
 mod mounts;
 mod namespaces;
+mod pool;
 mod protocol;
 #[cfg(test)]
 mod runtime_tests;
+mod safe;
 mod sandbox;
 mod service;
+mod warm;
 
 pub use config::Config;
 pub use error::Error;

@@ -394,6 +394,53 @@ pub(crate) fn mount_proc() -> Result<(), MountError> {
     .map_err(sys("mount proc", Path::new("/proc")))
 }
 
+/// Detaches every mount at or below `dir` in sandboxd's own mount
+/// namespace (left by a crashed run); returns how many. Sandbox roots are
+/// normally private to each sandbox's namespace, so this finds nothing.
+pub(crate) fn unmount_below(dir: &Path) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let mut points = mount_points_below(&table, dir);
+    // Deepest first, so parents are not busy.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+        .iter()
+        .filter(|p| umount2(p.as_path(), MntFlags::MNT_DETACH).is_ok())
+        .count()
+}
+
+fn mount_points_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(unescape(point)))
+        .filter(|point| point.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4);
+        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -463,6 +510,28 @@ mod tests {
             | Step::Tmpfs { dest, .. }
             | Step::ReadOnly { dest, .. } => dest,
         }
+    }
+
+    #[test]
+    fn leftover_mounts_are_found_below_the_data_dir_only() {
+        let table = "\
+22 1 8:1 / / rw - ext4 /dev/sda1 rw
+40 22 0:50 / /data/sock/root rw - tmpfs tmpfs rw
+41 40 8:1 /usr /data/sock/root/usr ro - ext4 /dev/sda1 rw
+42 22 0:51 / /data/sock\\040x rw - tmpfs tmpfs rw
+43 22 0:52 / /data/other rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mount_points_below(table, Path::new("/data/sock")),
+            [
+                PathBuf::from("/data/sock/root"),
+                PathBuf::from("/data/sock/root/usr")
+            ]
+        );
+        assert_eq!(
+            mount_points_below(table, Path::new("/data/sock x")),
+            [PathBuf::from("/data/sock x")]
+        );
     }
 
     #[test]

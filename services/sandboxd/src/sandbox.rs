@@ -11,6 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,12 +20,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use crate::cgroups::{self, CgroupLimits, SandboxCgroup};
+use crate::cgroups::{self, CgroupLimits, CgroupPool, SandboxCgroup};
 use crate::config::Config;
 use crate::error::Error;
 use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED};
 use crate::logs::{self, Origin};
-use crate::namespaces;
+use crate::mounts;
+use crate::namespaces::{self, NetnsPool};
 use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
 
 /// The runtime, embedded so sandboxd and its runtime always match.
@@ -79,10 +81,14 @@ struct Shared {
     init_program: PathBuf,
     cgroup_version: u32,
     live: Mutex<HashMap<String, Arc<SandboxCgroup>>>,
+    cgroups: CgroupPool,
+    refilling_cgroups: AtomicBool,
+    netns: Arc<NetnsPool>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        self.cgroups.remove_spares();
         cgroups::remove_parents(&self.config.instance);
     }
 }
@@ -127,10 +133,19 @@ impl Sandboxes {
         make_dir(&runtime_dir, 0o755)?;
         write_runtime(&runtime_dir)?;
 
+        // A crashed run's sandboxes died with it (their inits have a
+        // parent-death signal), but their cgroups and any mount it had
+        // made on the host stay until removed here.
         let removed = cgroups::remove_leftovers(&config.instance);
         if removed > 0 {
-            tracing::warn!(removed, instance = %config.instance, "removed leftover sandboxes");
+            tracing::warn!(removed, instance = %config.instance, "removed leftover cgroups");
         }
+        let unmounted = mounts::unmount_below(&data_dir);
+        if unmounted > 0 {
+            tracing::warn!(unmounted, "removed leftover mounts under the data dir");
+        }
+        let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
+        let netns = NetnsPool::new(config.netns_pool_size);
         Ok(Sandboxes {
             shared: Arc::new(Shared {
                 config,
@@ -139,6 +154,9 @@ impl Sandboxes {
                 init_program,
                 cgroup_version: cgroups::version(),
                 live: Mutex::new(HashMap::new()),
+                cgroups,
+                refilling_cgroups: AtomicBool::new(false),
+                netns,
             }),
         })
     }
@@ -146,6 +164,19 @@ impl Sandboxes {
     /// Sandboxes alive right now.
     pub fn alive(&self) -> usize {
         self.shared.live().len()
+    }
+
+    /// The memory limit in MB a sandbox with `limits` gets.
+    pub fn memory_mb(&self, limits: &Limits) -> u64 {
+        or_default(limits.memory_mb, self.shared.config.memory_mb)
+    }
+
+    pub(crate) fn spare_cgroups(&self) -> u32 {
+        u32::try_from(self.shared.cgroups.spare()).unwrap_or(u32::MAX)
+    }
+
+    pub(crate) fn spare_netns(&self) -> u32 {
+        u32::try_from(self.shared.netns.spare()).unwrap_or(u32::MAX)
     }
 
     /// The cgroup version in use: 1 or 2.
@@ -161,7 +192,7 @@ impl Sandboxes {
             return;
         }
         tracing::info!(sandboxes = cgroups.len(), "destroying live sandboxes");
-        let _ = tokio::task::spawn_blocking(move || cgroups.iter().for_each(|c| c.destroy())).await;
+        let _ = tokio::task::spawn_blocking(move || cgroups.iter().for_each(|c| c.kill())).await;
     }
 
     /// Starts a sandbox. The runtime imports the function's entry file in
@@ -170,13 +201,14 @@ impl Sandboxes {
         check_spec(&spec)?;
         let config = &self.shared.config;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let memory_mb = or_default(spec.limits.memory_mb, config.memory_mb);
+        let memory_mb = self.memory_mb(&spec.limits);
         let limits = CgroupLimits {
             memory_bytes: memory_mb << 20,
             pids: or_default(spec.limits.pids, config.pids),
             cpu_percent: spec.limits.cpu_percent,
         };
-        let cgroup = Arc::new(SandboxCgroup::create(&config.instance, &id, limits)?);
+        let cgroup = Arc::new(self.shared.cgroups.take(limits)?);
+        self.refill_cgroups();
         self.shared.live().insert(id.clone(), cgroup.clone());
         let function: Arc<str> = spec.function.as_str().into();
 
@@ -197,12 +229,26 @@ impl Sandboxes {
             Err(e) => {
                 let shared = self.shared.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    cgroup.destroy();
                     shared.live().remove(&id);
+                    shared.cgroups.recycle(&cgroup);
                 })
                 .await;
                 Err(e)
             }
+        }
+    }
+
+    /// Tops the cgroup pool up in the background once it runs low.
+    fn refill_cgroups(&self) {
+        let shared = &self.shared;
+        if shared.cgroups.spare() * 2 < shared.config.cgroup_pool_size
+            && !shared.refilling_cgroups.swap(true, Ordering::AcqRel)
+        {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                shared.cgroups.refill();
+                shared.refilling_cgroups.store(false, Ordering::Release);
+            });
         }
     }
 
@@ -230,12 +276,18 @@ impl Sandboxes {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        namespaces::prepare_init(&mut cmd, &theirs);
+        let netns = shared.netns.take().map_err(|source| Error::Spawn {
+            program: "network namespace".into(),
+            source,
+        })?;
+        namespaces::prepare_init(&mut cmd, &theirs, &netns);
         let spawn_err = |source| Error::Spawn {
             program: shared.init_program.display().to_string(),
             source,
         };
         let mut child = cmd.spawn().map_err(spawn_err)?;
+        // The init is in the namespace now and keeps it alive.
+        drop(netns);
         drop(theirs);
         let pid = child.id().ok_or_else(|| {
             spawn_err(std::io::Error::other(
@@ -341,10 +393,40 @@ impl Sandbox {
         self.live.is_some()
     }
 
-    /// The sandbox's cgroup directories (they stay named after destroy,
-    /// when they no longer exist).
+    /// The sandbox's cgroup directories while it lives. Cgroups are
+    /// pooled: after destroy they are empty and may serve another sandbox.
     pub fn cgroup_dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// The memory limit in MB.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_mb
+    }
+
+    /// Memory the sandbox's cgroup charges now, in bytes.
+    pub(crate) fn memory_usage(&self) -> u64 {
+        self.live
+            .as_ref()
+            .map_or(0, |live| live.cgroup.memory_usage())
+    }
+
+    pub(crate) fn pause(&self) -> Result<(), Error> {
+        match &self.live {
+            Some(live) => live.cgroup.pause(),
+            None => Err(Error::Destroyed {
+                id: self.id.clone(),
+            }),
+        }
+    }
+
+    pub(crate) fn unpause(&self) -> Result<(), Error> {
+        match &self.live {
+            Some(live) => live.cgroup.unpause(),
+            None => Err(Error::Destroyed {
+                id: self.id.clone(),
+            }),
+        }
     }
 
     /// Calls the function with `payload` (JSON bytes; empty means None).
@@ -356,6 +438,19 @@ impl Sandbox {
         call_id: &str,
         payload: &[u8],
         timeout: Duration,
+    ) -> Result<Outcome, Error> {
+        self.invoke_within(call_id, payload, timeout, timeout).await
+    }
+
+    /// [`invoke`](Self::invoke) with `timeout` left of a call whose limit
+    /// is `limit` (the rest went waiting for memory); a timeout names the
+    /// limit.
+    pub(crate) async fn invoke_within(
+        &mut self,
+        call_id: &str,
+        payload: &[u8],
+        timeout: Duration,
+        limit: Duration,
     ) -> Result<Outcome, Error> {
         if payload.len() > MAX_BODY_BYTES as usize {
             return Err(Error::InvalidRequest(format!(
@@ -400,10 +495,7 @@ impl Sandbox {
                 self.destroy().await;
                 Ok(Outcome::Failed(function_error(
                     ErrorKind::Timeout,
-                    format!(
-                        "function exceeded its timeout of {} ms",
-                        timeout.as_millis()
-                    ),
+                    format!("function exceeded its timeout of {} ms", limit.as_millis()),
                     String::new(),
                 )))
             }
@@ -482,11 +574,11 @@ fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
         ..
     } = live;
     drop(conn);
-    cgroup.destroy();
+    shared.live().remove(id);
+    shared.cgroups.recycle(&cgroup);
     // The init was in the cgroup, so it is dead now; reap it here, or let
     // tokio's orphan reaper do it if the kernel is slow to report it.
     let _ = child.try_wait();
-    shared.live().remove(id);
     tracing::debug!(sandbox = %id, function, "sandbox destroyed");
 }
 

@@ -7,8 +7,8 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionRef, PrepareRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
-    StatusResponse,
+    FunctionConfig, FunctionRef, FunctionSandboxes, PrepareRequest, SandboxInvokeRequest,
+    SandboxInvokeResponse, StatusRequest, StatusResponse,
 };
 use sock_telemetry::grpc::{ServerTraceLayer, TracedChannel};
 use tokio::net::TcpListener;
@@ -20,14 +20,15 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::sandbox::{Limits, Outcome, SandboxSpec, Sandboxes};
+use crate::sandbox::{Limits, Outcome, SandboxSpec};
+use crate::warm::{Call, Manager, Prepared};
 
 /// After the grace period the remaining sandboxes are killed, which ends
 /// their calls at once; this bounds the wait for those answers.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 
 struct SandboxdService {
-    sandboxes: Arc<Sandboxes>,
+    manager: Arc<Manager>,
     cache: CacheClient<TracedChannel>,
     default_timeout_ms: u32,
     calls: AtomicU64,
@@ -47,24 +48,81 @@ impl Sandboxd for SandboxdService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let node = self.manager.status();
         Ok(Response::new(StatusResponse {
-            sandboxes: u32::try_from(self.sandboxes.alive()).unwrap_or(u32::MAX),
+            sandboxes: node.idle + node.paused + node.running,
             calls_total: self.calls.load(Ordering::Relaxed),
-            cgroup_version: self.sandboxes.cgroup_version(),
+            cgroup_version: self.manager.cgroup_version(),
+            idle: node.idle,
+            paused: node.paused,
+            running: node.running,
+            pool_total_mb: node.pool.total_mb,
+            pool_reserved_mb: node.pool.reserved_mb,
+            pool_free_mb: node.pool.total_mb.saturating_sub(node.pool.reserved_mb),
+            pool_used_mb: node.used_bytes >> 20,
+            pool_waiting: node.pool.waiting,
+            evictions_total: node.evictions,
+            warm_starts_total: node.warm_starts,
+            cold_starts_total: node.cold_starts,
+            functions: node
+                .functions
+                .into_iter()
+                .map(|(key, [idle, paused, running])| FunctionSandboxes {
+                    function: Some(FunctionRef {
+                        name: key.name.to_string(),
+                        version: key.version,
+                    }),
+                    idle,
+                    paused,
+                    running,
+                })
+                .collect(),
+            spare_cgroups: node.spare_cgroups,
+            spare_netns: node.spare_netns,
         }))
     }
 }
 
 impl SandboxdService {
-    /// Prepare → create → run → destroy. The sandbox is destroyed on every
-    /// path: explicitly here, or by its Drop when the call is cancelled.
+    /// A warm sandbox of the requested version if there is one; otherwise
+    /// the cache prepares the code and a new sandbox runs it.
     async fn call(&self, req: SandboxInvokeRequest) -> Result<SandboxInvokeResponse, Error> {
         let function = req
             .function
             .filter(|f| !f.name.is_empty())
             .ok_or_else(|| Error::InvalidRequest("the request names no function".into()))?;
-        let name = function.name.clone();
+        let caller_config = req.config.unwrap_or_default();
+        let limit_ms = caller_config.limits.as_ref().map_or(0, |l| l.timeout_ms);
+        let timeout_ms = [req.timeout_ms, limit_ms, self.default_timeout_ms]
+            .into_iter()
+            .find(|ms| *ms > 0)
+            .unwrap_or(self.default_timeout_ms);
+        let call = Call {
+            name: &function.name,
+            version: function.version,
+            call_id: &req.call_id,
+            payload: &req.payload,
+            timeout: Duration::from_millis(u64::from(timeout_ms)),
+        };
+        let (version, outcome) = self
+            .manager
+            .invoke(call, || self.prepare(function.clone(), caller_config))
+            .await?;
+        let outcome = match outcome {
+            Outcome::Returned(body) => ProtoOutcome::Result(body),
+            Outcome::Failed(error) => ProtoOutcome::Error(error),
+        };
+        Ok(SandboxInvokeResponse {
+            outcome: Some(outcome),
+            version,
+        })
+    }
 
+    async fn prepare(
+        &self,
+        function: FunctionRef,
+        caller_config: FunctionConfig,
+    ) -> Result<Prepared, Error> {
         let prepared = self
             .cache
             .clone()
@@ -73,7 +131,7 @@ impl SandboxdService {
             })
             .instrument(tracing::info_span!(
                 "cache.prepare",
-                function = %name,
+                function = %function.name,
                 version = function.version
             ))
             .await
@@ -85,66 +143,31 @@ impl SandboxdService {
             .map_or(function.version, |f: &FunctionRef| f.version);
         // The cache's config belongs to the version it prepared, which may
         // be newer than the caller's.
-        let config = prepared.config.or(req.config).unwrap_or_default();
+        let config = prepared.config.unwrap_or(caller_config);
         let limits = config.limits.unwrap_or_default();
-        let timeout_ms = [req.timeout_ms, limits.timeout_ms, self.default_timeout_ms]
-            .into_iter()
-            .find(|ms| *ms > 0)
-            .unwrap_or(self.default_timeout_ms);
         let mut environment: Vec<(String, String)> = config.environment.into_iter().collect();
         environment.sort();
-        let spec = SandboxSpec {
-            function: name.clone(),
-            code_dir: prepared.code_dir.into(),
-            package_dirs: prepared.package_dirs.into_iter().map(Into::into).collect(),
-            entry_file: config.entry_file,
-            environment,
-            limits: Limits {
-                memory_mb: limits.memory_mb,
-                pids: limits.pids,
-                cpu_percent: limits.cpu_percent,
-            },
-        };
-
-        let mut sandbox = self
-            .sandboxes
-            .create(spec)
-            .instrument(tracing::info_span!("sandbox.create", function = %name, version))
-            .await?;
-        let id = sandbox.id().to_string();
-        let outcome = sandbox
-            .invoke(
-                &req.call_id,
-                &req.payload,
-                Duration::from_millis(u64::from(timeout_ms)),
-            )
-            .instrument(tracing::info_span!(
-                "function.run",
-                function = %name,
-                version,
-                call_id = %req.call_id,
-                sandbox = %id
-            ))
-            .await;
-        sandbox
-            .destroy()
-            .instrument(tracing::info_span!("sandbox.destroy", sandbox = %id))
-            .await;
-
-        let outcome = match outcome? {
-            Outcome::Returned(body) => ProtoOutcome::Result(body),
-            Outcome::Failed(error) => ProtoOutcome::Error(error),
-        };
-        Ok(SandboxInvokeResponse {
-            outcome: Some(outcome),
+        Ok(Prepared {
             version,
+            spec: SandboxSpec {
+                function: function.name,
+                code_dir: prepared.code_dir.into(),
+                package_dirs: prepared.package_dirs.into_iter().map(Into::into).collect(),
+                entry_file: config.entry_file,
+                environment,
+                limits: Limits {
+                    memory_mb: limits.memory_mb,
+                    pids: limits.pids,
+                    cpu_percent: limits.cpu_percent,
+                },
+            },
         })
     }
 }
 
 /// Serves `sock.v1.Sandboxd` on `listener` until `shutdown`; then lets
 /// in-flight calls finish for `shutdown_grace_ms` and destroys every
-/// sandbox still alive. Refuses to start when not root.
+/// sandbox, idle or still running. Refuses to start when not root.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -156,9 +179,9 @@ pub async fn run(
         .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
         .connect_lazy();
     let default_timeout_ms = config.timeout_ms;
-    let sandboxes = Arc::new(Sandboxes::new(config)?);
+    let manager = Manager::new(config)?;
     let service = SandboxdService {
-        sandboxes: sandboxes.clone(),
+        manager: manager.clone(),
         cache: CacheClient::new(sock_telemetry::grpc::traced(channel)),
         default_timeout_ms,
         calls: AtomicU64::new(0),
@@ -181,10 +204,10 @@ pub async fn run(
         served = &mut serve => served,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "calls still running after the shutdown grace period");
-            sandboxes.destroy_all().await;
+            manager.shutdown().await;
             tokio::time::timeout(AFTER_KILL, &mut serve).await.unwrap_or(Ok(()))
         }
     };
-    sandboxes.destroy_all().await;
+    manager.shutdown().await;
     served.map_err(Error::Serve)
 }

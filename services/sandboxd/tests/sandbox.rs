@@ -64,7 +64,7 @@ impl Fixture {
     }
 
     /// One call in a fresh sandbox, destroyed afterwards; asserts its
-    /// cgroups are gone.
+    /// cgroups were emptied.
     async fn call_with(&self, spec: SandboxSpec, payload: &[u8], timeout: Duration) -> Outcome {
         let mut sandbox = self.sandboxes().create(spec).await.expect("create sandbox");
         let dirs = sandbox.cgroup_dirs().to_vec();
@@ -75,7 +75,7 @@ impl Fixture {
             .await
             .expect("invoke");
         sandbox.destroy().await;
-        assert_gone(&dirs);
+        assert_empty(&dirs);
         assert_eq!(self.sandboxes().alive(), 0);
         outcome
     }
@@ -97,6 +97,19 @@ impl Fixture {
             .collect();
         drop(self.sandboxes.take());
         assert_gone(&dirs);
+    }
+}
+
+/// Cgroups are pooled: a destroyed sandbox's cgroup stays for the next
+/// one, but holds no process.
+fn assert_empty(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(
+            procs.trim().is_empty(),
+            "{} still has {procs}",
+            dir.display()
+        );
     }
 }
 
@@ -341,7 +354,7 @@ async fn timeout_destroys_the_sandbox() {
     assert_eq!(error.message, "function exceeded its timeout of 500 ms");
     // Gone already, before any explicit destroy.
     assert!(!sandbox.is_alive());
-    assert_gone(&dirs);
+    assert_empty(&dirs);
     assert_eq!(fx.sandboxes().alive(), 0);
     let again = sandbox.invoke("again", b"", TIMEOUT).await;
     assert!(again.is_err(), "a destroyed sandbox must refuse calls");
@@ -418,7 +431,14 @@ async fn a_restart_removes_what_the_previous_run_left() {
     assert!(!pids.is_empty());
 
     let restarted = Sandboxes::new(config(fx.dir.path(), &fx.instance)).expect("restart");
-    assert_gone(&dirs);
+    assert_empty(&dirs);
+    for pid in &pids {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "process {pid} of the old run is still running: {state}"
+        );
+    }
     assert_eq!(restarted.alive(), 0);
     // The forgotten init is still this process's child: reap it, as a
     // crashed sandboxd's would be reaped by whoever inherits it.
@@ -445,7 +465,7 @@ async fn dropping_a_sandbox_mid_call_destroys_it() {
     assert!(abandoned.is_err(), "the call cannot have finished");
     assert!(sandbox.is_alive());
     drop(sandbox);
-    assert_gone(&dirs);
+    assert_empty(&dirs);
     assert_eq!(fx.sandboxes().alive(), 0);
     fx.finish();
 }

@@ -223,7 +223,15 @@ async fn invoke_runs_the_prepared_version_with_its_config() {
         .expect("status")
         .into_inner();
     assert_eq!(status.calls_total, 2);
-    assert_eq!(status.sandboxes, 0, "every call destroys its sandbox");
+    assert_eq!(
+        status.sandboxes, 1,
+        "the second call reused the first's sandbox"
+    );
+    assert_eq!((status.cold_starts_total, status.warm_starts_total), (1, 1));
+    assert_eq!(
+        status.pool_reserved_mb, 128,
+        "the warm sandbox holds its memory"
+    );
     assert!(matches!(status.cgroup_version, 1 | 2));
     node.stop().await;
 }

@@ -1,0 +1,311 @@
+//! `SafeSandbox`: the one way the rest of sandboxd touches a sandbox.
+//!
+//! A mutex-guarded state machine: Idle ⇄ Running, Idle → Paused → Running,
+//! anything → Destroyed. A running sandbox is owned by its call through a
+//! [`Lease`]; the state machine only remembers that it is out. Any failed
+//! operation destroys the sandbox; every operation on a destroyed sandbox
+//! is a harmless [`Error::Destroyed`]. Each transition is told to the
+//! listeners (metrics, logs); the memory reservation is released only once
+//! the sandbox's processes are gone.
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::pool::Reservation;
+use crate::sandbox::Sandbox;
+
+/// One version of one function: what a warm sandbox can serve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub name: Arc<str>,
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    Created,
+    Paused,
+    Unpaused,
+    /// The runtime died on its own (crash, OOM kill, exit).
+    Exited,
+    Destroyed(Why),
+}
+
+/// Why a sandbox was destroyed, for logs and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The call failed in a way that leaves the sandbox unusable.
+    CallFailed,
+    /// The call's future was dropped mid-call.
+    Cancelled,
+    Evicted,
+    /// A newer version of the function exists.
+    Retired,
+    Shutdown,
+    /// Pausing or unpausing failed.
+    Broken,
+}
+
+#[derive(Debug)]
+pub(crate) struct Event<'a> {
+    pub sandbox: &'a str,
+    pub key: &'a Key,
+    pub kind: EventKind,
+}
+
+/// Hears every lifecycle event, synchronously and in order (so counters
+/// never miss one); must not block.
+pub(crate) trait Listener: Send + Sync {
+    fn on_event(&self, event: &Event<'_>);
+}
+
+pub(crate) type Listeners = Arc<[Arc<dyn Listener>]>;
+
+/// What the state machine holds: the sandbox itself unless a call has it.
+enum State {
+    Idle(Sandbox),
+    Paused(Sandbox),
+    Running,
+    Destroyed,
+}
+
+/// Coarse state for counters and the evictor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Idle,
+    Paused,
+    Running,
+    Destroyed,
+}
+
+struct Inner {
+    state: State,
+    /// When the sandbox last finished a call (or was created).
+    last_used: Instant,
+    /// Bumped on every transition to Idle, so a pause scheduled for an
+    /// earlier idle period does nothing.
+    idle_epoch: u64,
+    reservation: Option<Reservation>,
+}
+
+pub(crate) struct SafeSandbox {
+    id: String,
+    key: Key,
+    inner: Mutex<Inner>,
+    listeners: Listeners,
+}
+
+impl SafeSandbox {
+    /// Wraps a sandbox that is about to run its first call; the returned
+    /// lease is that call's.
+    pub fn start(
+        sandbox: Sandbox,
+        key: Key,
+        reservation: Reservation,
+        listeners: Listeners,
+    ) -> (Arc<SafeSandbox>, Lease) {
+        let safe = Arc::new(SafeSandbox {
+            id: sandbox.id().to_string(),
+            key,
+            inner: Mutex::new(Inner {
+                state: State::Running,
+                last_used: Instant::now(),
+                idle_epoch: 0,
+                reservation: Some(reservation),
+            }),
+            listeners,
+        });
+        safe.emit(EventKind::Created);
+        let lease = Lease {
+            safe: safe.clone(),
+            sandbox: Some(sandbox),
+        };
+        (safe, lease)
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Transitions replace the state in one assignment; a panic cannot
+        // leave it half-changed.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, kind: EventKind) {
+        let event = Event {
+            sandbox: &self.id,
+            key: &self.key,
+            kind,
+        };
+        for listener in self.listeners.iter() {
+            listener.on_event(&event);
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.inner().state {
+            State::Idle(_) => Phase::Idle,
+            State::Paused(_) => Phase::Paused,
+            State::Running => Phase::Running,
+            State::Destroyed => Phase::Destroyed,
+        }
+    }
+
+    /// Whether sandboxes forked from this one still run. Only zygotes
+    /// (issue 5) have children; the evictor never takes such a sandbox.
+    pub fn has_live_children(&self) -> bool {
+        false
+    }
+
+    pub fn last_used(&self) -> Instant {
+        self.inner().last_used
+    }
+
+    /// Memory the sandbox's cgroup charges right now; 0 when running (the
+    /// call holds the sandbox) or destroyed.
+    pub fn memory_usage(&self) -> u64 {
+        match &self.inner().state {
+            State::Idle(s) | State::Paused(s) => s.memory_usage(),
+            State::Running | State::Destroyed => 0,
+        }
+    }
+
+    /// Idle or Paused → Running: hands the sandbox to a call, thawing it
+    /// first if it was paused. Blocks for the thaw (microseconds).
+    pub fn lease(self: &Arc<Self>) -> Result<Lease, Error> {
+        let mut inner = self.inner();
+        let sandbox = match std::mem::replace(&mut inner.state, State::Running) {
+            State::Idle(sandbox) => sandbox,
+            State::Paused(sandbox) => {
+                if let Err(e) = sandbox.unpause() {
+                    self.destroy_locked(inner, Some(sandbox), Why::Broken);
+                    return Err(e);
+                }
+                self.emit(EventKind::Unpaused);
+                sandbox
+            }
+            other => {
+                inner.state = other;
+                return Err(Error::Destroyed {
+                    id: self.id.clone(),
+                });
+            }
+        };
+        Ok(Lease {
+            safe: self.clone(),
+            sandbox: Some(sandbox),
+        })
+    }
+
+    /// Idle → Paused, but only if the sandbox has been idle since `epoch`
+    /// began. Blocks while the cgroup freezes (milliseconds).
+    pub fn pause(&self, epoch: u64) {
+        let mut inner = self.inner();
+        if inner.idle_epoch != epoch || !matches!(inner.state, State::Idle(_)) {
+            return;
+        }
+        let State::Idle(sandbox) = std::mem::replace(&mut inner.state, State::Running) else {
+            unreachable!("checked above");
+        };
+        match sandbox.pause() {
+            Ok(()) => {
+                inner.state = State::Paused(sandbox);
+                drop(inner);
+                self.emit(EventKind::Paused);
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "cannot pause sandbox");
+                self.destroy_locked(inner, Some(sandbox), Why::Broken);
+            }
+        }
+    }
+
+    /// Any → Destroyed. Blocks until the processes are gone. A running
+    /// sandbox is only marked: its call ends soon (shutdown kills its
+    /// processes) and the lease then tears it down.
+    pub fn destroy(&self, why: Why) {
+        let mut inner = self.inner();
+        let sandbox = match std::mem::replace(&mut inner.state, State::Destroyed) {
+            State::Idle(s) | State::Paused(s) => s,
+            State::Running | State::Destroyed => return,
+        };
+        self.destroy_locked(inner, Some(sandbox), why);
+    }
+
+    fn destroy_locked(&self, mut inner: MutexGuard<'_, Inner>, sandbox: Option<Sandbox>, why: Why) {
+        inner.state = State::Destroyed;
+        let reservation = inner.reservation.take();
+        drop(inner);
+        // Teardown before the memory goes back to the pool: the next
+        // sandbox must not start while this one still holds its pages.
+        drop(sandbox);
+        if reservation.is_some() {
+            drop(reservation);
+            self.emit(EventKind::Destroyed(why));
+        }
+    }
+
+    /// The runtime died on its own during a call.
+    pub fn exited(&self) {
+        self.emit(EventKind::Exited);
+    }
+}
+
+/// One call's hold on a running sandbox. Dropped without [`Lease::keep`]
+/// or [`Lease::discard`] (the call was cancelled), it destroys the sandbox.
+pub(crate) struct Lease {
+    safe: Arc<SafeSandbox>,
+    sandbox: Option<Sandbox>,
+}
+
+impl Lease {
+    pub fn sandbox(&mut self) -> &mut Sandbox {
+        self.sandbox
+            .as_mut()
+            .expect("a lease holds its sandbox until it ends")
+    }
+
+    pub fn safe(&self) -> &Arc<SafeSandbox> {
+        &self.safe
+    }
+
+    /// Running → Idle; returns the idle epoch for the pause timer, or None
+    /// when the sandbox died or was destroyed meanwhile (it is then torn
+    /// down here). Blocks for that teardown.
+    pub fn keep(mut self) -> Option<u64> {
+        let sandbox = self.sandbox.take().expect("a lease ends once");
+        let mut inner = self.safe.inner();
+        if sandbox.is_alive() && matches!(inner.state, State::Running) {
+            inner.state = State::Idle(sandbox);
+            inner.last_used = Instant::now();
+            inner.idle_epoch += 1;
+            return Some(inner.idle_epoch);
+        }
+        self.safe
+            .destroy_locked(inner, Some(sandbox), Why::CallFailed);
+        None
+    }
+
+    /// Running → Destroyed. Blocks for the teardown.
+    pub fn discard(mut self, why: Why) {
+        let sandbox = self.sandbox.take().expect("a lease ends once");
+        let inner = self.safe.inner();
+        self.safe.destroy_locked(inner, Some(sandbox), why);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            let inner = self.safe.inner();
+            self.safe
+                .destroy_locked(inner, Some(sandbox), Why::Cancelled);
+        }
+    }
+}

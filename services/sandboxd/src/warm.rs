@@ -1,0 +1,527 @@
+//! The node's sandboxes as a whole: warm reuse, the memory pool, pausing
+//! and the evictor.
+//!
+//! A call takes an idle (maybe paused) sandbox of its exact function
+//! version, touching no other service; only on a miss does it prepare the
+//! code, reserve memory (waiting in line, bounded by its deadline) and
+//! create a sandbox. Afterwards a healthy sandbox goes back idle, and is
+//! paused once idle for `pause_after_ms`. A newer version retires the idle
+//! sandboxes of older ones. The evictor frees memory for waiting calls, or
+//! when the machine runs low, by destroying paused sandboxes first, then
+//! idle ones, least recently used first; running ones never.
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use sock_proto::v1::ErrorKind;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::pool::{MemoryPool, PoolSnapshot};
+use crate::safe::{Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Why};
+use crate::sandbox::{Outcome, SandboxSpec, Sandboxes};
+
+/// How often the free-memory watcher looks at the machine.
+const MEMINFO_PERIOD: Duration = Duration::from_secs(1);
+/// The pool's size when `mem_pool_mb` is 0: RAM minus this.
+const HOST_RESERVE_MB: u64 = 500;
+
+/// What the cache prepared for a cold start.
+pub(crate) struct Prepared {
+    /// The version the code belongs to (may be newer than asked for).
+    pub version: u64,
+    pub spec: SandboxSpec,
+}
+
+/// One call, as the service hands it over.
+pub(crate) struct Call<'a> {
+    pub name: &'a str,
+    pub version: u64,
+    pub call_id: &'a str,
+    pub payload: &'a [u8],
+    /// The call's wall-clock limit: the memory wait and the run together.
+    pub timeout: Duration,
+}
+
+/// Sandboxes and pool, for Status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NodeStatus {
+    pub idle: u32,
+    pub paused: u32,
+    pub running: u32,
+    pub pool: PoolSnapshot,
+    /// Bytes the live idle and paused sandboxes' cgroups charge.
+    pub used_bytes: u64,
+    pub evictions: u64,
+    pub warm_starts: u64,
+    pub cold_starts: u64,
+    /// (name, version) → (idle, paused, running).
+    pub functions: Vec<(Key, [u32; 3])>,
+    pub spare_cgroups: u32,
+    pub spare_netns: u32,
+}
+
+pub(crate) struct Manager {
+    sandboxes: Sandboxes,
+    pool: Arc<MemoryPool>,
+    warm: Mutex<Warm>,
+    metrics: Arc<Metrics>,
+    listeners: Listeners,
+    pause_after: Duration,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Warm {
+    /// Idle and paused sandboxes per version; the most recently used last.
+    idle: HashMap<Key, Vec<Arc<SafeSandbox>>>,
+    /// The newest version seen per function.
+    latest: HashMap<Arc<str>, u64>,
+}
+
+impl Warm {
+    /// No newer version of the function has run here.
+    fn is_latest(&self, key: &Key) -> bool {
+        self.latest.get(&key.name).is_none_or(|v| *v <= key.version)
+    }
+}
+
+/// Counters and the registry of live sandboxes, kept by listening.
+#[derive(Default)]
+struct Metrics {
+    live: Mutex<HashMap<String, Arc<SafeSandbox>>>,
+    evictions: AtomicU64,
+    warm_starts: AtomicU64,
+    cold_starts: AtomicU64,
+}
+
+impl Metrics {
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Arc<SafeSandbox>>> {
+        // Single inserts and removes: a poisoned map is still consistent.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Listener for Metrics {
+    fn on_event(&self, event: &Event<'_>) {
+        if let EventKind::Destroyed(why) = event.kind {
+            self.live().remove(event.sandbox);
+            if why == Why::Evicted {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Lifecycle events at debug level.
+struct LogEvents;
+
+impl Listener for LogEvents {
+    fn on_event(&self, event: &Event<'_>) {
+        tracing::debug!(
+            sandbox = event.sandbox,
+            function = %event.key.name,
+            version = event.key.version,
+            event = ?event.kind,
+            "sandbox lifecycle"
+        );
+    }
+}
+
+impl Manager {
+    /// Prepares the sandboxes and starts the evictor and the free-memory
+    /// watcher. Needs root and a tokio runtime.
+    pub fn new(config: Config) -> Result<Arc<Manager>, Error> {
+        let pool_mb = match config.mem_pool_mb {
+            0 => total_ram_mb()?.saturating_sub(HOST_RESERVE_MB),
+            mb => mb,
+        };
+        let pause_after = Duration::from_millis(config.pause_after_ms);
+        let min_free_mb = config.min_free_mb;
+        let sandboxes = Sandboxes::new(config)?;
+        let metrics = Arc::new(Metrics::default());
+        let listeners: Listeners =
+            Arc::new([metrics.clone() as Arc<dyn Listener>, Arc::new(LogEvents)]);
+        let manager = Arc::new(Manager {
+            sandboxes,
+            pool: MemoryPool::new(pool_mb),
+            warm: Mutex::new(Warm::default()),
+            metrics,
+            listeners,
+            pause_after,
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(evictor(Arc::downgrade(&manager), manager.stop.clone()));
+        if min_free_mb > 0 {
+            tokio::spawn(memory_watcher(
+                Arc::downgrade(&manager),
+                manager.stop.clone(),
+                min_free_mb,
+            ));
+        }
+        tracing::info!(pool_mb, "memory pool ready");
+        Ok(manager)
+    }
+
+    fn warm(&self) -> MutexGuard<'_, Warm> {
+        // Every critical section is a few map operations; a poisoned lock
+        // leaves them consistent.
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cgroup_version(&self) -> u32 {
+        self.sandboxes.cgroup_version()
+    }
+
+    /// Runs one call: warm if an idle sandbox of its version exists, else
+    /// `prepare` (only then) says what to create. Returns the version that
+    /// ran and the outcome.
+    pub async fn invoke<F, Fut>(
+        self: &Arc<Self>,
+        call: Call<'_>,
+        prepare: F,
+    ) -> Result<(u64, Outcome), Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Prepared, Error>>,
+    {
+        let deadline = Instant::now() + call.timeout;
+        let key = Key {
+            name: call.name.into(),
+            version: call.version,
+        };
+        let lease = match self.take_idle(&key) {
+            Some(lease) => {
+                self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
+                lease
+            }
+            None => {
+                let prepared = prepare().await?;
+                let key = Key {
+                    name: key.name,
+                    version: prepared.version,
+                };
+                self.note_version(&key);
+                match self.take_idle(&key) {
+                    Some(lease) => {
+                        self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
+                        lease
+                    }
+                    None => self.cold(key, prepared.spec, deadline).await?,
+                }
+            }
+        };
+        let version = lease.safe().key().version;
+        let outcome = self.run(lease, &call, deadline).await?;
+        Ok((version, outcome))
+    }
+
+    /// Pops idle sandboxes of `key` until one can be leased.
+    fn take_idle(&self, key: &Key) -> Option<Lease> {
+        loop {
+            let candidate = self.warm().idle.get_mut(key)?.pop()?;
+            if let Ok(lease) = candidate.lease() {
+                return Some(lease);
+            }
+        }
+    }
+
+    async fn cold(&self, key: Key, spec: SandboxSpec, deadline: Instant) -> Result<Lease, Error> {
+        let memory_mb = self.sandboxes.memory_mb(&spec.limits);
+        let reservation = self
+            .pool
+            .reserve(memory_mb, deadline)
+            .instrument(tracing::info_span!("memory_pool.wait", memory_mb))
+            .await?;
+        let sandbox = self
+            .sandboxes
+            .create(spec)
+            .instrument(
+                tracing::info_span!("sandbox.create", function = %key.name, version = key.version),
+            )
+            .await?;
+        self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let (safe, lease) = SafeSandbox::start(sandbox, key, reservation, self.listeners.clone());
+        self.metrics.live().insert(safe.id().to_string(), safe);
+        Ok(lease)
+    }
+
+    async fn run(
+        &self,
+        mut lease: Lease,
+        call: &Call<'_>,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let span = tracing::info_span!(
+            "function.run",
+            function = %call.name,
+            version = lease.safe().key().version,
+            call_id = %call.call_id,
+            sandbox = %lease.safe().id()
+        );
+        let outcome = lease
+            .sandbox()
+            .invoke_within(call.call_id, call.payload, left, call.timeout)
+            .instrument(span)
+            .await;
+        let reusable = match &outcome {
+            Ok(Outcome::Returned(_)) => true,
+            Ok(Outcome::Failed(e)) => match e.kind() {
+                ErrorKind::Function | ErrorKind::InvalidPayload => true,
+                ErrorKind::Killed | ErrorKind::OutOfMemory => {
+                    lease.safe().exited();
+                    false
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        let safe = lease.safe().clone();
+        if reusable && self.is_latest(safe.key()) {
+            if let Some(epoch) = lease.keep() {
+                self.park(safe, epoch);
+            }
+        } else {
+            let why = if reusable {
+                Why::Retired
+            } else {
+                Why::CallFailed
+            };
+            let _ = tokio::task::spawn_blocking(move || lease.discard(why)).await;
+        }
+        outcome
+    }
+
+    fn is_latest(&self, key: &Key) -> bool {
+        self.warm().is_latest(key)
+    }
+
+    /// Puts an idle sandbox where calls find it and schedules its pause.
+    fn park(&self, safe: Arc<SafeSandbox>, epoch: u64) {
+        {
+            let mut warm = self.warm();
+            if !warm.is_latest(safe.key()) {
+                drop(warm);
+                destroy_in_background(vec![safe], Why::Retired);
+                return;
+            }
+            warm.idle
+                .entry(safe.key().clone())
+                .or_default()
+                .push(safe.clone());
+        }
+        // A waiting call may need this one's memory more.
+        self.pool.nudge();
+        let pause_after = self.pause_after;
+        tokio::spawn(async move {
+            tokio::time::sleep(pause_after).await;
+            let _ = tokio::task::spawn_blocking(move || safe.pause(epoch)).await;
+        });
+    }
+
+    /// Records `key` as a version that runs; if it is the newest yet, the
+    /// idle sandboxes of older versions are retired.
+    fn note_version(&self, key: &Key) {
+        let retired: Vec<Arc<SafeSandbox>> = {
+            let mut warm = self.warm();
+            let latest = warm.latest.entry(key.name.clone()).or_insert(key.version);
+            if *latest > key.version {
+                return;
+            }
+            *latest = key.version;
+            let old: Vec<Key> = warm
+                .idle
+                .keys()
+                .filter(|k| k.name == key.name && k.version < key.version)
+                .cloned()
+                .collect();
+            old.iter()
+                .filter_map(|k| warm.idle.remove(k))
+                .flatten()
+                .collect()
+        };
+        if !retired.is_empty() {
+            tracing::info!(function = %key.name, version = key.version, retired = retired.len(), "retiring sandboxes of older versions");
+            destroy_in_background(retired, Why::Retired);
+        }
+    }
+
+    /// Takes the sandbox to evict next out of the idle lists: paused before
+    /// idle, least recently used first, never one that has live children.
+    fn pick_victim(&self) -> Option<Arc<SafeSandbox>> {
+        let mut warm = self.warm();
+        let (key, index) = warm
+            .idle
+            .iter()
+            .flat_map(|(key, list)| list.iter().enumerate().map(move |(i, s)| (key, i, s)))
+            .filter(|(_, _, s)| !s.has_live_children())
+            .min_by_key(|(_, _, s)| (s.phase() != Phase::Paused, s.last_used()))
+            .map(|(key, i, _)| (key.clone(), i))?;
+        let list = warm.idle.get_mut(&key).expect("key just seen");
+        let victim = list.remove(index);
+        if list.is_empty() {
+            warm.idle.remove(&key);
+        }
+        Some(victim)
+    }
+
+    /// Evicts one sandbox; false when none can be.
+    async fn evict_one(&self) -> bool {
+        let Some(victim) = self.pick_victim() else {
+            return false;
+        };
+        tracing::info!(sandbox = victim.id(), function = %victim.key().name, "evicting sandbox");
+        let _ = tokio::task::spawn_blocking(move || victim.destroy(Why::Evicted)).await;
+        true
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let live: Vec<Arc<SafeSandbox>> = self.metrics.live().values().cloned().collect();
+        let mut status = NodeStatus {
+            pool: self.pool.snapshot(),
+            evictions: self.metrics.evictions.load(Ordering::Relaxed),
+            warm_starts: self.metrics.warm_starts.load(Ordering::Relaxed),
+            cold_starts: self.metrics.cold_starts.load(Ordering::Relaxed),
+            spare_cgroups: self.sandboxes.spare_cgroups(),
+            spare_netns: self.sandboxes.spare_netns(),
+            ..NodeStatus::default()
+        };
+        let mut functions: HashMap<Key, [u32; 3]> = HashMap::new();
+        for sandbox in live {
+            let slot = match sandbox.phase() {
+                Phase::Idle => {
+                    status.idle += 1;
+                    0
+                }
+                Phase::Paused => {
+                    status.paused += 1;
+                    1
+                }
+                Phase::Running => {
+                    status.running += 1;
+                    2
+                }
+                Phase::Destroyed => continue,
+            };
+            status.used_bytes += sandbox.memory_usage();
+            functions.entry(sandbox.key().clone()).or_default()[slot] += 1;
+        }
+        status.functions = functions.into_iter().collect();
+        status
+            .functions
+            .sort_by(|(a, _), (b, _)| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        status
+    }
+
+    /// Destroys every sandbox: idle and paused ones here, running ones by
+    /// killing their processes (their calls then end as KILLED).
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let idle: Vec<Arc<SafeSandbox>> = {
+            let mut warm = self.warm();
+            warm.idle.drain().flat_map(|(_, list)| list).collect()
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            idle.iter().for_each(|s| s.destroy(Why::Shutdown));
+        })
+        .await;
+        self.sandboxes.destroy_all().await;
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let idle: Vec<Arc<SafeSandbox>> = {
+            let mut warm = self.warm();
+            warm.idle.drain().flat_map(|(_, list)| list).collect()
+        };
+        idle.iter().for_each(|s| s.destroy(Why::Shutdown));
+    }
+}
+
+fn destroy_in_background(sandboxes: Vec<Arc<SafeSandbox>>, why: Why) {
+    tokio::task::spawn_blocking(move || sandboxes.iter().for_each(|s| s.destroy(why)));
+}
+
+/// Frees memory whenever a reservation is waiting for more than is free.
+async fn evictor(manager: Weak<Manager>, stop: CancellationToken) {
+    let Some(pool) = manager.upgrade().map(|m| m.pool.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = pool.pressure() => {}
+        }
+        while pool.shortfall_mb() > 0 {
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            if !manager.evict_one().await {
+                break;
+            }
+        }
+    }
+}
+
+/// Evicts idle sandboxes while the machine's available memory is low.
+async fn memory_watcher(manager: Weak<Manager>, stop: CancellationToken, min_free_mb: u64) {
+    let mut tick = tokio::time::interval(MEMINFO_PERIOD);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        while available_mb().is_some_and(|mb| mb < min_free_mb) {
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            if !manager.evict_one().await {
+                break;
+            }
+        }
+    }
+}
+
+fn meminfo_mb(field: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_kb(&info, field).map(|kb| kb / 1024)
+}
+
+fn parse_meminfo_kb(info: &str, field: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+fn available_mb() -> Option<u64> {
+    meminfo_mb("MemAvailable")
+}
+
+fn total_ram_mb() -> Result<u64, Error> {
+    meminfo_mb("MemTotal").ok_or_else(|| {
+        Error::InvalidConfig("cannot read MemTotal from /proc/meminfo; set mem_pool_mb".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_fields_are_read_in_kb() {
+        let info =
+            "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:    2048000 kB\n";
+        assert_eq!(parse_meminfo_kb(info, "MemTotal"), Some(24_576_000));
+        assert_eq!(parse_meminfo_kb(info, "MemAvailable"), Some(2_048_000));
+        assert_eq!(parse_meminfo_kb(info, "Mem"), None);
+        assert_eq!(parse_meminfo_kb(info, "SwapTotal"), None);
+    }
+}
