@@ -45,6 +45,8 @@ pub enum Error {
     #[error("{0}")]
     InvalidRequest(String),
     #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error("cache: {}", .0.message())]
     Cache(Status),

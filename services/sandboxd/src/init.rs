@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mounts::{self, MountError, RealHost, RootSpec};
 use crate::namespaces::{self, SANDBOX_SOCKET_FD};
+use crate::seccomp::{self, Programs, SeccompError};
 
 /// `argv[1]` that makes `sock-sandboxd` run as a sandbox init.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -48,6 +49,8 @@ pub(crate) struct InitSpec {
     pub entry_file: String,
     /// The function's environment, applied over the defaults.
     pub environment: Vec<(String, String)>,
+    /// Compiled seccomp filters for the runtime.
+    pub seccomp: Programs,
 }
 
 impl InitSpec {
@@ -100,6 +103,8 @@ enum InitError {
     },
     #[error("argument or environment contains a NUL byte: {0}")]
     Nul(#[from] NulError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> InitError {
@@ -183,6 +188,8 @@ fn exec_runtime(spec: &InitSpec, argv: &[CString], envp: &[CString]) -> InitErro
         prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
         nix::unistd::chdir(mounts::CODE_DIR).map_err(sys("chdir /code"))?;
         close_inherited_fds().map_err(sys("close_range"))?;
+        // Last, so none of the setup above runs under the filter.
+        seccomp::install(&spec.seccomp)?;
         execve(&argv[0], argv, envp).map_err(sys("execve python"))
     };
     match run() {
@@ -270,6 +277,7 @@ mod tests {
                 ("GREETING".into(), "hi".into()),
                 ("LANG".into(), "de_DE.UTF-8".into()),
             ],
+            seccomp: vec![],
         }
     }
 

@@ -26,6 +26,7 @@ mod protocol;
 mod runtime_tests;
 mod safe;
 mod sandbox;
+mod seccomp;
 mod service;
 mod warm;
 

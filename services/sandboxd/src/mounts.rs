@@ -7,7 +7,7 @@
 //! size-limited `/tmp`, a minimal `/dev`, then `pivot_root` and a read-only
 //! remount of `/`. All of it is private to the namespace: the host, and
 //! other sandboxes using the same mount point, never see it.
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -80,7 +80,8 @@ impl HostView for RealHost {
             std::fs::read_link(path).ok().map(Entry::Symlink)
         } else if meta.is_dir() {
             Some(Entry::Dir)
-        } else if meta.is_file() {
+        } else if meta.is_file() || meta.file_type().is_char_device() {
+            // Device nodes are bound like files, onto an empty file.
             Some(Entry::File)
         } else {
             None

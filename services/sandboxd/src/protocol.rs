@@ -20,6 +20,21 @@ pub(crate) enum Header {
     Invoke { call_id: String },
     /// runtime → sandboxd; the body is the JSON result.
     Result,
+    /// sandboxd → runtime: an HTTP request for the function's WSGI/ASGI
+    /// app; the body is the request body.
+    Http {
+        call_id: String,
+        method: String,
+        path: String,
+        query: String,
+        headers: Vec<(String, String)>,
+        root_path: String,
+    },
+    /// runtime → sandboxd: the app's answer; the body is the response body.
+    HttpResponse {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
     /// runtime → sandboxd; the body is empty.
     Error {
         kind: RuntimeErrorKind,
@@ -143,6 +158,33 @@ mod tests {
                 kind: RuntimeErrorKind::InvalidPayload,
                 message: "bad".into(),
                 traceback: String::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn http_headers_match_the_documented_json() {
+        let request = Header::Http {
+            call_id: "c1".into(),
+            method: "GET".into(),
+            path: "/a".into(),
+            query: "x=1".into(),
+            headers: vec![("accept".into(), "*/*".into())],
+            root_path: "/run/f".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&request).expect("encode"),
+            r#"{"type":"http","call_id":"c1","method":"GET","path":"/a","query":"x=1","headers":[["accept","*/*"]],"root_path":"/run/f"}"#
+        );
+        let response: Header = serde_json::from_str(
+            r#"{"type":"http_response","status":418,"headers":[["x-tea","yes"]]}"#,
+        )
+        .expect("decode");
+        assert_eq!(
+            response,
+            Header::HttpResponse {
+                status: 418,
+                headers: vec![("x-tea".into(), "yes".into())],
             }
         );
     }

@@ -28,6 +28,7 @@ use crate::logs::{self, Origin};
 use crate::mounts;
 use crate::namespaces::{self, NetnsPool};
 use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
+use crate::seccomp::{self, Programs};
 
 /// The runtime, embedded so sandboxd and its runtime always match.
 const RUNTIME_PY: &str = include_str!("../../../runtime/sock_runtime.py");
@@ -84,6 +85,7 @@ struct Shared {
     cgroups: CgroupPool,
     refilling_cgroups: AtomicBool,
     netns: Arc<NetnsPool>,
+    seccomp: Programs,
 }
 
 impl Drop for Shared {
@@ -144,6 +146,7 @@ impl Sandboxes {
         if unmounted > 0 {
             tracing::warn!(unmounted, "removed leftover mounts under the data dir");
         }
+        let seccomp = seccomp::compile()?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
         Ok(Sandboxes {
@@ -157,6 +160,7 @@ impl Sandboxes {
                 cgroups,
                 refilling_cgroups: AtomicBool::new(false),
                 netns,
+                seccomp,
             }),
         })
     }
@@ -329,6 +333,7 @@ impl Sandboxes {
                 spec.entry_file
             },
             environment: spec.environment,
+            seccomp: shared.seccomp.clone(),
         };
         let json = serde_json::to_vec(&init_spec).expect("the init spec is plain data");
         let spec_err = |source| Error::Spec {

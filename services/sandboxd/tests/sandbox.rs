@@ -503,3 +503,193 @@ def f(event):
     assert!(out["forked"].as_u64().expect("count") < 16, "{out}");
     fx.finish();
 }
+
+#[tokio::test]
+async fn denied_syscalls_fail_with_eperm_inside_python() {
+    // Raw syscalls through ctypes, with arguments that would succeed or
+    // fail differently (EFAULT, EBADF, a new pid) without the filter.
+    let f_py = r#"
+import ctypes, errno, os, threading
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if r == 0 and nr == 56:
+        os._exit(0)  # a clone that got through: the child leaves at once
+    if r == -1:
+        return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    return 'allowed'
+
+CLONE_NEWUSER = 0x10000000
+SIGCHLD = 17
+CALLS = {
+    'mount': (165, 0, 0, 0, 0, 0), 'umount2': (166, 0, 0), 'pivot_root': (155, 0, 0),
+    'ptrace': (101, 0, 0, 0, 0), 'kexec_load': (246, 0, 0, 0, 0),
+    'init_module': (175, 0, 0, 0), 'finit_module': (313, -1, 0, 0),
+    'delete_module': (176, 0, 0), 'bpf': (321, 0, 0, 0),
+    'perf_event_open': (298, 0, 0, 0, -1, 0), 'keyctl': (250, 0, -3, 0),
+    'add_key': (248, 0, 0, 0, 0, 0), 'unshare': (272, CLONE_NEWUSER),
+    'setns': (308, -1, 0), 'reboot': (169, 0, 0, 0, 0), 'swapon': (167, 0, 0),
+    'settimeofday': (164, 0, 0), 'clock_settime': (227, 0, 0), 'clock_adjtime': (305, 0, 0),
+    'clone_newuser': (56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0), 'clone3': (435, 0, 0),
+}
+
+def f(event):
+    out = {name: call(*args) for name, args in CALLS.items()}
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    out['fork'] = os.waitpid(pid, 0)[1] >> 8
+    box = []
+    t = threading.Thread(target=lambda: box.append('ran'))
+    t.start(); t.join()
+    out['thread'] = box
+    status = dict(l.split(':\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\t' in l)
+    out['seccomp'] = status['Seccomp'].strip()
+    return out
+"#;
+    let Some(fx) = fixture("seccomp", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    for name in [
+        "mount",
+        "umount2",
+        "pivot_root",
+        "ptrace",
+        "kexec_load",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "add_key",
+        "unshare",
+        "setns",
+        "reboot",
+        "swapon",
+        "settimeofday",
+        "clock_settime",
+        "clock_adjtime",
+        "clone_newuser",
+    ] {
+        assert_eq!(out[name], "EPERM", "{name}: {out}");
+    }
+    assert_eq!(out["clone3"], "ENOSYS", "{out}");
+    assert_eq!(out["fork"], 7, "plain fork still works: {out}");
+    assert_eq!(
+        out["thread"],
+        serde_json::json!(["ran"]),
+        "threads still work: {out}"
+    );
+    assert_eq!(out["seccomp"], "2", "a filter is installed: {out}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn rlimits_cap_open_files_and_core_dumps() {
+    let f_py = r#"
+import resource
+
+def f(event):
+    out = {
+        'nofile': resource.getrlimit(resource.RLIMIT_NOFILE),
+        'core': resource.getrlimit(resource.RLIMIT_CORE),
+    }
+    files = []
+    try:
+        while True:
+            files.append(open('/dev/null'))
+    except OSError as e:
+        out['error'] = e.strerror
+    out['opened'] = len(files)
+    return out
+"#;
+    let Some(fx) = fixture("rlimits", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    assert_eq!(out["nofile"], serde_json::json!([1024, 1024]), "{out}");
+    assert_eq!(out["core"], serde_json::json!([0, 0]), "{out}");
+    assert_eq!(out["error"], "Too many open files", "{out}");
+    assert!(out["opened"].as_u64().expect("count") < 1024, "{out}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn filling_tmp_gives_enospc_at_its_size() {
+    let f_py = r#"
+import errno
+
+def f(event):
+    written = 0
+    chunk = b'x' * (1 << 20)
+    try:
+        with open('/tmp/fill', 'wb') as fh:
+            while written < (1 << 30):
+                fh.write(chunk)
+                fh.flush()
+                written += len(chunk)
+    except OSError as e:
+        return {'error': errno.errorcode[e.errno], 'written_mb': written >> 20}
+    return {'error': None, 'written_mb': written >> 20}
+"#;
+    let Some(fx) = fixture("tmpfill", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    assert_eq!(out["error"], "ENOSPC", "{out}");
+    let written = out["written_mb"].as_u64().expect("MB");
+    assert!((60..=64).contains(&written), "{out}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn dev_holds_only_the_harmless_devices() {
+    let f_py = r#"
+import os
+
+def f(event):
+    out = {'dev': sorted(os.listdir('/dev'))}
+    with open('/dev/null', 'w') as fh:
+        fh.write('gone')
+    out['zero'] = len(open('/dev/zero', 'rb').read(16))
+    out['urandom'] = len(open('/dev/urandom', 'rb').read(16))
+    try:
+        with open('/dev/full', 'w') as fh:
+            fh.write('x')
+            fh.flush()
+        out['full'] = 'written'
+    except OSError as e:
+        out['full'] = e.strerror
+    for name in ('/dev/tty', '/dev/sda', '/dev/mem', '/dev/kmsg'):
+        try:
+            open(name, 'rb')
+            out[name] = 'opened'
+        except OSError as e:
+            out[name] = type(e).__name__
+    return out
+"#;
+    let Some(fx) = fixture("dev", f_py) else {
+        return;
+    };
+    let out = json(fx.call(b"").await);
+    assert_eq!(
+        out["dev"],
+        serde_json::json!([
+            "fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["zero"], 16, "{out}");
+    assert_eq!(out["urandom"], 16, "{out}");
+    assert_eq!(out["full"], "No space left on device", "{out}");
+    for name in ["/dev/tty", "/dev/sda", "/dev/mem", "/dev/kmsg"] {
+        assert_eq!(out[name], "FileNotFoundError", "{name}: {out}");
+    }
+    fx.finish();
+}
