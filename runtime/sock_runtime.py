@@ -5,12 +5,17 @@ with one end of a socketpair as fd 3. It speaks the protocol of
 ARCHITECTURE.md ("Sandbox ⇄ runtime protocol"): a frame is a 4-byte
 big-endian length and a JSON header, then a 4-byte length and a raw body.
 
-It imports the entry file once, says ready, then answers invoke frames
-until sandboxd closes the socket. Everything the function prints goes to
+It imports the entry file once (or, with OL_WSGI_ENTRY "module:app" in
+its environment, the WSGI/ASGI app), says ready, then answers invoke and
+http frames until sandboxd closes the socket. Everything the function prints goes to
 stdout/stderr, which sandboxd logs; only frames go over fd 3.
 """
 
+import asyncio
+import importlib
 import importlib.util
+import inspect
+import io
 import json
 import os
 import socket
@@ -92,6 +97,139 @@ def load_entry(code_dir, entry_file):
     return f, None
 
 
+def load_app(entry):
+    """Imports "module:app"; returns (app, None) or (None, error header)."""
+    module_name, _, attr = entry.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported
+        return None, error_header(
+            "function", f"importing {module_name} failed: {describe(exc)}", user_traceback(exc)
+        )
+    app = getattr(module, attr, None)
+    if not callable(app):
+        return None, error_header("function", f"{module_name} defines no callable {attr}")
+    return app, None
+
+
+def is_asgi(app):
+    """ASGI apps are coroutine functions (or objects whose __call__ is one)."""
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+        getattr(app, "__call__", None)
+    )
+
+
+def http_error(exc):
+    return error_header("function", describe(exc), user_traceback(exc)), b""
+
+
+def check_body(status, headers, body):
+    if len(body) > MAX_RESULT_BYTES:
+        return (
+            error_header(
+                "invalid_result",
+                f"response body is {len(body)} bytes, over the limit of {MAX_RESULT_BYTES} bytes",
+            ),
+            b"",
+        )
+    return {"type": "http_response", "status": status, "headers": headers}, body
+
+
+def call_wsgi(app, req, body):
+    environ = {
+        "REQUEST_METHOD": req["method"],
+        "SCRIPT_NAME": req.get("root_path", ""),
+        "PATH_INFO": req["path"],
+        "QUERY_STRING": req["query"],
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in req["headers"]:
+        key = name.upper().replace("-", "_")
+        if key == "CONTENT_LENGTH":
+            continue
+        if key != "CONTENT_TYPE":
+            key = "HTTP_" + key
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    started = {}
+    chunks = []
+
+    def start_response(status, headers, exc_info=None):
+        if exc_info is not None and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started["status"] = int(status.split(" ", 1)[0])
+        started["headers"] = [[str(k), str(v)] for k, v in headers]
+        return chunks.append
+
+    try:
+        result = app(environ, start_response)
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        if "status" not in started:
+            raise RuntimeError("the WSGI app returned without calling start_response")
+    except BaseException as exc:  # noqa: BLE001 - the app failed
+        return http_error(exc)
+    return check_body(started["status"], started["headers"], b"".join(chunks))
+
+
+def call_asgi(app, req, body):
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": req["method"],
+        "scheme": "http",
+        "path": req["path"],
+        "raw_path": req["path"].encode(),
+        "query_string": req["query"].encode(),
+        "root_path": req.get("root_path", ""),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in req["headers"]],
+        "client": None,
+        "server": None,
+    }
+    answer = {"status": None, "headers": [], "body": []}
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # The request is complete; the client stays until the app answers.
+        await asyncio.Event().wait()
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = int(message["status"])
+            answer["headers"] = [
+                [bytes(k).decode("latin-1"), bytes(v).decode("latin-1")]
+                for k, v in message.get("headers", [])
+            ]
+        elif message["type"] == "http.response.body":
+            answer["body"].append(bytes(message.get("body", b"")))
+
+    try:
+        asyncio.run(app(scope, receive, send))
+        if answer["status"] is None:
+            raise RuntimeError("the ASGI app returned without sending http.response.start")
+    except BaseException as exc:  # noqa: BLE001 - the app failed
+        return http_error(exc)
+    return check_body(answer["status"], answer["headers"], b"".join(answer["body"]))
+
+
 def handle(f, load_error, body):
     """Runs one call; returns (header, body) of the answer."""
     if body.strip():
@@ -127,17 +265,36 @@ def handle(f, load_error, body):
 
 def serve(sock, code_dir, entry_file, package_dirs):
     sys.path[:0] = [code_dir, *package_dirs]
-    f, load_error = load_entry(code_dir, entry_file)
+    wsgi_entry = os.environ.get("OL_WSGI_ENTRY", "")
+    if wsgi_entry:
+        app, load_error = load_app(wsgi_entry)
+        asgi = app is not None and is_asgi(app)
+    else:
+        f, load_error = load_entry(code_dir, entry_file)
     write_frame(sock, {"type": "ready"})
     while True:
         try:
             header, body = read_frame(sock)
         except Closed:
             return
-        if header.get("type") != "invoke":
-            print(f"sock runtime: ignoring frame of type {header.get('type')!r}", file=sys.stderr)
+        kind = header.get("type")
+        if kind == "invoke" and not wsgi_entry:
+            answer, result = handle(f, load_error, body)
+        elif kind == "http" and wsgi_entry:
+            if load_error is not None:
+                answer, result = load_error, b""
+            elif asgi:
+                answer, result = call_asgi(app, header, body)
+            else:
+                answer, result = call_wsgi(app, header, body)
+        elif kind in ("invoke", "http"):
+            serves = f"a WSGI/ASGI app ({wsgi_entry})" if wsgi_entry else "f(event)"
+            how = "over HTTP" if wsgi_entry else "with a JSON event"
+            answer = error_header("invalid_payload", f"this function serves {serves}; call it {how}")
+            result = b""
+        else:
+            print(f"sock runtime: ignoring frame of type {kind!r}", file=sys.stderr)
             continue
-        answer, result = handle(f, load_error, body)
         write_frame(sock, answer, result)
         sys.stdout.flush()
         sys.stderr.flush()

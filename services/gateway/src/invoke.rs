@@ -106,7 +106,9 @@ impl InvokeService {
             Some(sandbox_invoke_response::Outcome::Error(error)) => {
                 invoke_response::Outcome::Error(error)
             }
-            None => return Err(Error::EmptyAnswer(call_id.to_string())),
+            Some(sandbox_invoke_response::Outcome::Http(_)) | None => {
+                return Err(Error::EmptyAnswer(call_id.to_string()));
+            }
         };
         Ok(InvokeResponse {
             outcome: Some(outcome),

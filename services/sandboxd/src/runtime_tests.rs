@@ -141,3 +141,128 @@ async fn runtime_exits_when_sandboxd_closes_the_socket() {
     let status = rt.child.wait().await.expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Starts the runtime on `app.py` served as `OL_WSGI_ENTRY=app:app`.
+async fn start_app(app_py: &str) -> Runtime {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("code");
+    std::fs::create_dir(&code).expect("mkdir code");
+    std::fs::write(code.join("app.py"), app_py).expect("write app.py");
+    let runtime = dir.path().join("sock_runtime.py");
+    std::fs::write(&runtime, RUNTIME_PY).expect("write runtime");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let child = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "exec \"$@\" 3<&0 0</dev/null",
+            "sh",
+            "/usr/bin/python3",
+        ])
+        .args(["-I", "-S", "-B"])
+        .arg(&runtime)
+        .arg(&code)
+        .arg("f.py")
+        .env("OL_WSGI_ENTRY", "app:app")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python3");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let mut conn = UnixStream::from_std(ours).expect("tokio socket");
+    let (header, _) = read_frame(&mut conn).await.expect("ready frame");
+    assert_eq!(header, Header::Ready);
+    Runtime {
+        child,
+        conn,
+        _dir: dir,
+    }
+}
+
+impl Runtime {
+    async fn http(&mut self, method: &str, path: &str, body: &[u8]) -> (Header, Vec<u8>) {
+        let request = Header::Http {
+            call_id: "c2".into(),
+            method: method.into(),
+            path: path.into(),
+            query: "q=1".into(),
+            headers: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("x-custom".into(), "yes".into()),
+            ],
+            root_path: "/run/app".into(),
+        };
+        write_frame(&mut self.conn, &request, body)
+            .await
+            .expect("send http");
+        read_frame(&mut self.conn).await.expect("answer")
+    }
+}
+
+const WSGI_APP: &str = r#"
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    seen = ",".join([environ["REQUEST_METHOD"], environ["SCRIPT_NAME"], environ["PATH_INFO"],
+                     environ["QUERY_STRING"], environ["CONTENT_TYPE"], environ["HTTP_X_CUSTOM"]])
+    start_response("418 I'm a teapot", [("X-Tea", "earl grey"), ("X-Seen", seen)])
+    return [b"short and ", body]
+"#;
+
+#[tokio::test]
+async fn a_wsgi_app_gets_the_request_and_its_answer_passes_unchanged() {
+    let mut rt = start_app(WSGI_APP).await;
+    let (header, body) = rt.http("PUT", "/a/b", b"stout").await;
+    assert_eq!(
+        header,
+        Header::HttpResponse {
+            status: 418,
+            headers: vec![
+                ("X-Tea".into(), "earl grey".into()),
+                (
+                    "X-Seen".into(),
+                    "PUT,/run/app,/a/b,q=1,text/plain,yes".into()
+                ),
+            ],
+        }
+    );
+    assert_eq!(body, b"short and stout");
+    let (header, _) = rt.call(b"{}").await;
+    let (kind, message, _) = error_of(header);
+    assert_eq!(kind, RuntimeErrorKind::InvalidPayload);
+    assert!(message.contains("call it over HTTP"), "{message}");
+}
+
+#[tokio::test]
+async fn an_asgi_app_runs_under_asyncio() {
+    let mut rt = start_app(
+        r#"
+async def app(scope, receive, send):
+    message = await receive()
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [(b"x-path", scope["path"].encode()), (b"x-query", scope["query_string"])]})
+    await send({"type": "http.response.body", "body": b"got " + message["body"]})
+"#,
+    )
+    .await;
+    let (header, body) = rt.http("POST", "/items", b"tea").await;
+    assert_eq!(
+        header,
+        Header::HttpResponse {
+            status: 201,
+            headers: vec![
+                ("x-path".into(), "/items".into()),
+                ("x-query".into(), "q=1".into()),
+            ],
+        }
+    );
+    assert_eq!(body, b"got tea");
+}
+
+#[tokio::test]
+async fn a_failing_app_is_a_function_error_with_its_traceback() {
+    let mut rt = start_app("def app(environ, start_response):\n    raise KeyError('nope')\n").await;
+    let (header, _) = rt.http("GET", "/", b"").await;
+    let (kind, message, traceback) = error_of(header);
+    assert_eq!(kind, RuntimeErrorKind::Function);
+    assert_eq!(message, "KeyError: 'nope'");
+    assert!(traceback.contains("app.py"), "{traceback}");
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sock_proto::v1::{ErrorKind, FunctionError};
+use sock_proto::v1::{ErrorKind, FunctionError, HttpHeader, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -68,6 +68,8 @@ pub enum Outcome {
     Returned(Vec<u8>),
     /// The function raised, timed out, ran out of memory or died.
     Failed(FunctionError),
+    /// The WSGI/ASGI app answered an HTTP call.
+    Http(HttpResponse),
 }
 
 /// The sandboxes of one sandboxd instance.
@@ -381,6 +383,11 @@ struct Live {
 /// What the runtime answered to one invoke.
 enum Reply {
     Result(Vec<u8>),
+    Http {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     Error {
         kind: RuntimeErrorKind,
         message: String,
@@ -444,16 +451,19 @@ impl Sandbox {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Outcome, Error> {
-        self.invoke_within(call_id, payload, timeout, timeout).await
+        self.invoke_within(call_id, payload, None, timeout, timeout)
+            .await
     }
 
     /// [`invoke`](Self::invoke) with `timeout` left of a call whose limit
     /// is `limit` (the rest went waiting for memory); a timeout names the
-    /// limit.
+    /// limit. With `http`, the call goes to the function's WSGI/ASGI app
+    /// and `payload` is the request body.
     pub(crate) async fn invoke_within(
         &mut self,
         call_id: &str,
         payload: &[u8],
+        http: Option<&HttpRequest>,
         timeout: Duration,
         limit: Duration,
     ) -> Result<Outcome, Error> {
@@ -469,9 +479,27 @@ impl Sandbox {
                 id: self.id.clone(),
             });
         };
-        let exchanged = tokio::time::timeout(timeout, exchange(live, call_id, payload)).await;
+        let request = match http {
+            None => Header::Invoke {
+                call_id: call_id.into(),
+            },
+            Some(http) => http_header(call_id, http),
+        };
+        let exchanged = tokio::time::timeout(timeout, exchange(live, &request, payload)).await;
         match exchanged {
             Ok(Ok(Reply::Result(body))) => Ok(Outcome::Returned(body)),
+            Ok(Ok(Reply::Http {
+                status,
+                headers,
+                body,
+            })) => Ok(Outcome::Http(HttpResponse {
+                status: status.into(),
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| HttpHeader { name, value })
+                    .collect(),
+                body,
+            })),
             Ok(Ok(Reply::Error {
                 kind,
                 message,
@@ -587,23 +615,41 @@ fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
     tracing::debug!(sandbox = %id, function, "sandbox destroyed");
 }
 
-async fn exchange(live: &mut Live, call_id: &str, payload: &[u8]) -> Result<Reply, ProtocolError> {
+/// The frame header of an HTTP call.
+fn http_header(call_id: &str, http: &HttpRequest) -> Header {
+    Header::Http {
+        call_id: call_id.into(),
+        method: http.method.clone(),
+        path: http.path.clone(),
+        query: http.query.clone(),
+        headers: http
+            .headers
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
+        root_path: http.root_path.clone(),
+    }
+}
+
+async fn exchange(
+    live: &mut Live,
+    request: &Header,
+    payload: &[u8],
+) -> Result<Reply, ProtocolError> {
     if !live.ready {
         match protocol::read_frame(&mut live.conn).await? {
             (Header::Ready, _) => live.ready = true,
             (other, _) => return Err(unexpected(&other)),
         }
     }
-    protocol::write_frame(
-        &mut live.conn,
-        &Header::Invoke {
-            call_id: call_id.into(),
-        },
-        payload,
-    )
-    .await?;
+    protocol::write_frame(&mut live.conn, request, payload).await?;
     match protocol::read_frame(&mut live.conn).await? {
         (Header::Result, body) => Ok(Reply::Result(body)),
+        (Header::HttpResponse { status, headers }, body) => Ok(Reply::Http {
+            status,
+            headers,
+            body,
+        }),
         (
             Header::Error {
                 kind,

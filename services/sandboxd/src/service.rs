@@ -102,6 +102,7 @@ impl SandboxdService {
             version: function.version,
             call_id: &req.call_id,
             payload: &req.payload,
+            http: req.http.as_ref(),
             timeout: Duration::from_millis(u64::from(timeout_ms)),
         };
         let (version, outcome) = self
@@ -111,6 +112,7 @@ impl SandboxdService {
         let outcome = match outcome {
             Outcome::Returned(body) => ProtoOutcome::Result(body),
             Outcome::Failed(error) => ProtoOutcome::Error(error),
+            Outcome::Http(response) => ProtoOutcome::Http(response),
         };
         Ok(SandboxInvokeResponse {
             outcome: Some(outcome),

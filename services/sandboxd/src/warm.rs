@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use sock_proto::v1::ErrorKind;
+use sock_proto::v1::{ErrorKind, HttpRequest};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -44,6 +44,8 @@ pub(crate) struct Call<'a> {
     pub version: u64,
     pub call_id: &'a str,
     pub payload: &'a [u8],
+    /// Set for an HTTP call of a WSGI/ASGI app.
+    pub http: Option<&'a HttpRequest>,
     /// The call's wall-clock limit: the memory wait and the run together.
     pub timeout: Duration,
 }
@@ -267,11 +269,11 @@ impl Manager {
         );
         let outcome = lease
             .sandbox()
-            .invoke_within(call.call_id, call.payload, left, call.timeout)
+            .invoke_within(call.call_id, call.payload, call.http, left, call.timeout)
             .instrument(span)
             .await;
         let reusable = match &outcome {
-            Ok(Outcome::Returned(_)) => true,
+            Ok(Outcome::Returned(_) | Outcome::Http(_)) => true,
             Ok(Outcome::Failed(e)) => match e.kind() {
                 ErrorKind::Function | ErrorKind::InvalidPayload => true,
                 ErrorKind::Killed | ErrorKind::OutOfMemory => {

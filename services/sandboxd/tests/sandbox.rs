@@ -123,6 +123,7 @@ fn json(outcome: Outcome) -> serde_json::Value {
     match outcome {
         Outcome::Returned(body) => serde_json::from_slice(&body).expect("result is JSON"),
         Outcome::Failed(e) => panic!("function failed: {e:?}"),
+        Outcome::Http(r) => panic!("expected JSON, got an HTTP answer {r:?}"),
     }
 }
 
@@ -132,6 +133,7 @@ fn failure(outcome: Outcome) -> FunctionError {
         Outcome::Returned(body) => {
             panic!("expected a failure, got {}", String::from_utf8_lossy(&body))
         }
+        Outcome::Http(r) => panic!("expected a failure, got an HTTP answer {r:?}"),
     }
 }
 
