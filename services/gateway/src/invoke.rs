@@ -88,6 +88,7 @@ impl InvokeService {
             payload: request.payload,
             call_id: call_id.to_string(),
             timeout_ms,
+            http: None,
         };
         let mut sandboxd = self.sandboxd.clone();
         let call = sandboxd
