@@ -176,6 +176,7 @@ async fn invoke(
             payload: payload.as_bytes().to_vec(),
             call_id: "call-1".into(),
             timeout_ms: 20_000,
+            ..SandboxInvokeRequest::default()
         })
         .await
         .map(Response::into_inner)

@@ -1,0 +1,835 @@
+//! sandboxd as a node: warm reuse, pausing, the memory pool, eviction,
+//! abuse and crash cleanup, through its gRPC API with real sandboxes and a
+//! fake cache whose functions each test writes. Needs root.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::sandbox_invoke_response::Outcome;
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{
+    ErrorKind, FunctionConfig, FunctionError, FunctionRef, Limits, PrepareRequest, PrepareResponse,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
+};
+use sock_sandboxd::Config;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status};
+
+const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+
+/// The functions the fake cache knows: name → current version, config.
+#[derive(Default)]
+struct Catalog {
+    functions: Mutex<HashMap<String, (u64, FunctionConfig)>>,
+    prepares: AtomicUsize,
+}
+
+struct FakeCache {
+    code: PathBuf,
+    catalog: Arc<Catalog>,
+}
+
+fn code_dir(root: &Path, name: &str, version: u64) -> PathBuf {
+    root.join(name).join(version.to_string())
+}
+
+#[tonic::async_trait]
+impl Cache for FakeCache {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        self.catalog.prepares.fetch_add(1, Ordering::Relaxed);
+        let name = request.into_inner().function.unwrap_or_default().name;
+        let functions = self.catalog.functions.lock().expect("catalog lock").clone();
+        let Some((version, config)) = functions.get(&name).cloned() else {
+            return Err(Status::not_found(format!(
+                "function '{name}' does not exist"
+            )));
+        };
+        Ok(Response::new(PrepareResponse {
+            function: Some(FunctionRef {
+                name: name.clone(),
+                version,
+            }),
+            code_dir: code_dir(&self.code, &name, version).display().to_string(),
+            config: Some(config),
+            ..PrepareResponse::default()
+        }))
+    }
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    instance: String,
+    catalog: Arc<Catalog>,
+    client: SandboxdClient<Channel>,
+    shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
+}
+
+impl Drop for Node {
+    /// A failed test still stops its sandboxd, which destroys everything.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn is_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root ({test})");
+    }
+    root
+}
+
+async fn start_cache(code: PathBuf, catalog: Arc<Catalog>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        Server::builder()
+            .add_service(CacheServer::new(FakeCache { code, catalog }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+fn client(addr: String) -> SandboxdClient<Channel> {
+    SandboxdClient::new(
+        tonic::transport::Endpoint::from_shared(addr)
+            .expect("endpoint")
+            .connect_lazy(),
+    )
+}
+
+/// Starts sandboxd in this process with `tune` applied to a test config.
+async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
+    if !is_root(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(Catalog::default());
+    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
+    let instance = format!("node-{test}-{}", std::process::id());
+    let mut config = Config {
+        cache_addr,
+        data_dir: dir.path().join("data"),
+        instance: instance.clone(),
+        shutdown_grace_ms: 100,
+        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
+        cgroup_pool_size: 4,
+        netns_pool_size: 2,
+        ..Config::default()
+    };
+    tune(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sandboxd");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
+    Some(Node {
+        dir,
+        instance,
+        catalog,
+        client: client(addr),
+        shutdown,
+        served: Some(served),
+    })
+}
+
+impl Node {
+    /// Publishes `f_py` as `version` of `name`: the cache now prepares it.
+    fn publish(&self, name: &str, version: u64, f_py: &str, limits: Limits) {
+        let code = code_dir(&self.dir.path().join("code"), name, version);
+        std::fs::create_dir_all(&code).expect("mkdir code");
+        std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+        let config = FunctionConfig {
+            limits: Some(limits),
+            ..FunctionConfig::default()
+        };
+        self.catalog
+            .functions
+            .lock()
+            .expect("catalog lock")
+            .insert(name.into(), (version, config));
+    }
+
+    async fn invoke(
+        &self,
+        name: &str,
+        version: u64,
+        payload: &str,
+        timeout_ms: u32,
+    ) -> Result<SandboxInvokeResponse, Status> {
+        self.client
+            .clone()
+            .invoke(SandboxInvokeRequest {
+                function: Some(FunctionRef {
+                    name: name.into(),
+                    version,
+                }),
+                payload: payload.as_bytes().to_vec(),
+                call_id: format!("{name}-call"),
+                timeout_ms,
+                ..SandboxInvokeRequest::default()
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
+    async fn status(&self) -> StatusResponse {
+        self.client
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// Polls Status (bounded) until `ready` holds; returns that Status.
+    async fn wait_for(
+        &self,
+        what: &str,
+        ready: impl Fn(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        for _ in 0..1000 {
+            // The daemon may still be starting.
+            if let Ok(status) = self.client.clone().status(StatusRequest {}).await
+                && ready(status.get_ref())
+            {
+                return status.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "sandboxd never reached: {what}; last status {:?}",
+            self.status().await
+        );
+    }
+
+    fn cgroup_root(&self, controller: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("sock")
+            .join(&self.instance)
+    }
+
+    /// The pids in every cgroup of this instance.
+    fn sandbox_pids(&self) -> Vec<i32> {
+        pids_below(&self.cgroup_root("pids"))
+    }
+
+    /// Stops sandboxd and checks that nothing of it remains.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let served = self.served.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(60), served)
+            .await
+            .expect("sandboxd stops")
+            .expect("run task")
+            .expect("run returns Ok");
+        assert_nothing_left(&self.instance, &self.dir.path().join("data"));
+    }
+}
+
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            let procs =
+                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.parse::<i32>().ok()));
+        }
+    }
+    pids
+}
+
+fn assert_nothing_left(instance: &str, data_dir: &Path) {
+    for controller in CONTROLLERS {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("sock")
+            .join(instance);
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let data_dir = data_dir.display().to_string();
+    assert!(
+        !mounts.contains(&data_dir),
+        "mounts under {data_dir} were left behind"
+    );
+}
+
+fn result(response: &SandboxInvokeResponse) -> serde_json::Value {
+    match &response.outcome {
+        Some(Outcome::Result(body)) => serde_json::from_slice(body).expect("result is JSON"),
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+fn failure(response: &SandboxInvokeResponse) -> FunctionError {
+    match &response.outcome {
+        Some(Outcome::Error(error)) => error.clone(),
+        other => panic!("expected a function error, got {other:?}"),
+    }
+}
+
+const COUNTER: &str = "n = 0\n\ndef f(event):\n    global n\n    n += 1\n    return n\n";
+const SLEEPER: &str =
+    "import time\n\ndef f(event):\n    time.sleep(event['sleep'])\n    return event['sleep']\n";
+
+/// CPU time (user + system ticks) of the processes `pids`.
+fn cpu_ticks(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the ")" of the command name; utime and stime
+            // are the 14th and 15th fields of the whole line.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let parse = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            parse(11) + parse(12)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_calls_reuse_the_sandbox_and_a_new_version_does_not() {
+    let Some(node) = start("warm", |_| {}).await else {
+        return;
+    };
+    node.publish("counter", 1, COUNTER, Limits::default());
+    assert_eq!(
+        result(&node.invoke("counter", 1, "", 20_000).await.expect("first")),
+        1
+    );
+    assert_eq!(
+        result(&node.invoke("counter", 1, "", 20_000).await.expect("second")),
+        2
+    );
+    assert_eq!(
+        node.catalog.prepares.load(Ordering::Relaxed),
+        1,
+        "a warm call never asks the cache"
+    );
+
+    node.publish("counter", 2, COUNTER, Limits::default());
+    let response = node
+        .invoke("counter", 2, "", 20_000)
+        .await
+        .expect("new version");
+    assert_eq!(response.version, 2);
+    assert_eq!(result(&response), 1, "a new version starts fresh");
+    let status = node
+        .wait_for("the old version retired", |s| s.sandboxes == 1)
+        .await;
+    let versions: Vec<u64> = status
+        .functions
+        .iter()
+        .map(|f| f.function.as_ref().expect("ref").version)
+        .collect();
+    assert_eq!(versions, [2], "{status:?}");
+    assert_eq!((status.cold_starts_total, status.warm_starts_total), (2, 1));
+    assert_eq!(status.pool_reserved_mb, 128, "one sandbox's memory");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sandboxes_are_frozen_and_a_call_wakes_them() {
+    let Some(node) = start("pause", |c| c.pause_after_ms = 100).await else {
+        return;
+    };
+    let spinner = r#"
+import threading
+
+n = 0
+spins = 0
+
+def spin():
+    global spins
+    while True:
+        spins += 1
+
+def f(event):
+    global n
+    n += 1
+    if n == 1:
+        threading.Thread(target=spin, daemon=True).start()
+    return n
+"#;
+    node.publish("spinner", 1, spinner, Limits::default());
+    assert_eq!(
+        result(&node.invoke("spinner", 1, "", 20_000).await.expect("first")),
+        1
+    );
+    let status = node.wait_for("the sandbox paused", |s| s.paused == 1).await;
+    assert_eq!(status.idle + status.running, 0);
+
+    let pids = node.sandbox_pids();
+    assert!(!pids.is_empty());
+    // The one cgroup with processes in it is frozen.
+    let frozen: Vec<(PathBuf, String)> = std::fs::read_dir(node.cgroup_root("freezer"))
+        .expect("freezer dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+        })
+        .map(|p| {
+            let state = std::fs::read_to_string(p.join("freezer.state")).expect("state");
+            (p, state.trim().to_string())
+        })
+        .collect();
+    assert_eq!(frozen.len(), 1, "{frozen:?}");
+    assert_eq!(frozen[0].1, "FROZEN", "{frozen:?}");
+    let limit: u64 = std::fs::read_to_string(
+        node.cgroup_root("memory")
+            .join(frozen[0].0.file_name().expect("name"))
+            .join("memory.limit_in_bytes"),
+    )
+    .expect("limit")
+    .trim()
+    .parse()
+    .expect("number");
+    assert!(
+        limit < 128 << 20,
+        "the paused limit shrank to its use: {limit}"
+    );
+
+    // The spinning thread gets no CPU while frozen.
+    let before = cpu_ticks(&pids);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cpu_ticks(&pids), before, "a paused sandbox used CPU");
+
+    assert_eq!(
+        result(&node.invoke("spinner", 1, "", 20_000).await.expect("wakes")),
+        2,
+        "the same sandbox answered"
+    );
+    let status = node.status().await;
+    assert_eq!(status.cold_starts_total, 1, "{status:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
+    let Some(node) = start("poolwait", |c| c.mem_pool_mb = 256).await else {
+        return;
+    };
+    node.publish("slow", 1, SLEEPER, Limits::default());
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = node.client.clone();
+            tokio::spawn(async move {
+                let mut client = client;
+                client
+                    .invoke(SandboxInvokeRequest {
+                        function: Some(FunctionRef {
+                            name: "slow".into(),
+                            version: 1,
+                        }),
+                        payload: br#"{"sleep": 1.5}"#.to_vec(),
+                        timeout_ms: 30_000,
+                        ..SandboxInvokeRequest::default()
+                    })
+                    .await
+                    .map(Response::into_inner)
+            })
+        })
+        .collect();
+    let status = node
+        .wait_for("two running, one waiting", |s| {
+            s.running == 2 && s.pool_waiting == 1
+        })
+        .await;
+    assert_eq!(status.pool_reserved_mb, 256);
+    assert_eq!(status.pool_free_mb, 0);
+    for call in calls {
+        let response = call.await.expect("task").expect("every call runs");
+        assert_eq!(result(&response), 1.5);
+    }
+    let status = node.status().await;
+    assert_eq!(status.pool_waiting, 0);
+    assert_eq!(status.pool_reserved_mb, 128 * u64::from(status.sandboxes));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_cannot_wait_long_enough_is_refused_clearly() {
+    let Some(node) = start("poolfull", |c| c.mem_pool_mb = 256).await else {
+        return;
+    };
+    node.publish("slow", 1, SLEEPER, Limits::default());
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let client = node.client.clone();
+            tokio::spawn(async move {
+                let mut client = client;
+                client
+                    .invoke(SandboxInvokeRequest {
+                        function: Some(FunctionRef {
+                            name: "slow".into(),
+                            version: 1,
+                        }),
+                        payload: br#"{"sleep": 3}"#.to_vec(),
+                        timeout_ms: 30_000,
+                        ..SandboxInvokeRequest::default()
+                    })
+                    .await
+            })
+        })
+        .collect();
+    node.wait_for("two running", |s| s.running == 2).await;
+    let refused = node
+        .invoke("slow", 1, r#"{"sleep": 0}"#, 300)
+        .await
+        .expect_err("no memory within 300 ms");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .starts_with("memory pool full: 256 MB reserved of 256 MB"),
+        "{}",
+        refused.message()
+    );
+    for call in busy {
+        call.await.expect("task").expect("the running calls finish");
+    }
+    assert_eq!(node.status().await.pool_waiting, 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_makes_room_and_the_pool_returns_to_zero() {
+    let Some(node) = start("evict", |c| c.mem_pool_mb = 256).await else {
+        return;
+    };
+    for name in ["a", "b", "c"] {
+        node.publish(name, 1, COUNTER, Limits::default());
+    }
+    node.invoke("a", 1, "", 20_000).await.expect("a");
+    node.invoke("b", 1, "", 20_000).await.expect("b");
+    assert_eq!(node.status().await.pool_reserved_mb, 256);
+    // No room for c: the least recently used idle sandbox (a's) goes.
+    node.invoke("c", 1, "", 20_000).await.expect("c");
+    let status = node.status().await;
+    assert_eq!(status.evictions_total, 1);
+    let names: Vec<String> = status
+        .functions
+        .iter()
+        .map(|f| f.function.as_ref().expect("ref").name.clone())
+        .collect();
+    assert_eq!(names, ["b", "c"], "{status:?}");
+    assert_eq!(status.pool_reserved_mb, 256);
+
+    // New versions that crash: the old ones retire, the new ones die.
+    for name in ["b", "c"] {
+        node.publish(
+            name,
+            2,
+            "import os\n\ndef f(event):\n    os._exit(3)\n",
+            Limits::default(),
+        );
+        let error = failure(&node.invoke(name, 2, "", 20_000).await.expect(name));
+        assert_eq!(error.kind(), ErrorKind::Killed);
+    }
+    let status = node
+        .wait_for("every sandbox destroyed", |s| s.sandboxes == 0)
+        .await;
+    assert_eq!(status.pool_reserved_mb, 0, "no reservation is lost");
+    assert_eq!(status.pool_free_mb, 256);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_functions_are_stopped_and_the_daemon_keeps_serving() {
+    let Some(node) = start("abuse", |_| {}).await else {
+        return;
+    };
+    node.publish(
+        "echo",
+        1,
+        "def f(event):\n    return event\n",
+        Limits::default(),
+    );
+    let fork_bomb = r#"
+import os, time
+
+def f(event):
+    forked = 0
+    while True:
+        try:
+            if os.fork() == 0:
+                while True:
+                    try:
+                        os.fork()
+                    except OSError:
+                        time.sleep(0.05)
+            forked += 1
+        except OSError as e:
+            return {'forked': forked, 'error': type(e).__name__}
+"#;
+    node.publish(
+        "bomb",
+        1,
+        fork_bomb,
+        Limits {
+            pids: 32,
+            ..Limits::default()
+        },
+    );
+    node.publish(
+        "hog",
+        1,
+        "def f(event):\n    hog = b'x' * (512 << 20)\n    return len(hog)\n",
+        Limits::default(),
+    );
+    node.publish(
+        "loop",
+        1,
+        "def f(event):\n    while True:\n        pass\n",
+        Limits::default(),
+    );
+
+    let out = result(&node.invoke("bomb", 1, "", 20_000).await.expect("bomb"));
+    assert_eq!(out["error"], "BlockingIOError", "{out}");
+    assert!(out["forked"].as_u64().expect("count") < 32, "{out}");
+    assert_eq!(
+        result(&node.invoke("echo", 1, "1", 20_000).await.expect("echo")),
+        1
+    );
+
+    let error = failure(&node.invoke("hog", 1, "", 20_000).await.expect("hog"));
+    assert_eq!(error.kind(), ErrorKind::OutOfMemory, "{error:?}");
+    assert_eq!(error.message, "function ran out of memory (limit 128 MB)");
+    assert_eq!(
+        result(&node.invoke("echo", 1, "2", 20_000).await.expect("echo")),
+        2
+    );
+
+    let error = failure(&node.invoke("loop", 1, "", 700).await.expect("loop"));
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error:?}");
+    assert_eq!(error.message, "function exceeded its timeout of 700 ms");
+    assert_eq!(
+        result(&node.invoke("echo", 1, "3", 20_000).await.expect("echo")),
+        3
+    );
+
+    let status = node.status().await;
+    let names: Vec<String> = status
+        .functions
+        .iter()
+        .map(|f| f.function.as_ref().expect("ref").name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["bomb", "echo"],
+        "the OOM and timeout sandboxes are gone"
+    );
+    assert_eq!(status.pool_reserved_mb, 128 * u64::from(status.sandboxes));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
+    let Some(node) = start("busy", |c| {
+        c.mem_pool_mb = 3 * 128;
+        c.pause_after_ms = 50;
+    })
+    .await
+    else {
+        return;
+    };
+    let names: Vec<String> = (0..10).map(|i| format!("fn{i}")).collect();
+    for name in &names {
+        node.publish(name, 1, SLEEPER, Limits::default());
+    }
+    let node = Arc::new(node);
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let node = node.clone();
+            let next = next.clone();
+            let names = names.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 200 {
+                        return answers;
+                    }
+                    let name = &names[(i * 7) % names.len()];
+                    let sleep = (i % 5) as f64 / 100.0;
+                    let answer = node
+                        .invoke(name, 1, &format!(r#"{{"sleep": {sleep}}}"#), 5_000)
+                        .await;
+                    answers.push(answer);
+                }
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    let mut refused = 0;
+    for worker in workers {
+        for answer in worker.await.expect("worker") {
+            match answer {
+                Ok(response) => {
+                    result(&response);
+                    answered += 1;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(
+                        status.message().starts_with("memory pool full"),
+                        "{status:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(answered + refused, 200, "no call lost");
+    assert!(answered > 0);
+    let status = node.status().await;
+    assert_eq!(status.running, 0);
+    assert_eq!(status.pool_waiting, 0);
+    assert!(status.sandboxes <= 3, "{status:?}");
+    assert_eq!(status.pool_reserved_mb, 128 * u64::from(status.sandboxes));
+    assert!(status.evictions_total > 0, "{status:?}");
+    eprintln!(
+        "200 calls: {answered} answered, {refused} refused; {} cold, {} warm, {} evictions",
+        status.cold_starts_total, status.warm_starts_total, status.evictions_total
+    );
+    Arc::try_unwrap(node)
+        .unwrap_or_else(|_| panic!("workers are done"))
+        .stop()
+        .await;
+}
+
+/// Kills the daemon if a test fails before it stopped it.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(dir: &Path, cache_addr: &str, instance: &str, port: u16) -> Daemon {
+    Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd"))
+            .env("SOCK_SANDBOXD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
+            .env("SOCK_SANDBOXD_DATA_DIR", dir.join("data"))
+            .env("SOCK_SANDBOXD_INSTANCE", instance)
+            .env("SOCK_SANDBOXD_CGROUP_POOL_SIZE", "2")
+            .env("SOCK_SANDBOXD_NETNS_POOL_SIZE", "2")
+            .spawn()
+            .expect("start sock-sandboxd"),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
+    if !is_root("crash") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(Catalog::default());
+    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
+    let instance = format!("node-crash-{}", std::process::id());
+    let port = free_port();
+    let node = Node {
+        dir,
+        instance: instance.clone(),
+        catalog,
+        client: client(format!("http://127.0.0.1:{port}")),
+        shutdown: CancellationToken::new(),
+        served: None,
+    };
+    node.publish("counter", 1, COUNTER, Limits::default());
+    node.publish("slow", 1, SLEEPER, Limits::default());
+    let mut first = daemon(node.dir.path(), &cache_addr, &instance, port);
+    node.wait_for("the first run serves", |_| true).await;
+    node.invoke("counter", 1, "", 20_000)
+        .await
+        .expect("idle sandbox");
+    let running = tokio::spawn({
+        let mut client = node.client.clone();
+        async move {
+            client
+                .invoke(SandboxInvokeRequest {
+                    function: Some(FunctionRef {
+                        name: "slow".into(),
+                        version: 1,
+                    }),
+                    payload: br#"{"sleep": 600}"#.to_vec(),
+                    timeout_ms: 600_000,
+                    ..SandboxInvokeRequest::default()
+                })
+                .await
+        }
+    });
+    node.wait_for("one idle, one running", |s| {
+        s.sandboxes == 2 && s.running == 1
+    })
+    .await;
+    let old_pids = node.sandbox_pids();
+    assert!(
+        old_pids.len() >= 4,
+        "two inits and two runtimes: {old_pids:?}"
+    );
+
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("reap the daemon");
+    assert!(
+        running.await.expect("task").is_err(),
+        "the call died with the daemon"
+    );
+
+    let second = daemon(node.dir.path(), &cache_addr, &instance, port);
+    let status = node.wait_for("the second run serves", |_| true).await;
+    assert_eq!(status.sandboxes, 0);
+    for pid in &old_pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "process {pid} of the old run survived: {stat}"
+        );
+    }
+    assert!(node.sandbox_pids().is_empty(), "no process in our cgroups");
+    assert_eq!(
+        result(&node.invoke("counter", 1, "", 20_000).await.expect("serves")),
+        1
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(second.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let mut second = second;
+    let status = tokio::task::spawn_blocking(move || second.0.wait())
+        .await
+        .expect("wait task")
+        .expect("wait");
+    assert!(status.success(), "sock-sandboxd exited with {status}");
+    assert_nothing_left(&instance, &node.dir.path().join("data"));
+}
