@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::cgroups::SandboxCgroup;
 use crate::error::Error;
 use crate::pool::Reservation;
 use crate::sandbox::Sandbox;
@@ -91,6 +92,8 @@ struct Inner {
 pub(crate) struct SafeSandbox {
     id: String,
     key: Key,
+    /// For reading memory use while a call holds the sandbox.
+    cgroup: Option<Arc<SandboxCgroup>>,
     inner: Mutex<Inner>,
     listeners: Listeners,
 }
@@ -107,6 +110,7 @@ impl SafeSandbox {
         let safe = Arc::new(SafeSandbox {
             id: sandbox.id().to_string(),
             key,
+            cgroup: sandbox.cgroup(),
             inner: Mutex::new(Inner {
                 state: State::Running,
                 last_used: Instant::now(),
@@ -167,12 +171,11 @@ impl SafeSandbox {
         self.inner().last_used
     }
 
-    /// Memory the sandbox's cgroup charges right now; 0 when running (the
-    /// call holds the sandbox) or destroyed.
+    /// Memory the sandbox's cgroup charges right now; 0 once destroyed.
     pub fn memory_usage(&self) -> u64 {
-        match &self.inner().state {
-            State::Idle(s) | State::Paused(s) => s.memory_usage(),
-            State::Running | State::Destroyed => 0,
+        match self.phase() {
+            Phase::Destroyed => 0,
+            _ => self.cgroup.as_ref().map_or(0, |c| c.memory_usage()),
         }
     }
 

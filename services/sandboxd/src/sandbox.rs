@@ -416,11 +416,9 @@ impl Sandbox {
         self.memory_mb
     }
 
-    /// Memory the sandbox's cgroup charges now, in bytes.
-    pub(crate) fn memory_usage(&self) -> u64 {
-        self.live
-            .as_ref()
-            .map_or(0, |live| live.cgroup.memory_usage())
+    /// The sandbox's cgroup while it lives.
+    pub(crate) fn cgroup(&self) -> Option<Arc<SandboxCgroup>> {
+        self.live.as_ref().map(|live| live.cgroup.clone())
     }
 
     pub(crate) fn pause(&self) -> Result<(), Error> {

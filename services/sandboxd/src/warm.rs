@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use sock_proto::v1::{ErrorKind, HttpRequest};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -76,6 +77,8 @@ pub(crate) struct Manager {
     listeners: Listeners,
     pause_after: Duration,
     stop: CancellationToken,
+    /// Told whenever a sandbox goes idle that a waiting call could use.
+    parked: Notify,
 }
 
 #[derive(Default)]
@@ -84,6 +87,33 @@ struct Warm {
     idle: HashMap<Key, Vec<Arc<SafeSandbox>>>,
     /// The newest version seen per function.
     latest: HashMap<Arc<str>, u64>,
+    /// Calls waiting for memory, per version.
+    waiting: HashMap<Key, usize>,
+}
+
+/// Counts a call as waiting for a sandbox of `key` while it lives.
+struct WaitingFor<'a> {
+    manager: &'a Manager,
+    key: &'a Key,
+}
+
+impl<'a> WaitingFor<'a> {
+    fn new(manager: &'a Manager, key: &'a Key) -> Self {
+        *manager.warm().waiting.entry(key.clone()).or_default() += 1;
+        WaitingFor { manager, key }
+    }
+}
+
+impl Drop for WaitingFor<'_> {
+    fn drop(&mut self) {
+        let mut warm = self.manager.warm();
+        if let Some(n) = warm.waiting.get_mut(self.key) {
+            *n -= 1;
+            if *n == 0 {
+                warm.waiting.remove(self.key);
+            }
+        }
+    }
 }
 
 impl Warm {
@@ -157,6 +187,7 @@ impl Manager {
             listeners,
             pause_after,
             stop: CancellationToken::new(),
+            parked: Notify::new(),
         });
         tokio::spawn(evictor(Arc::downgrade(&manager), manager.stop.clone()));
         if min_free_mb > 0 {
@@ -223,6 +254,20 @@ impl Manager {
         Ok((version, outcome))
     }
 
+    /// Resolves with the next sandbox of `key` that goes idle.
+    async fn next_idle(&self, key: &Key) -> Lease {
+        loop {
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            // Registered before looking, so a park in between is not missed.
+            parked.as_mut().enable();
+            if let Some(lease) = self.take_idle(key) {
+                return lease;
+            }
+            parked.await;
+        }
+    }
+
     /// Pops idle sandboxes of `key` until one can be leased.
     fn take_idle(&self, key: &Key) -> Option<Lease> {
         loop {
@@ -235,11 +280,25 @@ impl Manager {
 
     async fn cold(&self, key: Key, spec: SandboxSpec, deadline: Instant) -> Result<Lease, Error> {
         let memory_mb = self.sandboxes.memory_mb(&spec.limits);
-        let reservation = self
-            .pool
-            .reserve(memory_mb, deadline)
-            .instrument(tracing::info_span!("memory_pool.wait", memory_mb))
-            .await?;
+        // While waiting for memory, a sandbox of the same version that
+        // goes idle serves this call better than a new one would.
+        let waiting = WaitingFor::new(self, &key);
+        let waited = async {
+            tokio::select! {
+                reserved = self.pool.reserve(memory_mb, deadline) => Ok(reserved),
+                lease = self.next_idle(&key) => Err(lease),
+            }
+        }
+        .instrument(tracing::info_span!("memory_pool.wait", memory_mb))
+        .await;
+        drop(waiting);
+        let reservation = match waited {
+            Ok(reserved) => reserved?,
+            Err(lease) => {
+                self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
+                return Ok(lease);
+            }
+        };
         let sandbox = self
             .sandboxes
             .create(spec)
@@ -306,7 +365,7 @@ impl Manager {
 
     /// Puts an idle sandbox where calls find it and schedules its pause.
     fn park(&self, safe: Arc<SafeSandbox>, epoch: u64) {
-        {
+        let waiters = {
             let mut warm = self.warm();
             if !warm.is_latest(safe.key()) {
                 drop(warm);
@@ -317,9 +376,14 @@ impl Manager {
                 .entry(safe.key().clone())
                 .or_default()
                 .push(safe.clone());
+            warm.waiting.get(safe.key()).copied().unwrap_or(0)
+        };
+        if waiters > 0 {
+            self.parked.notify_waiters();
+        } else {
+            // A call of another function may need this one's memory.
+            self.pool.nudge();
         }
-        // A waiting call may need this one's memory more.
-        self.pool.nudge();
         let pause_after = self.pause_after;
         tokio::spawn(async move {
             tokio::time::sleep(pause_after).await;
