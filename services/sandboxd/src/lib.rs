@@ -1,12 +1,14 @@
-//! sock's privileged node daemon: it builds a fresh sandbox for each call
-//! (namespaces, cgroups, a read-only root, an unprivileged uid), runs the
-//! Python runtime in it, and destroys it afterwards.
+//! sock's privileged node daemon: it owns the node's sandboxes
+//! (namespaces, pooled cgroups and network namespaces, a read-only root, an
+//! unprivileged uid under seccomp), keeps them warm per function version,
+//! pauses idle ones, bounds them all by a memory pool and evicts the least
+//! recently used when memory is short.
 //!
 //! The library API is [`Config`] and [`run`] for the service, and
-//! [`Sandboxes`] / [`Sandbox`] to drive sandboxes directly. A program that
-//! embeds sandboxd must hand a re-execution with `argv[1]` equal to
-//! [`INIT_ARG`] to [`sandbox_init`] before it starts any thread, as
-//! `sock-sandboxd`'s main does, or point `Config::init_program` at
+//! [`Sandboxes`] / [`Sandbox`] to drive single sandboxes directly. A
+//! program that embeds sandboxd must hand a re-execution with `argv[1]`
+//! equal to [`INIT_ARG`] to [`sandbox_init`] before it starts any thread,
+//! as `sock-sandboxd`'s main does, or point `Config::init_program` at
 //! `sock-sandboxd`.
 //!
 //! This is the only sock crate with unsafe code: each use is a function
