@@ -717,6 +717,19 @@ async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
     assert!(status.sandboxes <= 3, "{status:?}");
     assert_eq!(status.pool_reserved_mb, 128 * u64::from(status.sandboxes));
     assert!(status.evictions_total > 0, "{status:?}");
+    // Cgroups were reused, not made per sandbox: far fewer exist than
+    // sandboxes were started.
+    let cgroups = std::fs::read_dir(node.cgroup_root("memory"))
+        .expect("instance cgroup")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert!(
+        cgroups < 16 && u64::try_from(cgroups).expect("count") < status.cold_starts_total,
+        "{cgroups} cgroups for {} cold starts",
+        status.cold_starts_total
+    );
+    assert!(status.spare_netns > 0, "{status:?}");
     eprintln!(
         "200 calls: {answered} answered, {refused} refused; {} cold, {} warm, {} evictions",
         status.cold_starts_total, status.warm_starts_total, status.evictions_total

@@ -718,7 +718,10 @@ async fn latency_of_warm_calls_and_cold_starts() {
         assert_eq!(json(outcome), 1, "call {i}");
     }
     sandbox.destroy().await;
-    eprintln!("warm call (invoke on a live sandbox): median {:?}", median(warm));
+    eprintln!(
+        "warm call (invoke on a live sandbox): median {:?}",
+        median(warm)
+    );
     drop(fx);
 
     for netns_pool in [0, 8] {
