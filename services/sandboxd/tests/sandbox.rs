@@ -754,3 +754,71 @@ async fn latency_of_warm_calls_and_cold_starts() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_recycled_cgroup_keeps_nothing_of_the_sandbox_before() {
+    let f_py = r#"
+import os
+
+def f(event):
+    if event == 'hog':
+        hog = b'x' * (256 << 20)
+    os._exit(3)
+"#;
+    let Some(fx) = fixture("recycle", f_py) else {
+        return;
+    };
+    let read = |dir: &Path, file: &str| -> String {
+        std::fs::read_to_string(dir.join(file))
+            .expect("cgroup file")
+            .trim()
+            .to_string()
+    };
+    let strict = SandboxSpec {
+        limits: Limits {
+            memory_mb: 64,
+            pids: 16,
+            cpu_percent: 20,
+        },
+        ..fx.spec()
+    };
+    let mut first = fx.sandboxes().create(strict).await.expect("create");
+    let first_dirs = first.cgroup_dirs().to_vec();
+    let dir_of = |dirs: &[PathBuf], controller: &str| {
+        dirs.iter()
+            .find(|d| d.starts_with(Path::new("/sys/fs/cgroup").join(controller)))
+            .expect("controller dir")
+            .clone()
+    };
+    assert_eq!(
+        read(&dir_of(&first_dirs, "cpu"), "cpu.cfs_quota_us"),
+        "20000"
+    );
+    assert_eq!(read(&dir_of(&first_dirs, "pids"), "pids.max"), "16");
+    let error = failure(
+        first
+            .invoke("hog", br#""hog""#, TIMEOUT)
+            .await
+            .expect("invoke"),
+    );
+    assert_eq!(error.kind(), ErrorKind::OutOfMemory, "{error:?}");
+    first.destroy().await;
+
+    let mut second = fx.sandboxes().create(fx.spec()).await.expect("create");
+    let dirs = second.cgroup_dirs().to_vec();
+    assert_eq!(dirs, first_dirs, "the cgroup was reused");
+    assert_eq!(read(&dir_of(&dirs, "cpu"), "cpu.cfs_quota_us"), "-1");
+    assert_eq!(read(&dir_of(&dirs, "pids"), "pids.max"), "32");
+    assert_eq!(
+        read(&dir_of(&dirs, "memory"), "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    // The earlier OOM kill is not this sandbox's.
+    let error = failure(second.invoke("exit", b"", TIMEOUT).await.expect("invoke"));
+    assert_eq!(error.kind(), ErrorKind::Killed, "{error:?}");
+    assert_eq!(error.message, "sandbox exited unexpectedly (exit status 3)");
+    second.destroy().await;
+    // The sandboxes share the instance's state until dropped.
+    drop((first, second));
+    fx.finish();
+}
