@@ -14,6 +14,14 @@ pub struct Endpoints {
     pub registry_http: String,
     pub cache: String,
     pub sandboxd: String,
+    /// The gateway's HTTP API (`/run/<name>`, `/metrics`). Files written
+    /// before it existed lack it and get the default.
+    #[serde(default = "default_gateway_http")]
+    pub gateway_http: String,
+}
+
+fn default_gateway_http() -> String {
+    "http://127.0.0.1:7075".into()
 }
 
 impl Default for Endpoints {
@@ -24,6 +32,7 @@ impl Default for Endpoints {
             registry_http: "http://127.0.0.1:7072".into(),
             cache: "http://127.0.0.1:7073".into(),
             sandboxd: "http://127.0.0.1:7074".into(),
+            gateway_http: default_gateway_http(),
         }
     }
 }
@@ -66,4 +75,18 @@ pub async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}; is sock running (`sock up`)?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_files_without_gateway_http_still_load() {
+        let old = r#"{"gateway":"http://h:1","registry":"http://h:2","registry_http":"http://h:3",
+                      "cache":"http://h:4","sandboxd":"http://h:5"}"#;
+        let endpoints: Endpoints = serde_json::from_str(old).expect("old file");
+        assert_eq!(endpoints.gateway, "http://h:1");
+        assert_eq!(endpoints.gateway_http, "http://127.0.0.1:7075");
+    }
 }

@@ -25,14 +25,16 @@ use sock_cli::endpoints::{Endpoints, FILE_NAME};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Addresses `sock up` hands out: see [`addresses`].
+const PORTS: u16 = 6;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// TOML file with [gateway], [registry], [cache] and [sandboxd] sections.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Gateway port; registry gRPC, registry HTTP, cache and sandboxd take
-    /// the next four. 0 picks free ports.
+    /// Gateway port; registry gRPC, registry HTTP, cache, sandboxd and the
+    /// gateway's HTTP API take the next five. 0 picks free ports.
     #[arg(long, default_value_t = 7070)]
     port: u16,
     /// Address every service listens on.
@@ -95,6 +97,7 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
             health_addr: endpoints.gateway.clone(),
             env: env(&[
                 ("SOCK_GATEWAY_LISTEN", listen(&endpoints.gateway)),
+                ("SOCK_GATEWAY_HTTP_LISTEN", listen(&endpoints.gateway_http)),
                 ("SOCK_GATEWAY_REGISTRY_ADDR", endpoints.registry.clone()),
                 ("SOCK_GATEWAY_SANDBOXD_ADDR", endpoints.sandboxd.clone()),
             ]),
@@ -102,14 +105,14 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
     ]
 }
 
-/// Five addresses: consecutive ports from `base`, or free ones for 0.
+/// Six addresses: consecutive ports from `base`, or free ones for 0.
 fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
-    let mut ports = Vec::with_capacity(5);
+    let mut ports = Vec::with_capacity(usize::from(PORTS));
     if base == 0 {
-        // Hold every listener until all five are picked so they differ; the
+        // Hold every listener until all are picked so they differ; the
         // services bind them right after, a window no other sock process
         // races for in practice.
-        let held = (0..5)
+        let held = (0..PORTS)
             .map(|_| TcpListener::bind((host, 0)))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("cannot find free ports on {host}"))?;
@@ -117,7 +120,7 @@ fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
             ports.push(l.local_addr()?.port());
         }
     } else {
-        for i in 0..5 {
+        for i in 0..PORTS {
             ports.push(base.checked_add(i).context("--port is too high")?);
         }
     }
@@ -128,6 +131,7 @@ fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
         registry_http: url(ports[2]),
         cache: url(ports[3]),
         sandboxd: url(ports[4]),
+        gateway_http: url(ports[5]),
     })
 }
 
@@ -154,8 +158,9 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let endpoints_file = data_dir.join(FILE_NAME);
     std::fs::write(&endpoints_file, serde_json::to_vec_pretty(&endpoints)?)?;
     println!(
-        "sock is up: gateway {} · registry {} (bundles {}) · cache {} · sandboxd {}",
+        "sock is up: gateway {} (HTTP {}) · registry {} (bundles {}) · cache {} · sandboxd {}",
         endpoints.gateway,
+        endpoints.gateway_http,
         endpoints.registry,
         endpoints.registry_http,
         endpoints.cache,

@@ -1,26 +1,32 @@
-//! `sock.v1.Gateway/Invoke`: resolve the function's current version,
-//! bound the call in time, and run it on a sandbox node.
+//! One call, whichever door it came in by (gRPC `Invoke` or HTTP `/run`):
+//! resolve the function's current version, check the request against the
+//! function, bound it in time, pass admission control, and run it on a
+//! sandbox node.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use sock_proto::v1::gateway_server::Gateway;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
-    FunctionRef, InvokeRequest, InvokeResponse, SandboxInvokeRequest, invoke_response,
+    FunctionConfig, FunctionError, FunctionRef, HttpRequest, HttpResponse, SandboxInvokeRequest,
     sandbox_invoke_response,
 };
 use sock_telemetry::grpc::TracedChannel;
 use tokio::time::Instant;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
-use tracing::field::Empty;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
 
-use crate::deadline::{budget, grpc_timeout};
+use crate::admission::{Admit, ConcurrencyLimitLayer, Queue};
+use crate::deadline::budget;
 use crate::error::Error;
 use crate::metadata::MetadataCache;
+use crate::metrics::Metrics;
+use crate::nodes::Nodes;
 
-/// Response metadata carrying the call's id, on answers and errors alike.
+/// Response metadata (and HTTP header) carrying the call's id, on answers
+/// and errors alike.
 pub const CALL_ID_HEADER: &str = "x-sock-call-id";
 
 /// Time the sandboxd call gets beyond the call's budget. sandboxd enforces
@@ -28,138 +34,288 @@ pub const CALL_ID_HEADER: &str = "x-sock-call-id";
 /// error; the gateway gives up only if sandboxd itself does not answer.
 const SANDBOXD_GRACE: Duration = Duration::from_millis(500);
 
-pub(crate) struct InvokeService {
-    functions: MetadataCache<RegistryClient<TracedChannel>>,
-    sandboxd: SandboxdClient<TracedChannel>,
-    default_timeout_ms: u32,
+/// A call as it arrives.
+pub(crate) struct Invocation {
+    pub function: String,
+    pub payload: Vec<u8>,
+    /// The caller's own bound (`timeout_ms`, `x-sock-timeout-ms`).
+    pub timeout_ms: Option<u32>,
+    /// What is left of the caller's gRPC deadline.
+    pub deadline_left: Option<Duration>,
+    /// Set for HTTP calls: the request for a WSGI/ASGI app (f(event)
+    /// functions get the body as their event).
+    pub http: Option<HttpRequest>,
 }
 
-impl InvokeService {
+/// What a call answered.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The JSON f(event) returned.
+    Result(Vec<u8>),
+    /// The function raised, timed out, ran out of memory or died.
+    Error(FunctionError),
+    /// The WSGI/ASGI app's answer.
+    Http(HttpResponse),
+}
+
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub outcome: Outcome,
+    pub version: u64,
+}
+
+/// A call past its checks, on its way through admission to a node.
+pub(crate) struct Call {
+    request: SandboxInvokeRequest,
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl Admit for Call {
+    fn function(&self) -> &str {
+        self.request
+            .function
+            .as_ref()
+            .map_or("", |f| f.name.as_str())
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+pub(crate) struct Invoker {
+    functions: MetadataCache<RegistryClient<TracedChannel>>,
+    stack: BoxCloneSyncService<Call, Answer, Error>,
+    queue: Arc<Queue>,
+    default_timeout_ms: u32,
+    max_payload_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// The limits admission control enforces.
+pub(crate) struct Limits {
+    pub max_concurrency: usize,
+    pub max_concurrency_per_function: usize,
+    pub max_queue: usize,
+    pub default_timeout_ms: u32,
+    pub max_payload_bytes: u64,
+}
+
+impl Invoker {
     pub fn new(
         functions: MetadataCache<RegistryClient<TracedChannel>>,
-        sandboxd: SandboxdClient<TracedChannel>,
-        default_timeout_ms: u32,
+        nodes: Arc<Nodes>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        InvokeService {
+        let queue = Queue::new(limits.max_queue);
+        // Per function first, so calls of a hot function wait without
+        // holding a global slot that other functions could use.
+        let per_function =
+            ConcurrencyLimitLayer::per_function(limits.max_concurrency_per_function, queue.clone());
+        let global = ConcurrencyLimitLayer::global(limits.max_concurrency, queue.clone());
+        let dispatch = Dispatch { nodes };
+        let stack = per_function.layer(global.layer(dispatch));
+        Invoker {
             functions,
-            sandboxd,
-            default_timeout_ms,
+            stack: BoxCloneSyncService::new(stack),
+            queue,
+            default_timeout_ms: limits.default_timeout_ms,
+            max_payload_bytes: limits.max_payload_bytes,
+            metrics,
         }
     }
 
-    async fn call(
+    /// Calls waiting in admission control right now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    pub fn max_payload_bytes(&self) -> u64 {
+        self.max_payload_bytes
+    }
+
+    /// Runs one call; `method` is the HTTP method of an HTTP call, checked
+    /// against the function's `triggers.http`.
+    pub async fn invoke(
         &self,
-        request: InvokeRequest,
+        invocation: Invocation,
+        method: Option<&str>,
         call_id: &str,
-        deadline: Option<Instant>,
-    ) -> Result<InvokeResponse, Error> {
-        sock_bundle::validate_name(&request.function)?;
-        if request.timeout_ms == Some(0) {
+    ) -> Result<Answer, Error> {
+        let started = Instant::now();
+        let function = invocation.function.clone();
+        let result = self.run(invocation, method, call_id).await;
+        self.metrics
+            .record_call(&function, &result, started.elapsed());
+        result
+    }
+
+    async fn run(
+        &self,
+        invocation: Invocation,
+        method: Option<&str>,
+        call_id: &str,
+    ) -> Result<Answer, Error> {
+        let Invocation {
+            function,
+            payload,
+            timeout_ms,
+            deadline_left,
+            http,
+        } = invocation;
+        sock_bundle::validate_name(&function)?;
+        if timeout_ms == Some(0) {
             return Err(Error::ZeroTimeout);
         }
-        let info = self.functions.get(&request.function).await?;
-        tracing::Span::current().record("sock.version", info.version);
-
-        let config = info.config.clone().unwrap_or_default();
-        let limit_ms = config.limits.as_ref().map_or(0, |l| l.timeout_ms);
-        let deadline_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let budget = budget(
-            request.timeout_ms,
-            deadline_left,
-            limit_ms,
-            self.default_timeout_ms,
-        );
-        let timed_out = || Error::DeadlineExceeded {
-            function: request.function.clone(),
-            budget_ms: budget.as_millis().try_into().unwrap_or(u64::MAX),
-        };
-        // sandboxd counts in whole milliseconds; less than one is no time.
-        let timeout_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
-        if timeout_ms == 0 {
-            return Err(timed_out());
+        let size = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        if size > self.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size,
+                limit: self.max_payload_bytes,
+            });
         }
+        let info = self.functions.get(&function).await?;
+        tracing::Span::current().record("sock.version", info.version);
+        let config = info.config.clone().unwrap_or_default();
+        if let Some(method) = method {
+            check_method(&function, &config, method)?;
+        }
+        let is_app = !config.wsgi_entry.is_empty();
+        let http = match (http, is_app) {
+            (Some(http), true) => Some(http),
+            // An f(event) function called over HTTP gets the body as its event.
+            (Some(_), false) => None,
+            (None, true) => {
+                return Err(Error::InvalidRequest(format!(
+                    "function '{function}' is a WSGI/ASGI app; call it over HTTP at /run/{function}"
+                )));
+            }
+            (None, false) => None,
+        };
 
-        let sandbox_request = SandboxInvokeRequest {
+        // The budget runs from here: what the lookup took is the
+        // platform's time, but waiting in the queue is the call's.
+        let start = Instant::now();
+        let limit_ms = config.limits.as_ref().map_or(0, |l| l.timeout_ms);
+        let budget = budget(timeout_ms, deadline_left, limit_ms, self.default_timeout_ms);
+        let deadline = start + budget;
+        let request = SandboxInvokeRequest {
             function: Some(FunctionRef {
-                name: request.function.clone(),
+                name: function,
                 version: info.version,
             }),
             config: Some(config),
-            payload: request.payload,
+            payload,
             call_id: call_id.to_string(),
-            timeout_ms,
-            http: None,
+            timeout_ms: 0,
+            http,
         };
-        let mut sandboxd = self.sandboxd.clone();
-        let call = sandboxd
-            .invoke(sandbox_request)
-            .instrument(tracing::info_span!("sandboxd.invoke", otel.kind = "client"));
-        let answer = tokio::time::timeout(budget + SANDBOXD_GRACE, call)
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(Error::from_sandboxd)?
-            .into_inner();
-
-        let outcome = match answer.outcome {
-            Some(sandbox_invoke_response::Outcome::Result(result)) => {
-                invoke_response::Outcome::Result(result)
-            }
-            Some(sandbox_invoke_response::Outcome::Error(error)) => {
-                invoke_response::Outcome::Error(error)
-            }
-            Some(sandbox_invoke_response::Outcome::Http(_)) | None => {
-                return Err(Error::EmptyAnswer(call_id.to_string()));
-            }
+        let call = Call {
+            request,
+            deadline,
+            budget,
         };
-        Ok(InvokeResponse {
-            outcome: Some(outcome),
-            call_id: call_id.to_string(),
-            version: answer.version,
-        })
+        self.stack.clone().oneshot(call).await
     }
 }
 
-#[tonic::async_trait]
-impl Gateway for InvokeService {
-    async fn invoke(
-        &self,
-        request: Request<InvokeRequest>,
-    ) -> Result<Response<InvokeResponse>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
-        let request = request.into_inner();
-        let call_id = uuid::Uuid::new_v4().to_string();
-        let span = tracing::info_span!(
-            "invoke",
-            sock.function = %request.function,
-            sock.call_id = %call_id,
-            sock.version = Empty,
-        );
-        let result = self
-            .call(request, &call_id, deadline)
-            .instrument(span.clone())
-            .await;
-        let call_id_value =
-            MetadataValue::try_from(call_id.as_str()).expect("a uuid is valid ASCII metadata");
-        match result {
-            Ok(answer) => {
-                let mut response = Response::new(answer);
-                response
-                    .metadata_mut()
-                    .insert(CALL_ID_HEADER, call_id_value);
-                Ok(response)
-            }
-            Err(error) => {
-                span.in_scope(|| {
-                    if error.is_platform_failure() {
-                        tracing::warn!(%error, "call failed");
-                    } else {
-                        tracing::debug!(%error, "call refused");
-                    }
-                });
-                let mut status = Status::from(error);
-                status.metadata_mut().insert(CALL_ID_HEADER, call_id_value);
-                Err(status)
-            }
+/// Methods not in `triggers.http` (when it lists any) are refused.
+fn check_method(function: &str, config: &FunctionConfig, method: &str) -> Result<(), Error> {
+    if config.http_methods.is_empty()
+        || config
+            .http_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+    {
+        return Ok(());
+    }
+    Err(Error::MethodNotAllowed {
+        function: function.to_string(),
+        method: method.to_string(),
+        allowed: config
+            .http_methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect(),
+    })
+}
+
+/// The innermost service: sends an admitted call to a node.
+#[derive(Clone)]
+struct Dispatch {
+    nodes: Arc<Nodes>,
+}
+
+impl Service<Call> for Dispatch {
+    type Response = Answer;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let nodes = self.nodes.clone();
+        Box::pin(async move { dispatch(&nodes, call).await })
+    }
+}
+
+async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
+    let Call {
+        mut request,
+        deadline,
+        budget,
+    } = call;
+    let function = request
+        .function
+        .as_ref()
+        .map_or_else(String::new, |f| f.name.clone());
+    let timed_out = || Error::DeadlineExceeded {
+        function: function.clone(),
+        budget_ms: budget.as_millis().try_into().unwrap_or(u64::MAX),
+    };
+    // What queueing left of the budget, in sandboxd's whole milliseconds
+    // (rounded up: a call that did not wait keeps its whole budget).
+    let left = deadline.saturating_duration_since(Instant::now());
+    request.timeout_ms = u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+    if request.timeout_ms == 0 {
+        return Err(timed_out());
+    }
+    let call_id = request.call_id.clone();
+    let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, nodes.invoke(request))
+        .await
+        .map_err(|_| timed_out())??;
+    let outcome = match answer.outcome {
+        Some(sandbox_invoke_response::Outcome::Result(result)) => Outcome::Result(result),
+        Some(sandbox_invoke_response::Outcome::Error(error)) => Outcome::Error(error),
+        Some(sandbox_invoke_response::Outcome::Http(response)) => Outcome::Http(response),
+        None => return Err(Error::EmptyAnswer(call_id)),
+    };
+    Ok(Answer {
+        outcome,
+        version: answer.version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_triggers_are_refused_with_the_allowed_ones() {
+        let config = FunctionConfig {
+            http_methods: vec!["get".into(), "POST".into()],
+            ..FunctionConfig::default()
+        };
+        assert!(check_method("f", &config, "GET").is_ok());
+        assert!(check_method("f", &config, "post").is_ok());
+        match check_method("f", &config, "DELETE") {
+            Err(Error::MethodNotAllowed { allowed, .. }) => assert_eq!(allowed, ["GET", "POST"]),
+            other => panic!("expected 405, got {other:?}"),
         }
+        assert!(check_method("f", &FunctionConfig::default(), "PATCH").is_ok());
     }
 }

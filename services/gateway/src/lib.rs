@@ -1,79 +1,157 @@
-//! The gateway: sock's public gRPC API.
+//! The gateway: sock's public API, over gRPC (`sock.v1.Gateway`) and
+//! OpenLambda-style HTTP (`/run/<name>[/<path>]`).
 //!
-//! `Invoke` looks the function's current version and config up in a cache
-//! of the registry's answers (`metadata`), bounds the call in time
-//! (`deadline`), and runs it on a sandbox node (`invoke`). Errors become
-//! gRPC statuses in one place (`error`).
+//! A call looks the function's current version and config up in a cache
+//! of the registry's answers (`metadata`), is checked against the function
+//! (method, kind, size) and bounded in time (`deadline`), passes admission
+//! control (`admission`: concurrency limits and a bounded queue), and runs
+//! on the sandbox node its function hashes to (`nodes`). `invoke` holds
+//! that path; `grpc` and `http` are its two doors. Errors become gRPC
+//! statuses and HTTP responses in one place (`error`).
 #![forbid(unsafe_code)]
 
+mod admission;
 mod config;
 mod deadline;
 mod error;
+mod grpc;
+mod http;
 mod invoke;
 mod metadata;
+mod metrics;
+mod nodes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sock_proto::v1::gateway_server::GatewayServer;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_telemetry::grpc::{ServerTraceLayer, traced};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{ERROR_HEADER, Error, Kind};
+pub use http::TIMEOUT_HEADER;
 pub use invoke::CALL_ID_HEADER;
 
-use invoke::InvokeService;
+use grpc::GatewayService;
+use invoke::{Invoker, Limits};
 use metadata::MetadataCache;
-
-/// A peer that does not accept a connection within this is treated as
-/// down, rather than holding calls for the kernel's much longer timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use nodes::Nodes;
 
 /// Bound on one registry lookup; past it the last known version is served.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves the gateway on `listener` until `shutdown` is cancelled, then
-/// lets in-flight calls finish. The registry and sandboxd are connected to
-/// lazily, so the gateway starts (and reports the failure per call) while
-/// they are down.
+/// Room for the rest of an InvokeRequest beside its payload.
+const REQUEST_OVERHEAD: u64 = 64 << 10;
+
+/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` is cancelled,
+/// then lets in-flight calls finish. The registry and sandboxd are
+/// connected to lazily, so the gateway starts (and reports the failure per
+/// call) while they are down.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    grpc: TcpListener,
+    http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let registry = endpoint("registry_addr", &config.registry_addr)?.timeout(REGISTRY_TIMEOUT);
+    let registry =
+        nodes::endpoint("registry_addr", &config.registry_addr)?.timeout(REGISTRY_TIMEOUT);
     let registry = RegistryClient::new(traced(registry.connect_lazy()));
-    let sandboxd = SandboxdClient::new(traced(
-        endpoint("sandboxd_addr", &config.sandboxd_addr)?.connect_lazy(),
-    ));
     let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
-    let service = InvokeService::new(functions, sandboxd, config.default_timeout_ms);
+    // Background tasks stop with the servers, however they end.
+    let stop = shutdown.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
+    let nodes = Nodes::start(
+        config.node_addrs(),
+        config.max_concurrency_per_node,
+        Duration::from_millis(config.health_interval_ms),
+        Duration::from_millis(config.dns_refresh_ms),
+        stop.clone(),
+    )
+    .await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let invoker = Arc::new(Invoker::new(
+        functions,
+        nodes.clone(),
+        Limits {
+            max_concurrency: config.max_concurrency,
+            max_concurrency_per_function: config.max_concurrency_per_function,
+            max_queue: config.max_queue,
+            default_timeout_ms: config.default_timeout_ms,
+            max_payload_bytes: config.max_payload_bytes,
+        },
+        metrics.clone(),
+    ));
 
     let (health, _) = tonic_health::server::health_reporter();
-    health.set_serving::<GatewayServer<InvokeService>>().await;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "gateway listening");
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    for (what, listener) in [("gRPC", &grpc), ("HTTP", &http)] {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "gateway {what} listening");
+        }
     }
-    let mut server = Server::builder().layer(ServerTraceLayer);
-    sock_service::with_standard_services(&mut server, health)
-        .add_service(GatewayServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await
-        .map_err(Error::Serve)
+    let max_message = config.max_payload_bytes.saturating_add(REQUEST_OVERHEAD);
+    let service = GatewayServer::new(GatewayService {
+        invoker: invoker.clone(),
+    })
+    .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
+    let mut server =
+        Server::builder()
+            .layer(ServerTraceLayer)
+            .layer(tower::util::MapResponseLayer::new(
+                too_large_is_resource_exhausted(config.max_payload_bytes),
+            ));
+    let grpc_server = sock_service::with_standard_services(&mut server, health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.clone().cancelled_owned());
+
+    let state = Arc::new(http::HttpState {
+        invoker,
+        nodes,
+        metrics,
+        strip_authorization: config.invoke_token.is_some(),
+    });
+    let app = http::router(state).layer(sock_telemetry::http::ServerTraceLayer);
+    let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+
+    // One server failing stops the other rather than leaving half a gateway.
+    let stop_grpc = stop.clone();
+    let stop_http = stop.clone();
+    tokio::try_join!(
+        async move {
+            let served = grpc_server.await.map_err(Error::Serve);
+            stop_grpc.cancel();
+            served
+        },
+        async move {
+            let served = http_server.await.map_err(Error::ServeHttp);
+            stop_http.cancel();
+            served
+        },
+    )?;
+    Ok(())
 }
 
-/// The endpoint of a peer from the config field `field`.
-fn endpoint(field: &'static str, addr: &str) -> Result<Endpoint, Error> {
-    let endpoint =
-        Endpoint::from_shared(addr.to_string()).map_err(|source| Error::InvalidAddress {
-            field,
-            value: addr.to_string(),
-            source,
-        })?;
-    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
+/// tonic refuses a request over the decoding limit with OUT_OF_RANGE;
+/// gRPC's status codes call for RESOURCE_EXHAUSTED, the code of our
+/// payload_too_large. The gateway's handlers never answer OUT_OF_RANGE,
+/// so every one of them is that refusal.
+fn too_large_is_resource_exhausted<B: Default>(
+    limit: u64,
+) -> impl Fn(::http::Response<B>) -> ::http::Response<B> + Clone {
+    move |response| {
+        let status = response.headers().get("grpc-status");
+        if status.is_none_or(|code| code.as_bytes() != b"11") {
+            return response;
+        }
+        tonic::Status::from(Error::PayloadTooLarge {
+            size: limit.saturating_add(REQUEST_OVERHEAD),
+            limit,
+        })
+        .into_http()
+    }
 }

@@ -12,9 +12,9 @@ use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    ErrorKind, FunctionError, InvokeRequest, InvokeResponse, PushFunctionRequest,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, invoke_response,
-    sandbox_invoke_response,
+    ErrorKind, FunctionError, HttpHeader, HttpResponse, InvokeRequest, InvokeResponse,
+    PushFunctionRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
+    StatusResponse, invoke_response, sandbox_invoke_response,
 };
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -70,7 +70,7 @@ impl Registry {
 
     /// Pushes function `name` with `ol_yaml` (if any) and returns its version.
     async fn push(&self, name: &str, ol_yaml: Option<&str>) -> u64 {
-        let mut bundle = TarBuilder::with_entry_file();
+        let mut bundle = TarBuilder::with_entry_file().file("app.py", b"app = None\n");
         if let Some(yaml) = ol_yaml {
             bundle = bundle.file("ol.yaml", yaml.as_bytes());
         }
@@ -147,6 +147,29 @@ impl Sandboxd for FakeSandboxdService {
             .push(request.clone());
         self.0.arrived.notify_one();
         let version = request.function.as_ref().map_or(0, |f| f.version);
+        if let Some(http) = &request.http {
+            // An app that shows what it got and answers like a teapot.
+            let mut headers = vec![
+                header("x-method", &http.method),
+                header("x-path", &http.path),
+                header("x-query", &http.query),
+                header("x-root", &http.root_path),
+            ];
+            headers.extend(
+                http.headers
+                    .iter()
+                    .filter(|h| h.name == "x-custom")
+                    .cloned(),
+            );
+            return Ok(Response::new(SandboxInvokeResponse {
+                outcome: Some(sandbox_invoke_response::Outcome::Http(HttpResponse {
+                    status: 418,
+                    headers,
+                    body: request.payload,
+                })),
+                version,
+            }));
+        }
         let outcome = match request.payload.as_slice() {
             RAISE => sandbox_invoke_response::Outcome::Error(FunctionError {
                 kind: ErrorKind::Function.into(),
@@ -177,6 +200,13 @@ impl Sandboxd for FakeSandboxdService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         Err(Status::unimplemented("not faked"))
+    }
+}
+
+fn header(name: &str, value: &str) -> HttpHeader {
+    HttpHeader {
+        name: name.into(),
+        value: value.into(),
     }
 }
 
@@ -217,6 +247,7 @@ async fn closed_endpoint() -> String {
 struct Gateway {
     client: GatewayClient<Channel>,
     addr: SocketAddr,
+    http: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), sock_gateway::Error>>>,
 }
@@ -227,14 +258,24 @@ impl Gateway {
             .await
             .expect("bind gateway");
         let addr = listener.local_addr().expect("gateway address");
+        let http_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway HTTP");
+        let http = http_listener.local_addr().expect("gateway HTTP address");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sock_gateway::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(sock_gateway::run(
+            config,
+            listener,
+            http_listener,
+            shutdown.clone(),
+        ));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("gateway endpoint")
             .connect_lazy();
         Gateway {
             client: GatewayClient::new(channel),
             addr,
+            http,
             shutdown,
             task: Some(task),
         }
@@ -631,4 +672,257 @@ async fn shutdown_lets_calls_in_flight_finish() {
         .expect("run returns after shutdown")
         .expect("gateway task")
         .expect("run ends cleanly");
+}
+
+// -------------------------------------------------------------------- HTTP
+
+impl Gateway {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+async fn json_body(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON body")
+}
+
+#[tokio::test]
+async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("plain", None).await;
+
+    let response = reqwest::Client::new()
+        .post(gateway.url("/run/plain"))
+        .body(r#"{"n": 1}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let call_id = response.headers()[CALL_ID_HEADER]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert_eq!(response.bytes().await.expect("body"), &br#"{"n": 1}"#[..]);
+    let call = sandboxd.last_call();
+    assert_eq!(call.call_id, call_id);
+    assert!(
+        call.http.is_none(),
+        "f(event) gets an invoke, not a request"
+    );
+
+    let raised = reqwest::Client::new()
+        .post(gateway.url("/run/plain"))
+        .body(RAISE)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(raised.status(), 500);
+    assert_eq!(raised.headers()[sock_gateway::ERROR_HEADER], "function");
+    let body = json_body(raised).await;
+    assert_eq!(body["error"], "function");
+    assert_eq!(body["message"], "ZeroDivisionError: division by zero");
+    assert!(
+        body["traceback"]
+            .as_str()
+            .expect("traceback")
+            .starts_with("Traceback")
+    );
+    assert!(body["call_id"].is_string());
+
+    let missing = reqwest::get(gateway.url("/run/nope")).await.expect("GET");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(json_body(missing).await["error"], "not_found");
+}
+
+#[tokio::test]
+async fn http_passes_a_web_app_request_and_its_answer_through() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry
+        .push("web", Some("environment:\n  OL_WSGI_ENTRY: app:app\n"))
+        .await;
+
+    let response = reqwest::Client::new()
+        .put(gateway.url("/run/web/a/b?x=1&y=2"))
+        .header("x-custom", "kept")
+        .body("teapot")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), 418, "the app's status stays");
+    let headers = response.headers();
+    assert_eq!(headers["x-method"], "PUT");
+    assert_eq!(headers["x-path"], "/a/b");
+    assert_eq!(headers["x-query"], "x=1&y=2");
+    assert_eq!(headers["x-root"], "/run/web");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(headers.contains_key(CALL_ID_HEADER));
+    assert_eq!(response.bytes().await.expect("body"), &b"teapot"[..]);
+
+    let root = reqwest::get(gateway.url("/run/web")).await.expect("GET");
+    assert_eq!(root.headers()["x-path"], "/");
+
+    let status = assert_status(
+        gateway.invoke("web", b"{}").await,
+        Code::InvalidArgument,
+        "call it over HTTP",
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get(sock_gateway::ERROR_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"invalid_request"[..])
+    );
+}
+
+#[tokio::test]
+async fn methods_outside_triggers_get_405_with_allow() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry
+        .push(
+            "getter",
+            Some("triggers:\n  http:\n    - method: GET\n    - method: POST\n"),
+        )
+        .await;
+
+    let response = reqwest::Client::new()
+        .delete(gateway.url("/run/getter"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    assert_eq!(
+        response.headers()[sock_gateway::ERROR_HEADER],
+        "method_not_allowed"
+    );
+    assert!(sandboxd.calls().is_empty(), "refused before any node");
+    let ok = reqwest::get(gateway.url("/run/getter")).await.expect("GET");
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn payloads_over_the_limit_are_413_and_resource_exhausted() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        max_payload_bytes: 1024,
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    registry.push("plain", None).await;
+    let big = format!("\"{}\"", "x".repeat(2000));
+
+    let response = reqwest::Client::new()
+        .post(gateway.url("/run/plain"))
+        .body(big.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 413);
+    let body = json_body(response).await;
+    assert_eq!(body["error"], "payload_too_large");
+    assert_eq!(
+        body["message"],
+        "payload of 2002 bytes is over the limit of 1024 bytes"
+    );
+
+    let status = assert_status(
+        gateway.invoke("plain", big.as_bytes()).await,
+        Code::ResourceExhausted,
+        "over the limit of 1024 bytes",
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get(sock_gateway::ERROR_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"payload_too_large"[..])
+    );
+    // Far over: tonic refuses it before it is buffered, with the same kind.
+    let huge = vec![b'x'; 200 << 10];
+    let status = assert_status(
+        gateway.invoke("plain", &huge).await,
+        Code::ResourceExhausted,
+        "over the limit",
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get(sock_gateway::ERROR_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"payload_too_large"[..])
+    );
+    assert!(sandboxd.calls().is_empty());
+}
+
+#[tokio::test]
+async fn calls_over_the_limits_are_refused_with_retry_after() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        max_concurrency: 2,
+        max_concurrency_per_function: 1,
+        max_queue: 1,
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    registry.push("slow", None).await;
+    // One runs, one waits, the rest are refused at once.
+    let calls = (0..6).map(|_| gateway.invoke("slow", SLOW));
+    let results = futures::future::join_all(calls).await;
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<&Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(answered, 2, "{results:?}");
+    assert_eq!(refused.len(), 4);
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get(sock_gateway::ERROR_HEADER)
+                .map(|v| v.as_bytes()),
+            Some(&b"overloaded"[..])
+        );
+        assert_eq!(
+            status.metadata().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+    // Over HTTP the same is a 429 with Retry-After.
+    let client = reqwest::Client::new();
+    let calls = (0..4).map(|_| client.post(gateway.url("/run/slow")).body(SLOW).send());
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| {
+            let r = r.expect("POST");
+            if r.status() == 429 {
+                assert_eq!(r.headers()["retry-after"], "1");
+            }
+            r.status().as_u16()
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
 }

@@ -1,0 +1,99 @@
+//! `sock.v1.Gateway` over gRPC.
+use std::sync::Arc;
+
+use sock_proto::v1::gateway_server::Gateway;
+use sock_proto::v1::{InvokeRequest, InvokeResponse, invoke_response};
+use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::CALL_ID_HEADER;
+use crate::deadline::grpc_timeout;
+use crate::error::Error;
+use crate::invoke::{Invocation, Invoker, Outcome};
+
+pub(crate) struct GatewayService {
+    pub invoker: Arc<Invoker>,
+}
+
+/// A new call id and the span every call runs in.
+pub(crate) fn call_span(function: &str) -> (String, tracing::Span) {
+    let call_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "invoke",
+        sock.function = %function,
+        sock.call_id = %call_id,
+        sock.version = tracing::field::Empty,
+    );
+    (call_id, span)
+}
+
+/// Logs a failed call once, at a level by whose fault it was.
+pub(crate) fn log_failure(span: &tracing::Span, error: &Error) {
+    span.in_scope(|| {
+        if error.is_platform_failure() {
+            tracing::warn!(%error, "call failed");
+        } else {
+            tracing::debug!(%error, "call refused");
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn invoke(
+        &self,
+        request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        let deadline_left = grpc_timeout(request.metadata());
+        let arrived = Instant::now();
+        let request = request.into_inner();
+        let (call_id, span) = call_span(&request.function);
+        let invocation = Invocation {
+            function: request.function,
+            payload: request.payload,
+            timeout_ms: request.timeout_ms,
+            deadline_left: deadline_left.map(|d| d.saturating_sub(arrived.elapsed())),
+            http: None,
+        };
+        let result = self
+            .invoker
+            .invoke(invocation, None, &call_id)
+            .instrument(span.clone())
+            .await;
+        let call_id_value =
+            MetadataValue::try_from(call_id.as_str()).expect("a uuid is valid ASCII metadata");
+        let outcome = match result {
+            Ok(answer) => match answer.outcome {
+                Outcome::Result(result) => {
+                    Ok((invoke_response::Outcome::Result(result), answer.version))
+                }
+                Outcome::Error(error) => {
+                    Ok((invoke_response::Outcome::Error(error), answer.version))
+                }
+                Outcome::Http(_) => Err(Error::EmptyAnswer(call_id.clone())),
+            },
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok((outcome, version)) => {
+                let mut response = Response::new(InvokeResponse {
+                    outcome: Some(outcome),
+                    call_id: call_id.clone(),
+                    version,
+                });
+                response
+                    .metadata_mut()
+                    .insert(CALL_ID_HEADER, call_id_value);
+                Ok(response)
+            }
+            Err(error) => {
+                log_failure(&span, &error);
+                let mut status = Status::from(error);
+                status.metadata_mut().insert(CALL_ID_HEADER, call_id_value);
+                Err(status)
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! OpenLambda-compatible HTTP: `ANY /run/<name>[/<path>]`, and `/metrics`.
+//!
+//! For an f(event) function the body is the JSON event and the JSON result
+//! is the answer (200, `application/json`). A WSGI/ASGI app gets the
+//! method, the path below `/run/<name>`, the query, the headers and the
+//! body, and its status, headers and body come back unchanged. Errors are
+//! JSON `{"error": kind, "message", "call_id"}` with `x-sock-error`.
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use sock_proto::v1::{HttpHeader, HttpRequest, HttpResponse};
+use tracing::Instrument;
+
+use crate::CALL_ID_HEADER;
+use crate::error::Error;
+use crate::grpc::{call_span, log_failure};
+use crate::invoke::{Invocation, Invoker, Outcome};
+use crate::metrics::Metrics;
+use crate::nodes::Nodes;
+
+/// Request header with the caller's budget in milliseconds (the HTTP
+/// counterpart of a gRPC deadline).
+pub const TIMEOUT_HEADER: &str = "x-sock-timeout-ms";
+
+pub(crate) struct HttpState {
+    pub invoker: Arc<Invoker>,
+    pub nodes: Arc<Nodes>,
+    pub metrics: Arc<Metrics>,
+    /// With an invoke token, `authorization` is the platform's and is not
+    /// passed on to apps.
+    pub strip_authorization: bool,
+}
+
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/run/{name}", any(run_root))
+        .route("/run/{name}/", any(run_root))
+        .route("/run/{name}/{*path}", any(run_path))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn run_root(
+    State(state): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&state, name, String::new(), method, &uri, headers, body).await
+}
+
+async fn run_path(
+    State(state): State<Arc<HttpState>>,
+    Path((name, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&state, name, path, method, &uri, headers, body).await
+}
+
+async fn run(
+    state: &HttpState,
+    function: String,
+    path: String,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (call_id, span) = call_span(&function);
+    let result = async {
+        let timeout_ms = timeout_header(&headers)?;
+        let body = read_body(&headers, body, state.invoker.max_payload_bytes()).await?;
+        let http = HttpRequest {
+            method: method.to_string(),
+            path: format!("/{path}"),
+            query: uri.query().unwrap_or_default().to_string(),
+            headers: forwarded_headers(&headers, state.strip_authorization),
+            root_path: format!("/run/{function}"),
+        };
+        let invocation = Invocation {
+            function,
+            payload: body,
+            timeout_ms,
+            deadline_left: None,
+            http: Some(http),
+        };
+        state
+            .invoker
+            .invoke(invocation, Some(method.as_str()), &call_id)
+            .await
+    }
+    .instrument(span.clone())
+    .await;
+    let answer = result.and_then(|answer| match answer.outcome {
+        Outcome::Result(json) => Ok(json_response(json)),
+        Outcome::Http(response) => Ok(app_response(response)),
+        Outcome::Error(error) => Err(Error::Function(error)),
+    });
+    match answer {
+        Ok(mut response) => {
+            if let Ok(value) = HeaderValue::from_str(&call_id) {
+                response.headers_mut().insert(CALL_ID_HEADER, value);
+            }
+            response
+        }
+        Err(error) => {
+            log_failure(&span, &error);
+            error.into_http(Some(&call_id))
+        }
+    }
+}
+
+fn timeout_header(headers: &HeaderMap) -> Result<Option<u32>, Error> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+            ))
+        })
+}
+
+/// The body, refused (413) once it is over `limit` without reading more.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, max).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(e) if is_length_limit(&e) => Err(Error::PayloadTooLarge {
+            size: declared.unwrap_or(limit.saturating_add(1)),
+            limit,
+        }),
+        Err(e) => Err(Error::InvalidRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Hop-by-hop headers belong to one connection, not to the request.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+fn forwarded_headers(headers: &HeaderMap, strip_authorization: bool) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name))
+        .filter(|(name, _)| !(strip_authorization && *name == header::AUTHORIZATION))
+        .map(|(name, value)| HttpHeader {
+            name: name.to_string(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+        .collect()
+}
+
+fn json_response(json: Vec<u8>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(json),
+    )
+        .into_response()
+}
+
+/// The app's answer as it gave it; headers that are not valid HTTP are
+/// dropped, and a status out of range is the app's error.
+fn app_response(answer: HttpResponse) -> Response {
+    let status = u16::try_from(answer.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok());
+    let Some(status) = status else {
+        return Error::Function(sock_proto::v1::FunctionError {
+            kind: sock_proto::v1::ErrorKind::Function.into(),
+            message: format!(
+                "the app answered with an invalid HTTP status {}",
+                answer.status
+            ),
+            traceback: String::new(),
+        })
+        .into_http(None);
+    };
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for h in answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) && !is_hop_by_hop(&name)
+        {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let nodes = state.nodes.all();
+    let healthy = nodes.iter().filter(|n| n.is_healthy()).count();
+    let text = state
+        .metrics
+        .render(state.invoker.queue_depth(), nodes.len(), healthy);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

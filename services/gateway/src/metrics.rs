@@ -1,0 +1,149 @@
+//! The gateway's Prometheus metrics, served as text at `/metrics`.
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+use crate::error::Kind;
+use crate::invoke::{Answer, Outcome};
+
+type Labels = Vec<(&'static str, String)>;
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    calls: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+    queue_depth: Gauge<i64, AtomicI64>,
+    nodes_healthy: Gauge<i64, AtomicI64>,
+    nodes: Gauge<i64, AtomicI64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sock_gateway");
+        let calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "calls",
+            "Calls by function and outcome (ok or the error kind)",
+            calls.clone(),
+        );
+        let duration =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "call_duration_seconds",
+            "Time from a call's arrival to its answer, by function",
+            duration.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Calls waiting in admission control",
+            queue_depth.clone(),
+        );
+        let nodes = Gauge::default();
+        registry.register("nodes", "Sandbox nodes known", nodes.clone());
+        let nodes_healthy = Gauge::default();
+        registry.register(
+            "nodes_healthy",
+            "Sandbox nodes passing their health checks",
+            nodes_healthy.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            duration,
+            queue_depth,
+            nodes_healthy,
+            nodes,
+        }
+    }
+
+    pub fn record_call(&self, function: &str, result: &Result<Answer, Error>, took: Duration) {
+        let outcome = match result {
+            Ok(Answer {
+                outcome: Outcome::Error(error),
+                ..
+            }) => Kind::of_function_error(error).as_str(),
+            Ok(_) => "ok",
+            Err(error) => error.kind().as_str(),
+        };
+        // Names that are not functions (refused before the lookup) would
+        // let any caller grow the label set.
+        let function = match result {
+            Err(Error::InvalidName(_) | Error::NotFound(_)) => "",
+            _ => function,
+        };
+        self.calls
+            .get_or_create(&vec![
+                ("function", function.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("function", function.to_string())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, queue_depth: usize, nodes: usize, healthy: usize) -> String {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_depth.set(as_i64(queue_depth));
+        self.nodes.set(as_i64(nodes));
+        self.nodes_healthy.set(as_i64(healthy));
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_by_function_and_outcome() {
+        let metrics = Metrics::new();
+        let ok = Ok(Answer {
+            outcome: Outcome::Result(b"1".to_vec()),
+            version: 1,
+        });
+        metrics.record_call("echo", &ok, Duration::from_millis(3));
+        metrics.record_call("echo", &ok, Duration::from_millis(3));
+        metrics.record_call(
+            "echo",
+            &Err(Error::Overloaded("full".into())),
+            Duration::ZERO,
+        );
+        metrics.record_call("nope", &Err(Error::NotFound("nope".into())), Duration::ZERO);
+        let text = metrics.render(7, 2, 1);
+        assert!(
+            text.contains(r#"sock_gateway_calls_total{function="echo",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sock_gateway_calls_total{function="echo",outcome="overloaded"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sock_gateway_calls_total{function="",outcome="not_found"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("sock_gateway_queue_depth 7"), "{text}");
+        assert!(text.contains("sock_gateway_nodes_healthy 1"), "{text}");
+        assert!(
+            text.contains(r#"sock_gateway_call_duration_seconds_count{function="echo"} 3"#),
+            "{text}"
+        );
+    }
+}
