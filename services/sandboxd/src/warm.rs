@@ -214,11 +214,7 @@ impl Manager {
     /// Runs one call: warm if an idle sandbox of its version exists, else
     /// `prepare` (only then) says what to create. Returns the version that
     /// ran and the outcome.
-    pub async fn invoke<F, Fut>(
-        self: &Arc<Self>,
-        call: Call<'_>,
-        prepare: F,
-    ) -> Result<(u64, Outcome), Error>
+    pub async fn invoke<F, Fut>(&self, call: Call<'_>, prepare: F) -> Result<(u64, Outcome), Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Prepared, Error>>,
