@@ -24,6 +24,10 @@ import sys
 import traceback
 
 SOCKET_FD = 3
+# Written to stdout and stderr before each call so sandboxd tags the lines
+# that follow with the call id. Must match CALL_MARKER in
+# services/sandboxd/src/logs.rs.
+CALL_MARKER = "\x1esock-call:"
 # Must match MAX_BODY_BYTES in services/sandboxd/src/protocol.rs.
 MAX_RESULT_BYTES = 32 << 20
 _LEN = struct.Struct(">I")
@@ -263,6 +267,16 @@ def handle(f, load_error, body):
     return {"type": "result"}, encoded
 
 
+def mark_call(call_id):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            stream.write(f"{CALL_MARKER}{call_id}\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stream is the function's business
+
+
 def serve(sock, code_dir, entry_file, package_dirs):
     sys.path[:0] = [code_dir, *package_dirs]
     wsgi_entry = os.environ.get("OL_WSGI_ENTRY", "")
@@ -278,6 +292,7 @@ def serve(sock, code_dir, entry_file, package_dirs):
         except Closed:
             return
         kind = header.get("type")
+        mark_call(header.get("call_id", ""))
         if kind == "invoke" and not wsgi_entry:
             answer, result = handle(f, load_error, body)
         elif kind == "http" and wsgi_entry:
@@ -295,9 +310,10 @@ def serve(sock, code_dir, entry_file, package_dirs):
         else:
             print(f"sock runtime: ignoring frame of type {kind!r}", file=sys.stderr)
             continue
-        write_frame(sock, answer, result)
+        # Whatever the call printed is in the pipes before its answer.
         sys.stdout.flush()
         sys.stderr.flush()
+        write_frame(sock, answer, result)
 
 
 def main(argv):

@@ -26,6 +26,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 
 pub async fn push(
     endpoints: &Endpoints,
+    token: Option<&str>,
     dir: &Path,
     name: Option<String>,
 ) -> anyhow::Result<ExitCode> {
@@ -42,9 +43,11 @@ pub async fn push(
     let bundle =
         sock_bundle::pack(dir).with_context(|| format!("cannot pack {}", dir.display()))?;
     let size = bundle.len();
+    let mut request = tonic::Request::new(PushFunctionRequest { name, bundle });
+    sock_cli::auth::bearer(&mut request, token)?;
     let info = client(endpoints)
         .await?
-        .push_function(PushFunctionRequest { name, bundle })
+        .push_function(request)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -55,10 +58,12 @@ pub async fn push(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list(endpoints: &Endpoints) -> anyhow::Result<ExitCode> {
+pub async fn list(endpoints: &Endpoints, token: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut request = tonic::Request::new(ListFunctionsRequest {});
+    sock_cli::auth::bearer(&mut request, token)?;
     let functions = client(endpoints)
         .await?
-        .list_functions(ListFunctionsRequest {})
+        .list_functions(request)
         .await
         .map_err(status_error)?
         .into_inner()
@@ -78,10 +83,16 @@ pub async fn list(endpoints: &Endpoints) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn remove(endpoints: &Endpoints, name: &str) -> anyhow::Result<ExitCode> {
+pub async fn remove(
+    endpoints: &Endpoints,
+    token: Option<&str>,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut request = tonic::Request::new(DeleteFunctionRequest { name: name.into() });
+    sock_cli::auth::bearer(&mut request, token)?;
     client(endpoints)
         .await?
-        .delete_function(DeleteFunctionRequest { name: name.into() })
+        .delete_function(request)
         .await
         .map_err(status_error)?;
     println!("deleted {name}");

@@ -12,17 +12,20 @@ use sock_cli::endpoints::{Endpoints, connect};
 /// stderr with its traceback and exits 1; a platform error exits 2.
 pub async fn invoke(
     endpoints: &Endpoints,
+    token: Option<&str>,
     name: &str,
     payload: Option<String>,
     timeout_ms: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let payload = payload.unwrap_or_default().into_bytes();
+    let mut request = tonic::Request::new(InvokeRequest {
+        function: name.into(),
+        payload,
+        timeout_ms,
+    });
+    sock_cli::auth::bearer(&mut request, token)?;
     let response = GatewayClient::new(connect(&endpoints.gateway).await?)
-        .invoke(InvokeRequest {
-            function: name.into(),
-            payload,
-            timeout_ms,
-        })
+        .invoke(request)
         .await
         .map_err(status_error)?
         .into_inner();

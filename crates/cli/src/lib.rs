@@ -2,4 +2,5 @@
 //! listen (`endpoints.json`), shared with the end-to-end tests.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod endpoints;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod invoke;
+mod logs;
 mod up;
 
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ struct Cli {
     /// Registry gRPC address [default: from ./.sock/endpoints.json, else http://127.0.0.1:7071]
     #[arg(long, global = true, env = "SOCK_CLI_REGISTRY")]
     registry: Option<String>,
+    /// Bearer token for the gateway and the registry's admin API.
+    #[arg(long, global = true, env = "SOCK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Data dir of a local `sock up`, read for its endpoints.
     #[arg(long, global = true, env = "SOCK_DATA_DIR", default_value = ".sock")]
     data_dir: PathBuf,
@@ -49,6 +53,13 @@ enum Command {
         #[arg(long)]
         timeout_ms: Option<u32>,
     },
+    /// Print what a function's calls printed (stdout and stderr).
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List functions.
     Ls,
     /// Delete a function.
@@ -63,15 +74,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints =
         sock_cli::endpoints::Endpoints::resolve(&cli.data_dir, cli.gateway, cli.registry);
+    let token = cli.token.as_deref();
     let outcome = match cli.command {
-        Command::Push { dir, name } => admin::push(&endpoints, &dir, name).await,
+        Command::Push { dir, name } => admin::push(&endpoints, token, &dir, name).await,
         Command::Invoke {
             name,
             payload,
             timeout_ms,
-        } => invoke::invoke(&endpoints, &name, payload, timeout_ms).await,
-        Command::Ls => admin::list(&endpoints).await,
-        Command::Rm { name } => admin::remove(&endpoints, &name).await,
+        } => invoke::invoke(&endpoints, token, &name, payload, timeout_ms).await,
+        Command::Logs { name, follow } => logs::logs(&endpoints, token, &name, follow).await,
+        Command::Ls => admin::list(&endpoints, token).await,
+        Command::Rm { name } => admin::remove(&endpoints, token, &name).await,
         Command::Up(args) => up::up(args, &cli.data_dir).await,
     };
     match outcome {

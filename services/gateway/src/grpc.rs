@@ -1,8 +1,9 @@
 //! `sock.v1.Gateway` over gRPC.
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use sock_proto::v1::gateway_server::Gateway;
-use sock_proto::v1::{InvokeRequest, InvokeResponse, invoke_response};
+use sock_proto::v1::{InvokeRequest, InvokeResponse, LogLine, LogsRequest, invoke_response};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -12,10 +13,14 @@ use crate::CALL_ID_HEADER;
 use crate::deadline::grpc_timeout;
 use crate::error::Error;
 use crate::invoke::{Invocation, Invoker, Outcome};
+use crate::nodes::Nodes;
 
 pub(crate) struct GatewayService {
     pub invoker: Arc<Invoker>,
+    pub nodes: Arc<Nodes>,
 }
+
+type LogStream = std::pin::Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
 
 /// A new call id and the span every call runs in.
 pub(crate) fn call_span(function: &str) -> (String, tracing::Span) {
@@ -42,6 +47,57 @@ pub(crate) fn log_failure(span: &tracing::Span, error: &Error) {
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
+    type LogsStream = LogStream;
+
+    /// Every node's lines of the function: the kept ones merged by time,
+    /// then (with `follow`) new ones as any node sends them. A node that
+    /// cannot be reached is skipped with a warning, as its lines are gone
+    /// with it or will be back with it.
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let request = request.into_inner();
+        sock_bundle::validate_name(&request.function).map_err(Error::from)?;
+        let mut kept = Vec::new();
+        let mut live = Vec::new();
+        for node in self.nodes.all().iter() {
+            let answer = node.client.clone().logs(request.clone()).await;
+            let mut lines = match answer {
+                Ok(lines) => lines.into_inner(),
+                Err(status) => {
+                    tracing::warn!(node = %node.addr, error = %crate::error::reason(&status), "cannot read logs of a node");
+                    continue;
+                }
+            };
+            let addr = node.addr.clone();
+            let tag = move |mut line: LogLine| {
+                line.node = addr.clone();
+                line
+            };
+            if request.follow {
+                live.push(lines.map(move |line| line.map(&tag)).boxed());
+            } else {
+                while let Some(line) = lines.next().await {
+                    match line {
+                        Ok(line) => kept.push(tag(line)),
+                        Err(status) => {
+                            tracing::warn!(node = %node.addr, error = %status.message(), "log stream broke");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if request.follow {
+            return Ok(Response::new(futures::stream::select_all(live).boxed()));
+        }
+        kept.sort_by_key(|l| l.unix_ms);
+        Ok(Response::new(
+            futures::stream::iter(kept.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
     async fn invoke(
         &self,
         request: Request<InvokeRequest>,

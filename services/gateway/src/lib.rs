@@ -97,6 +97,7 @@ pub async fn run(
     let max_message = config.max_payload_bytes.saturating_add(REQUEST_OVERHEAD);
     let service = GatewayServer::new(GatewayService {
         invoker: invoker.clone(),
+        nodes: nodes.clone(),
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
     let mut server =

@@ -12,8 +12,8 @@ use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    ErrorKind, FunctionError, HttpHeader, HttpResponse, InvokeRequest, InvokeResponse,
-    PushFunctionRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
+    ErrorKind, FunctionError, HttpHeader, HttpResponse, InvokeRequest, InvokeResponse, LogLine,
+    LogsRequest, PushFunctionRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
     StatusResponse, invoke_response, sandbox_invoke_response,
 };
 use tempfile::TempDir;
@@ -196,6 +196,29 @@ impl Sandboxd for FakeSandboxdService {
             outcome: Some(outcome),
             version,
         }))
+    }
+
+    type LogsStream = tokio_stream::Iter<std::vec::IntoIter<Result<LogLine, Status>>>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let function = request.into_inner().function;
+        let line = |call_id: &str, unix_ms| {
+            Ok(LogLine {
+                function: function.clone(),
+                call_id: call_id.into(),
+                stream: "stdout".into(),
+                line: format!("printed by {call_id}"),
+                unix_ms,
+                node: String::new(),
+            })
+        };
+        Ok(Response::new(tokio_stream::iter(vec![
+            line("c2", 2),
+            line("c1", 1),
+        ])))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -925,4 +948,28 @@ async fn calls_over_the_limits_are_refused_with_retry_after() {
         2,
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn logs_are_gathered_from_the_nodes_in_time_order() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    let mut lines = gateway
+        .client
+        .clone()
+        .logs(LogsRequest {
+            function: "plain".into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(line) = lines.message().await.expect("line") {
+        assert_eq!(line.node, sandboxd_addr, "each line names its node");
+        got.push(line.call_id);
+    }
+    assert_eq!(got, ["c1", "c2"]);
 }

@@ -7,8 +7,8 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, FunctionSandboxes, PrepareRequest, SandboxInvokeRequest,
-    SandboxInvokeResponse, StatusRequest, StatusResponse,
+    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
 };
 use sock_telemetry::grpc::{ServerTraceLayer, TracedChannel};
 use tokio::net::TcpListener;
@@ -42,6 +42,19 @@ impl Sandboxd for SandboxdService {
     ) -> Result<Response<SandboxInvokeResponse>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(self.call(request.into_inner()).await?))
+    }
+
+    type LogsStream = crate::logs::LogStream;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(crate::logs::stream(
+            &request.function,
+            request.follow,
+        )))
     }
 
     async fn status(
