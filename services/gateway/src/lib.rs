@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod auth;
 mod config;
 mod deadline;
 mod error;
@@ -100,12 +101,16 @@ pub async fn run(
         nodes: nodes.clone(),
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
-    let mut server =
-        Server::builder()
-            .layer(ServerTraceLayer)
-            .layer(tower::util::MapResponseLayer::new(
-                too_large_is_resource_exhausted(config.max_payload_bytes),
-            ));
+    let auth = auth::AuthLayer::new(
+        config.invoke_token.as_deref(),
+        config.admin_token.as_deref(),
+    );
+    let mut server = Server::builder()
+        .layer(ServerTraceLayer)
+        .layer(auth.clone())
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted(config.max_payload_bytes),
+        ));
     let grpc_server = sock_service::with_standard_services(&mut server, health)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.clone().cancelled_owned());
@@ -116,7 +121,9 @@ pub async fn run(
         metrics,
         strip_authorization: config.invoke_token.is_some(),
     });
-    let app = http::router(state).layer(sock_telemetry::http::ServerTraceLayer);
+    let app = http::router(state)
+        .layer(auth)
+        .layer(sock_telemetry::http::ServerTraceLayer);
     let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
 
     // One server failing stops the other rather than leaving half a gateway.

@@ -973,3 +973,85 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
     }
     assert_eq!(got, ["c1", "c2"]);
 }
+
+#[tokio::test]
+async fn tokens_guard_calls_and_the_admin_surface() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        invoke_token: Some("call-token".into()),
+        admin_token: Some("admin-token".into()),
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    registry.push("plain", None).await;
+
+    let status = assert_status(
+        gateway.invoke("plain", b"{}").await,
+        Code::Unauthenticated,
+        "bearer token",
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get(sock_gateway::ERROR_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"unauthenticated"[..])
+    );
+    let mut request = Request::new(InvokeRequest {
+        function: "plain".into(),
+        payload: b"{}".to_vec(),
+        timeout_ms: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer call-token".parse().expect("ascii"));
+    gateway.send(request).await.expect("the right token passes");
+
+    let http = reqwest::Client::new();
+    let refused = http
+        .post(gateway.url("/run/plain"))
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(json_body(refused).await["error"], "unauthenticated");
+    let wrong = http
+        .post(gateway.url("/run/plain"))
+        .bearer_auth("admin-token")
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        wrong.status(),
+        401,
+        "the admin token is not the invoke token"
+    );
+    let ok = http
+        .post(gateway.url("/run/plain"))
+        .bearer_auth("call-token")
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(ok.status(), 200);
+
+    let metrics = http.get(gateway.url("/metrics")).send().await.expect("GET");
+    assert_eq!(metrics.status(), 401);
+    let metrics = http
+        .get(gateway.url("/metrics"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.expect("text");
+    assert!(
+        text.contains(r#"sock_gateway_calls_total{function="plain",outcome="ok"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains("sock_gateway_queue_depth 0"), "{text}");
+}
