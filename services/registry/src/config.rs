@@ -14,6 +14,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest bundle accepted, compressed, in MiB.
     pub max_bundle_mb: u64,
+    /// Bearer token push and delete need; none = open.
+    pub admin_token: Option<String>,
+    /// Serve the admin API on a non-loopback address without a token.
+    pub allow_insecure_admin: bool,
 }
 
 impl Default for Config {
@@ -23,6 +27,8 @@ impl Default for Config {
             http_listen: "127.0.0.1:7072".into(),
             data_dir: PathBuf::from(".sock/registry"),
             max_bundle_mb: 32,
+            admin_token: None,
+            allow_insecure_admin: false,
         }
     }
 }

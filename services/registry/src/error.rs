@@ -35,6 +35,17 @@ pub enum Error {
 
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+
+    #[error(
+        "missing or wrong admin token; pass it as `authorization: Bearer <token>` (`sock --token` or SOCK_TOKEN)"
+    )]
+    Unauthenticated,
+
+    #[error(
+        "refusing to serve the admin API on {addr} without an admin_token: set admin_token, \
+         listen on a loopback address, or set allow_insecure_admin = true"
+    )]
+    InsecureAdmin { addr: String },
 }
 
 /// What callers see of a failure that is ours, not theirs.
@@ -45,6 +56,7 @@ impl From<Error> for tonic::Status {
         match error {
             Error::Invalid(e) => tonic::Status::invalid_argument(e.to_string()),
             e @ Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            e @ Error::Unauthenticated => tonic::Status::unauthenticated(e.to_string()),
             e => {
                 tracing::error!(error = %e, "registry request failed");
                 tonic::Status::internal(INTERNAL)

@@ -17,6 +17,34 @@ use crate::functions::Functions;
 
 struct RegistryService {
     functions: Functions,
+    admin_token: Option<String>,
+}
+
+impl RegistryService {
+    /// Push and delete change what runs; with an admin token they need it.
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        let Some(token) = &self.admin_token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Constant time, so timing does not tell how much of a guess was right.
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Error::Unauthenticated)
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -25,6 +53,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<PushFunctionRequest>,
     ) -> Result<Response<FunctionInfo>, Status> {
+        self.check_admin(&request)?;
         let PushFunctionRequest { name, bundle } = request.into_inner();
         Ok(Response::new(self.functions.push(name, bundle).await?))
     }
@@ -49,6 +78,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<DeleteFunctionRequest>,
     ) -> Result<Response<DeleteFunctionResponse>, Status> {
+        self.check_admin(&request)?;
         self.functions.delete(request.into_inner().name).await?;
         Ok(Response::new(DeleteFunctionResponse {}))
     }
@@ -66,6 +96,7 @@ pub(crate) async fn serve(
     functions: Functions,
     listener: TcpListener,
     max_bundle_bytes: u64,
+    admin_token: Option<String>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (health, _) = tonic_health::server::health_reporter();
@@ -73,8 +104,11 @@ pub(crate) async fn serve(
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
     let max_message = max_bundle_bytes.saturating_add(REQUEST_OVERHEAD);
-    let service = RegistryServer::new(RegistryService { functions })
-        .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
+    let service = RegistryServer::new(RegistryService {
+        functions,
+        admin_token,
+    })
+    .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
     let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));
     let mut server = Server::builder()
         .layer(sock_telemetry::grpc::ServerTraceLayer)

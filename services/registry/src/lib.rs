@@ -34,6 +34,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     tracing::debug!(?config, "registry config");
+    if config.admin_token.is_none() && !config.allow_insecure_admin {
+        let addr = grpc.local_addr().map_err(Error::Http)?;
+        if !addr.ip().is_loopback() {
+            return Err(Error::InsecureAdmin {
+                addr: addr.to_string(),
+            });
+        }
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
     let limits = BundleLimits {
@@ -55,6 +63,7 @@ pub async fn run(
             functions.clone(),
             grpc,
             limits.max_bundle_bytes,
+            config.admin_token.clone(),
             stop.clone()
         ),
         http::serve(functions, http, stop.clone()),

@@ -489,3 +489,86 @@ async fn functions_survive_a_restart() {
     );
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_token_guards_push_and_delete_but_not_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start_with(Config {
+        data_dir: dir.path().to_path_buf(),
+        admin_token: Some("s3cret".into()),
+        ..Config::default()
+    })
+    .await;
+    let refused = registry
+        .push("hello", bundle("def f(event):\n    return 1\n"))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("admin token"), "{refused:?}");
+
+    let mut request = tonic::Request::new(PushFunctionRequest {
+        name: "hello".into(),
+        bundle: bundle("def f(event):\n    return 1\n"),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().expect("ascii"));
+    registry
+        .grpc
+        .push_function(request)
+        .await
+        .expect("with the token");
+    assert_eq!(
+        registry
+            .info("hello")
+            .await
+            .expect("reads stay open")
+            .version,
+        1
+    );
+
+    let delete = registry
+        .grpc
+        .delete_function(sock_proto::v1::DeleteFunctionRequest {
+            name: "hello".into(),
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(delete.code(), tonic::Code::Unauthenticated);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grpc = TcpListener::bind("0.0.0.0:0").await.expect("bind grpc");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let refused = sock_registry::run(config.clone(), grpc, http, CancellationToken::new())
+        .await
+        .expect_err("no token on 0.0.0.0");
+    assert!(
+        refused.to_string().contains("without an admin_token"),
+        "{refused}"
+    );
+    // Told explicitly, it starts.
+    let grpc = TcpListener::bind("0.0.0.0:0").await.expect("bind grpc");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(sock_registry::run(
+        Config {
+            allow_insecure_admin: true,
+            ..config
+        },
+        grpc,
+        http,
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "serving");
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+}
