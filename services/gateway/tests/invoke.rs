@@ -1055,3 +1055,33 @@ async fn tokens_guard_calls_and_the_admin_surface() {
     );
     assert!(text.contains("sock_gateway_queue_depth 0"), "{text}");
 }
+
+#[tokio::test]
+async fn calls_that_cannot_reach_a_node_move_to_the_next_one() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (live, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let dead = closed_endpoint().await;
+    let gateway = Gateway::start(Config {
+        sandboxd_addrs: vec![dead, live],
+        // No health check during the test: the failed calls alone steer.
+        health_interval_ms: 3_600_000,
+        ..config(&registry.endpoint(), "http://unused")
+    })
+    .await;
+    // Enough functions that some hash to the dead node first.
+    for i in 0..8 {
+        let name = format!("fn-{i}");
+        registry.push(&name, None).await;
+        let answer = gateway
+            .invoke(&name, b"{}")
+            .await
+            .expect("served by the live node");
+        assert_eq!(result_of(answer.get_ref()), b"{}");
+    }
+    assert_eq!(
+        sandboxd.calls().len(),
+        8,
+        "every call ran once, on the live node"
+    );
+}
