@@ -50,6 +50,21 @@ pub struct Config {
     /// init; unset means this process's own executable. Only programs that
     /// embed sandboxd without its `main` (such as tests) need to set it.
     pub init_program: Option<PathBuf>,
+    /// `tree`: cold starts fork from a zygote of the import-cache tree (the
+    /// root zygote when the cache names no node); `off`: every cold start
+    /// is a fresh sandbox.
+    pub import_cache: String,
+    /// Memory limit of each zygote, reserved from the pool while it lives.
+    pub zygote_memory_mb: u64,
+    /// Host uid and gid that root inside a zygote's user namespace maps
+    /// to: unprivileged, and not the functions' uid.
+    pub zygote_uid: u32,
+    pub zygote_gid: u32,
+    /// The cache's data dir: the only place `Install` writes to.
+    pub cache_data_dir: PathBuf,
+    /// Limits of the sandbox that runs `pip install`.
+    pub installer_mem_mb: u64,
+    pub installer_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -73,6 +88,13 @@ impl Default for Config {
             netns_pool_size: 8,
             shutdown_grace_ms: 10_000,
             init_program: None,
+            import_cache: "tree".into(),
+            zygote_memory_mb: 256,
+            zygote_uid: 65533,
+            zygote_gid: 65533,
+            cache_data_dir: ".sock/cache".into(),
+            installer_mem_mb: 512,
+            installer_timeout_s: 300,
         }
     }
 }

@@ -40,6 +40,12 @@ pub enum Error {
     Spec { id: String, source: std::io::Error },
     #[error("sandbox {id} failed during setup ({status}); its init logged why")]
     Setup { id: String, status: String },
+    #[error("zygote {id} did not start: {why}")]
+    Zygote { id: String, why: String },
+    #[error("zygote {zygote} could not fork: {why}")]
+    Fork { zygote: String, why: String },
+    #[error("cannot build the root of sandbox {id}: {why}")]
+    Root { id: String, why: String },
     #[error("sandbox {id} was already destroyed")]
     Destroyed { id: String },
     #[error("{0}")]
@@ -73,7 +79,11 @@ impl From<Error> for Status {
                     Error::Cgroup { .. } | Error::CgroupMissing { .. } | Error::Freeze { .. } => {
                         "cannot set up the sandbox's cgroup"
                     }
-                    Error::Spawn { .. } | Error::Spec { .. } => "cannot start a sandbox",
+                    Error::Spawn { .. }
+                    | Error::Spec { .. }
+                    | Error::Zygote { .. }
+                    | Error::Fork { .. }
+                    | Error::Root { .. } => "cannot start a sandbox",
                     Error::Setup { .. } => "sandbox setup failed",
                     Error::CodeDir { .. } => "the function's code is not on this node",
                     Error::Destroyed { .. } => "the sandbox was destroyed during the call",

@@ -30,6 +30,7 @@ pub const INIT_ARG: &str = "__sandbox-init";
 /// its own failures), so sandboxd can tell it from the function's exit.
 pub(crate) const SETUP_FAILED: i32 = 125;
 const RUNTIME_FILE: &str = "sock_runtime.py";
+pub(crate) const ZYGOTE_FILE: &str = "sock_zygote.py";
 const NOFILE: u64 = 1024;
 
 /// Everything the init needs, sent by sandboxd as JSON on stdin. Host paths
@@ -38,7 +39,8 @@ const NOFILE: u64 = 1024;
 pub(crate) struct InitSpec {
     /// Empty directory the root tmpfs is mounted on.
     pub mount_point: PathBuf,
-    pub code_dir: PathBuf,
+    /// None for a zygote or the installer, which serve no function.
+    pub code_dir: Option<PathBuf>,
     pub runtime_dir: PathBuf,
     pub package_dirs: Vec<PathBuf>,
     pub tmp_mb: u64,
@@ -51,11 +53,48 @@ pub(crate) struct InitSpec {
     pub environment: Vec<(String, String)>,
     /// Compiled seccomp filters for the runtime.
     pub seccomp: Programs,
+    /// Makes this sandbox a zygote (see [`ZygoteInit`]).
+    #[serde(default)]
+    pub zygote: Option<ZygoteInit>,
+    /// Runs this command (sandbox paths) instead of the runtime: the
+    /// installer's pip. Same uid, capabilities and seccomp filter.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// More host dirs in the root: (host dir, sandbox path, writable).
+    #[serde(default)]
+    pub extra_dirs: Vec<(PathBuf, String, bool)>,
+}
+
+/// A zygote's runtime becomes root of a user namespace of its own: root
+/// inside is `host_uid`/`host_gid` outside (unprivileged), and the
+/// function uid/gid map to themselves. That root can chroot and unshare
+/// for its children, and nothing on the host. It runs without the seccomp
+/// filter, which denies exactly those calls; its children install it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ZygoteInit {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// `sock_zygote.py`'s argument: JSON with `package_dirs` (sandbox
+    /// paths) and `imports`.
+    pub config: String,
 }
 
 impl InitSpec {
     /// The runtime's command line, with paths as the sandbox sees them.
     pub fn argv(&self) -> Vec<String> {
+        if let Some(command) = &self.command {
+            return command.clone();
+        }
+        if let Some(zygote) = &self.zygote {
+            return vec![
+                self.python.display().to_string(),
+                "-I".into(),
+                "-S".into(),
+                "-B".into(),
+                format!("{}/{ZYGOTE_FILE}", mounts::RUNTIME_DIR),
+                zygote.config.clone(),
+            ];
+        }
         let mut argv = vec![
             self.python.display().to_string(),
             // Isolated (no env, no user site), no site module, no .pyc
@@ -73,21 +112,26 @@ impl InitSpec {
 
     /// A clean environment: the defaults, then the function's own.
     pub fn envp(&self) -> Vec<String> {
-        let mut env: Vec<(String, String)> = [
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            ("HOME", "/tmp"),
-            ("LANG", "C.UTF-8"),
-            ("PYTHONDONTWRITEBYTECODE", "1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (key, value) in &self.environment {
-            env.retain(|(k, _)| k != key);
-            env.push((key.clone(), value.clone()));
-        }
-        env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+        envp(&self.environment)
     }
+}
+
+/// A clean environment: the defaults, then `environment` over them.
+pub(crate) fn envp(environment: &[(String, String)]) -> Vec<String> {
+    let mut env: Vec<(String, String)> = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (key, value) in environment {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,15 +173,21 @@ fn init() -> Result<i32, InitError> {
     let envp = cstrings(spec.envp())?;
     let steps = mounts::plan(
         &RootSpec {
-            code_dir: &spec.code_dir,
+            code_dir: spec.code_dir.as_deref(),
             runtime_dir: &spec.runtime_dir,
             package_dirs: &spec.package_dirs,
             tmp_mb: spec.tmp_mb,
+            extra: &spec.extra_dirs,
         },
         &RealHost,
     );
     mounts::build_root(&spec.mount_point, &steps)?;
     namespaces::set_hostname().map_err(sys("sethostname"))?;
+
+    // A zygote's runtime unshares its user namespace; only the init, root
+    // outside it, may then write its id maps.
+    let (from_runtime, to_init) = nix::unistd::pipe().map_err(sys("pipe"))?;
+    let (from_init, to_runtime) = nix::unistd::pipe().map_err(sys("pipe"))?;
 
     #[allow(unsafe_code)]
     // SAFETY: the init is single-threaded (see the module docs), so the
@@ -145,15 +195,53 @@ fn init() -> Result<i32, InitError> {
     let forked = unsafe { fork() }.map_err(sys("fork"))?;
     match forked {
         ForkResult::Child => {
-            let err = exec_runtime(&spec, &argv, &envp);
+            drop((from_runtime, to_runtime));
+            let err = exec_runtime(&spec, &argv, &envp, (to_init, from_init));
             eprintln!("sandbox init: {err}");
             std::process::exit(SETUP_FAILED);
         }
         ForkResult::Parent { child } => {
+            drop((to_init, from_init));
+            if let Some(zygote) = &spec.zygote {
+                map_user_namespace(zygote, &spec, from_runtime, to_runtime)?;
+            }
             close_socket();
             wait_for(child)
         }
     }
+}
+
+/// Waits for the zygote runtime to unshare its user namespace, writes its
+/// id maps, and lets it go on. A runtime that failed before (EOF) gets
+/// nothing written; its exit status tells sandboxd.
+fn map_user_namespace(
+    zygote: &ZygoteInit,
+    spec: &InitSpec,
+    from_runtime: OwnedFd,
+    to_runtime: OwnedFd,
+) -> Result<(), InitError> {
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(&from_runtime, &mut byte).map_err(sys("read from runtime"))? == 0 {
+        return Ok(());
+    }
+    // The runtime mounted /proc of its pid namespace before it unshared,
+    // and is pid 1 there.
+    let write = |file: &str, map: String| {
+        std::fs::write(format!("/proc/1/{file}"), map).map_err(|e| InitError::Sys {
+            what: "write id map",
+            source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })
+    };
+    write(
+        "uid_map",
+        format!("0 {} 1\n{u} {u} 1\n", zygote.host_uid, u = spec.uid),
+    )?;
+    write(
+        "gid_map",
+        format!("0 {} 1\n{g} {g} 1\n", zygote.host_gid, g = spec.gid),
+    )?;
+    nix::unistd::write(&to_runtime, b"m").map_err(sys("write to runtime"))?;
+    Ok(())
 }
 
 fn cstrings(strings: Vec<String>) -> Result<Vec<CString>, NulError> {
@@ -169,28 +257,58 @@ fn close_socket() {
     drop(unsafe { OwnedFd::from_raw_fd(SANDBOX_SOCKET_FD) });
 }
 
-/// Becomes the unprivileged runtime. Returns only on failure.
-fn exec_runtime(spec: &InitSpec, argv: &[CString], envp: &[CString]) -> InitError {
+/// Becomes the unprivileged runtime (or a zygote, root of its own user
+/// namespace only). Returns only on failure.
+fn exec_runtime(
+    spec: &InitSpec,
+    argv: &[CString],
+    envp: &[CString],
+    (to_init, from_init): (OwnedFd, OwnedFd),
+) -> InitError {
     let run = || -> Result<std::convert::Infallible, InitError> {
         mounts::mount_proc()?;
         setrlimit(Resource::RLIMIT_NOFILE, NOFILE, NOFILE).map_err(sys("setrlimit NOFILE"))?;
         setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("setrlimit CORE"))?;
-        drop_bounding_set().map_err(sys("drop capability bounding set"))?;
+        let (uid, gid) = if spec.zygote.is_some() {
+            // Root inside (the init maps it to an unprivileged host uid),
+            // with capabilities over the new user namespace only.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                .map_err(sys("unshare user namespace"))?;
+            nix::unistd::write(&to_init, b"u").map_err(sys("write to init"))?;
+            let mut byte = [0u8; 1];
+            if nix::unistd::read(&from_init, &mut byte).map_err(sys("read from init"))? == 0 {
+                return Err(InitError::Sys {
+                    what: "wait for the user namespace's id maps",
+                    source: nix::errno::Errno::EPIPE,
+                });
+            }
+            (Uid::from_raw(0), Gid::from_raw(0))
+        } else {
+            drop_bounding_set().map_err(sys("drop capability bounding set"))?;
+            (Uid::from_raw(spec.uid), Gid::from_raw(spec.gid))
+        };
+        drop((to_init, from_init));
         setgroups(&[]).map_err(sys("setgroups"))?;
-        let gid = Gid::from_raw(spec.gid);
         setresgid(gid, gid, gid).map_err(sys("setresgid"))?;
-        let uid = Uid::from_raw(spec.uid);
         // Changing from uid 0 without keep-caps clears every capability.
         setresuid(uid, uid, uid).map_err(sys("setresuid"))?;
         // The credential change cleared the parent-death signal; set it
         // again so the runtime dies with its init.
         prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("set pdeathsig"))?;
         prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
-        nix::unistd::chdir(mounts::CODE_DIR).map_err(sys("chdir /code"))?;
+        let cwd = match (&spec.code_dir, &spec.command) {
+            (Some(_), _) => mounts::CODE_DIR,
+            (None, Some(_)) => "/tmp",
+            (None, None) => "/",
+        };
+        nix::unistd::chdir(cwd).map_err(sys("chdir"))?;
         close_inherited_fds().map_err(sys("close_range"))?;
-        // Last, so none of the setup above runs under the filter.
-        seccomp::install(&spec.seccomp)?;
-        execve(&argv[0], argv, envp).map_err(sys("execve python"))
+        // Last, so none of the setup above runs under the filter. A zygote
+        // runs without: its children install it.
+        if spec.zygote.is_none() {
+            seccomp::install(&spec.seccomp)?;
+        }
+        execve(&argv[0], argv, envp).map_err(sys("execve"))
     };
     match run() {
         Ok(never) => match never {},
@@ -265,7 +383,7 @@ mod tests {
     fn spec() -> InitSpec {
         InitSpec {
             mount_point: "/data/root".into(),
-            code_dir: "/cache/code/f/1".into(),
+            code_dir: Some("/cache/code/f/1".into()),
             runtime_dir: "/data/runtime".into(),
             package_dirs: vec!["/cache/pkg/a".into(), "/cache/pkg/b".into()],
             tmp_mb: 64,
@@ -278,6 +396,9 @@ mod tests {
                 ("LANG".into(), "de_DE.UTF-8".into()),
             ],
             seccomp: vec![],
+            zygote: None,
+            command: None,
+            extra_dirs: vec![],
         }
     }
 

@@ -31,9 +31,11 @@ mod sandbox;
 mod seccomp;
 mod service;
 mod warm;
+mod zygote;
 
 pub use config::Config;
 pub use error::Error;
 pub use init::{INIT_ARG, sandbox_init};
 pub use sandbox::{Limits, Outcome, Sandbox, SandboxSpec, Sandboxes};
 pub use service::run;
+pub use zygote::{Zygote, ZygoteSpec};

@@ -7,6 +7,7 @@
 //! size-limited `/tmp`, a minimal `/dev`, then `pivot_root` and a read-only
 //! remount of `/`. All of it is private to the namespace: the host, and
 //! other sandboxes using the same mount point, never see it.
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -48,10 +49,13 @@ pub(crate) const PACKAGES_DIR: &str = "/packages";
 /// What the root holds, from the sandbox's point of view.
 #[derive(Debug)]
 pub(crate) struct RootSpec<'a> {
-    pub code_dir: &'a Path,
+    /// None for a zygote, which serves no function.
+    pub code_dir: Option<&'a Path>,
     pub runtime_dir: &'a Path,
     pub package_dirs: &'a [PathBuf],
     pub tmp_mb: u64,
+    /// More host dirs: (host dir, sandbox path, writable). The installer's.
+    pub extra: &'a [(PathBuf, String, bool)],
 }
 
 /// A host entry as the planner sees it.
@@ -184,11 +188,20 @@ pub(crate) fn plan(spec: &RootSpec<'_>, host: &dyn HostView) -> Vec<Step> {
         file: false,
         flags: ro(),
     };
-    steps.push(bind_ro(spec.code_dir, CODE_DIR));
+    if let Some(code_dir) = spec.code_dir {
+        steps.push(bind_ro(code_dir, CODE_DIR));
+    }
     for (i, dir) in spec.package_dirs.iter().enumerate() {
         steps.push(bind_ro(dir, &package_dir(i)));
     }
     steps.push(bind_ro(spec.runtime_dir, RUNTIME_DIR));
+    for (src, dest, writable) in spec.extra {
+        let mut step = bind_ro(src, dest);
+        if let (true, Step::Bind { flags, .. }) = (*writable, &mut step) {
+            *flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        }
+        steps.push(step);
+    }
 
     steps.push(Step::Tmpfs {
         dest: "tmp".into(),
@@ -372,6 +385,77 @@ pub(crate) fn build_root(mount_point: &Path, steps: &[Step]) -> Result<(), Mount
     remount(Path::new("/"), ro())
 }
 
+/// Builds a root like [`build_root`] but leaves it detached: a mount tree
+/// of its own (`open_tree(OPEN_TREE_CLONE)`), attached to no mount
+/// namespace, held by the returned fd. A zygote's child `fchdir`s into it
+/// and `chroot`s; `..` stops at its top, so the fd leads nowhere else on
+/// the host. The tree goes away with the last process using it.
+///
+/// The mounts are made in a private mount namespace of a short-lived
+/// thread, so the host's table never sees them and a crash leaves nothing.
+pub(crate) fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<OwnedFd, MountError> {
+    let mount_point = mount_point.to_path_buf();
+    std::thread::Builder::new()
+        .name("sock-root".into())
+        .spawn(move || {
+            // Unsharing the mount namespace of one thread also unshares
+            // its fs context; the rest of sandboxd keeps the host's.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(sys("unshare mount namespace", &mount_point))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(sys("make rprivate", Path::new("/")))?;
+            mount(
+                Some("tmpfs"),
+                &mount_point,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(ROOT_TMPFS),
+            )
+            .map_err(sys("mount root tmpfs", &mount_point))?;
+            for step in &steps {
+                apply(step, &mount_point)?;
+            }
+            remount(&mount_point, ro())?;
+            open_tree_clone(&mount_point).map_err(sys("open_tree", &mount_point))
+        })
+        .map_err(io("spawn thread for", Path::new("detached root")))?
+        .join()
+        .map_err(|_| MountError::Io {
+            what: "thread panicked building",
+            path: PathBuf::from("detached root"),
+            source: std::io::Error::other("panic"),
+        })?
+}
+
+#[allow(unsafe_code)]
+fn open_tree_clone(path: &Path) -> nix::Result<OwnedFd> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: open_tree reads a NUL-terminated path that outlives the call
+    // and returns a new fd, owned by nothing else.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let fd = std::os::fd::RawFd::try_from(fd).map_err(|_| nix::errno::Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Makes `new_root` the root and detaches the old one, so no path leads
 /// back to the host's files.
 fn pivot(new_root: &Path) -> Result<(), MountError> {
@@ -494,10 +578,11 @@ mod tests {
         let packages = [PathBuf::from("/cache/pkgs/requests")];
         plan(
             &RootSpec {
-                code_dir: Path::new("/cache/code/echo/3"),
+                code_dir: Some(Path::new("/cache/code/echo/3")),
                 runtime_dir: Path::new("/data/runtime"),
                 package_dirs: &packages,
                 tmp_mb: 64,
+                extra: &[],
             },
             &FakeHost::debian(),
         )

@@ -30,20 +30,27 @@ fn sandbox_namespaces() -> CloneFlags {
         | CloneFlags::CLONE_NEWUTS
 }
 
-/// Arranges for the spawned init to join `netns`, enter new namespaces, to
-/// die with sandboxd, and to find `socket` as fd 3.
+/// Arranges for the spawned init to join `netns` (None: keep the host's
+/// network, for the installer), enter new namespaces, to die with
+/// sandboxd, and to find `socket` as fd 3.
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so spawn
 /// only from a thread that lives as long as sandboxd (a runtime worker,
 /// never a `spawn_blocking` thread).
 #[allow(unsafe_code)]
-pub(crate) fn prepare_init(cmd: &mut tokio::process::Command, socket: &OwnedFd, netns: &OwnedFd) {
+pub(crate) fn prepare_init(
+    cmd: &mut tokio::process::Command,
+    socket: &OwnedFd,
+    netns: Option<&OwnedFd>,
+) {
     let fd = socket.as_raw_fd();
-    let netns = netns.as_raw_fd();
+    let netns = netns.map(AsRawFd::as_raw_fd);
     let hook = move || -> std::io::Result<()> {
         // SAFETY: setns takes an fd that stays open until spawn returns
         // (the parent holds it) and a namespace type; no pointers.
-        if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } < 0 {
+        if let Some(netns) = netns
+            && unsafe { libc::setns(netns, libc::CLONE_NEWNET) } < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         unshare(sandbox_namespaces())?;

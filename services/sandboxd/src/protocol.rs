@@ -35,6 +35,12 @@ pub(crate) enum Header {
         status: u16,
         headers: Vec<(String, String)>,
     },
+    /// sandboxd → zygote: fork a child. Sent right after one byte that
+    /// carries the child's fds (see [`ForkRequest`]).
+    Fork(ForkRequest),
+    /// forked child → sandboxd: it is in its cgroup, root and namespaces,
+    /// and (a function) unprivileged under seccomp; imports come next.
+    Forked,
     /// runtime → sandboxd; the body is empty.
     Error {
         kind: RuntimeErrorKind,
@@ -42,6 +48,35 @@ pub(crate) enum Header {
         #[serde(default)]
         traceback: String,
     },
+}
+
+/// What a zygote's child becomes. The fds travel in this order: the
+/// child's socket, its root (a detached mount tree), stdout, stderr, then
+/// `cgroups` open `cgroup.procs` files it joins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ForkRequest {
+    pub kind: ForkKind,
+    /// Sandbox paths the child adds to `sys.path` (after `/code` for a
+    /// function).
+    pub package_dirs: Vec<String>,
+    /// Modules a child zygote imports.
+    pub imports: Vec<String>,
+    /// A function's entry file.
+    pub entry_file: String,
+    /// A function's whole environment, `KEY=value`.
+    pub environment: Vec<String>,
+    /// The unprivileged ids a function runs as (inside the user namespace).
+    pub uid: u32,
+    pub gid: u32,
+    pub seccomp: crate::seccomp::Programs,
+    pub cgroups: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ForkKind {
+    Function,
+    Zygote,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

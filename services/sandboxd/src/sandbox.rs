@@ -23,15 +23,17 @@ use tokio::process::{Child, Command};
 use crate::cgroups::{self, CgroupLimits, CgroupPool, SandboxCgroup};
 use crate::config::Config;
 use crate::error::Error;
-use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED};
+use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED, ZYGOTE_FILE};
 use crate::logs::{self, Origin};
 use crate::mounts;
 use crate::namespaces::{self, NetnsPool};
 use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
 use crate::seccomp::{self, Programs};
 
-/// The runtime, embedded so sandboxd and its runtime always match.
+/// The runtime and the zygote, embedded so sandboxd and its runtime always
+/// match.
 const RUNTIME_PY: &str = include_str!("../../../runtime/sock_runtime.py");
+const ZYGOTE_PY: &str = include_str!("../../../runtime/sock_zygote.py");
 /// How long a runtime that closed its socket gets to exit before it is
 /// killed anyway.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -74,20 +76,20 @@ pub enum Outcome {
 
 /// The sandboxes of one sandboxd instance.
 pub struct Sandboxes {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    config: Config,
-    mount_point: PathBuf,
-    runtime_dir: PathBuf,
+pub(crate) struct Shared {
+    pub config: Config,
+    pub mount_point: PathBuf,
+    pub runtime_dir: PathBuf,
     init_program: PathBuf,
     cgroup_version: u32,
     live: Mutex<HashMap<String, Arc<SandboxCgroup>>>,
     cgroups: CgroupPool,
     refilling_cgroups: AtomicBool,
     netns: Arc<NetnsPool>,
-    seccomp: Programs,
+    pub seccomp: Programs,
 }
 
 impl Drop for Shared {
@@ -98,6 +100,56 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// A cgroup from the pool with `limits`, counted as live under `id`.
+    pub fn take_cgroup(
+        self: &Arc<Self>,
+        id: &str,
+        limits: CgroupLimits,
+    ) -> Result<Arc<SandboxCgroup>, Error> {
+        let cgroup = Arc::new(self.cgroups.take(limits)?);
+        self.refill_cgroups();
+        self.live().insert(id.to_string(), cgroup.clone());
+        Ok(cgroup)
+    }
+
+    /// Gives back the cgroup of a sandbox that never started (blocks while
+    /// whatever joined it is killed).
+    pub async fn abandon(self: &Arc<Self>, id: &str, cgroup: Arc<SandboxCgroup>) {
+        let shared = self.clone();
+        let id = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            shared.live().remove(&id);
+            shared.cgroups.recycle(&cgroup);
+        })
+        .await;
+    }
+
+    /// Tops the cgroup pool up in the background once it runs low.
+    fn refill_cgroups(self: &Arc<Self>) {
+        if self.cgroups.spare() * 2 < self.config.cgroup_pool_size
+            && !self.refilling_cgroups.swap(true, Ordering::AcqRel)
+        {
+            let shared = self.clone();
+            tokio::task::spawn_blocking(move || {
+                shared.cgroups.refill();
+                shared.refilling_cgroups.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    pub fn memory_mb(&self, limits: &Limits) -> u64 {
+        or_default(limits.memory_mb, self.config.memory_mb)
+    }
+
+    /// The cgroup limits of a sandbox with `limits`.
+    pub fn cgroup_limits(&self, limits: &Limits) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: self.memory_mb(limits) << 20,
+            pids: or_default(limits.pids, self.config.pids),
+            cpu_percent: limits.cpu_percent,
+        }
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SandboxCgroup>>> {
         // A panic while holding the lock leaves the map consistent (single
         // inserts and removes), so poisoning is safe to ignore.
@@ -135,7 +187,8 @@ impl Sandboxes {
         make_dir(&mount_point, 0o755)?;
         let runtime_dir = data_dir.join("runtime");
         make_dir(&runtime_dir, 0o755)?;
-        write_runtime(&runtime_dir)?;
+        write_runtime(&runtime_dir, "sock_runtime.py", RUNTIME_PY)?;
+        write_runtime(&runtime_dir, ZYGOTE_FILE, ZYGOTE_PY)?;
 
         // A crashed run's sandboxes died with it (their inits have a
         // parent-death signal), but their cgroups and any mount it had
@@ -174,7 +227,7 @@ impl Sandboxes {
 
     /// The memory limit in MB a sandbox with `limits` gets.
     pub fn memory_mb(&self, limits: &Limits) -> u64 {
-        or_default(limits.memory_mb, self.shared.config.memory_mb)
+        self.shared.memory_mb(limits)
     }
 
     pub(crate) fn spare_cgroups(&self) -> u32 {
@@ -205,67 +258,91 @@ impl Sandboxes {
     /// the background; [`Sandbox::invoke`] waits for it.
     pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
         check_spec(&spec)?;
-        let config = &self.shared.config;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let memory_mb = self.memory_mb(&spec.limits);
-        let limits = CgroupLimits {
-            memory_bytes: memory_mb << 20,
-            pids: or_default(spec.limits.pids, config.pids),
-            cpu_percent: spec.limits.cpu_percent,
-        };
-        let cgroup = Arc::new(self.shared.cgroups.take(limits)?);
-        self.refill_cgroups();
-        self.shared.live().insert(id.clone(), cgroup.clone());
+        let shared = &self.shared;
+        let memory_mb = shared.memory_mb(&spec.limits);
+        let limits = shared.cgroup_limits(&spec.limits);
         let function: Arc<str> = spec.function.as_str().into();
+        let init_spec = InitSpec {
+            code_dir: Some(spec.code_dir),
+            package_dirs: spec.package_dirs,
+            entry_file: if spec.entry_file.is_empty() {
+                "f.py".into()
+            } else {
+                spec.entry_file
+            },
+            environment: spec.environment,
+            ..self.init_spec()
+        };
+        self.start(function, memory_mb, limits, init_spec, true)
+            .await
+    }
 
-        match self.start(&id, &function, spec, &cgroup).await {
-            Ok((child, conn)) => Ok(Sandbox {
-                dirs: cgroup.dirs(),
-                live: Some(Live {
-                    cgroup,
-                    child,
-                    conn,
-                    ready: false,
-                }),
+    /// What every init gets; callers fill in what it runs.
+    pub(crate) fn init_spec(&self) -> InitSpec {
+        let shared = &self.shared;
+        InitSpec {
+            mount_point: shared.mount_point.clone(),
+            code_dir: None,
+            runtime_dir: shared.runtime_dir.clone(),
+            package_dirs: Vec::new(),
+            tmp_mb: shared.config.tmp_mb,
+            uid: shared.config.sandbox_uid,
+            gid: shared.config.sandbox_gid,
+            python: shared.config.python.clone(),
+            entry_file: String::new(),
+            environment: Vec::new(),
+            seccomp: shared.seccomp.clone(),
+            zygote: None,
+            command: None,
+            extra_dirs: Vec::new(),
+        }
+    }
+
+    /// Starts an init running `init_spec` in a new cgroup with `limits`
+    /// (`network`: a network namespace from the pool, else the host's).
+    pub(crate) async fn start(
+        &self,
+        function: Arc<str>,
+        memory_mb: u64,
+        limits: CgroupLimits,
+        init_spec: InitSpec,
+        network: bool,
+    ) -> Result<Sandbox, Error> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let cgroup = self.shared.take_cgroup(&id, limits)?;
+        match self
+            .spawn(&id, &function, init_spec, &cgroup, network)
+            .await
+        {
+            Ok((child, conn)) => Ok(Sandbox::new(
                 id,
                 function,
                 memory_mb,
-                shared: self.shared.clone(),
-            }),
+                self.shared.clone(),
+                Live {
+                    cgroup,
+                    child: Some(child),
+                    conn,
+                    ready: false,
+                    parent: None,
+                },
+            )),
             Err(e) => {
-                let shared = self.shared.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    shared.live().remove(&id);
-                    shared.cgroups.recycle(&cgroup);
-                })
-                .await;
+                self.shared.abandon(&id, cgroup).await;
                 Err(e)
             }
         }
     }
 
-    /// Tops the cgroup pool up in the background once it runs low.
-    fn refill_cgroups(&self) {
-        let shared = &self.shared;
-        if shared.cgroups.spare() * 2 < shared.config.cgroup_pool_size
-            && !shared.refilling_cgroups.swap(true, Ordering::AcqRel)
-        {
-            let shared = shared.clone();
-            tokio::task::spawn_blocking(move || {
-                shared.cgroups.refill();
-                shared.refilling_cgroups.store(false, Ordering::Release);
-            });
-        }
-    }
-
     /// Spawns the init in the cgroup and hands it its spec. A returned
     /// error leaves no process: the child is killed when dropped.
-    async fn start(
+    async fn spawn(
         &self,
         id: &str,
         function: &Arc<str>,
-        spec: SandboxSpec,
+        init_spec: InitSpec,
         cgroup: &SandboxCgroup,
+        network: bool,
     ) -> Result<(Child, UnixStream), Error> {
         let shared = &self.shared;
         let (ours, theirs) =
@@ -282,11 +359,14 @@ impl Sandboxes {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let netns = shared.netns.take().map_err(|source| Error::Spawn {
-            program: "network namespace".into(),
-            source,
-        })?;
-        namespaces::prepare_init(&mut cmd, &theirs, &netns);
+        let netns = match network {
+            true => Some(shared.netns.take().map_err(|source| Error::Spawn {
+                program: "network namespace".into(),
+                source,
+            })?),
+            false => None,
+        };
+        namespaces::prepare_init(&mut cmd, &theirs, netns.as_ref());
         let spawn_err = |source| Error::Spawn {
             program: shared.init_program.display().to_string(),
             source,
@@ -304,39 +384,12 @@ impl Sandboxes {
         // to the sandbox from the start.
         cgroup.add(pid)?;
 
-        for (reader, stream) in [
-            (child.stdout.take().map(box_reader), "stdout"),
-            (child.stderr.take().map(box_reader), "stderr"),
-        ] {
-            if let Some(reader) = reader {
-                logs::forward(
-                    reader,
-                    Origin {
-                        function: function.clone(),
-                        sandbox: id.into(),
-                        stream,
-                    },
-                );
-            }
-        }
-
-        let init_spec = InitSpec {
-            mount_point: shared.mount_point.clone(),
-            code_dir: spec.code_dir,
-            runtime_dir: shared.runtime_dir.clone(),
-            package_dirs: spec.package_dirs,
-            tmp_mb: shared.config.tmp_mb,
-            uid: shared.config.sandbox_uid,
-            gid: shared.config.sandbox_gid,
-            python: shared.config.python.clone(),
-            entry_file: if spec.entry_file.is_empty() {
-                "f.py".into()
-            } else {
-                spec.entry_file
-            },
-            environment: spec.environment,
-            seccomp: shared.seccomp.clone(),
-        };
+        forward_logs(
+            function,
+            id,
+            child.stdout.take().map(box_reader),
+            child.stderr.take().map(box_reader),
+        );
         let json = serde_json::to_vec(&init_spec).expect("the init spec is plain data");
         let spec_err = |source| Error::Spec {
             id: id.to_string(),
@@ -355,7 +408,28 @@ impl Sandboxes {
     }
 }
 
-fn box_reader<R>(r: R) -> Box<dyn tokio::io::AsyncRead + Unpin + Send>
+/// Logs what a sandbox prints, line by line.
+pub(crate) fn forward_logs(
+    function: &Arc<str>,
+    id: &str,
+    stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+) {
+    for (reader, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
+        if let Some(reader) = reader {
+            logs::forward(
+                reader,
+                Origin {
+                    function: function.clone(),
+                    sandbox: id.into(),
+                    stream,
+                },
+            );
+        }
+    }
+}
+
+pub(crate) fn box_reader<R>(r: R) -> Box<dyn tokio::io::AsyncRead + Unpin + Send>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
@@ -373,11 +447,30 @@ pub struct Sandbox {
     live: Option<Live>,
 }
 
-struct Live {
-    cgroup: Arc<SandboxCgroup>,
-    child: Child,
-    conn: UnixStream,
-    ready: bool,
+pub(crate) struct Live {
+    pub cgroup: Arc<SandboxCgroup>,
+    /// The init; None for a zygote's child, whose parent is the zygote.
+    pub child: Option<Child>,
+    pub conn: UnixStream,
+    pub ready: bool,
+    /// Counts this sandbox among its zygote's live children.
+    pub parent: Option<ChildOf>,
+}
+
+/// One live child of a zygote, for as long as this lives.
+pub(crate) struct ChildOf(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ChildOf {
+    pub fn new(children: &Arc<std::sync::atomic::AtomicUsize>) -> ChildOf {
+        children.fetch_add(1, Ordering::AcqRel);
+        ChildOf(children.clone())
+    }
+}
+
+impl Drop for ChildOf {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the runtime answered to one invoke.
@@ -396,6 +489,52 @@ enum Reply {
 }
 
 impl Sandbox {
+    pub(crate) fn new(
+        id: String,
+        function: Arc<str>,
+        memory_mb: u64,
+        shared: Arc<Shared>,
+        live: Live,
+    ) -> Sandbox {
+        Sandbox {
+            dirs: live.cgroup.dirs(),
+            live: Some(live),
+            id,
+            function,
+            memory_mb,
+            shared,
+        }
+    }
+
+    /// Reads the next frame, which must be `expected`, within `timeout`.
+    /// Anything else (the sandbox died, said something else, took too
+    /// long) is an error naming what happened.
+    pub(crate) async fn expect(
+        &mut self,
+        expected: Header,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some(live) = self.live.as_mut() else {
+            return Err("destroyed".into());
+        };
+        match tokio::time::timeout(timeout, protocol::read_frame(&mut live.conn)).await {
+            Ok(Ok((header, _))) if header == expected => {
+                if header == Header::Ready {
+                    live.ready = true;
+                }
+                Ok(())
+            }
+            Ok(Ok((other, _))) => Err(format!("sent {other:?} instead of {expected:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no {expected:?} within {timeout:?}")),
+        }
+    }
+
+    /// The socket to the runtime while the sandbox lives.
+    pub(crate) fn conn(&self) -> Option<&UnixStream> {
+        self.live.as_ref().map(|live| &live.conn)
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -539,7 +678,26 @@ impl Sandbox {
             .live
             .as_mut()
             .expect("died() is only called on a live sandbox");
-        let status = tokio::time::timeout(EXIT_GRACE, live.child.wait()).await;
+        let Some(child) = live.child.as_mut() else {
+            // A zygote's child: no exit status to read, only the cgroup's
+            // account of an OOM kill.
+            let oom = live.cgroup.oom_killed();
+            self.destroy().await;
+            return Ok(Outcome::Failed(if oom {
+                function_error(
+                    ErrorKind::OutOfMemory,
+                    format!("function ran out of memory (limit {} MB)", self.memory_mb),
+                    String::new(),
+                )
+            } else {
+                function_error(
+                    ErrorKind::Killed,
+                    "the function's process exited unexpectedly; its sandbox was destroyed".into(),
+                    String::new(),
+                )
+            }));
+        };
+        let status = tokio::time::timeout(EXIT_GRACE, child.wait()).await;
         let oom = live.cgroup.oom_killed();
         let ready = live.ready;
         self.destroy().await;
@@ -600,8 +758,9 @@ impl Drop for Sandbox {
 fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
     let Live {
         cgroup,
-        mut child,
+        child,
         conn,
+        parent,
         ..
     } = live;
     drop(conn);
@@ -609,7 +768,10 @@ fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
     shared.cgroups.recycle(&cgroup);
     // The init was in the cgroup, so it is dead now; reap it here, or let
     // tokio's orphan reaper do it if the kernel is slow to report it.
-    let _ = child.try_wait();
+    if let Some(mut child) = child {
+        let _ = child.try_wait();
+    }
+    drop(parent);
     tracing::debug!(sandbox = %id, function, "sandbox destroyed");
 }
 
@@ -670,7 +832,7 @@ fn unexpected(header: &Header) -> ProtocolError {
     )))
 }
 
-fn function_error(kind: ErrorKind, message: String, traceback: String) -> FunctionError {
+pub(crate) fn function_error(kind: ErrorKind, message: String, traceback: String) -> FunctionError {
     FunctionError {
         kind: kind as i32,
         message,
@@ -689,7 +851,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn or_default<T: PartialEq + Default>(value: T, default: T) -> T {
+pub(crate) fn or_default<T: PartialEq + Default>(value: T, default: T) -> T {
     if value == T::default() {
         default
     } else {
@@ -697,7 +859,7 @@ fn or_default<T: PartialEq + Default>(value: T, default: T) -> T {
     }
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.display().to_string();
     move |source| Error::Io { what, path, source }
 }
@@ -717,13 +879,10 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
 /// Written next to the final name and renamed, so a sandbox starting
 /// meanwhile (maybe of another instance sharing the data dir) never sees
 /// half a file.
-fn write_runtime(dir: &Path) -> Result<(), Error> {
-    let tmp = dir.join(format!(
-        ".sock_runtime.py.{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let path = dir.join("sock_runtime.py");
-    std::fs::write(&tmp, RUNTIME_PY).map_err(io("cannot write", &tmp))?;
+fn write_runtime(dir: &Path, name: &str, text: &str) -> Result<(), Error> {
+    let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join(name);
+    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
         .map_err(io("cannot set permissions of", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("cannot write", &path))
@@ -756,7 +915,7 @@ fn check_config(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_spec(spec: &SandboxSpec) -> Result<(), Error> {
+pub(crate) fn check_spec(spec: &SandboxSpec) -> Result<(), Error> {
     for dir in std::iter::once(&spec.code_dir).chain(&spec.package_dirs) {
         if !dir.is_absolute() || !dir.is_dir() {
             return Err(Error::CodeDir {

@@ -1,0 +1,497 @@
+//! Zygotes: sandboxes whose Python imported a package set and then forks
+//! children that start with those imports already done.
+//!
+//! A root zygote is a fresh sandbox whose runtime (`sock_zygote.py`)
+//! became root of a user namespace of its own (unprivileged on the host).
+//! Every other zygote, and every function sandbox made this way, is a
+//! child forked from one. For each fork sandboxd prepares, from outside:
+//! a cgroup from the pool (the child writes itself into its
+//! `cgroup.procs`, opened here), a detached mount tree as its root (the
+//! zygote's package dirs at the same paths, then the function's code and
+//! its own packages), a socketpair and two pipes for its output. The fds
+//! go to the zygote in one SCM_RIGHTS message, then the request as a
+//! frame; the child says `forked` once it is in its cgroup, root and
+//! namespaces and (a function) unprivileged under seccomp.
+//!
+//! Architecture invariant: a zygote holds no host privilege. The powers a
+//! fork needs (chroot, unshare) come from its user namespace; what needs
+//! host root (cgroups, mounts) sandboxd does before the fork.
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use crate::cgroups::{CgroupLimits, SandboxCgroup};
+use crate::error::Error;
+use crate::init::{ZygoteInit, envp};
+use crate::mounts::{self, RealHost, RootSpec};
+use crate::protocol::{self, ForkKind, ForkRequest, Header};
+use crate::sandbox::{
+    ChildOf, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_spec, forward_logs,
+};
+
+/// How long a child may take to reach `forked`: setup only, no imports.
+const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One node of the import-cache tree, as a zygote serves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZygoteSpec {
+    /// The node's id ("root", "root/numpy==2.1.0").
+    pub id: String,
+    /// Host package dirs this node adds to its parent's.
+    pub package_dirs: Vec<PathBuf>,
+    /// Top-level modules this node imports (after its parent's).
+    pub imports: Vec<String>,
+}
+
+/// A live zygote. Dropping it destroys it, and with it every child still
+/// running: they live in its pid namespace.
+pub struct Zygote {
+    id: String,
+    /// Host package dirs of the chain up to here, in order: children find
+    /// them at the same sandbox paths, as the imported modules expect.
+    package_dirs: Vec<PathBuf>,
+    sandbox: Mutex<Option<Sandbox>>,
+    cgroup: Option<Arc<SandboxCgroup>>,
+    memory_mb: u64,
+    /// A second handle on the zygote's socket, for fork requests.
+    control: tokio::sync::Mutex<UnixStream>,
+    children: Arc<AtomicUsize>,
+    last_fork: Mutex<Instant>,
+    shared: Arc<Shared>,
+}
+
+impl Sandboxes {
+    /// Starts a root zygote: a fresh sandbox that imports `node`'s modules
+    /// and waits for fork requests. Waits up to `timeout` for the imports.
+    pub async fn create_zygote(
+        &self,
+        node: &ZygoteSpec,
+        timeout: Duration,
+    ) -> Result<Zygote, Error> {
+        check_dirs(&node.package_dirs)?;
+        let config = &self.shared.config;
+        let memory_mb = config.zygote_memory_mb;
+        let zygote_config = serde_json::json!({
+            "package_dirs": (0..node.package_dirs.len()).map(mounts::package_dir).collect::<Vec<_>>(),
+            "imports": node.imports,
+        });
+        let init_spec = crate::init::InitSpec {
+            package_dirs: node.package_dirs.clone(),
+            zygote: Some(ZygoteInit {
+                host_uid: config.zygote_uid,
+                host_gid: config.zygote_gid,
+                config: zygote_config.to_string(),
+            }),
+            ..self.init_spec()
+        };
+        let limits = zygote_limits(&self.shared);
+        let mut sandbox = self
+            .start(zygote_name(&node.id), memory_mb, limits, init_spec, true)
+            .await?;
+        if let Err(why) = sandbox.expect(Header::Ready, timeout).await {
+            sandbox.destroy().await;
+            return Err(Error::Zygote {
+                id: node.id.clone(),
+                why,
+            });
+        }
+        Zygote::new(
+            node.id.clone(),
+            node.package_dirs.clone(),
+            sandbox,
+            memory_mb,
+            &self.shared,
+        )
+    }
+}
+
+fn zygote_name(id: &str) -> Arc<str> {
+    format!("zygote {id}").into()
+}
+
+fn zygote_limits(shared: &Shared) -> CgroupLimits {
+    CgroupLimits {
+        memory_bytes: shared.config.zygote_memory_mb << 20,
+        pids: shared.config.pids,
+        cpu_percent: 0,
+    }
+}
+
+fn check_dirs(dirs: &[PathBuf]) -> Result<(), Error> {
+    for dir in dirs {
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(Error::CodeDir {
+                path: dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What one fork sends besides the request: the fds, in protocol order.
+struct ForkFds {
+    theirs: OwnedFd,
+    root: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    cgroups: Vec<OwnedFd>,
+}
+
+impl Zygote {
+    fn new(
+        id: String,
+        package_dirs: Vec<PathBuf>,
+        sandbox: Sandbox,
+        memory_mb: u64,
+        shared: &Arc<Shared>,
+    ) -> Result<Zygote, Error> {
+        let conn = sandbox.conn().ok_or_else(|| Error::Destroyed {
+            id: sandbox.id().to_string(),
+        })?;
+        let control = conn
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)))
+            .map_err(|source| Error::Spec {
+                id: sandbox.id().to_string(),
+                source,
+            })?;
+        Ok(Zygote {
+            id,
+            package_dirs,
+            cgroup: sandbox.cgroup(),
+            sandbox: Mutex::new(Some(sandbox)),
+            memory_mb,
+            control: tokio::sync::Mutex::new(control),
+            children: Arc::new(AtomicUsize::new(0)),
+            last_fork: Mutex::new(Instant::now()),
+            shared: shared.clone(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Children (function sandboxes and zygotes) forked from this one that
+    /// still live.
+    pub fn children(&self) -> usize {
+        self.children.load(Ordering::Acquire)
+    }
+
+    /// When this zygote last forked (or was created).
+    pub fn last_fork(&self) -> Instant {
+        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The zygote's memory limit in MB.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_mb
+    }
+
+    /// Memory its cgroup charges now: the imports its children share.
+    pub fn memory_usage(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |c| c.memory_usage())
+    }
+
+    /// The zygote's cgroup directories while it lives.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.cgroup_dirs().to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(Sandbox::is_alive)
+    }
+
+    /// Kills the zygote (and any child still running). Idempotent.
+    pub async fn destroy(&self) {
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut sandbox) = sandbox {
+            sandbox.destroy().await;
+        }
+    }
+
+    /// Forks a function sandbox: the function's code at /code, this
+    /// zygote's packages and then `spec.package_dirs` on `sys.path`, its
+    /// limits, and everything this zygote imported already imported.
+    pub async fn fork(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
+        check_spec(&spec)?;
+        let shared = &self.shared;
+        let memory_mb = shared.memory_mb(&spec.limits);
+        let limits = shared.cgroup_limits(&spec.limits);
+        let extra: Vec<PathBuf> = spec
+            .package_dirs
+            .iter()
+            .filter(|dir| !self.package_dirs.contains(dir))
+            .cloned()
+            .collect();
+        let entry_file = if spec.entry_file.is_empty() {
+            "f.py".to_string()
+        } else {
+            spec.entry_file.clone()
+        };
+        let request = ForkRequest {
+            kind: ForkKind::Function,
+            package_dirs: self.sandbox_paths(extra.len()),
+            imports: Vec::new(),
+            entry_file,
+            environment: envp(&spec.environment),
+            uid: shared.config.sandbox_uid,
+            gid: shared.config.sandbox_gid,
+            seccomp: shared.seccomp.clone(),
+            cgroups: 0,
+        };
+        self.fork_child(
+            spec.function.as_str().into(),
+            Some(spec.code_dir),
+            extra,
+            memory_mb,
+            limits,
+            request,
+        )
+        .await
+    }
+
+    /// Forks a child zygote for `node`: it imports `node.imports` from
+    /// `node.package_dirs` on top of what this one imported. Waits up to
+    /// `timeout` for the imports.
+    pub async fn fork_zygote(&self, node: &ZygoteSpec, timeout: Duration) -> Result<Zygote, Error> {
+        check_dirs(&node.package_dirs)?;
+        let shared = &self.shared;
+        let request = ForkRequest {
+            kind: ForkKind::Zygote,
+            package_dirs: self.sandbox_paths(node.package_dirs.len()),
+            imports: node.imports.clone(),
+            entry_file: String::new(),
+            environment: Vec::new(),
+            uid: shared.config.sandbox_uid,
+            gid: shared.config.sandbox_gid,
+            seccomp: Vec::new(),
+            cgroups: 0,
+        };
+        let memory_mb = shared.config.zygote_memory_mb;
+        let mut sandbox = self
+            .fork_child(
+                zygote_name(&node.id),
+                None,
+                node.package_dirs.clone(),
+                memory_mb,
+                zygote_limits(shared),
+                request,
+            )
+            .await?;
+        if let Err(why) = sandbox.expect(Header::Ready, timeout).await {
+            sandbox.destroy().await;
+            return Err(Error::Zygote {
+                id: node.id.clone(),
+                why,
+            });
+        }
+        let mut dirs = self.package_dirs.clone();
+        dirs.extend(node.package_dirs.iter().cloned());
+        Zygote::new(node.id.clone(), dirs, sandbox, memory_mb, shared)
+    }
+
+    /// Sandbox paths of `n` package dirs that come after this zygote's.
+    fn sandbox_paths(&self, n: usize) -> Vec<String> {
+        (self.package_dirs.len()..self.package_dirs.len() + n)
+            .map(mounts::package_dir)
+            .collect()
+    }
+
+    async fn fork_child(
+        &self,
+        function: Arc<str>,
+        code_dir: Option<PathBuf>,
+        extra: Vec<PathBuf>,
+        memory_mb: u64,
+        limits: CgroupLimits,
+        mut request: ForkRequest,
+    ) -> Result<Sandbox, Error> {
+        let shared = &self.shared;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let parent = ChildOf::new(&self.children);
+        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let cgroup = shared.take_cgroup(&id, limits)?;
+        let prepared = self.prepare(&id, code_dir, extra, &cgroup).await;
+        let (fds, ours, readers) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                shared.abandon(&id, cgroup).await;
+                return Err(e);
+            }
+        };
+        request.cgroups = fds.cgroups.len();
+        forward_logs(&function, &id, Some(readers.0), Some(readers.1));
+        let sent = self.send(request, fds).await;
+        let mut sandbox = Sandbox::new(
+            id,
+            function,
+            memory_mb,
+            shared.clone(),
+            Live {
+                cgroup,
+                child: None,
+                conn: ours,
+                ready: false,
+                parent: Some(parent),
+            },
+        );
+        let forked = match sent {
+            Ok(()) => sandbox.expect(Header::Forked, FORK_TIMEOUT).await,
+            Err(e) => Err(format!("cannot send the fork request: {e}")),
+        };
+        if let Err(why) = forked {
+            sandbox.destroy().await;
+            return Err(Error::Fork {
+                zygote: self.id.clone(),
+                why,
+            });
+        }
+        Ok(sandbox)
+    }
+
+    /// The child's root, cgroup files, socket and output pipes.
+    #[allow(clippy::type_complexity)]
+    async fn prepare(
+        &self,
+        id: &str,
+        code_dir: Option<PathBuf>,
+        extra: Vec<PathBuf>,
+        cgroup: &SandboxCgroup,
+    ) -> Result<
+        (
+            ForkFds,
+            UnixStream,
+            (
+                Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            ),
+        ),
+        Error,
+    > {
+        let shared = &self.shared;
+        let mut package_dirs = self.package_dirs.clone();
+        package_dirs.extend(extra);
+        let steps = mounts::plan(
+            &RootSpec {
+                code_dir: code_dir.as_deref(),
+                runtime_dir: &shared.runtime_dir,
+                package_dirs: &package_dirs,
+                tmp_mb: shared.config.tmp_mb,
+                extra: &[],
+            },
+            &RealHost,
+        );
+        let mount_point = shared.mount_point.clone();
+        let root = tokio::task::spawn_blocking(move || mounts::detached_root(&mount_point, steps))
+            .await
+            .map_err(|e| Error::Spec {
+                id: id.to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|e| Error::Root {
+                id: id.to_string(),
+                why: e.to_string(),
+            })?;
+        let spawn_err = |program: &str| {
+            let program = program.to_string();
+            move |source| Error::Spawn { program, source }
+        };
+        let cgroups = cgroup
+            .dirs()
+            .iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(crate::sandbox::io("cannot open", &path))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(spawn_err("socketpair"))?;
+        ours.set_nonblocking(true)
+            .map_err(spawn_err("socketpair"))?;
+        let ours = UnixStream::from_std(ours).map_err(spawn_err("socketpair"))?;
+        let pipe = || -> Result<(OwnedFd, OwnedFd), Error> {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Spawn {
+                program: "pipe".into(),
+                source: e.into(),
+            })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let reader = |fd: OwnedFd| -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>, Error> {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map(box_reader)
+                .map_err(spawn_err("pipe"))
+        };
+        let readers = (reader(out_r)?, reader(err_r)?);
+        Ok((
+            ForkFds {
+                theirs: theirs.into(),
+                root,
+                stdout: out_w,
+                stderr: err_w,
+                cgroups,
+            },
+            ours,
+            readers,
+        ))
+    }
+
+    /// One byte with the fds, then the request. Requests to this zygote
+    /// go one at a time; other zygotes are not held up.
+    async fn send(&self, request: ForkRequest, fds: ForkFds) -> Result<(), String> {
+        let mut raw = vec![
+            fds.theirs.as_raw_fd(),
+            fds.root.as_raw_fd(),
+            fds.stdout.as_raw_fd(),
+            fds.stderr.as_raw_fd(),
+        ];
+        raw.extend(fds.cgroups.iter().map(AsRawFd::as_raw_fd));
+        let mut control = self.control.lock().await;
+        let fd = control.as_raw_fd();
+        control
+            .async_io(Interest::WRITABLE, || {
+                sendmsg::<UnixAddr>(
+                    fd,
+                    &[std::io::IoSlice::new(&[0])],
+                    &[ControlMessage::ScmRights(&raw)],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        protocol::write_frame(&mut *control, &Header::Fork(request), b"")
+            .await
+            .map_err(|e| e.to_string())?;
+        // Our copies go now: the child's socket must close when the child
+        // (or, should the fork fail, the zygote) closes its own.
+        drop(fds);
+        Ok(())
+    }
+}
