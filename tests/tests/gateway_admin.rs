@@ -110,8 +110,7 @@ async fn tokens_logs_and_metrics() {
             follow: false,
         })
         .await
-        .err()
-        .expect("logs need the admin token");
+        .expect_err("logs need the admin token");
     assert_eq!(refused.code(), Code::Unauthenticated);
 
     // Metrics count the calls by outcome.
