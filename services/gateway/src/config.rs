@@ -1,7 +1,7 @@
 //! The gateway's settings (section `[gateway]`, env `SOCK_GATEWAY_*`).
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// gRPC address the public API listens on.
@@ -61,6 +61,35 @@ impl Default for Config {
             invoke_token: None,
             admin_token: None,
         }
+    }
+}
+
+/// Like a derived Debug, but tokens show only whether they are set: the
+/// effective config is logged.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("http_listen", &self.http_listen)
+            .field("registry_addr", &self.registry_addr)
+            .field("sandboxd_addr", &self.sandboxd_addr)
+            .field("sandboxd_addrs", &self.sandboxd_addrs)
+            .field("registry_cache_ms", &self.registry_cache_ms)
+            .field("default_timeout_ms", &self.default_timeout_ms)
+            .field("max_concurrency", &self.max_concurrency)
+            .field(
+                "max_concurrency_per_function",
+                &self.max_concurrency_per_function,
+            )
+            .field("max_queue", &self.max_queue)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_concurrency_per_node", &self.max_concurrency_per_node)
+            .field("health_interval_ms", &self.health_interval_ms)
+            .field("dns_refresh_ms", &self.dns_refresh_ms)
+            .field("invoke_token", &secret(&self.invoke_token))
+            .field("admin_token", &secret(&self.admin_token))
+            .finish()
     }
 }
 

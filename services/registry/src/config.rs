@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Address of the gRPC admin API (push, get, list, delete).
@@ -30,6 +30,24 @@ impl Default for Config {
             admin_token: None,
             allow_insecure_admin: false,
         }
+    }
+}
+
+/// Like a derived Debug, but the token shows only whether it is set: the
+/// effective config is logged.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_listen", &self.grpc_listen)
+            .field("http_listen", &self.http_listen)
+            .field("data_dir", &self.data_dir)
+            .field("max_bundle_mb", &self.max_bundle_mb)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_insecure_admin", &self.allow_insecure_admin)
+            .finish()
     }
 }
 
