@@ -303,6 +303,12 @@ fn exec_runtime(
         };
         nix::unistd::chdir(cwd).map_err(sys("chdir"))?;
         close_inherited_fds().map_err(sys("close_range"))?;
+        if spec.command.is_some() {
+            // The installer's output is its answer: sandboxd reads it from
+            // the socket, in order, both streams together.
+            nix::unistd::dup2_stdout(socket_fd()).map_err(sys("dup2 stdout"))?;
+            nix::unistd::dup2_stderr(socket_fd()).map_err(sys("dup2 stderr"))?;
+        }
         // Last, so none of the setup above runs under the filter. A zygote
         // runs without: its children install it.
         if spec.zygote.is_none() {
@@ -314,6 +320,13 @@ fn exec_runtime(
         Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+#[allow(unsafe_code)]
+fn socket_fd() -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: fd 3 is the socket sandboxd passed; it stays open for the
+    // life of this process (until exec, which keeps it).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(SANDBOX_SOCKET_FD) }
 }
 
 /// Drops every capability from the bounding set, so nothing the function

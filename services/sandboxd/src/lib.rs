@@ -19,6 +19,7 @@ mod cgroups;
 mod config;
 mod error;
 mod init;
+mod install;
 mod logs;
 mod mounts;
 mod namespaces;
@@ -30,6 +31,7 @@ mod safe;
 mod sandbox;
 mod seccomp;
 mod service;
+mod tree;
 mod warm;
 mod zygote;
 

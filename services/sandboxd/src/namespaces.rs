@@ -46,12 +46,12 @@ pub(crate) fn prepare_init(
     let fd = socket.as_raw_fd();
     let netns = netns.map(AsRawFd::as_raw_fd);
     let hook = move || -> std::io::Result<()> {
-        // SAFETY: setns takes an fd that stays open until spawn returns
-        // (the parent holds it) and a namespace type; no pointers.
-        if let Some(netns) = netns
-            && unsafe { libc::setns(netns, libc::CLONE_NEWNET) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
+        if let Some(netns) = netns {
+            // SAFETY: setns takes an fd that stays open until spawn returns
+            // (the parent holds it) and a namespace type; no pointers.
+            if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         unshare(sandbox_namespaces())?;
         prctl::set_pdeathsig(Signal::SIGKILL)?;

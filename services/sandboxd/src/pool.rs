@@ -140,6 +140,20 @@ impl MemoryPool {
         }
     }
 
+    /// Reserves `mb` only if it is free now and no call waits: for what
+    /// merely speeds calls up (zygotes), never at a call's expense.
+    pub fn try_reserve(self: &Arc<Self>, mb: u64) -> Option<Reservation> {
+        let mut state = self.state();
+        if !state.queue.is_empty() || state.reserved_mb + mb > self.total_mb {
+            return None;
+        }
+        state.reserved_mb += mb;
+        Some(Reservation {
+            pool: self.clone(),
+            mb,
+        })
+    }
+
     /// Reserves `mb`, waiting in line until `deadline` when the pool is full.
     pub async fn reserve(
         self: &Arc<Self>,

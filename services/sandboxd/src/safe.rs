@@ -161,12 +161,6 @@ impl SafeSandbox {
         }
     }
 
-    /// Whether sandboxes forked from this one still run. Only zygotes
-    /// (issue 5) have children; the evictor never takes such a sandbox.
-    pub fn has_live_children(&self) -> bool {
-        false
-    }
-
     pub fn last_used(&self) -> Instant {
         self.inner().last_used
     }

@@ -530,6 +530,44 @@ impl Sandbox {
         }
     }
 
+    /// For a sandbox running a command (the installer): reads what it
+    /// writes until it exits, keeping the last `keep` bytes, and says
+    /// whether it exited with status 0. None when it ran past `timeout`
+    /// (it is then destroyed) or was destroyed already.
+    pub(crate) async fn output(
+        &mut self,
+        timeout: Duration,
+        keep: usize,
+    ) -> Option<(bool, Vec<u8>)> {
+        let live = self.live.as_mut()?;
+        let run = async {
+            let mut tail = Vec::new();
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut live.conn, &mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        tail.extend_from_slice(&chunk[..n]);
+                        if tail.len() > 2 * keep {
+                            tail.drain(..tail.len() - keep);
+                        }
+                    }
+                }
+            }
+            if tail.len() > keep {
+                tail.drain(..tail.len() - keep);
+            }
+            let status = match live.child.as_mut() {
+                Some(child) => child.wait().await.ok(),
+                None => None,
+            };
+            (status.is_some_and(|s| s.success()), tail)
+        };
+        let done = tokio::time::timeout(timeout, run).await.ok();
+        self.destroy().await;
+        done
+    }
+
     /// The socket to the runtime while the sandbox lives.
     pub(crate) fn conn(&self) -> Option<&UnixStream> {
         self.live.as_ref().map(|live| &live.conn)
@@ -906,6 +944,21 @@ fn check_config(config: &Config) -> Result<(), Error> {
             "python {} must be an absolute path",
             config.python.display()
         )));
+    }
+    if !["tree", "off"].contains(&config.import_cache.as_str()) {
+        return Err(Error::InvalidConfig(format!(
+            "import_cache {:?} must be \"tree\" or \"off\"",
+            config.import_cache
+        )));
+    }
+    if config.zygote_uid == 0
+        || config.zygote_gid == 0
+        || config.zygote_uid == config.sandbox_uid
+        || config.zygote_gid == config.sandbox_gid
+    {
+        return Err(Error::InvalidConfig(
+            "zygote_uid and zygote_gid must be neither 0 nor the sandbox uid and gid".into(),
+        ));
     }
     if config.sandbox_uid == 0 || config.sandbox_gid == 0 {
         return Err(Error::InvalidConfig(

@@ -7,8 +7,9 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
+    FunctionConfig, FunctionRef, FunctionSandboxes, InstallRequest, InstallResponse, LogsRequest,
+    PrepareRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
+    ZygoteStatus,
 };
 use sock_telemetry::grpc::{ServerTraceLayer, TracedChannel};
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::sandbox::{Limits, Outcome, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
+use crate::zygote::ZygoteSpec;
 
 /// After the grace period the remaining sandboxes are killed, which ends
 /// their calls at once; this bounds the wait for those answers.
@@ -31,6 +33,8 @@ struct SandboxdService {
     manager: Arc<Manager>,
     cache: CacheClient<TracedChannel>,
     default_timeout_ms: u32,
+    /// `import_cache = "tree"`: cold starts fork from zygotes.
+    zygotes: bool,
     calls: AtomicU64,
 }
 
@@ -55,6 +59,14 @@ impl Sandboxd for SandboxdService {
             &request.function,
             request.follow,
         )))
+    }
+
+    async fn install(
+        &self,
+        request: Request<InstallRequest>,
+    ) -> Result<Response<InstallResponse>, Status> {
+        let answer = self.manager.install(request.into_inner()).await?;
+        Ok(Response::new(answer))
     }
 
     async fn status(
@@ -92,6 +104,17 @@ impl Sandboxd for SandboxdService {
                 .collect(),
             spare_cgroups: node.spare_cgroups,
             spare_netns: node.spare_netns,
+            zygote_forks_total: node.forks,
+            zygotes: node
+                .zygotes
+                .into_iter()
+                .map(|z| ZygoteStatus {
+                    id: z.id,
+                    children: z.children,
+                    memory_used_mb: z.memory_bytes >> 20,
+                    memory_reserved_mb: z.reserved_mb,
+                })
+                .collect(),
         }))
     }
 }
@@ -162,7 +185,28 @@ impl SandboxdService {
         let limits = config.limits.unwrap_or_default();
         let mut environment: Vec<(String, String)> = config.environment.into_iter().collect();
         environment.sort();
+        // No chain from the cache (or no tree there yet): the root zygote,
+        // which imported only the runtime, still spares the interpreter's
+        // start.
+        let chain = self
+            .zygotes
+            .then(|| match prepared.zygote_chain.is_empty() {
+                true => vec![ZygoteSpec {
+                    id: "root".into(),
+                    ..ZygoteSpec::default()
+                }],
+                false => prepared
+                    .zygote_chain
+                    .into_iter()
+                    .map(|node| ZygoteSpec {
+                        id: node.id,
+                        package_dirs: node.package_dirs.into_iter().map(Into::into).collect(),
+                        imports: node.imports,
+                    })
+                    .collect(),
+            });
         Ok(Prepared {
+            chain,
             version,
             spec: SandboxSpec {
                 function: function.name,
@@ -194,11 +238,13 @@ pub async fn run(
         .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
         .connect_lazy();
     let default_timeout_ms = config.timeout_ms;
+    let zygotes = config.import_cache == "tree";
     let manager = Manager::new(config)?;
     let service = SandboxdService {
         manager: manager.clone(),
         cache: CacheClient::new(sock_telemetry::grpc::traced(channel)),
         default_timeout_ms,
+        zygotes,
         calls: AtomicU64::new(0),
     };
 

@@ -8,7 +8,13 @@
 //! paused once idle for `pause_after_ms`. A newer version retires the idle
 //! sandboxes of older ones. The evictor frees memory for waiting calls, or
 //! when the machine runs low, by destroying paused sandboxes first, then
-//! idle ones, least recently used first; running ones never.
+//! idle ones and childless zygotes, least recently used first (a zygote
+//! before a sandbox of the same age); running ones and zygotes with live
+//! children never.
+//!
+//! A cold start with an import-cache chain forks from that chain's zygote
+//! (made lazily by the zygote [`Tree`]); without one, or when the zygote
+//! cannot fork, it starts a fresh sandbox.
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +31,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::pool::{MemoryPool, PoolSnapshot};
 use crate::safe::{Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Why};
-use crate::sandbox::{Outcome, SandboxSpec, Sandboxes};
+use crate::sandbox::{Outcome, Sandbox, SandboxSpec, Sandboxes};
+use crate::tree::{Node, Tree, ZygoteInfo};
+use crate::zygote::ZygoteSpec;
 
 /// How often the free-memory watcher looks at the machine.
 const MEMINFO_PERIOD: Duration = Duration::from_secs(1);
@@ -37,6 +45,8 @@ pub(crate) struct Prepared {
     /// The version the code belongs to (may be newer than asked for).
     pub version: u64,
     pub spec: SandboxSpec,
+    /// The zygotes to fork from, root first; None: a fresh sandbox.
+    pub chain: Option<Vec<ZygoteSpec>>,
 }
 
 /// One call, as the service hands it over.
@@ -67,6 +77,9 @@ pub(crate) struct NodeStatus {
     pub functions: Vec<(Key, [u32; 3])>,
     pub spare_cgroups: u32,
     pub spare_netns: u32,
+    /// Cold starts forked from a zygote.
+    pub forks: u64,
+    pub zygotes: Vec<ZygoteInfo>,
 }
 
 pub(crate) struct Manager {
@@ -79,6 +92,13 @@ pub(crate) struct Manager {
     stop: CancellationToken,
     /// Told whenever a sandbox goes idle that a waiting call could use.
     parked: Notify,
+    tree: Tree,
+}
+
+/// What the evictor destroys next.
+enum Victim {
+    Sandbox(Arc<SafeSandbox>),
+    Zygote(Arc<Node>),
 }
 
 #[derive(Default)]
@@ -130,6 +150,7 @@ struct Metrics {
     evictions: AtomicU64,
     warm_starts: AtomicU64,
     cold_starts: AtomicU64,
+    forks: AtomicU64,
 }
 
 impl Metrics {
@@ -188,6 +209,7 @@ impl Manager {
             pause_after,
             stop: CancellationToken::new(),
             parked: Notify::new(),
+            tree: Tree::default(),
         });
         tokio::spawn(evictor(Arc::downgrade(&manager), manager.stop.clone()));
         if min_free_mb > 0 {
@@ -241,7 +263,10 @@ impl Manager {
                         self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
                         lease
                     }
-                    None => self.cold(key, prepared.spec, deadline).await?,
+                    None => {
+                        self.cold(key, prepared.spec, prepared.chain, deadline)
+                            .await?
+                    }
                 }
             }
         };
@@ -274,7 +299,13 @@ impl Manager {
         }
     }
 
-    async fn cold(&self, key: Key, spec: SandboxSpec, deadline: Instant) -> Result<Lease, Error> {
+    async fn cold(
+        &self,
+        key: Key,
+        spec: SandboxSpec,
+        chain: Option<Vec<ZygoteSpec>>,
+        deadline: Instant,
+    ) -> Result<Lease, Error> {
         let memory_mb = self.sandboxes.memory_mb(&spec.limits);
         // While waiting for memory, a sandbox of the same version that
         // goes idle serves this call better than a new one would.
@@ -295,17 +326,45 @@ impl Manager {
                 return Ok(lease);
             }
         };
-        let sandbox = self
-            .sandboxes
-            .create(spec)
-            .instrument(
-                tracing::info_span!("sandbox.create", function = %key.name, version = key.version),
-            )
-            .await?;
+        let sandbox = self.start(&key, spec, chain, deadline).await?;
         self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
         let (safe, lease) = SafeSandbox::start(sandbox, key, reservation, self.listeners.clone());
         self.metrics.live().insert(safe.id().to_string(), safe);
         Ok(lease)
+    }
+
+    /// A sandbox forked from the chain's zygote, or else a fresh one.
+    async fn start(
+        &self,
+        key: &Key,
+        spec: SandboxSpec,
+        chain: Option<Vec<ZygoteSpec>>,
+        deadline: Instant,
+    ) -> Result<Sandbox, Error> {
+        if let Some(chain) = chain {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let zygote = chain.last().map(|n| n.id.clone()).unwrap_or_default();
+            let forked = self
+                .tree
+                .fork(&self.sandboxes, &self.pool, &chain, spec.clone(), left)
+                .instrument(tracing::info_span!("zygote.fork", function = %key.name, zygote))
+                .await;
+            match forked {
+                Ok(sandbox) => {
+                    self.metrics.forks.fetch_add(1, Ordering::Relaxed);
+                    return Ok(sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!(function = %key.name, error = %e, "no zygote fork; starting a fresh sandbox");
+                }
+            }
+        }
+        self.sandboxes
+            .create(spec)
+            .instrument(
+                tracing::info_span!("sandbox.create", function = %key.name, version = key.version),
+            )
+            .await
     }
 
     async fn run(
@@ -414,33 +473,60 @@ impl Manager {
         }
     }
 
-    /// Takes the sandbox to evict next out of the idle lists: paused before
-    /// idle, least recently used first, never one that has live children.
-    fn pick_victim(&self) -> Option<Arc<SafeSandbox>> {
+    /// Takes what to evict next: paused sandboxes first, then idle ones
+    /// and childless zygotes, least recently used first, a zygote before a
+    /// sandbox of the same age. Never a zygote with live children: its
+    /// children live in its pid namespace and would die with it.
+    fn pick_victim(&self) -> Option<Victim> {
+        let zygote = self.tree.eviction_candidate();
         let mut warm = self.warm();
-        let (key, index) = warm
+        let sandbox = warm
             .idle
             .iter()
             .flat_map(|(key, list)| list.iter().enumerate().map(move |(i, s)| (key, i, s)))
-            .filter(|(_, _, s)| !s.has_live_children())
-            .min_by_key(|(_, _, s)| (s.phase() != Phase::Paused, s.last_used()))
-            .map(|(key, i, _)| (key.clone(), i))?;
+            .map(|(key, i, s)| ((s.phase() != Phase::Paused, s.last_used(), true), key, i))
+            .min_by_key(|(order, _, _)| *order);
+        let zygote_first = match (&sandbox, &zygote) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some((order, _, _)), Some((_, at))) => (true, *at, false) < *order,
+        };
+        if zygote_first {
+            return zygote.map(|(node, _)| Victim::Zygote(node));
+        }
+        let (_, key, index) = sandbox?;
+        let key = key.clone();
         let list = warm.idle.get_mut(&key).expect("key just seen");
         let victim = list.remove(index);
         if list.is_empty() {
             warm.idle.remove(&key);
         }
-        Some(victim)
+        Some(Victim::Sandbox(victim))
     }
 
-    /// Evicts one sandbox; false when none can be.
+    /// Evicts one sandbox or zygote; false when none can be.
     async fn evict_one(&self) -> bool {
-        let Some(victim) = self.pick_victim() else {
-            return false;
-        };
-        tracing::info!(sandbox = victim.id(), function = %victim.key().name, "evicting sandbox");
-        let _ = tokio::task::spawn_blocking(move || victim.destroy(Why::Evicted)).await;
-        true
+        match self.pick_victim() {
+            None => false,
+            Some(Victim::Sandbox(victim)) => {
+                tracing::info!(sandbox = victim.id(), function = %victim.key().name, "evicting sandbox");
+                let _ = tokio::task::spawn_blocking(move || victim.destroy(Why::Evicted)).await;
+                true
+            }
+            Some(Victim::Zygote(node)) => {
+                self.tree.evict(&node).await;
+                self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// Runs `pip install` for the cache (see [`crate::install`]).
+    pub async fn install(
+        &self,
+        req: sock_proto::v1::InstallRequest,
+    ) -> Result<sock_proto::v1::InstallResponse, Error> {
+        crate::install::install(&self.sandboxes, &self.pool, req).await
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -452,6 +538,8 @@ impl Manager {
             cold_starts: self.metrics.cold_starts.load(Ordering::Relaxed),
             spare_cgroups: self.sandboxes.spare_cgroups(),
             spare_netns: self.sandboxes.spare_netns(),
+            forks: self.metrics.forks.load(Ordering::Relaxed),
+            zygotes: self.tree.status(),
             ..NodeStatus::default()
         };
         let mut functions: HashMap<Key, [u32; 3]> = HashMap::new();
@@ -494,6 +582,7 @@ impl Manager {
         })
         .await;
         self.sandboxes.destroy_all().await;
+        self.tree.shutdown().await;
     }
 }
 

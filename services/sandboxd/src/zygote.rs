@@ -67,6 +67,11 @@ pub struct Zygote {
 }
 
 impl Sandboxes {
+    /// The memory limit of every zygote, in MB.
+    pub fn zygote_memory_mb(&self) -> u64 {
+        self.shared.config.zygote_memory_mb
+    }
+
     /// Starts a root zygote: a fresh sandbox that imports `node`'s modules
     /// and waits for fork requests. Waits up to `timeout` for the imports.
     pub async fn create_zygote(
@@ -210,12 +215,32 @@ impl Zygote {
             .unwrap_or_default()
     }
 
+    /// Whether the zygote can fork: not destroyed, and its process still
+    /// holds its socket (a zygote never writes after `ready`, so anything
+    /// to read means it closed).
     pub fn is_alive(&self) -> bool {
-        self.sandbox
+        let destroyed = self
+            .sandbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(Sandbox::is_alive)
+            .is_none_or(|s| !s.is_alive());
+        if destroyed {
+            return false;
+        }
+        let Ok(control) = self.control.try_lock() else {
+            // A fork is being sent right now.
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        matches!(
+            nix::sys::socket::recv(
+                control.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        )
     }
 
     /// Kills the zygote (and any child still running). Idempotent.

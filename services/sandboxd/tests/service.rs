@@ -229,9 +229,20 @@ async fn invoke_runs_the_prepared_version_with_its_config() {
         "the second call reused the first's sandbox"
     );
     assert_eq!((status.cold_starts_total, status.warm_starts_total), (1, 1));
+    // The cache named no zygote chain and import_cache is "tree": the
+    // sandbox was forked from the root zygote, which lives on with it.
+    assert_eq!(status.zygote_forks_total, 1, "{status:?}");
+    let zygotes: Vec<(&str, u32)> = status
+        .zygotes
+        .iter()
+        .map(|z| (z.id.as_str(), z.children))
+        .collect();
+    assert_eq!(zygotes, [("root", 1)], "{status:?}");
+    assert!(status.zygotes[0].memory_used_mb > 0, "{status:?}");
     assert_eq!(
-        status.pool_reserved_mb, 128,
-        "the warm sandbox holds its memory"
+        status.pool_reserved_mb,
+        128 + status.zygotes[0].memory_reserved_mb,
+        "the warm sandbox and the zygote hold their memory"
     );
     assert!(matches!(status.cgroup_version, 1 | 2));
     node.stop().await;

@@ -165,3 +165,222 @@ async fn a_child_of_the_root_zygote_runs_the_function_as_a_fresh_sandbox_would()
     assert_eq!(zygote.children(), 0);
     zygote.destroy().await;
 }
+
+/// A package whose import is seen: it records the moment in a global.
+const MARKED: &str = r#"
+import time
+IMPORTED_AT = time.monotonic()
+"#;
+
+#[tokio::test]
+async fn a_child_of_a_package_zygote_has_the_package_imported_before_its_entry_file() {
+    let Some(fx) = fixture("chain") else {
+        return;
+    };
+    let root = fx.root().await;
+    let marked = fx.package("marked", "marked", MARKED);
+    let other = fx.package("other", "other_mod", "VALUE = 7\n");
+    let node = ZygoteSpec {
+        id: "root/marked==1".into(),
+        package_dirs: vec![marked.clone()],
+        imports: vec!["marked".into()],
+    };
+    let zygote = root
+        .fork_zygote(&node, TIMEOUT)
+        .await
+        .expect("child zygote");
+    assert_eq!(root.children(), 1, "the child zygote counts as a child");
+    // Checked at import time of f.py: the zygote imported it before.
+    let f_py = r#"
+import sys
+SEEN_BEFORE_IMPORT = "marked" in sys.modules
+import marked, other_mod
+
+def f(event):
+    return {"seen": SEEN_BEFORE_IMPORT, "other": other_mod.VALUE,
+            "path": [p for p in sys.path if p.startswith("/packages")]}
+"#;
+    let mut spec = fx.spec(fx.code("uses-marked", f_py));
+    // The function's closure: the node's package and one more of its own.
+    spec.package_dirs = vec![marked, other];
+    let mut child = zygote.fork(spec).await.expect("fork");
+    let got = json(call(&mut child, "{}").await);
+    assert_eq!(got["seen"], true, "{got}");
+    assert_eq!(got["other"], 7, "{got}");
+    assert_eq!(
+        got["path"],
+        serde_json::json!(["/packages/1", "/packages/0"]),
+        "{got}"
+    );
+    // A function forked from the root zygote does not have it.
+    let mut plain = root
+        .fork(fx.spec(fx.code(
+            "plain",
+            "import sys\n\ndef f(event):\n    return 'marked' in sys.modules\n",
+        )))
+        .await
+        .expect("fork from root");
+    assert_eq!(json(call(&mut plain, "{}").await), false);
+    child.destroy().await;
+    plain.destroy().await;
+    assert_eq!(zygote.children(), 0);
+    zygote.destroy().await;
+    assert_eq!(root.children(), 0);
+}
+
+/// The pids of processes in a cgroup dir.
+fn pids(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids: Vec<i32> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+const PROBE: &str = r#"
+import os, signal
+
+def f(event):
+    if event.get("hog"):
+        hog = bytearray(event["hog"] << 20)
+        return len(hog)
+    if event.get("crash"):
+        os._exit(7)
+    errors = {}
+    for pid in event["pids"]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            errors[str(pid)] = "killed"
+        except OSError as e:
+            errors[str(pid)] = e.errno
+    return {"errors": errors, "proc": os.listdir("/proc"), "pid": os.getpid()}
+"#;
+
+#[tokio::test]
+async fn children_cannot_see_or_signal_the_zygote_or_each_other_and_have_their_own_limits() {
+    let Some(fx) = fixture("isolation") else {
+        return;
+    };
+    let zygote = fx.root().await;
+    let code = fx.code("probe", PROBE);
+    let mut spec = fx.spec(code);
+    spec.limits = Limits {
+        memory_mb: 64,
+        ..Limits::default()
+    };
+    let mut a = zygote.fork(spec.clone()).await.expect("fork a");
+    let mut b = zygote.fork(spec.clone()).await.expect("fork b");
+    let zygote_pids = pids(&zygote.cgroup_dirs());
+    let b_pids = pids(b.cgroup_dirs());
+    assert!(!zygote_pids.is_empty() && !b_pids.is_empty());
+    // Each child lives in its own cgroup, not the zygote's.
+    let a_pids = pids(a.cgroup_dirs());
+    assert_eq!(a_pids.len(), 1, "{a_pids:?}");
+    assert!(!zygote_pids.contains(&a_pids[0]));
+    assert_eq!(
+        std::fs::read_to_string(
+            a.cgroup_dirs()
+                .iter()
+                .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+                .expect("memory cgroup")
+                .join("memory.limit_in_bytes")
+        )
+        .expect("limit")
+        .trim(),
+        (64u64 << 20).to_string()
+    );
+
+    let targets: Vec<i32> = zygote_pids.iter().chain(&b_pids).copied().collect();
+    let payload = serde_json::json!({ "pids": targets }).to_string();
+    let got = json(call(&mut a, &payload).await);
+    for pid in &targets {
+        // ESRCH: no such process in the child's pid namespace.
+        assert_eq!(got["errors"][pid.to_string()], 3, "pid {pid}: {got}");
+    }
+    assert_eq!(got["pid"], 1, "{got}");
+    // Only its own /proc-less view: nothing of the host or the zygote.
+    assert_eq!(got["proc"], serde_json::json!([]), "{got}");
+    // b and the zygote are still there.
+    json(call(&mut b, r#"{"pids": []}"#).await);
+
+    // Over its own memory limit: OOM for a, nobody else is touched.
+    let outcome = call(&mut a, r#"{"hog": 200}"#).await;
+    let Outcome::Failed(error) = outcome else {
+        panic!("expected OOM, got {outcome:?}");
+    };
+    assert_eq!(error.kind(), ErrorKind::OutOfMemory, "{error:?}");
+    // A crash: the zygote keeps serving.
+    let outcome = call(&mut b, r#"{"crash": true}"#).await;
+    let Outcome::Failed(error) = outcome else {
+        panic!("expected a crash, got {outcome:?}");
+    };
+    assert_eq!(error.kind(), ErrorKind::Killed, "{error:?}");
+    assert!(zygote.is_alive());
+    let mut c = zygote.fork(spec).await.expect("fork after the crash");
+    json(call(&mut c, r#"{"pids": []}"#).await);
+    c.destroy().await;
+    assert_eq!(zygote.children(), 0, "a and b are gone");
+    zygote.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_forks_at_once_from_one_zygote_all_work() {
+    let Some(fx) = fixture("concurrent") else {
+        return;
+    };
+    let zygote = fx.root().await;
+    let code = fx.code("echo", "def f(event):\n    return event\n");
+    let forks = (0..8).map(|i| {
+        let spec = fx.spec(code.clone());
+        let zygote = &zygote;
+        async move {
+            let mut child = zygote.fork(spec).await.expect("fork");
+            let got = json(call(&mut child, &i.to_string()).await);
+            child.destroy().await;
+            got
+        }
+    });
+    let got = futures::future::join_all(forks).await;
+    assert_eq!(got, (0..8).map(serde_json::Value::from).collect::<Vec<_>>());
+    assert_eq!(zygote.children(), 0);
+    zygote.destroy().await;
+}
+
+#[tokio::test]
+async fn a_dead_zygote_refuses_to_fork_and_says_so() {
+    let Some(fx) = fixture("dead") else {
+        return;
+    };
+    let zygote = fx.root().await;
+    for pid in pids(&zygote.cgroup_dirs()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for _ in 0..500 {
+        if !zygote.is_alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!zygote.is_alive());
+    let err = zygote
+        .fork(fx.spec(fx.code("echo", "def f(event):\n    return event\n")))
+        .await
+        .err()
+        .expect("a dead zygote cannot fork");
+    assert!(
+        err.to_string().starts_with("zygote root could not fork"),
+        "{err}"
+    );
+    assert_eq!(zygote.children(), 0);
+}

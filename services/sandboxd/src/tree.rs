@@ -1,0 +1,187 @@
+//! The node's live zygotes, one per import-cache tree node, made lazily
+//! (parent first) when a cold start needs them, each holding its memory
+//! from the pool while it lives.
+//!
+//! Creating one node waits only for that node's own slot: cold starts
+//! served by other zygotes go on. A zygote found dead (its process is gone)
+//! is replaced on the next need; one that cannot be made or cannot fork
+//! makes the cold start a fresh sandbox instead.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::pool::{MemoryPool, Reservation};
+use crate::sandbox::{Sandbox, SandboxSpec, Sandboxes};
+use crate::zygote::{Zygote, ZygoteSpec};
+
+/// A live zygote and the memory it holds from the pool.
+pub(crate) struct Node {
+    // Field order: the zygote is torn down before its memory goes back.
+    pub zygote: Zygote,
+    reservation: Mutex<Option<Reservation>>,
+}
+
+impl Node {
+    /// Kills the zygote, then gives its memory back.
+    async fn destroy(&self) {
+        self.zygote.destroy().await;
+        self.reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Node>>>>;
+
+/// What Status shows of one zygote.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ZygoteInfo {
+    pub id: String,
+    pub children: u32,
+    pub memory_bytes: u64,
+    pub reserved_mb: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Tree {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Tree {
+    fn slot(&self, id: &str) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The live nodes right now.
+    fn nodes(&self) -> Vec<Arc<Node>> {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.try_lock().ok().and_then(|node| node.clone()))
+            .collect()
+    }
+
+    /// Forks a sandbox for `spec` from the last zygote of `chain` (root
+    /// first), making whatever zygotes of the chain do not live yet.
+    pub async fn fork(
+        &self,
+        sandboxes: &Sandboxes,
+        pool: &Arc<MemoryPool>,
+        chain: &[ZygoteSpec],
+        spec: SandboxSpec,
+        timeout: Duration,
+    ) -> Result<Sandbox, Error> {
+        let node = self.zygote_for(sandboxes, pool, chain, timeout).await?;
+        let forked = node.zygote.fork(spec).await;
+        if forked.is_err() && !node.zygote.is_alive() {
+            self.remove(&node).await;
+        }
+        forked
+    }
+
+    async fn zygote_for(
+        &self,
+        sandboxes: &Sandboxes,
+        pool: &Arc<MemoryPool>,
+        chain: &[ZygoteSpec],
+        timeout: Duration,
+    ) -> Result<Arc<Node>, Error> {
+        let mut parent: Option<Arc<Node>> = None;
+        for spec in chain {
+            let slot = self.slot(&spec.id);
+            let mut held = slot.lock().await;
+            if let Some(node) = held.as_ref().filter(|n| n.zygote.is_alive()) {
+                parent = Some(node.clone());
+                continue;
+            }
+            if let Some(dead) = held.take() {
+                dead.destroy().await;
+            }
+            let memory_mb = sandboxes.zygote_memory_mb();
+            let reservation = pool.try_reserve(memory_mb).ok_or_else(|| Error::Zygote {
+                id: spec.id.clone(),
+                why: format!("no {memory_mb} MB free in the memory pool"),
+            })?;
+            let zygote = match &parent {
+                None => sandboxes.create_zygote(spec, timeout).await?,
+                Some(parent) => parent.zygote.fork_zygote(spec, timeout).await?,
+            };
+            tracing::info!(zygote = %spec.id, imports = ?spec.imports, "zygote started");
+            let node = Arc::new(Node {
+                zygote,
+                reservation: Mutex::new(Some(reservation)),
+            });
+            *held = Some(node.clone());
+            parent = Some(node);
+        }
+        parent.ok_or_else(|| Error::InvalidRequest("the zygote chain is empty".into()))
+    }
+
+    /// Takes `node` out of the tree (if it is still there) and destroys it.
+    async fn remove(&self, node: &Arc<Node>) {
+        let slot = self.slot(node.zygote.id());
+        {
+            let mut held = slot.lock().await;
+            if held.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)) {
+                held.take();
+            }
+        }
+        node.destroy().await;
+    }
+
+    /// The childless zygote forked from least recently, with that time:
+    /// the one to evict first.
+    pub fn eviction_candidate(&self) -> Option<(Arc<Node>, Instant)> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n.zygote.children() == 0)
+            .map(|n| {
+                let at = n.zygote.last_fork();
+                (n, at)
+            })
+            .min_by_key(|(_, at)| *at)
+    }
+
+    pub async fn evict(&self, node: &Arc<Node>) {
+        tracing::info!(zygote = node.zygote.id(), "evicting zygote");
+        self.remove(node).await;
+    }
+
+    pub fn status(&self) -> Vec<ZygoteInfo> {
+        let mut zygotes: Vec<ZygoteInfo> = self
+            .nodes()
+            .iter()
+            .map(|n| ZygoteInfo {
+                id: n.zygote.id().to_string(),
+                children: u32::try_from(n.zygote.children()).unwrap_or(u32::MAX),
+                memory_bytes: n.zygote.memory_usage(),
+                reserved_mb: n.zygote.memory_mb(),
+            })
+            .collect();
+        zygotes.sort_by(|a, b| a.id.cmp(&b.id));
+        zygotes
+    }
+
+    /// Destroys every zygote, children first.
+    pub async fn shutdown(&self) {
+        let mut nodes = self.nodes();
+        // Deeper ids are children ("root/a" under "root").
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.zygote.id().len()));
+        for node in nodes {
+            self.remove(&node).await;
+        }
+    }
+}
