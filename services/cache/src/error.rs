@@ -30,6 +30,12 @@ pub enum Error {
         version: u64,
         source: BundleError,
     },
+    #[error("cannot unpack function '{name}' version {version}: {source}")]
+    Unpack {
+        name: String,
+        version: u64,
+        source: BundleError,
+    },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -70,6 +76,7 @@ impl From<Error> for Status {
             Error::RegistryUnavailable { .. } => Status::unavailable(message),
             // Host paths and client internals stay in the log.
             Error::RegistryProtocol { .. }
+            | Error::Unpack { .. }
             | Error::Io { .. }
             | Error::RegistryUrl { .. }
             | Error::HttpClient(_)

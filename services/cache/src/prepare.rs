@@ -39,7 +39,7 @@ impl Preparer {
 
     /// Makes sure version `asked` of `name`, or a newer one, is unpacked,
     /// and says which one and where.
-    #[tracing::instrument(name = "cache.prepare", skip(self), fields(function = %name, version = asked, prepared))]
+    #[tracing::instrument(name = "cache.prepare", skip_all, fields(function = %name, version = asked, prepared))]
     pub(crate) async fn prepare(&self, name: &str, asked: u64) -> Result<Installed, Error> {
         sock_bundle::validate_name(name).map_err(|source| Error::InvalidName { source })?;
         let slot = self.slot(name);

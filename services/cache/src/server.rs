@@ -75,6 +75,8 @@ impl Cache for CacheService {
             code_dir: installed.dir.to_string_lossy().into_owned(),
             package_dirs: Vec::new(),
             imports: Vec::new(),
+            // No packages yet, so no import-cache tree: a fresh sandbox.
+            zygote_chain: Vec::new(),
             config: Some(installed.config),
         }))
     }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use prost::Message;
-use sock_bundle::BundleLimits;
+use sock_bundle::{BundleError, BundleLimits};
 use sock_proto::v1::{FunctionConfig, FunctionInfo};
 
 use crate::error::Error;
@@ -102,10 +102,19 @@ impl Store {
             .map_err(|e| Error::io("create a directory in", &self.tmp, e))?;
         let unpacked = staging.path().join("code");
         let manifest = sock_bundle::unpack(&body, &unpacked, &self.limits).map_err(|source| {
-            Error::InvalidBundle {
-                name: name.to_string(),
-                version,
-                source,
+            let (name, version) = (name.to_string(), version);
+            match source {
+                // Our disk, not the bundle, failed.
+                BundleError::Io { .. } | BundleError::DestinationExists { .. } => Error::Unpack {
+                    name,
+                    version,
+                    source,
+                },
+                source => Error::InvalidBundle {
+                    name,
+                    version,
+                    source,
+                },
             }
         })?;
         set_mode_0755(&unpacked)?;
