@@ -6,7 +6,7 @@
 //! call succeeded, failed, timed out, or the future was dropped: it kills
 //! everything in the sandbox's cgroup and removes it.
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
@@ -568,6 +568,15 @@ impl Sandbox {
         done
     }
 
+    /// Whether the runtime has closed its socket: a ready runtime only
+    /// ever speaks when spoken to, so anything to read between calls means
+    /// it is gone (say, killed with the zygote it was forked from).
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_none_or(|live| live.ready && closed(live.conn.as_raw_fd()))
+    }
+
     /// The socket to the runtime while the sandbox lives.
     pub(crate) fn conn(&self) -> Option<&UnixStream> {
         self.live.as_ref().map(|live| &live.conn)
@@ -811,6 +820,19 @@ fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
     }
     drop(parent);
     tracing::debug!(sandbox = %id, function, "sandbox destroyed");
+}
+
+/// Whether the peer of a socket that carries nothing unasked has gone.
+pub(crate) fn closed(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(
+        nix::sys::socket::recv(
+            fd,
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// The frame header of an HTTP call.

@@ -289,13 +289,20 @@ impl Manager {
         }
     }
 
-    /// Pops idle sandboxes of `key` until one can be leased.
+    /// Pops idle sandboxes of `key` until one can be leased whose runtime
+    /// still lives (one forked from a zygote dies with it).
     fn take_idle(&self, key: &Key) -> Option<Lease> {
         loop {
             let candidate = self.warm().idle.get_mut(key)?.pop()?;
-            if let Ok(lease) = candidate.lease() {
-                return Some(lease);
+            let Ok(mut lease) = candidate.lease() else {
+                continue;
+            };
+            if lease.sandbox().peer_closed() {
+                lease.safe().exited();
+                tokio::task::spawn_blocking(move || lease.discard(Why::CallFailed));
+                continue;
             }
+            return Some(lease);
         }
     }
 

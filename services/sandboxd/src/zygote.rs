@@ -232,15 +232,7 @@ impl Zygote {
             // A fork is being sent right now.
             return true;
         };
-        let mut byte = [0u8; 1];
-        matches!(
-            nix::sys::socket::recv(
-                control.as_raw_fd(),
-                &mut byte,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            ),
-            Err(nix::errno::Errno::EAGAIN)
-        )
+        !crate::sandbox::closed(control.as_raw_fd())
     }
 
     /// Kills the zygote (and any child still running). Idempotent.

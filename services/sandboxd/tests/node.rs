@@ -12,7 +12,7 @@ use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
     ErrorKind, FunctionConfig, FunctionError, FunctionRef, Limits, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, ZygoteNode,
 };
 use sock_sandboxd::Config;
 use tokio::net::TcpListener;
@@ -27,6 +27,8 @@ const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
 #[derive(Default)]
 struct Catalog {
     functions: Mutex<HashMap<String, (u64, FunctionConfig)>>,
+    /// Import-cache chains per function; none: the cache names no chain.
+    chains: Mutex<HashMap<String, Vec<ZygoteNode>>>,
     prepares: AtomicUsize,
 }
 
@@ -53,6 +55,14 @@ impl Cache for FakeCache {
                 "function '{name}' does not exist"
             )));
         };
+        let zygote_chain = self
+            .catalog
+            .chains
+            .lock()
+            .expect("catalog lock")
+            .get(&name)
+            .cloned()
+            .unwrap_or_default();
         Ok(Response::new(PrepareResponse {
             function: Some(FunctionRef {
                 name: name.clone(),
@@ -60,6 +70,7 @@ impl Cache for FakeCache {
             }),
             code_dir: code_dir(&self.code, &name, version).display().to_string(),
             config: Some(config),
+            zygote_chain,
             ..PrepareResponse::default()
         }))
     }
@@ -914,4 +925,153 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         .expect("wait");
     assert!(status.success(), "sock-sandboxd exited with {status}");
     assert_nothing_left(&instance, &node.dir.path().join("data"));
+}
+
+fn zygotes(status: &StatusResponse) -> Vec<(String, u32)> {
+    status
+        .zygotes
+        .iter()
+        .map(|z| (z.id.clone(), z.children))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
+    // Room for the root zygote (256 MB) and one sandbox (128 MB).
+    let Some(node) = start("zygevict", |c| c.mem_pool_mb = 384).await else {
+        return;
+    };
+    for name in ["a", "b"] {
+        node.publish(name, 1, COUNTER, Limits::default());
+    }
+    node.invoke("a", 1, "", 20_000).await.expect("a");
+    let status = node.status().await;
+    assert_eq!(zygotes(&status), [("root".to_string(), 1)], "{status:?}");
+    // No room for b: a's idle sandbox goes, never the zygote it came from.
+    node.invoke("b", 1, "", 20_000).await.expect("b");
+    let status = node.status().await;
+    assert_eq!(status.evictions_total, 1, "{status:?}");
+    assert_eq!(zygotes(&status), [("root".to_string(), 1)], "{status:?}");
+    assert_eq!(status.zygote_forks_total, 2, "{status:?}");
+
+    // A function whose chain cannot be made runs in a fresh sandbox; its
+    // chain's root, made for it, stays childless.
+    node.publish("fresh", 1, COUNTER, Limits::default());
+    node.catalog.chains.lock().expect("lock").insert(
+        "fresh".into(),
+        vec![
+            ZygoteNode {
+                id: "root".into(),
+                ..ZygoteNode::default()
+            },
+            ZygoteNode {
+                id: "root/missing==1".into(),
+                package_dirs: vec!["/nonexistent/sock-test-package".into()],
+                imports: vec!["missing".into()],
+            },
+        ],
+    );
+    // b's idle sandbox makes room, then the root (childless now) is older
+    // than the fresh sandbox: it goes before any idle function sandbox.
+    assert_eq!(
+        result(&node.invoke("fresh", 1, "", 20_000).await.expect("fresh")),
+        1,
+        "a fresh sandbox gives the same answer"
+    );
+    let status = node.status().await;
+    assert_eq!(status.zygote_forks_total, 2, "{status:?}");
+    assert_eq!(status.evictions_total, 2, "{status:?}");
+    assert_eq!(zygotes(&status), [("root".to_string(), 0)], "{status:?}");
+    node.publish("c", 1, COUNTER, Limits::default());
+    node.invoke("c", 1, "", 20_000).await.expect("c");
+    let status = node.status().await;
+    let names: Vec<String> = status
+        .functions
+        .iter()
+        .map(|f| f.function.as_ref().expect("ref").name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["c", "fresh"],
+        "the childless zygote made room, not the idle sandbox: {status:?}"
+    );
+    assert_eq!(status.evictions_total, 3, "{status:?}");
+    assert!(status.zygotes.is_empty(), "{status:?}");
+    node.stop().await;
+}
+
+/// The host pids of the zygote processes of this node: they run as the
+/// zygote uid (their children, forks with the same command line, do not).
+fn zygote_pids(node: &Node) -> Vec<i32> {
+    let zygote_uid = format!("Uid:\t{}\t", Config::default().zygote_uid);
+    node.sandbox_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.contains(&zygote_uid))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_zygote_is_made_anew_and_its_dead_children_are_not_reused() {
+    let Some(node) = start("zygdead", |_| {}).await else {
+        return;
+    };
+    for name in ["a", "b"] {
+        node.publish(name, 1, COUNTER, Limits::default());
+    }
+    node.invoke("a", 1, "", 20_000).await.expect("a");
+    let pids = zygote_pids(&node);
+    assert_eq!(pids.len(), 1, "one zygote process: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the zygote");
+    for _ in 0..500 {
+        if zygote_pids(&node).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next cold start finds it dead and makes a new one.
+    assert_eq!(
+        result(&node.invoke("b", 1, "", 20_000).await.expect("b")),
+        1
+    );
+    let status = node.status().await;
+    assert_eq!(status.zygote_forks_total, 2, "{status:?}");
+    let new = zygote_pids(&node);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, pids);
+    // a's sandbox died with its zygote; its next call gets a new one.
+    assert_eq!(
+        result(&node.invoke("a", 1, "", 20_000).await.expect("a again")),
+        1,
+        "a new sandbox (its count starts again), not an error"
+    );
+    let status = node.status().await;
+    assert_eq!(status.cold_starts_total, 3, "{status:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_import_cache_off_every_cold_start_is_fresh() {
+    let Some(node) = start("zygoff", |c| c.import_cache = "off".into()).await else {
+        return;
+    };
+    node.publish("a", 1, COUNTER, Limits::default());
+    assert_eq!(
+        result(&node.invoke("a", 1, "", 20_000).await.expect("a")),
+        1
+    );
+    let status = node.status().await;
+    assert_eq!(
+        (status.cold_starts_total, status.zygote_forks_total),
+        (1, 0)
+    );
+    assert!(status.zygotes.is_empty(), "{status:?}");
+    assert!(zygote_pids(&node).is_empty());
+    node.stop().await;
 }
