@@ -3,6 +3,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::error::Error;
 use crate::registry::{Fetched, Registry};
 use crate::store::{Installed, Store};
@@ -40,10 +42,13 @@ impl Preparer {
     /// Makes sure version `asked` of `name`, or a newer one, is unpacked,
     /// and says which one and where.
     #[tracing::instrument(name = "cache.prepare", skip_all, fields(function = %name, version = asked, prepared))]
-    pub(crate) async fn prepare(&self, name: &str, asked: u64) -> Result<Installed, Error> {
+    pub(crate) async fn prepare(
+        self: &Arc<Self>,
+        name: &str,
+        asked: u64,
+    ) -> Result<Installed, Error> {
         sock_bundle::validate_name(name).map_err(|source| Error::InvalidName { source })?;
-        let slot = self.slot(name);
-        let mut slot = slot.lock().await;
+        let mut slot = self.slot(name).lock_owned().await;
         if !slot.loaded {
             let store = self.store.clone();
             let owned = name.to_string();
@@ -56,15 +61,33 @@ impl Preparer {
         let fresh = slot
             .checked_at
             .is_some_and(|at| at.elapsed() < self.fresh_for);
-        if let Some(current) = slot
+        let prepared = match slot
             .current
             .as_ref()
             .filter(|c| fresh && c.version >= asked)
         {
-            tracing::Span::current().record("prepared", current.version);
-            return Ok(current.clone());
+            Some(current) => Ok(current.clone()),
+            None => {
+                // The refresh owns the slot's lock and runs to the end even
+                // when this caller gives up (deadline, disconnect), so the
+                // next caller never races a half-done unpack.
+                let this = self.clone();
+                let name = name.to_string();
+                tokio::spawn(
+                    async move { this.refresh(&name, asked, &mut slot).await }.in_current_span(),
+                )
+                .await
+                .expect("a refresh does not panic")
+            }
+        };
+        if let Ok(installed) = &prepared {
+            tracing::Span::current().record("prepared", installed.version);
         }
+        prepared
+    }
 
+    /// Asks the registry about `name` and brings `slot` up to date.
+    async fn refresh(&self, name: &str, asked: u64, slot: &mut Slot) -> Result<Installed, Error> {
         let have = slot
             .current
             .as_ref()
@@ -96,7 +119,6 @@ impl Preparer {
                 return match slot.current.as_ref().filter(|c| c.version >= asked) {
                     Some(current) => {
                         tracing::warn!(%reason, version = current.version, "registry unavailable; serving the cached copy");
-                        tracing::Span::current().record("prepared", current.version);
                         Ok(current.clone())
                     }
                     None => Err(Error::RegistryUnavailable { reason }),
@@ -123,7 +145,6 @@ impl Preparer {
                 latest: current.version,
             });
         }
-        tracing::Span::current().record("prepared", current.version);
         Ok(current)
     }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +37,8 @@ struct Exchange {
 
 #[derive(Clone)]
 struct ProxyState {
-    upstream: String,
+    /// Base URL of the registry's HTTP store.
+    upstream: Arc<Mutex<String>>,
     http: reqwest::Client,
     arrived: watch::Sender<usize>,
     /// Requests wait here until it is true.
@@ -64,9 +65,10 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
         header(http::header::IF_NONE_MATCH),
         header(http::header::IF_MODIFIED_SINCE),
     );
+    let base = state.upstream.lock().unwrap().clone();
     let upstream = state
         .http
-        .get(format!("{}{path}", state.upstream))
+        .get(format!("{base}{path}"))
         .headers(headers.clone())
         .send()
         .await;
@@ -115,11 +117,39 @@ impl Drop for Server {
     }
 }
 
+/// A registry on its own data dir.
+struct Registry {
+    server: Server,
+    grpc: RegistryClient<Channel>,
+    http_url: String,
+    _dir: TempDir,
+}
+
+async fn start_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (listener().await, listener().await);
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let config = sock_registry::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let server = spawn(|shutdown| sock_registry::run(config, grpc, http, shutdown));
+    Registry {
+        server,
+        grpc: RegistryClient::connect(format!("http://{grpc_addr}"))
+            .await
+            .unwrap(),
+        http_url: format!("http://{http_addr}"),
+        _dir: dir,
+    }
+}
+
 struct Stack {
-    registry: Server,
+    registry: Registry,
+    /// Where the proxy forwards to.
+    upstream: Arc<Mutex<String>>,
     proxy: Server,
     cache: Server,
-    registry_grpc: RegistryClient<Channel>,
     client: CacheClient<Channel>,
     proxy_addr: String,
     arrived: watch::Receiver<usize>,
@@ -127,7 +157,6 @@ struct Stack {
     exchanges: Arc<Mutex<Vec<Exchange>>>,
     corrupt_body: Arc<Mutex<Option<&'static [u8]>>>,
     cache_dir: TempDir,
-    _registry_dir: TempDir,
     sources: TempDir,
 }
 
@@ -171,19 +200,13 @@ async fn start_cache(
 
 impl Stack {
     async fn start(registry_cache_ms: u64) -> Stack {
-        let registry_dir = tempfile::tempdir().unwrap();
-        let (grpc, http) = (listener().await, listener().await);
-        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-        let config = sock_registry::Config {
-            data_dir: registry_dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        let registry = spawn(|shutdown| sock_registry::run(config, grpc, http, shutdown));
+        let registry = start_registry().await;
+        let upstream = Arc::new(Mutex::new(registry.http_url.clone()));
 
         let (arrived, arrived_rx) = watch::channel(0);
         let (open, open_rx) = watch::channel(true);
         let state = ProxyState {
-            upstream: format!("http://{http_addr}"),
+            upstream: upstream.clone(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             arrived,
             open: open_rx,
@@ -203,14 +226,11 @@ impl Stack {
         let cache_dir = tempfile::tempdir().unwrap();
         let (cache, client) =
             start_cache(cache_dir.path(), proxy_addr.clone(), registry_cache_ms).await;
-        let registry_grpc = RegistryClient::connect(format!("http://{grpc_addr}"))
-            .await
-            .unwrap();
         Stack {
             registry,
+            upstream,
             proxy,
             cache,
-            registry_grpc,
             client,
             proxy_addr,
             arrived: arrived_rx,
@@ -218,7 +238,6 @@ impl Stack {
             exchanges,
             corrupt_body,
             cache_dir,
-            _registry_dir: registry_dir,
             sources: tempfile::tempdir().unwrap(),
         }
     }
@@ -232,7 +251,8 @@ impl Stack {
         std::fs::write(dir.join("ol.yaml"), "environment:\n  GREETING: hello\n").unwrap();
         let bundle = sock_bundle::pack(&dir).unwrap();
         let info = self
-            .registry_grpc
+            .registry
+            .grpc
             .push_function(PushFunctionRequest {
                 name: name.into(),
                 bundle,
@@ -259,7 +279,15 @@ impl Stack {
     /// requests any more.
     async fn stop_registry(&mut self) {
         self.proxy.stop().await;
-        self.registry.stop().await;
+        self.registry.server.stop().await;
+    }
+
+    /// Replaces the registry with a new, empty one, as when its data is
+    /// lost: version numbers start again at 1.
+    async fn reset_registry(&mut self) {
+        self.registry.server.stop().await;
+        self.registry = start_registry().await;
+        *self.upstream.lock().unwrap() = self.registry.http_url.clone();
     }
 
     /// Version directories of `name` on the cache's disk.
@@ -617,4 +645,62 @@ async fn different_functions_do_not_wait_on_each_other() {
     assert!(!slow.is_finished());
     stack.open.send_replace(true);
     slow.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_fetch_outlives_a_caller_that_gave_up() {
+    let mut stack = Stack::start(FOREVER_MS).await;
+    let version = stack.push("hello", "one").await;
+    stack.open.send_replace(false);
+
+    // The server drops this call at its deadline while the fetch is held.
+    let mut request = tonic::Request::new(PrepareRequest {
+        function: Some(FunctionRef {
+            name: "hello".into(),
+            version,
+        }),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let status = bounded(stack.client.clone().prepare(request))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    stack.open.send_replace(true);
+
+    let prepared = bounded(stack.prepare("hello", version)).await.unwrap();
+    assert_eq!(read_code(&prepared), f_py("one"));
+    assert_eq!(stack.requests(), 1);
+    stack.assert_no_staging_left();
+}
+
+#[tokio::test]
+async fn a_reset_registry_reuses_an_identical_copy_and_replaces_a_different_one() {
+    let mut stack = Stack::start(0).await;
+    stack.push("hello", "one").await;
+    let first = stack.prepare("hello", 0).await.unwrap();
+    stack.push("hello", "two").await;
+    stack.prepare("hello", 0).await.unwrap();
+    let first_inode = std::fs::metadata(&first.code_dir).unwrap().ino();
+
+    // Same bytes as version 1 had: the copy on disk is used as it is.
+    stack.reset_registry().await;
+    assert_eq!(stack.push("hello", "one").await, 1);
+    let reused = stack.prepare("hello", 0).await.unwrap();
+    assert_eq!(reused, first);
+    assert_eq!(
+        std::fs::metadata(&reused.code_dir).unwrap().ino(),
+        first_inode
+    );
+
+    // Other bytes under version 1: the stale copy is replaced, never served.
+    stack.reset_registry().await;
+    assert_eq!(stack.push("hello", "uno").await, 1);
+    let replaced = stack.prepare("hello", 0).await.unwrap();
+    assert_eq!(version_of(&replaced), 1);
+    assert_eq!(replaced.code_dir, first.code_dir);
+    assert_eq!(read_code(&replaced), f_py("uno"));
+    stack.assert_no_staging_left();
 }
