@@ -704,3 +704,22 @@ async fn a_reset_registry_reuses_an_identical_copy_and_replaces_a_different_one(
     assert_eq!(read_code(&replaced), f_py("uno"));
     stack.assert_no_staging_left();
 }
+
+#[tokio::test]
+async fn a_registry_url_that_is_not_http_stops_the_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = sock_cache::Config {
+        registry_url: "https://registry.example".into(),
+        data_dir: data_dir.path().to_path_buf(),
+        ..Default::default()
+    };
+
+    let err = sock_cache::run(config, listener().await, CancellationToken::new())
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "invalid registry_url 'https://registry.example': only http:// URLs are supported"
+    );
+}
