@@ -15,11 +15,7 @@ use sock_e2e::otlp::{OtlpReceiver, Span};
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::sandbox_invoke_response::Outcome as NodeOutcome;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{
-    FunctionRef, GetFunctionRequest, InvokeRequest, PushFunctionRequest, SandboxInvokeRequest,
-};
+use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
@@ -382,26 +378,34 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
         "grpc_listen",
     );
     reaches(
-        key(&config, "gateway", "sandboxd_addr"),
-        "sandboxd",
-        "listen",
-    );
-    reaches(
         key(&config, "cache", "registry_url"),
         "registry",
         "http_listen",
     );
-    let gateway_port = port_of(key(&config, "gateway", "listen"));
-    reaches(
-        &format!("http://sock-gateway:{gateway_port}"),
-        "gateway",
-        "listen",
-    );
-    let node = manifests.named("Service", host_of(key(&config, "gateway", "sandboxd_addr")));
-    assert_eq!(
-        node["spec"]["clusterIP"], "None",
-        "node discovery needs a headless Service"
-    );
+    for listen in ["listen", "http_listen"] {
+        let url = format!(
+            "http://sock-gateway:{}",
+            port_of(key(&config, "gateway", listen))
+        );
+        reaches(&url, "gateway", listen);
+    }
+    // The gateway finds every node through a headless Service.
+    let nodes = config["gateway"]["sandboxd_addrs"]
+        .as_array()
+        .expect("sock.toml: [gateway] sandboxd_addrs lists the nodes");
+    assert!(!nodes.is_empty(), "the gateway has nodes");
+    for node in nodes {
+        let node = node.as_str().expect("a node address is a string");
+        let name = node
+            .strip_prefix("dns:")
+            .unwrap_or_else(|| panic!("{node}: nodes come and go; name them with dns:HOST:PORT"));
+        reaches(&format!("http://{name}"), "sandboxd", "listen");
+        let service = manifests.named("Service", host_of(name));
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{node}: only a headless Service resolves to every node"
+        );
+    }
 
     // cache and sandboxd: one pod, the cache over loopback, the cache's
     // volume at the same path in both (code dirs are absolute paths).
@@ -426,9 +430,12 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
         Some(data_dir),
         "sandboxd sees the cache volume at the same path"
     );
+    let state = key(&config, "sandboxd", "data_dir");
     assert!(
-        volume_mounted_at(sandboxd, key(&config, "sandboxd", "data_dir")).is_some(),
-        "sandboxd's state is a volume"
+        seq(&sandboxd["volumeMounts"]).iter().any(|m| m["mountPath"]
+            .as_str()
+            .is_some_and(|p| Path::new(state).starts_with(p) && p != state && p != "/")),
+        "sandboxd's state is inside a volume, below its mount point"
     );
 
     // Only sandboxd is privileged; it sees the host's cgroups, not its pids.
@@ -480,26 +487,74 @@ fn interpolate_defaults(text: &str) -> String {
     out
 }
 
-/// The services of compose.yaml and compose.node2.yaml, merged as compose
-/// merges override files of new services (node2 only adds services).
-fn compose_services() -> BTreeMap<String, Value> {
+/// Merges an override into a base as compose does for the keys our files
+/// override: mappings key by key, anything else replaced.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// The services of compose files, each over the ones before.
+fn compose_services(files: &[&str]) -> BTreeMap<String, Value> {
     let mut services = BTreeMap::new();
-    for file in ["compose.yaml", "compose.node2.yaml"] {
+    for file in files {
         let text = std::fs::read_to_string(repo().join(file)).expect("read compose file");
         let mut doc: Value = serde_yaml::from_str(&interpolate_defaults(&text))
             .unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
         doc.apply_merge().expect("merge keys");
-        for (name, service) in doc["services"].as_mapping().expect("services").clone() {
-            let mut service = service;
+        for (name, mut service) in doc["services"].as_mapping().expect("services").clone() {
             service.apply_merge().expect("merge keys");
             let name = name.as_str().expect("service name").to_string();
-            assert!(
-                services.insert(name.clone(), service).is_none(),
-                "{file} redefines {name}"
-            );
+            match services.get_mut(&name) {
+                Some(base) => merge(base, service),
+                None => {
+                    services.insert(name, service);
+                }
+            }
         }
     }
     services
+}
+
+/// Loads a service's config from `SOCK_<SERVICE>_*` variables the way the
+/// service does (figment parses each value leniently, then serde checks
+/// the types).
+fn load_from_env(service: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
+    use figment::providers::Serialized;
+    fn load<T: Default + serde::Serialize + serde::de::DeserializeOwned>(
+        vars: figment::value::Dict,
+    ) -> Result<(), String> {
+        figment::Figment::from(Serialized::defaults(T::default()))
+            .merge(Serialized::defaults(vars))
+            .extract::<T>()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    let vars: figment::value::Dict = env
+        .iter()
+        .filter_map(|(name, value)| {
+            let (target, key) = config_env(name)?;
+            let value: figment::value::Value = value.parse().expect("infallible");
+            (target == service).then_some((key, value))
+        })
+        .collect();
+    match service {
+        "gateway" => load::<sock_gateway::Config>(vars),
+        "registry" => load::<sock_registry::Config>(vars),
+        "cache" => load::<sock_cache::Config>(vars),
+        _ => load::<sock_sandboxd::Config>(vars),
+    }
 }
 
 fn env_of(service: &Value) -> BTreeMap<String, String> {
@@ -520,7 +575,12 @@ fn env_of(service: &Value) -> BTreeMap<String, String> {
 
 #[test]
 fn compose_files_wire_the_services_with_their_real_config_keys() {
-    let services = compose_services();
+    check_compose(&["compose.yaml"]);
+    check_compose(&["compose.yaml", "compose.node2.yaml"]);
+}
+
+fn check_compose(files: &[&str]) {
+    let services = compose_services(files);
     let sock: BTreeMap<&str, (&'static str, BTreeMap<String, String>)> = services
         .iter()
         .filter_map(|(name, s)| {
@@ -545,12 +605,7 @@ fn compose_files_wire_the_services_with_their_real_config_keys() {
         } else {
             format!("SOCK_{}_LISTEN", service.to_ascii_uppercase())
         };
-        let listen = &env[&var];
-        assert!(
-            listen.starts_with("0.0.0.0:"),
-            "{name}: {var}={listen} must bind all interfaces in a container"
-        );
-        port_of(listen)
+        port_of(&env[&var])
     };
     let volume_at = |name: &str, path: &str| -> Option<String> {
         seq(&services[name]["volumes"])
@@ -572,7 +627,16 @@ fn compose_files_wire_the_services_with_their_real_config_keys() {
                     "{name}: {var}: sock-{service} has no key '{key}'"
                 );
             }
+            if var.ends_with("_LISTEN") {
+                assert!(
+                    env[var].starts_with("0.0.0.0:"),
+                    "{name}: {var}={} must bind all interfaces in a container",
+                    env[var]
+                );
+            }
         }
+        load_from_env(service, env)
+            .unwrap_or_else(|e| panic!("{name}: its SOCK_* variables do not load: {e}"));
         assert!(
             env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"),
             "{name} exports spans"
@@ -630,7 +694,31 @@ fn compose_files_wire_the_services_with_their_real_config_keys() {
         match *service {
             "gateway" => {
                 assert_eq!(peer("SOCK_GATEWAY_REGISTRY_ADDR"), "registry");
-                assert_eq!(peer("SOCK_GATEWAY_SANDBOXD_ADDR"), "sandboxd");
+                // Every node, and nothing else, is one of the gateway's.
+                let nodes: toml::Table =
+                    toml::from_str(&format!("n = {}", env["SOCK_GATEWAY_SANDBOXD_ADDRS"]))
+                        .expect("SOCK_GATEWAY_SANDBOXD_ADDRS is a list");
+                let nodes: BTreeSet<&str> = nodes["n"]
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(|n| n.as_str().expect("a node address"))
+                    .collect();
+                for node in &nodes {
+                    let (peer, _) = &sock[host_of(node)];
+                    assert_eq!(*peer, "sandboxd", "{node} is no sandboxd");
+                    assert_eq!(port_of(node), listen_port(host_of(node)), "{node}");
+                }
+                let every: BTreeSet<&str> = sock
+                    .iter()
+                    .filter(|(_, (s, _))| *s == "sandboxd")
+                    .map(|(n, _)| *n)
+                    .collect();
+                assert_eq!(
+                    nodes.iter().map(|n| host_of(n)).collect::<BTreeSet<_>>(),
+                    every,
+                    "the gateway sends calls to every node"
+                );
             }
             "cache" => {
                 let url = &env["SOCK_CACHE_REGISTRY_URL"];
@@ -656,6 +744,14 @@ fn compose_files_wire_the_services_with_their_real_config_keys() {
                     volume_at(name, "/sys/fs/cgroup").as_deref(),
                     Some("/sys/fs/cgroup")
                 );
+                let state = &env["SOCK_SANDBOXD_DATA_DIR"];
+                assert!(
+                    seq(&services[*name]["volumes"])
+                        .iter()
+                        .filter_map(|v| v.as_str()?.split(':').nth(1))
+                        .any(|t| Path::new(state).starts_with(t) && t != state),
+                    "{name}: its data dir {state} is inside a volume, below its mount point"
+                );
             }
             _ => {}
         }
@@ -666,8 +762,8 @@ fn compose_files_wire_the_services_with_their_real_config_keys() {
         .collect();
     assert_eq!(
         instances.len(),
-        2,
-        "each node's sandboxd names its own cgroups"
+        sock.values().filter(|(s, _)| *s == "sandboxd").count(),
+        "{files:?}: each node's sandboxd names its own cgroups"
     );
 }
 
@@ -772,6 +868,7 @@ impl Project {
             ("SOCK_IMAGE", format!("sock:{name}")),
             ("SOCK_COMPOSE_INSTANCE", name.clone()),
             ("SOCK_PUBLISH_GATEWAY", "127.0.0.1:".into()),
+            ("SOCK_PUBLISH_GATEWAY_HTTP", "127.0.0.1:".into()),
             ("SOCK_PUBLISH_REGISTRY", "127.0.0.1:".into()),
             ("SOCK_TEST_OTLP_ENDPOINT", otlp_endpoint.into()),
         ];
@@ -913,28 +1010,44 @@ async fn channel(addr: &str) -> Channel {
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
-/// A trace id whose spans come from all four services.
-fn whole_trace(spans: &[Span]) -> Option<String> {
-    let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for span in spans {
-        services
-            .entry(&span.trace_id)
-            .or_default()
-            .insert(&span.service);
-    }
-    let all: BTreeSet<&str> = SERVICES
+/// The trace of the call with this id (the gateway records it on its
+/// `invoke` span), when spans of all four services have arrived for it.
+fn whole_trace<'a>(spans: &'a [Span], call_id: &str) -> Option<&'a str> {
+    let trace = &spans
         .iter()
-        .map(|s| match *s {
-            "gateway" => "sock-gateway",
-            "registry" => "sock-registry",
-            "cache" => "sock-cache",
-            _ => "sock-sandboxd",
-        })
+        .find(|s| s.attribute("sock.call_id") == Some(call_id))?
+        .trace_id;
+    let services: BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| &s.trace_id == trace)
+        .map(|s| s.service.as_str())
         .collect();
-    services
-        .into_iter()
-        .find(|(_, s)| all.is_subset(s))
-        .map(|(t, _)| t.to_string())
+    SERVICES
+        .iter()
+        .all(|s| services.contains(format!("sock-{s}").as_str()))
+        .then_some(trace)
+}
+
+/// Calls echo through the gateway's gRPC port; answers the call id.
+async fn echo(gateway: &str, payload: &str) -> String {
+    let response = GatewayClient::new(channel(gateway).await)
+        .invoke(InvokeRequest {
+            function: "echo".into(),
+            payload: payload.into(),
+            timeout_ms: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("invoke echo through the gateway: {e}"))
+        .into_inner();
+    match response.outcome.expect("an outcome") {
+        Outcome::Result(result) => assert_eq!(json(&result), json(payload.as_bytes())),
+        Outcome::Error(e) => panic!("echo failed in compose: {e:?}"),
+    }
+    response.call_id
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -951,17 +1064,17 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
     let relay = Relay::start(docker_host_address(), receiver).await;
     let mut project = Project::new(&format!("http://{}", relay.addr));
 
-    let nodes = [
+    let services = [
         "registry",
         "cache",
         "sandboxd",
-        "gateway",
         "cache2",
         "sandboxd2",
+        "gateway",
     ];
     let started = Instant::now();
-    project.up(&nodes);
-    project.wait_healthy(&nodes);
+    project.up(&services);
+    project.wait_healthy(&services);
     eprintln!(
         "compose: release build, image and up took {:?}",
         started.elapsed()
@@ -969,79 +1082,55 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
 
     let registry_addr = project.published("registry", 7071);
     let gateway_addr = project.published("gateway", 7070);
-    let node2_addr = project.published("sandboxd2", 7074);
+    let gateway_http = project.published("gateway", 7075);
 
     let bundle = sock_bundle::pack(&example("echo")).expect("pack examples/echo");
-    let mut registry = RegistryClient::new(channel(&registry_addr).await);
-    let pushed = registry
+    RegistryClient::new(channel(&registry_addr).await)
         .push_function(PushFunctionRequest {
             name: "echo".into(),
             bundle,
         })
         .await
-        .expect("push echo through the published registry port")
-        .into_inner();
+        .expect("push echo through the published registry port");
 
     let payload = r#"{"from":"compose","n":[1,2,3]}"#;
-    let want: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
-    let response = GatewayClient::new(channel(&gateway_addr).await)
-        .invoke(InvokeRequest {
-            function: "echo".into(),
-            payload: payload.into(),
-            timeout_ms: None,
-        })
-        .await
-        .expect("invoke echo through the published gateway port")
-        .into_inner();
-    match response.outcome.expect("an outcome") {
-        Outcome::Result(result) => {
-            let got: serde_json::Value = serde_json::from_slice(&result).expect("JSON result");
-            assert_eq!(got, want);
-        }
-        Outcome::Error(e) => panic!("echo failed in compose: {e:?}"),
-    }
+    let call_id = echo(&gateway_addr, payload).await;
 
-    // Node 2 runs the same function from its own cache volume.
-    let info = registry
-        .get_function(GetFunctionRequest {
-            name: "echo".into(),
-        })
+    let answer = reqwest::Client::new()
+        .post(format!("{gateway_http}/run/echo"))
+        .body(payload)
+        .send()
         .await
-        .expect("describe echo")
-        .into_inner();
-    let response = SandboxdClient::new(channel(&node2_addr).await)
-        .invoke(SandboxInvokeRequest {
-            function: Some(FunctionRef {
-                name: "echo".into(),
-                version: pushed.version,
-            }),
-            config: info.config,
-            payload: payload.into(),
-            call_id: "compose-node2".into(),
-            timeout_ms: 30_000,
-        })
-        .await
-        .expect("invoke echo on node 2")
-        .into_inner();
-    match response.outcome.expect("an outcome") {
-        NodeOutcome::Result(result) => {
-            let got: serde_json::Value = serde_json::from_slice(&result).expect("JSON result");
-            assert_eq!(got, want);
-        }
-        NodeOutcome::Error(e) => panic!("echo failed on node 2: {e:?}"),
-    }
+        .expect("POST /run/echo through the published HTTP port");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        json(&answer.bytes().await.expect("body")),
+        json(payload.as_bytes())
+    );
 
     let spans = otlp
-        .wait_for(|spans| whole_trace(spans).is_some(), SPAN_TIMEOUT)
+        .wait_for(|spans| whole_trace(spans, &call_id).is_some(), SPAN_TIMEOUT)
         .await
-        .unwrap_or_else(|e| panic!("no trace spans gateway, registry, cache and sandboxd: {e}"));
-    let trace = whole_trace(&spans).expect("a whole trace");
+        .unwrap_or_else(|e| {
+            panic!("call {call_id}: no trace through gateway, registry, cache and sandboxd: {e}")
+        });
+    let trace = whole_trace(&spans, &call_id).expect("a whole trace");
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace && s.parent_id.is_none())
+        .collect();
     assert!(
-        spans
-            .iter()
-            .any(|s| s.trace_id == trace && s.service == "sock-gateway" && s.parent_id.is_none()),
-        "the call's trace starts at the gateway"
+        matches!(roots[..], [root] if root.service == "sock-gateway"),
+        "the call's trace has one root, at the gateway: {roots:#?}"
     );
+
+    // Either node may go: the gateway sends echo to the one left.
+    for (down, up) in [("sandboxd", "sandboxd2"), ("sandboxd2", "sandboxd")] {
+        project.compose(&["stop", down]);
+        echo(&gateway_addr, payload).await;
+        project.compose(&["start", down]);
+        project.wait_healthy(&[down, up]);
+    }
 
     project.down();
     assert_eq!(
