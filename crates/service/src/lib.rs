@@ -1,12 +1,14 @@
 //! What every sock service shares: config loading in layers, the shutdown
-//! signal, and the frame of a gRPC server (health, reflection, graceful
-//! stop). Service logic never lives here.
+//! signal, the frame of a gRPC server (health, reflection, graceful
+//! stop), and the `/metrics` endpoint. Service logic never lives here.
 #![forbid(unsafe_code)]
 
 mod config;
+mod metrics;
 mod server;
 mod shutdown;
 
 pub use config::{ConfigError, load_config};
+pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, with_standard_services};
 pub use shutdown::shutdown_on_signals;

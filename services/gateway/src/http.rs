@@ -243,10 +243,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         .metrics
         .render(state.invoker.queue_depth(), nodes.len(), healthy);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, sock_service::METRICS_CONTENT_TYPE)],
         text,
     )
         .into_response()

@@ -2,7 +2,6 @@
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -101,9 +100,7 @@ impl Metrics {
         self.queue_depth.set(as_i64(queue_depth));
         self.nodes.set(as_i64(nodes));
         self.nodes_healthy.set(as_i64(healthy));
-        let mut text = String::new();
-        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
+        sock_service::render_metrics(&self.registry)
     }
 }
 

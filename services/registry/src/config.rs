@@ -18,6 +18,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Serve the admin API on a non-loopback address without a token.
     pub allow_insecure_admin: bool,
+    /// Address of Prometheus `/metrics`; empty = not served.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -29,6 +31,7 @@ impl Default for Config {
             max_bundle_mb: 32,
             admin_token: None,
             allow_insecure_admin: false,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -47,6 +50,7 @@ impl std::fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("allow_insecure_admin", &self.allow_insecure_admin)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }

@@ -36,6 +36,9 @@ pub enum Error {
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 
+    #[error("cannot serve metrics: {0}")]
+    Metrics(#[source] std::io::Error),
+
     #[error(
         "missing or wrong admin token; pass it as `authorization: Bearer <token>` (`sock --token` or SOCK_TOKEN)"
     )]

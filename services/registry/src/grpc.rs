@@ -1,4 +1,6 @@
 //! The gRPC admin API, `sock.v1.Registry`.
+use std::sync::Arc;
+
 use sock_bundle::Size;
 use sock_proto::v1::registry_server::{Registry, RegistryServer};
 use sock_proto::v1::{
@@ -14,10 +16,12 @@ use tower::util::MapResponseLayer;
 
 use crate::error::Error;
 use crate::functions::Functions;
+use crate::metrics::Metrics;
 
 struct RegistryService {
     functions: Functions,
     admin_token: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl RegistryService {
@@ -53,9 +57,16 @@ impl Registry for RegistryService {
         &self,
         request: Request<PushFunctionRequest>,
     ) -> Result<Response<FunctionInfo>, Status> {
-        self.check_admin(&request)?;
-        let PushFunctionRequest { name, bundle } = request.into_inner();
-        Ok(Response::new(self.functions.push(name, bundle).await?))
+        let pushed = async {
+            self.check_admin(&request)?;
+            let PushFunctionRequest { name, bundle } = request.into_inner();
+            self.functions.push(name, bundle).await
+        }
+        .await
+        .map_err(Status::from);
+        self.metrics
+            .pushed(pushed.as_ref().map(|_| ()).map_err(Status::code));
+        Ok(Response::new(pushed?))
     }
 
     async fn get_function(
@@ -97,6 +108,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     max_bundle_bytes: u64,
     admin_token: Option<String>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (health, _) = tonic_health::server::health_reporter();
@@ -107,6 +119,7 @@ pub(crate) async fn serve(
     let service = RegistryServer::new(RegistryService {
         functions,
         admin_token,
+        metrics,
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
     let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));

@@ -1,6 +1,7 @@
 //! The HTTP bundle store: `GET|HEAD /functions/{name}` answers the latest
 //! bundle with validators, or 304 when the caller's copy is current, so
 //! caches can poll cheaply.
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::functions::Functions;
+use crate::metrics::Metrics;
 
 /// The version number of the bundle served, for clients that want it
 /// without parsing the ETag.
@@ -35,10 +37,15 @@ pub(crate) fn router(functions: Functions) -> Router {
 
 pub(crate) async fn serve(
     functions: Functions,
+    metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    axum::serve(listener, router(functions))
+    let app = router(functions).layer(axum::middleware::from_fn_with_state(
+        metrics,
+        crate::metrics::count_fetches,
+    ));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(Error::Http)

@@ -13,6 +13,7 @@ mod error;
 mod functions;
 mod grpc;
 mod http;
+mod metrics;
 mod store;
 
 use sock_bundle::BundleLimits;
@@ -49,24 +50,29 @@ pub async fn run(
         ..BundleLimits::default()
     };
     let functions = Functions::new(store, limits);
+    // One server failing stops the others rather than leaving half a
+    // registry running.
+    let stop = shutdown.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
+    let (metrics, exposed) = metrics::Metrics::new();
+    sock_service::serve_metrics(&config.metrics_listen, exposed, stop.clone())
+        .await
+        .map_err(Error::Metrics)?;
     tracing::info!(
         grpc = %local_addr(&grpc),
         http = %local_addr(&http),
         "registry serving"
     );
-    // One server failing stops the other rather than leaving half a
-    // registry running.
-    let stop = shutdown.child_token();
-    let _stop_on_return = stop.clone().drop_guard();
     tokio::try_join!(
         grpc::serve(
             functions.clone(),
             grpc,
             limits.max_bundle_bytes,
             config.admin_token.clone(),
+            metrics.clone(),
             stop.clone()
         ),
-        http::serve(functions, http, stop.clone()),
+        http::serve(functions, metrics, http, stop.clone()),
     )?;
     Ok(())
 }
