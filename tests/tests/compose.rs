@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml::Value;
@@ -296,7 +296,7 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
     );
 
     for service in SERVICES {
-        let (container, pod) = Manifests::container(&manifests, service);
+        let (container, pod) = manifests.container(service);
         let command: Vec<&str> = seq(&container["command"])
             .iter()
             .filter_map(Value::as_str)
@@ -949,17 +949,19 @@ impl Project {
         }
     }
 
-    fn down(&mut self) {
+    /// `down -v` and the image tag; says whether compose succeeded. (It
+    /// also runs in `Drop`, where a panic would abort the test binary.)
+    fn down(&mut self) -> bool {
         self.down = true;
         let status = self
             .command("compose")
             .args(["down", "-v", "--remove-orphans", "-t", "30"])
             .status();
-        assert!(status.is_ok_and(|s| s.success()), "compose down failed");
         let _ = Command::new("docker")
             .args(["rmi", &format!("sock:{}", self.name)])
             .stdout(Stdio::null())
             .status();
+        status.is_ok_and(|s| s.success())
     }
 
     /// What Docker still holds of this project.
@@ -988,12 +990,12 @@ impl Drop for Project {
                 .args(["logs", "--no-color", "--tail", "40"])
                 .status();
         }
-        self.down();
+        let _ = self.down();
     }
 }
 
 fn docker(args: &[&str]) -> String {
-    let output: Output = Command::new("docker")
+    let output = Command::new("docker")
         .args(args)
         .stderr(Stdio::inherit())
         .output()
@@ -1132,7 +1134,7 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         project.wait_healthy(&[down, up]);
     }
 
-    project.down();
+    assert!(project.down(), "compose down -v failed");
     assert_eq!(
         project.leftovers(),
         Vec::<String>::new(),
