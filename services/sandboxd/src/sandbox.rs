@@ -201,6 +201,11 @@ impl Sandboxes {
         if unmounted > 0 {
             tracing::warn!(unmounted, "removed leftover mounts under the data dir");
         }
+        if config.cgroup_favor_dynmods
+            && let Err(e) = cgroups::favor_dynmods()
+        {
+            tracing::warn!(error = %e, "cgroup moves stay slow");
+        }
         let seccomp = seccomp::compile()?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
