@@ -16,6 +16,8 @@ pub struct Config {
     /// How long a registry answer counts as current before the next
     /// conditional request.
     pub registry_cache_ms: u64,
+    /// Address of Prometheus `/metrics`; empty = not served.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -25,6 +27,7 @@ impl Default for Config {
             registry_url: "http://127.0.0.1:7072".into(),
             data_dir: PathBuf::from(".sock/cache"),
             registry_cache_ms: 5000,
+            metrics_listen: String::new(),
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum Error {
     HttpClient(reqwest::Error),
     #[error("cache gRPC server failed: {0}")]
     Serve(tonic::transport::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
 }
 
 impl Error {
@@ -80,7 +82,8 @@ impl From<Error> for Status {
             | Error::Io { .. }
             | Error::RegistryUrl { .. }
             | Error::HttpClient(_)
-            | Error::Serve(_) => {
+            | Error::Serve(_)
+            | Error::Metrics(_) => {
                 tracing::error!(error = %message, "prepare failed");
                 Status::internal(
                     "the code cache failed to prepare the function; see the cache's log",

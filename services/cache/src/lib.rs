@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+mod metrics;
 mod prepare;
 mod registry;
 mod server;

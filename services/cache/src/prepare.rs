@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::registry::{Fetched, Registry};
 use crate::store::{Installed, Store};
 
@@ -14,6 +15,7 @@ pub(crate) struct Preparer {
     registry: Registry,
     /// How long a registry answer counts as current.
     fresh_for: Duration,
+    metrics: Arc<Metrics>,
     /// One slot per function name. Its async lock is held across the
     /// fetch, so concurrent prepares of one function share one request
     /// while other functions proceed.
@@ -30,11 +32,17 @@ struct Slot {
 }
 
 impl Preparer {
-    pub(crate) fn new(store: Store, registry: Registry, fresh_for: Duration) -> Preparer {
+    pub(crate) fn new(
+        store: Store,
+        registry: Registry,
+        fresh_for: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Preparer {
         Preparer {
             store: Arc::new(store),
             registry,
             fresh_for,
+            metrics,
             slots: Mutex::default(),
         }
     }
@@ -66,7 +74,10 @@ impl Preparer {
             .as_ref()
             .filter(|c| fresh && c.version >= asked)
         {
-            Some(current) => Ok(current.clone()),
+            Some(current) => {
+                self.metrics.hit();
+                Ok(current.clone())
+            }
             None => {
                 // The refresh owns the slot's lock and runs to the end even
                 // when this caller gives up (deadline, disconnect), so the
@@ -93,7 +104,9 @@ impl Preparer {
             .as_ref()
             .map(|c| c.validators.clone())
             .unwrap_or_default();
-        match self.registry.fetch(name, &have).await {
+        let fetched = self.registry.fetch(name, &have).await;
+        self.metrics.fetched(&fetched);
+        match fetched {
             Ok(Fetched::NotModified) => {
                 if slot.current.is_none() {
                     return Err(Error::RegistryProtocol {

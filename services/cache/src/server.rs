@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::prepare::Preparer;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -29,10 +30,18 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await
         .expect("preparing the data dir does not panic")?;
+    // The metrics server stops with the gRPC one, however that ends.
+    let stop = shutdown.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
+    let (metrics, exposed) = Metrics::new();
+    sock_service::serve_metrics(&config.metrics_listen, exposed, stop.clone())
+        .await
+        .map_err(Error::Metrics)?;
     let preparer = Preparer::new(
         store,
         registry,
         Duration::from_millis(config.registry_cache_ms),
+        metrics,
     );
     let service = CacheService {
         preparer: Arc::new(preparer),
@@ -44,7 +53,7 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
     sock_service::with_standard_services(&mut server, health)
         .add_service(CacheServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await
         .map_err(Error::Serve)
 }

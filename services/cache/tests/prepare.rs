@@ -190,6 +190,7 @@ async fn start_cache(
         registry_url,
         data_dir: data_dir.to_path_buf(),
         registry_cache_ms,
+        ..Default::default()
     };
     let server = spawn(|shutdown| sock_cache::run(config, listener, shutdown));
     let client = CacheClient::connect(format!("http://{addr}"))
