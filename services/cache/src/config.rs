@@ -2,7 +2,7 @@
 //! section of the config file and `SOCK_CACHE_*` variables.
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -11,13 +11,36 @@ pub struct Config {
     pub listen: String,
     /// Base URL of the registry's HTTP bundle store.
     pub registry_url: String,
-    /// Where unpacked code lives; sandboxes read it through bind mounts.
+    /// Where unpacked code and installed packages live; sandboxes read
+    /// them through bind mounts.
     pub data_dir: PathBuf,
     /// How long a registry answer counts as current before the next
     /// conditional request.
     pub registry_cache_ms: u64,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
+    /// sandboxd's gRPC endpoint: its `Install` runs pip in a sandbox.
+    pub sandboxd_addr: String,
+    /// Dirs of wheels pip installs from instead of an index (offline:
+    /// `--no-index --find-links`). A list, or one string of
+    /// comma-separated dirs (as `SOCK_CACHE_FIND_LINKS` gives it).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub find_links: Vec<PathBuf>,
+    /// The package index pip uses when `find_links` is empty.
+    pub index_url: String,
+    /// Limits of each pip run's sandbox.
+    pub installer_mem_mb: u64,
+    pub installer_timeout_s: u64,
+    /// `tree`: answer the import-cache tree node that fits each function;
+    /// `off`: no zygote chain.
+    pub import_cache: String,
+    /// The import-cache tree: inline JSON, or a path to a JSON file, in
+    /// OpenLambda's shape `{"packages": [...], "children": [...]}`; empty
+    /// means a root with no packages.
+    pub import_tree: String,
+    /// The sandboxes' interpreter, asked once for its marker environment
+    /// (python_version, sys_platform, …).
+    pub python: PathBuf,
 }
 
 impl Default for Config {
@@ -28,6 +51,32 @@ impl Default for Config {
             data_dir: PathBuf::from(".sock/cache"),
             registry_cache_ms: 5000,
             metrics_listen: String::new(),
+            sandboxd_addr: "http://127.0.0.1:7074".into(),
+            find_links: Vec::new(),
+            index_url: "https://pypi.org/simple".into(),
+            installer_mem_mb: 512,
+            installer_timeout_s: 300,
+            import_cache: "tree".into(),
+            import_tree: String::new(),
+            python: PathBuf::from("/usr/bin/python3"),
         }
     }
+}
+
+fn list_or_commas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<PathBuf>),
+        One(String),
+    }
+    Ok(match Form::deserialize(deserializer)? {
+        Form::List(list) => list,
+        Form::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+    })
 }

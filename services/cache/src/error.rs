@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use sock_bundle::BundleError;
 use tonic::Status;
 
+use crate::packages::PackageError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the request names no function; set PrepareRequest.function")]
@@ -42,6 +44,18 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "function '{name}' version {version} has a requirement the package cache cannot install: {reason}; fix requirements.txt and push again"
+    )]
+    Requirement {
+        name: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("function '{name}' cannot start: {source}")]
+    Package { name: String, source: PackageError },
+    #[error("invalid cache config: {0}")]
+    InvalidConfig(String),
     #[error("invalid registry_url '{url}': {reason}")]
     RegistryUrl { url: String, reason: String },
     #[error("cannot build the registry http client: {0}")]
@@ -73,12 +87,26 @@ impl From<Error> for Status {
             Error::MissingFunction | Error::InvalidName { .. } | Error::InvalidBundle { .. } => {
                 Status::invalid_argument(message)
             }
+            Error::Requirement { .. } => Status::invalid_argument(message),
+            Error::Package {
+                source: PackageError::Install { .. },
+                ..
+            } => Status::failed_precondition(message),
+            Error::Package {
+                source: PackageError::Unavailable { .. },
+                ..
+            } => Status::unavailable(message),
             Error::NotFound { .. } => Status::not_found(message),
             Error::VersionNotAvailable { .. } => Status::failed_precondition(message),
             Error::RegistryUnavailable { .. } => Status::unavailable(message),
             // Host paths and client internals stay in the log.
             Error::RegistryProtocol { .. }
             | Error::Unpack { .. }
+            | Error::Package {
+                source: PackageError::Storage { .. },
+                ..
+            }
+            | Error::InvalidConfig(_)
             | Error::Io { .. }
             | Error::RegistryUrl { .. }
             | Error::HttpClient(_)

@@ -9,14 +9,23 @@
 //! unpacked, never sandboxd.
 #![forbid(unsafe_code)]
 
+mod closure;
 mod config;
 mod error;
+mod installer;
+mod markers;
+mod metadata;
 mod metrics;
+mod packages;
+mod plan;
 mod prepare;
 mod registry;
+mod requirement;
 mod server;
 mod store;
+mod tree;
 
 pub use config::Config;
 pub use error::Error;
+pub use packages::PackageError;
 pub use server::run;

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::installer::SandboxdInstaller;
 use crate::metrics::Metrics;
+use crate::plan::Planner;
 use crate::prepare::Preparer;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -27,9 +29,15 @@ pub async fn run(
     tracing::debug!(?config, "effective config");
     let registry = Registry::new(&config.registry_url)?;
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .expect("preparing the data dir does not panic")?;
+    let installer = Arc::new(SandboxdInstaller::new(&config)?);
+    let planner_config = config.clone();
+    let (store, planner) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir)?;
+        let planner = Planner::open(&planner_config, store.root(), store.tmp(), installer)?;
+        Ok::<_, Error>((store, planner))
+    })
+    .await
+    .expect("preparing the data dir does not panic")?;
     // The metrics server stops with the gRPC one, however that ends.
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
@@ -45,6 +53,7 @@ pub async fn run(
     );
     let service = CacheService {
         preparer: Arc::new(preparer),
+        planner: Arc::new(planner),
     };
 
     let (health, _) = tonic_health::server::health_reporter();
@@ -60,6 +69,7 @@ pub async fn run(
 
 struct CacheService {
     preparer: Arc<Preparer>,
+    planner: Arc<Planner>,
 }
 
 #[tonic::async_trait]
@@ -76,16 +86,23 @@ impl Cache for CacheService {
             .preparer
             .prepare(&function.name, function.version)
             .await?;
+        let plan = self
+            .planner
+            .plan(
+                &function.name,
+                installed.version,
+                &installed.config.requirements,
+            )
+            .await?;
         Ok(Response::new(PrepareResponse {
             function: Some(FunctionRef {
                 name: function.name,
                 version: installed.version,
             }),
             code_dir: installed.dir.to_string_lossy().into_owned(),
-            package_dirs: Vec::new(),
-            imports: Vec::new(),
-            // No packages yet, so no import-cache tree: a fresh sandbox.
-            zygote_chain: Vec::new(),
+            package_dirs: plan.package_dirs,
+            imports: plan.imports,
+            zygote_chain: plan.zygote_chain,
             config: Some(installed.config),
         }))
     }

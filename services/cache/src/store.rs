@@ -27,6 +27,8 @@ use crate::registry::{Download, Validators};
 const DIR_MODE: u32 = 0o755;
 
 pub(crate) struct Store {
+    /// The data dir, canonical.
+    root: PathBuf,
     code: PathBuf,
     tmp: PathBuf,
     limits: BundleLimits,
@@ -58,10 +60,20 @@ impl Store {
         }
         create_dir_0755(&tmp, false)?;
         Ok(Store {
+            root,
             code,
             tmp,
             limits: BundleLimits::default(),
         })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Emptied at start; where work in progress lives.
+    pub(crate) fn tmp(&self) -> &Path {
+        &self.tmp
     }
 
     /// The newest version of `name` left on disk by an earlier run.

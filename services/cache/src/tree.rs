@@ -1,0 +1,315 @@
+//! The import-cache tree: which zygote serves which package set.
+//!
+//! Given in OpenLambda's shape, `{"packages": [...], "children": [...]}`.
+//! A node's packages are resolved to store versions the first time a
+//! function could use the node (its names are all in the function's
+//! closure): pinned entries as written, others as pip picks them. A node
+//! serves a function only when every package of the node and its
+//! ancestors, dependencies included, is in the function's closure at the
+//! very same version (OpenLambda compared names only, so a function
+//! pinning another version was served the zygote's). The deepest such
+//! node wins.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::closure;
+use crate::markers::Environment;
+use crate::packages::{Package, Packages};
+use crate::requirement::Requirement;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSpec {
+    #[serde(default)]
+    packages: Vec<String>,
+    #[serde(default)]
+    children: Vec<NodeSpec>,
+}
+
+pub(crate) struct ImportTree {
+    root: Node,
+}
+
+struct Node {
+    requirements: Vec<Requirement>,
+    children: Vec<Node>,
+    /// Resolved once; a failure is not remembered, so it is tried again.
+    resolved: tokio::sync::Mutex<Option<Arc<ResolvedNode>>>,
+}
+
+/// A node with its packages in the store.
+#[derive(Debug)]
+pub(crate) struct ResolvedNode {
+    /// E.g. `root` or `root/numpy==2.1.0`.
+    pub id: String,
+    /// Its ancestors' packages and then its own, dependencies included.
+    pub all: Vec<Arc<Package>>,
+    /// The packages this node adds to its parent's.
+    pub added: Vec<Arc<Package>>,
+    /// Modules this node imports (its listed packages', not yet imported
+    /// by an ancestor).
+    pub imports: Vec<String>,
+    /// Its ancestors' imports and its own.
+    pub all_imports: Vec<String>,
+}
+
+impl ImportTree {
+    /// `spec` is inline JSON (starts with `{`), a path to a JSON file, or
+    /// empty for the default: a root with no packages.
+    pub(crate) fn load(spec: &str) -> Result<ImportTree, String> {
+        let spec = spec.trim();
+        let text = if spec.is_empty() {
+            "{}".to_string()
+        } else if spec.starts_with('{') {
+            spec.to_string()
+        } else {
+            std::fs::read_to_string(spec)
+                .map_err(|e| format!("cannot read import_tree file {spec}: {e}"))?
+        };
+        let root: NodeSpec = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "import_tree is not a tree of {{\"packages\": [...], \"children\": [...]}}: {e}"
+            )
+        })?;
+        Ok(ImportTree {
+            root: Node::new(root)?,
+        })
+    }
+
+    /// The chain of zygotes, root first, ending at the deepest node whose
+    /// packages (with their versions) are all in `closure`. Empty when not
+    /// even the root fits.
+    pub(crate) async fn chain(
+        &self,
+        packages: &Arc<Packages>,
+        env: &Environment,
+        closure: &[Arc<Package>],
+    ) -> Vec<Arc<ResolvedNode>> {
+        let versions: HashMap<&str, &str> = closure
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        let mut best: Vec<Arc<ResolvedNode>> = Vec::new();
+        let mut stack: Vec<(&Node, Vec<Arc<ResolvedNode>>)> = vec![(&self.root, Vec::new())];
+        while let Some((node, mut path)) = stack.pop() {
+            // Names first: a node the function cannot use is never
+            // installed on its behalf.
+            let named = node
+                .requirements
+                .iter()
+                .all(|r| versions.contains_key(r.name.as_str()));
+            if !named {
+                continue;
+            }
+            let resolved = match node.resolve(packages, env, path.last()).await {
+                Ok(resolved) => resolved,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot resolve an import-cache tree node; functions use its parent");
+                    continue;
+                }
+            };
+            let fits = resolved
+                .all
+                .iter()
+                .all(|p| versions.get(p.name.as_str()) == Some(&p.version.as_str()));
+            if !fits {
+                continue;
+            }
+            path.push(resolved);
+            if path.len() > best.len() {
+                best = path.clone();
+            }
+            for child in node.children.iter().rev() {
+                stack.push((child, path.clone()));
+            }
+        }
+        best
+    }
+}
+
+impl Node {
+    fn new(spec: NodeSpec) -> Result<Node, String> {
+        let requirements = spec
+            .packages
+            .iter()
+            .map(|p| Requirement::parse(p).map_err(|why| format!("import_tree package {why}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Node {
+            requirements,
+            children: spec
+                .children
+                .into_iter()
+                .map(Node::new)
+                .collect::<Result<_, _>>()?,
+            resolved: tokio::sync::Mutex::default(),
+        })
+    }
+
+    async fn resolve(
+        &self,
+        packages: &Arc<Packages>,
+        env: &Environment,
+        parent: Option<&Arc<ResolvedNode>>,
+    ) -> Result<Arc<ResolvedNode>, crate::packages::PackageError> {
+        let mut resolved = self.resolved.lock().await;
+        if let Some(node) = resolved.as_ref() {
+            return Ok(node.clone());
+        }
+        let inherited = parent.map(|p| p.all.clone()).unwrap_or_default();
+        let added = closure::resolve(packages, env, &self.requirements, &inherited).await?;
+        let mut all = inherited;
+        all.extend(added.iter().cloned());
+        let listed: HashSet<&str> = self.requirements.iter().map(|r| r.name.as_str()).collect();
+        let mut own: Vec<&Arc<Package>> = all
+            .iter()
+            .filter(|p| listed.contains(p.name.as_str()))
+            .collect();
+        own.sort_by(|a, b| a.name.cmp(&b.name));
+        let segment = own.iter().map(|p| p.pin()).collect::<Vec<_>>().join(",");
+        let id = match (parent, segment.is_empty()) {
+            (None, true) => "root".to_string(),
+            (None, false) => format!("root:{segment}"),
+            (Some(parent), _) => format!("{}/{segment}", parent.id),
+        };
+        let mut all_imports = parent.map(|p| p.all_imports.clone()).unwrap_or_default();
+        let mut imports = Vec::new();
+        for module in own.iter().flat_map(|p| &p.modules) {
+            if !all_imports.contains(module) {
+                all_imports.push(module.clone());
+                imports.push(module.clone());
+            }
+        }
+        let node = Arc::new(ResolvedNode {
+            id,
+            all,
+            added,
+            imports,
+            all_imports,
+        });
+        *resolved = Some(node.clone());
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::tests::{FakeInstaller, open_store};
+
+    fn store_with_numpies() -> (tempfile::TempDir, Arc<Packages>) {
+        open_store(Arc::new(FakeInstaller::new(&[
+            ("numpy", "2.1.0", &[]),
+            ("numpy", "2.2.0", &[]),
+            ("pandas", "2.2.0", &["numpy>=2"]),
+            ("six", "1.16.0", &[]),
+        ])))
+    }
+
+    async fn closure_of(store: &Arc<Packages>, lines: &[&str]) -> Vec<Arc<Package>> {
+        let roots: Vec<Requirement> = lines
+            .iter()
+            .map(|l| Requirement::parse(l).expect("valid"))
+            .collect();
+        closure::resolve(store, &Environment::cpython311_linux(), &roots, &[])
+            .await
+            .expect("resolves")
+    }
+
+    async fn chain_ids(tree: &ImportTree, store: &Arc<Packages>, lines: &[&str]) -> Vec<String> {
+        let closure = closure_of(store, lines).await;
+        tree.chain(store, &Environment::cpython311_linux(), &closure)
+            .await
+            .iter()
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    const TREE: &str = r#"{"packages": [], "children": [
+        {"packages": ["numpy==2.1.0"], "children": [
+            {"packages": ["pandas"], "children": []}
+        ]},
+        {"packages": ["six"]}
+    ]}"#;
+
+    #[tokio::test]
+    async fn the_deepest_node_with_the_same_versions_wins() {
+        let (_dir, store) = store_with_numpies();
+        let tree = ImportTree::load(TREE).expect("valid tree");
+        assert_eq!(chain_ids(&tree, &store, &[]).await, ["root"]);
+        assert_eq!(
+            chain_ids(&tree, &store, &["numpy==2.1.0"]).await,
+            ["root", "root/numpy==2.1.0"]
+        );
+        assert_eq!(
+            chain_ids(
+                &tree,
+                &store,
+                &["numpy==2.1.0", "pandas==2.2.0", "six==1.16.0"]
+            )
+            .await,
+            [
+                "root",
+                "root/numpy==2.1.0",
+                "root/numpy==2.1.0/pandas==2.2.0"
+            ]
+        );
+        assert_eq!(
+            chain_ids(&tree, &store, &["six==1.16.0"]).await,
+            ["root", "root/six==1.16.0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_version_other_than_the_nodes_does_not_match() {
+        let (_dir, store) = store_with_numpies();
+        let tree = ImportTree::load(TREE).expect("valid tree");
+        assert_eq!(chain_ids(&tree, &store, &["numpy==2.2.0"]).await, ["root"]);
+        // pandas alone brings numpy 2.2.0 (the newest) as a dependency: the
+        // numpy node (2.1.0) does not fit, so neither does its child.
+        assert_eq!(chain_ids(&tree, &store, &["pandas==2.2.0"]).await, ["root"]);
+    }
+
+    #[tokio::test]
+    async fn nodes_say_what_they_add_and_import() {
+        let (_dir, store) = store_with_numpies();
+        let tree = ImportTree::load(TREE).expect("valid tree");
+        let closure = closure_of(&store, &["numpy==2.1.0", "pandas==2.2.0"]).await;
+        let chain = tree
+            .chain(&store, &Environment::cpython311_linux(), &closure)
+            .await;
+        assert_eq!(chain.len(), 3);
+        assert!(chain[0].added.is_empty() && chain[0].imports.is_empty());
+        assert_eq!(chain[1].imports, ["numpy"]);
+        assert_eq!(chain[1].added[0].pin(), "numpy==2.1.0");
+        assert_eq!(chain[2].imports, ["pandas"]);
+        assert_eq!(chain[2].added.len(), 1, "numpy comes from the parent");
+        assert_eq!(chain[2].all_imports, ["numpy", "pandas"]);
+    }
+
+    #[test]
+    fn trees_load_inline_from_files_or_by_default() {
+        assert!(
+            ImportTree::load("")
+                .expect("default")
+                .root
+                .requirements
+                .is_empty()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tree.json");
+        std::fs::write(&file, TREE).expect("write");
+        let tree = ImportTree::load(file.to_str().expect("utf-8")).expect("from file");
+        assert_eq!(tree.root.children.len(), 2);
+        for (bad, says) in [
+            (r#"{"packages": "numpy"}"#, "not a tree"),
+            (r#"{"pkgs": []}"#, "not a tree"),
+            (r#"{"packages": ["-e ."]}"#, "pip option"),
+            ("/no/such/tree.json", "cannot read"),
+        ] {
+            let err = ImportTree::load(bad).err().expect(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}
