@@ -71,6 +71,8 @@ pub struct Config {
     /// Limits of the sandbox that runs `pip install`.
     pub installer_mem_mb: u64,
     pub installer_timeout_s: u64,
+    /// Address of Prometheus `/metrics`; empty = not served.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             cache_data_dir: ".sock/cache".into(),
             installer_mem_mb: 512,
             installer_timeout_s: 300,
+            metrics_listen: String::new(),
         }
     }
 }

@@ -58,6 +58,8 @@ pub enum Error {
     Cache(Status),
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 impl From<Error> for Status {

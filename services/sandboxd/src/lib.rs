@@ -21,6 +21,7 @@ mod error;
 mod init;
 mod install;
 mod logs;
+mod metrics;
 mod mounts;
 mod namespaces;
 mod pool;

@@ -35,7 +35,7 @@ struct SandboxdService {
     default_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
     zygotes: bool,
-    calls: AtomicU64,
+    calls: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -239,13 +239,23 @@ pub async fn run(
         .connect_lazy();
     let default_timeout_ms = config.timeout_ms;
     let zygotes = config.import_cache == "tree";
+    let metrics_listen = config.metrics_listen.clone();
     let manager = Manager::new(config)?;
+    let calls = Arc::new(AtomicU64::new(0));
+    // Stops with the gRPC server, however that ends.
+    let stop_metrics = shutdown.child_token();
+    let _stop_metrics_on_return = stop_metrics.clone().drop_guard();
+    let exposed = crate::metrics::registry(manager.clone(), calls.clone());
+    if let Err(err) = sock_service::serve_metrics(&metrics_listen, exposed, stop_metrics).await {
+        manager.shutdown().await;
+        return Err(Error::Metrics(err));
+    }
     let service = SandboxdService {
         manager: manager.clone(),
         cache: CacheClient::new(sock_telemetry::grpc::traced(channel)),
         default_timeout_ms,
         zygotes,
-        calls: AtomicU64::new(0),
+        calls,
     };
 
     let health = tonic_health::server::HealthReporter::new();

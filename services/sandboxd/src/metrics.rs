@@ -1,0 +1,189 @@
+//! sandboxd's Prometheus metrics, served at `metrics_listen`. They are read
+//! on each scrape from the same counters and snapshot the `Status` RPC
+//! answers, so the two never disagree and nothing is counted twice.
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::warm::{Manager, NodeStatus};
+
+/// The registry that exposes `manager`'s state and the service's call count.
+pub(crate) fn registry(manager: Arc<Manager>, calls: Arc<AtomicU64>) -> Registry {
+    node_registry(Box::new(move || manager.status()), calls)
+}
+
+type Snapshot = Box<dyn Fn() -> NodeStatus + Send + Sync>;
+
+fn node_registry(status: Snapshot, calls: Arc<AtomicU64>) -> Registry {
+    let mut registry = Registry::with_prefix("sock_sandboxd");
+    registry.register_collector(Box::new(Node { status, calls }));
+    registry
+}
+
+struct Node {
+    status: Snapshot,
+    calls: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sandboxd node metrics")
+    }
+}
+
+impl Collector for Node {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        encode(
+            &(self.status)(),
+            self.calls.load(Ordering::Relaxed),
+            encoder,
+        )
+    }
+}
+
+fn encode(node: &NodeStatus, calls: u64, mut encoder: DescriptorEncoder) -> fmt::Result {
+    const MB: u64 = 1 << 20;
+    let total = node.pool.total_mb.saturating_mul(MB);
+    let reserved = node.pool.reserved_mb.saturating_mul(MB);
+    counter(&mut encoder, "calls", "Invoke calls received", calls)?;
+    gauges(
+        &mut encoder,
+        "sandboxes",
+        "Live sandboxes by state",
+        "state",
+        &[
+            ("idle", u64::from(node.idle)),
+            ("paused", u64::from(node.paused)),
+            ("running", u64::from(node.running)),
+        ],
+    )?;
+    gauges(
+        &mut encoder,
+        "pool_memory_bytes",
+        "The memory pool: its size, what sandboxes reserved, what is left, \
+         and what idle and paused sandboxes' cgroups charge",
+        "kind",
+        &[
+            ("total", total),
+            ("reserved", reserved),
+            ("free", total.saturating_sub(reserved)),
+            ("used", node.used_bytes),
+        ],
+    )?;
+    gauge(
+        &mut encoder,
+        "pool_waiting",
+        "Cold starts waiting for memory",
+        u64::from(node.pool.waiting),
+    )?;
+    let starts = [("warm", node.warm_starts), ("cold", node.cold_starts)];
+    let mut family = encoder.encode_descriptor(
+        "starts",
+        "Calls by how their sandbox started: warm (an idle or paused one) or cold",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, n) in starts {
+        ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+    }
+    counter(
+        &mut encoder,
+        "zygote_forks",
+        "Cold starts forked from a zygote",
+        node.forks,
+    )?;
+    counter(
+        &mut encoder,
+        "evictions",
+        "Sandboxes evicted to free memory",
+        node.evictions,
+    )?;
+    gauge(
+        &mut encoder,
+        "zygotes",
+        "Live zygotes",
+        u64::try_from(node.zygotes.len()).unwrap_or(u64::MAX),
+    )
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
+    let counter = ConstCounter::new(n);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
+    let gauge = ConstGauge::new(n);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// One gauge per value of `label`.
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, n) in values {
+        ConstGauge::new(*n).encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolSnapshot;
+
+    #[test]
+    fn a_scrape_shows_the_status_of_that_moment() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let registry = node_registry(
+            Box::new(|| NodeStatus {
+                idle: 2,
+                paused: 1,
+                running: 3,
+                pool: PoolSnapshot {
+                    total_mb: 1000,
+                    reserved_mb: 256,
+                    waiting: 4,
+                },
+                used_bytes: 5 << 20,
+                warm_starts: 7,
+                cold_starts: 6,
+                forks: 5,
+                evictions: 1,
+                ..NodeStatus::default()
+            }),
+            calls.clone(),
+        );
+        calls.fetch_add(9, Ordering::Relaxed);
+        let text = sock_service::render_metrics(&registry);
+        for line in [
+            "sock_sandboxd_calls_total 9",
+            r#"sock_sandboxd_sandboxes{state="idle"} 2"#,
+            r#"sock_sandboxd_sandboxes{state="paused"} 1"#,
+            r#"sock_sandboxd_sandboxes{state="running"} 3"#,
+            r#"sock_sandboxd_pool_memory_bytes{kind="total"} 1048576000"#,
+            r#"sock_sandboxd_pool_memory_bytes{kind="reserved"} 268435456"#,
+            r#"sock_sandboxd_pool_memory_bytes{kind="free"} 780140544"#,
+            r#"sock_sandboxd_pool_memory_bytes{kind="used"} 5242880"#,
+            "sock_sandboxd_pool_waiting 4",
+            r#"sock_sandboxd_starts_total{kind="warm"} 7"#,
+            r#"sock_sandboxd_starts_total{kind="cold"} 6"#,
+            "sock_sandboxd_zygote_forks_total 5",
+            "sock_sandboxd_evictions_total 1",
+            "sock_sandboxd_zygotes 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+}
