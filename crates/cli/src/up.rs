@@ -81,6 +81,7 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                 ("SOCK_CACHE_LISTEN", listen(&endpoints.cache)),
                 ("SOCK_CACHE_REGISTRY_URL", endpoints.registry_http.clone()),
                 ("SOCK_CACHE_DATA_DIR", dir("cache")),
+                ("SOCK_CACHE_SANDBOXD_ADDR", endpoints.sandboxd.clone()),
             ]),
         },
         Service {
@@ -90,6 +91,8 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                 ("SOCK_SANDBOXD_LISTEN", listen(&endpoints.sandboxd)),
                 ("SOCK_SANDBOXD_CACHE_ADDR", endpoints.cache.clone()),
                 ("SOCK_SANDBOXD_DATA_DIR", dir("sandboxd")),
+                // Install writes packages only below the cache's dir.
+                ("SOCK_SANDBOXD_CACHE_DATA_DIR", dir("cache")),
             ]),
         },
         Service {
