@@ -1,6 +1,7 @@
 //! Where the services listen. `sock up` writes them to
 //! `<data dir>/endpoints.json`, so the other commands find a local cluster
 //! with no flags; flags and env override.
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -18,10 +19,35 @@ pub struct Endpoints {
     /// before it existed lack it and get the default.
     #[serde(default = "default_gateway_http")]
     pub gateway_http: String,
+    /// Prometheus `/metrics` of registry, cache and sandboxd, as base URLs
+    /// (the gateway's is on `gateway_http`). Files written before they
+    /// existed get the defaults.
+    #[serde(default = "default_registry_metrics")]
+    pub registry_metrics: String,
+    #[serde(default = "default_cache_metrics")]
+    pub cache_metrics: String,
+    #[serde(default = "default_sandboxd_metrics")]
+    pub sandboxd_metrics: String,
+    /// Process ids of the services `sock up` started, by service name
+    /// (`registry`, `cache`, `sandboxd`, `gateway`); empty when unknown.
+    #[serde(default)]
+    pub pids: BTreeMap<String, u32>,
 }
 
 fn default_gateway_http() -> String {
     "http://127.0.0.1:7075".into()
+}
+
+fn default_registry_metrics() -> String {
+    "http://127.0.0.1:7076".into()
+}
+
+fn default_cache_metrics() -> String {
+    "http://127.0.0.1:7077".into()
+}
+
+fn default_sandboxd_metrics() -> String {
+    "http://127.0.0.1:7078".into()
 }
 
 impl Default for Endpoints {
@@ -33,6 +59,10 @@ impl Default for Endpoints {
             cache: "http://127.0.0.1:7073".into(),
             sandboxd: "http://127.0.0.1:7074".into(),
             gateway_http: default_gateway_http(),
+            registry_metrics: default_registry_metrics(),
+            cache_metrics: default_cache_metrics(),
+            sandboxd_metrics: default_sandboxd_metrics(),
+            pids: BTreeMap::new(),
         }
     }
 }
@@ -88,5 +118,7 @@ mod tests {
         let endpoints: Endpoints = serde_json::from_str(old).expect("old file");
         assert_eq!(endpoints.gateway, "http://h:1");
         assert_eq!(endpoints.gateway_http, "http://127.0.0.1:7075");
+        assert_eq!(endpoints.sandboxd_metrics, "http://127.0.0.1:7078");
+        assert!(endpoints.pids.is_empty());
     }
 }

@@ -26,15 +26,16 @@ use sock_cli::endpoints::{Endpoints, FILE_NAME};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Addresses `sock up` hands out: see [`addresses`].
-const PORTS: u16 = 6;
+const PORTS: u16 = 9;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// TOML file with [gateway], [registry], [cache] and [sandboxd] sections.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Gateway port; registry gRPC, registry HTTP, cache, sandboxd and the
-    /// gateway's HTTP API take the next five. 0 picks free ports.
+    /// Gateway port; registry gRPC, registry HTTP, cache, sandboxd, the
+    /// gateway's HTTP API and the /metrics of registry, cache and sandboxd
+    /// take the next eight. 0 picks free ports.
     #[arg(long, default_value_t = 7070)]
     port: u16,
     /// Address every service listens on.
@@ -43,6 +44,11 @@ pub struct UpArgs {
     /// Where the sock-* service binaries are [default: next to `sock`]
     #[arg(long, env = "SOCK_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// When a service exits, report it and keep the others running instead
+    /// of stopping them all: for rehearsing an outage of one service (its
+    /// pid is in endpoints.json).
+    #[arg(long, env = "SOCK_UP_KEEP_GOING")]
+    keep_going: bool,
 }
 
 /// One service in start order, with the environment that wires it up.
@@ -72,6 +78,10 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                     listen(&endpoints.registry_http),
                 ),
                 ("SOCK_REGISTRY_DATA_DIR", dir("registry")),
+                (
+                    "SOCK_REGISTRY_METRICS_LISTEN",
+                    listen(&endpoints.registry_metrics),
+                ),
             ]),
         },
         Service {
@@ -81,6 +91,10 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                 ("SOCK_CACHE_LISTEN", listen(&endpoints.cache)),
                 ("SOCK_CACHE_REGISTRY_URL", endpoints.registry_http.clone()),
                 ("SOCK_CACHE_DATA_DIR", dir("cache")),
+                (
+                    "SOCK_CACHE_METRICS_LISTEN",
+                    listen(&endpoints.cache_metrics),
+                ),
                 ("SOCK_CACHE_SANDBOXD_ADDR", endpoints.sandboxd.clone()),
             ]),
         },
@@ -91,6 +105,10 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                 ("SOCK_SANDBOXD_LISTEN", listen(&endpoints.sandboxd)),
                 ("SOCK_SANDBOXD_CACHE_ADDR", endpoints.cache.clone()),
                 ("SOCK_SANDBOXD_DATA_DIR", dir("sandboxd")),
+                (
+                    "SOCK_SANDBOXD_METRICS_LISTEN",
+                    listen(&endpoints.sandboxd_metrics),
+                ),
                 // Install writes packages only below the cache's dir.
                 ("SOCK_SANDBOXD_CACHE_DATA_DIR", dir("cache")),
             ]),
@@ -108,7 +126,7 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
     ]
 }
 
-/// Six addresses: consecutive ports from `base`, or free ones for 0.
+/// Nine addresses: consecutive ports from `base`, or free ones for 0.
 fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
     let mut ports = Vec::with_capacity(usize::from(PORTS));
     if base == 0 {
@@ -135,6 +153,10 @@ fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
         cache: url(ports[3]),
         sandboxd: url(ports[4]),
         gateway_http: url(ports[5]),
+        registry_metrics: url(ports[6]),
+        cache_metrics: url(ports[7]),
+        sandboxd_metrics: url(ports[8]),
+        pids: Default::default(),
     })
 }
 
@@ -149,7 +171,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             .context("cannot tell where the sock binary is")?
             .to_path_buf(),
     };
-    let endpoints = addresses(&args.host, args.port)?;
+    let mut endpoints = addresses(&args.host, args.port)?;
     let services = plan(&endpoints, &data_dir);
 
     let mut children: Vec<(&'static str, Child)> = Vec::new();
@@ -158,6 +180,10 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         stop_all(&mut children).await;
         return Err(err);
     }
+    endpoints.pids = children
+        .iter()
+        .filter_map(|(name, child)| Some(((*name).to_string(), child.id()?)))
+        .collect();
     let endpoints_file = data_dir.join(FILE_NAME);
     std::fs::write(&endpoints_file, serde_json::to_vec_pretty(&endpoints)?)?;
     println!(
@@ -169,16 +195,28 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         endpoints.cache,
         endpoints.sandboxd
     );
+    println!(
+        "metrics: {}/metrics (admin token) · {}/metrics · {}/metrics · {}/metrics",
+        endpoints.gateway_http,
+        endpoints.registry_metrics,
+        endpoints.cache_metrics,
+        endpoints.sandboxd_metrics
+    );
     println!("data in {}; Ctrl-C stops everything", data_dir.display());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let code = tokio::select! {
-        _ = term.recv() => ExitCode::SUCCESS,
-        _ = int.recv() => ExitCode::SUCCESS,
-        (name, status) = first_exit(&mut children) => {
-            eprintln!("sock-{name} stopped unexpectedly ({status}); stopping the others");
-            ExitCode::FAILURE
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => break ExitCode::SUCCESS,
+            _ = int.recv() => break ExitCode::SUCCESS,
+            (name, status) = first_exit(&mut children) => {
+                if !args.keep_going {
+                    eprintln!("sock-{name} stopped unexpectedly ({status}); stopping the others");
+                    break ExitCode::FAILURE;
+                }
+                eprintln!("sock-{name} stopped unexpectedly ({status}); the others keep running (--keep-going)");
+            }
         }
     };
     let _ = std::fs::remove_file(&endpoints_file);
@@ -284,15 +322,24 @@ async fn serving(addr: &str) -> bool {
     )
 }
 
+/// The first of the children still running to exit; never, when none is.
 async fn first_exit(
     children: &mut [(&'static str, Child)],
 ) -> (&'static str, std::process::ExitStatus) {
-    let waits = children.iter_mut().map(|(name, child)| {
-        Box::pin(async move {
-            let status = child.wait().await;
-            (*name, status)
+    // A reaped child has no id; waiting on it again would answer at once.
+    let waits: Vec<_> = children
+        .iter_mut()
+        .filter(|(_, child)| child.id().is_some())
+        .map(|(name, child)| {
+            Box::pin(async move {
+                let status = child.wait().await;
+                (*name, status)
+            })
         })
-    });
+        .collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
     let ((name, status), _, _) = select_all(waits).await;
     match status {
         Ok(status) => (name, status),
