@@ -6,3 +6,4 @@
 pub mod cluster;
 pub mod functions;
 pub mod otlp;
+pub mod wheels;

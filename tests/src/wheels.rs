@@ -1,0 +1,98 @@
+//! Small pure-Python wheels built by the tests, so package installs run
+//! offline (`--no-index --find-links`).
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A wheel to build: its files, and `Requires-Dist` lines for METADATA.
+pub struct Wheel<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub requires: &'a [&'a str],
+    /// (path inside the wheel, contents), e.g. `("mod.py", "X = 1\n")`.
+    pub files: &'a [(&'a str, &'a str)],
+}
+
+/// A directory for wheels that the installer sandbox's unprivileged pip
+/// can read (temp dirs are 0700).
+pub fn wheel_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sock-wheels-")
+        .tempdir()
+        .expect("temp wheel dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("make the wheel dir readable");
+    dir
+}
+
+/// Builds `wheel` into `dir` with Python's zipfile, as a packager would
+/// (METADATA, WHEEL, RECORD with hashes), and returns its path.
+pub fn build(dir: &Path, wheel: &Wheel) -> PathBuf {
+    let script = r#"
+import base64, hashlib, json, sys, zipfile
+out, spec = sys.argv[1], json.loads(sys.argv[2])
+name, version = spec["name"], spec["version"]
+dist = name.replace("-", "_")
+info = f"{dist}-{version}.dist-info"
+files = dict(spec["files"])
+metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+metadata += "".join(f"Requires-Dist: {r}\n" for r in spec["requires"])
+files[f"{info}/METADATA"] = metadata
+files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: sock-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+record = []
+for path, text in files.items():
+    data = text.encode()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{path},sha256={digest},{len(data)}")
+record.append(f"{info}/RECORD,,")
+files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+path = f"{out}/{dist}-{version}-py3-none-any.whl"
+with zipfile.ZipFile(path, "w") as whl:
+    for name_in_zip, text in files.items():
+        whl.writestr(name_in_zip, text)
+print(path)
+"#;
+    let spec = serde_json::json!({
+        "name": wheel.name,
+        "version": wheel.version,
+        "requires": wheel.requires,
+        "files": wheel.files,
+    });
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(spec.to_string())
+        .output()
+        .expect("run python3 to build a wheel");
+    assert!(
+        output.status.success(),
+        "building wheel {} {} failed: {}",
+        wheel.name,
+        wheel.version,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("make the wheel readable");
+    path
+}
+
+/// A wheel with one module `<name>.py` (dashes as underscores) holding
+/// `body`.
+pub fn module_wheel(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    requires: &[&str],
+    body: &str,
+) -> PathBuf {
+    let module = format!("{}.py", name.replace('-', "_"));
+    build(
+        dir,
+        &Wheel {
+            name,
+            version,
+            requires,
+            files: &[(&module, body)],
+        },
+    )
+}

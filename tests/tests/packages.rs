@@ -1,0 +1,235 @@
+//! Functions with requirements, end to end: the cache installs packages
+//! (pip in sandboxd's installer sandbox) from wheels the tests build,
+//! offline, and sandboxes get the closure on `sys.path`; the import-cache
+//! tree forks functions from a zygote that imported their package only
+//! when the versions agree. `network_pypi_*` installs from the real PyPI.
+use std::path::Path;
+
+use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
+use sock_e2e::functions::bundle;
+use sock_e2e::wheels::{module_wheel, wheel_dir};
+use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+
+/// Installs run pip in a sandbox: give the first call room.
+const FIRST_CALL_MS: u32 = 120_000;
+
+/// ol.yaml of the test functions: a timeout long enough for installs.
+const OL_YAML: &str = "limits:\n  timeout_ms: 120000\n";
+
+async fn push(cluster: &Cluster, name: &str, requirements: &str, code: &str) {
+    cluster
+        .registry()
+        .await
+        .push_function(PushFunctionRequest {
+            name: name.into(),
+            bundle: bundle(&[
+                ("f.py", code),
+                ("requirements.txt", requirements),
+                ("ol.yaml", OL_YAML),
+            ]),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("push {name}: {e}"));
+}
+
+/// The function's JSON result, or the call's error status.
+async fn call(cluster: &Cluster, name: &str) -> Result<serde_json::Value, tonic::Status> {
+    let response = cluster
+        .gateway()
+        .await
+        .invoke(InvokeRequest {
+            function: name.into(),
+            payload: b"{}".to_vec(),
+            timeout_ms: Some(FIRST_CALL_MS),
+        })
+        .await?
+        .into_inner();
+    match response.outcome.expect("an outcome") {
+        Outcome::Result(bytes) => Ok(serde_json::from_slice(&bytes).expect("JSON result")),
+        Outcome::Error(e) => panic!("{name} failed: {} {}", e.message, e.traceback),
+    }
+}
+
+fn start(wheels: &Path, extra: &[(&str, &str)]) -> Cluster {
+    let links = wheels.display().to_string();
+    let mut env = vec![("SOCK_CACHE_FIND_LINKS", links.as_str())];
+    env.extend_from_slice(extra);
+    Cluster::start_with_env(&env)
+}
+
+fn stop(cluster: Cluster) {
+    let instance = cluster.instance.clone();
+    assert!(cluster.stop().success(), "sock up exits cleanly");
+    assert_eq!(
+        leftover_cgroups(&instance),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+/// A function that reports which `sockver` it imported, and whether the
+/// module was already imported before its own file ran (a zygote did).
+const SOCKVER_F: &str = "import sys\n\
+PRELOADED = 'sockver' in sys.modules\n\
+import sockver\n\
+def f(event):\n    return {'version': sockver.VERSION, 'preloaded': PRELOADED}\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_gets_its_requirements_with_their_dependencies_and_a_second_reuses_them() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    let alpha = module_wheel(
+        wheels.path(),
+        "sockalpha",
+        "1.0",
+        &["sockbeta>=1.0", "sockwin; sys_platform == \"win32\""],
+        "from sockbeta import BETA\nALPHA = 'alpha-1.0+' + BETA\n",
+    );
+    let beta = module_wheel(wheels.path(), "sockbeta", "1.0", &[], "BETA = 'beta-1.0'\n");
+    let cluster = start(wheels.path(), &[]);
+    let code = "import sockalpha\ndef f(event):\n    return sockalpha.ALPHA\n";
+
+    push(&cluster, "first", "sockalpha==1.0\n", code).await;
+    assert_eq!(
+        call(&cluster, "first").await.expect("first call"),
+        "alpha-1.0+beta-1.0",
+        "the dependency from Requires-Dist is on sys.path too"
+    );
+    let store = cluster.data_dir().join("cache/packages");
+    assert!(store.join("sockalpha==1.0/files/sockalpha.py").is_file());
+    assert!(store.join("sockbeta==1.0/files/sockbeta.py").is_file());
+    assert!(
+        !store.join("sockwin==1.0").exists(),
+        "a win32-only dependency is not installed"
+    );
+
+    // With the wheels gone, any pip run would fail: the second function
+    // can only work by reusing the installs.
+    std::fs::remove_file(alpha).expect("remove wheel");
+    std::fs::remove_file(beta).expect("remove wheel");
+    push(&cluster, "second", "sockalpha==1.0\n", code).await;
+    assert_eq!(
+        call(&cluster, "second").await.expect("second call"),
+        "alpha-1.0+beta-1.0"
+    );
+    stop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_versions_of_one_package_serve_two_functions_side_by_side() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    for version in ["2.1.0", "2.2.0"] {
+        module_wheel(
+            wheels.path(),
+            "sockver",
+            version,
+            &[],
+            &format!("VERSION = '{version}'\n"),
+        );
+    }
+    let cluster = start(wheels.path(), &[]);
+    push(&cluster, "old", "sockver==2.1.0\n", SOCKVER_F).await;
+    push(&cluster, "new", "sockver==2.2.0\n", SOCKVER_F).await;
+    for _ in 0..2 {
+        let old = call(&cluster, "old").await.expect("old");
+        let new = call(&cluster, "new").await.expect("new");
+        assert_eq!(old["version"], "2.1.0");
+        assert_eq!(new["version"], "2.2.0");
+    }
+    stop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tree_forks_a_function_from_its_packages_zygote_only_for_the_same_version() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    for version in ["2.1.0", "2.2.0"] {
+        module_wheel(
+            wheels.path(),
+            "sockver",
+            version,
+            &[],
+            &format!("VERSION = '{version}'\n"),
+        );
+    }
+    let tree =
+        r#"{"packages": [], "children": [{"packages": ["sockver==2.1.0"], "children": []}]}"#;
+    let cluster = start(wheels.path(), &[("SOCK_CACHE_IMPORT_TREE", tree)]);
+    push(&cluster, "match", "sockver==2.1.0\n", SOCKVER_F).await;
+    push(&cluster, "other", "sockver==2.2.0\n", SOCKVER_F).await;
+
+    let matched = call(&cluster, "match").await.expect("match");
+    assert_eq!(matched["version"], "2.1.0");
+    assert_eq!(
+        matched["preloaded"], true,
+        "forked from the sockver==2.1.0 zygote, which imported it"
+    );
+    let other = call(&cluster, "other").await.expect("other");
+    assert_eq!(other["version"], "2.2.0");
+    assert_eq!(
+        other["preloaded"], false,
+        "a function pinning another version must not get the zygote's"
+    );
+    stop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_install_names_the_package_and_is_retried_on_a_later_call() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    let cluster = start(wheels.path(), &[]);
+    push(
+        &cluster,
+        "needs",
+        "socklater==1.0\n",
+        "import socklater\ndef f(event):\n    return socklater.X\n",
+    )
+    .await;
+    let status = call(&cluster, "needs")
+        .await
+        .expect_err("nothing to install");
+    assert!(
+        status.message().contains("socklater==1.0")
+            && status.message().contains("failed to install"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("No matching distribution"),
+        "pip's reason is passed on: {status:?}"
+    );
+
+    // Not remembered as failed: once the wheel is there, it installs.
+    module_wheel(wheels.path(), "socklater", "1.0", &[], "X = 42\n");
+    assert_eq!(call(&cluster, "needs").await.expect("retried"), 42);
+    stop(cluster);
+}
+
+/// Needs PyPI: pip in the installer sandbox downloads six.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_pypi_six_installs_and_imports() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    push(
+        &cluster,
+        "sixer",
+        "six==1.16.0\n",
+        "import six\ndef f(event):\n    return six.__version__\n",
+    )
+    .await;
+    assert_eq!(
+        call(&cluster, "sixer").await.expect("six from PyPI"),
+        "1.16.0"
+    );
+    stop(cluster);
+}
