@@ -149,7 +149,10 @@ async fn every_service_counts_what_a_call_did() {
         })
         .sum();
     assert!(live >= 1.0, "{sandboxd}");
-    let total = value(&sandboxd, r#"sock_sandboxd_pool_memory_bytes{kind="total"}"#);
+    let total = value(
+        &sandboxd,
+        r#"sock_sandboxd_pool_memory_bytes{kind="total"}"#,
+    );
     let reserved = value(
         &sandboxd,
         r#"sock_sandboxd_pool_memory_bytes{kind="reserved"}"#,
@@ -164,6 +167,9 @@ async fn every_service_counts_what_a_call_did() {
         "sock_sandboxd_evictions_total",
         "sock_sandboxd_zygotes",
     ] {
-        assert!(sample(&sandboxd, name).is_some(), "no {name} in\n{sandboxd}");
+        assert!(
+            sample(&sandboxd, name).is_some(),
+            "no {name} in\n{sandboxd}"
+        );
     }
 }
