@@ -466,6 +466,48 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
 }
 
 // ---------------------------------------------------------------------
+// the image
+// ---------------------------------------------------------------------
+
+#[test]
+fn the_source_image_copies_every_workspace_member() {
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml"))
+            .expect("Cargo.toml is TOML");
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).expect("Dockerfile");
+    let copied: BTreeSet<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    let sent: BTreeSet<&str> = ignore.lines().filter_map(|l| l.strip_prefix('!')).collect();
+    let members = manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace members");
+    for member in members {
+        let top = member
+            .as_str()
+            .expect("a member path")
+            .split('/')
+            .next()
+            .expect("a first component");
+        assert!(
+            copied.contains(top),
+            "deploy/Dockerfile does not COPY {top}/ (workspace member {member})"
+        );
+        assert!(
+            sent.contains(top),
+            ".dockerignore leaves {top}/ out of the build context"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------
 // compose files
 // ---------------------------------------------------------------------
 
