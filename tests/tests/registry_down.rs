@@ -1,0 +1,161 @@
+//! A registry outage through the real processes: functions already known
+//! keep serving, a function the gateway never saw fails with a clear
+//! error, and everything works again once the registry is back.
+//!
+//! `sock up --keep-going` (here `SOCK_UP_KEEP_GOING`) keeps the other
+//! services running when the registry dies; its pid comes from
+//! endpoints.json. The registry is then restarted by the test itself,
+//! with the same data dir and addresses, and stopped by a guard.
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sock_e2e::cluster::{Cluster, bin_dir, have_root};
+use sock_e2e::functions::bundle;
+use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+use tonic::Code;
+
+/// Both metadata caches ask the registry again after this long, so the
+/// outage is seen by every call made after it started.
+const CACHE_MS: &str = "200";
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// A process the test started, stopped (SIGTERM, then SIGKILL) on drop.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid fits i32"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn call(cluster: &Cluster, name: &str) -> Result<Outcome, tonic::Status> {
+    let answer = cluster
+        .gateway()
+        .await
+        .invoke(InvokeRequest {
+            function: name.into(),
+            payload: b"7".to_vec(),
+            timeout_ms: None,
+        })
+        .await?
+        .into_inner();
+    Ok(answer.outcome.expect("an outcome"))
+}
+
+fn listen(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn known_functions_survive_a_registry_outage_and_new_ones_wait_for_it() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start_with_env(&[
+        ("SOCK_UP_KEEP_GOING", "true"),
+        ("SOCK_GATEWAY_REGISTRY_CACHE_MS", CACHE_MS),
+        ("SOCK_CACHE_REGISTRY_CACHE_MS", CACHE_MS),
+    ]);
+    let mut registry = cluster.registry().await;
+    for name in ["known", "unseen"] {
+        registry
+            .push_function(PushFunctionRequest {
+                name: name.into(),
+                bundle: bundle(&[("f.py", "def f(event):\n    return event\n")]),
+            })
+            .await
+            .expect("push");
+    }
+    drop(registry);
+    let ok = Outcome::Result(b"7".to_vec());
+    assert_eq!(call(&cluster, "known").await.expect("call"), ok);
+
+    // Registry down: only its pid, and only once it is gone.
+    let pid = *cluster
+        .endpoints
+        .pids
+        .get("registry")
+        .expect("sock up records the registry's pid");
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits i32"));
+    kill(pid, Signal::SIGKILL).expect("kill the registry");
+    let killed = Instant::now();
+    // sock up reaps it; until then the pid still answers signal 0.
+    while kill(pid, None).is_ok() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the registry did not go away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stale_after: u64 = CACHE_MS.parse().expect("number");
+    tokio::time::sleep(Duration::from_millis(2 * stale_after)).await;
+
+    for _ in 0..3 {
+        assert_eq!(
+            call(&cluster, "known")
+                .await
+                .expect("a known function keeps serving"),
+            ok
+        );
+    }
+    let refused = call(&cluster, "unseen")
+        .await
+        .expect_err("the gateway cannot learn about a new function");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().starts_with("registry unavailable"),
+        "{refused:?}"
+    );
+    let kind = refused
+        .metadata()
+        .get("x-sock-error")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(kind, Some("platform"), "{refused:?}");
+
+    // Back with the same data and addresses: new functions work again.
+    let endpoints = &cluster.endpoints;
+    let _registry = Started(
+        Command::new(bin_dir().join("sock-registry"))
+            .env("SOCK_REGISTRY_GRPC_LISTEN", listen(&endpoints.registry))
+            .env(
+                "SOCK_REGISTRY_HTTP_LISTEN",
+                listen(&endpoints.registry_http),
+            )
+            .env(
+                "SOCK_REGISTRY_DATA_DIR",
+                cluster.data_dir().join("registry"),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("restart the registry"),
+    );
+    let back = Instant::now();
+    let outcome = loop {
+        match call(&cluster, "unseen").await {
+            Ok(outcome) => break outcome,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(
+                    back.elapsed() < RECOVERY,
+                    "still failing {RECOVERY:?} after the registry came back: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected error while the registry restarts: {status:?}"),
+        }
+    };
+    assert_eq!(outcome, ok);
+    assert_eq!(call(&cluster, "known").await.expect("call"), ok);
+}
