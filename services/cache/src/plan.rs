@@ -1,8 +1,13 @@
 //! The package half of `Prepare`: a function version's requirements →
 //! its closure in the store → the dirs, imports and zygote chain sandboxd
 //! is answered.
+//!
+//! A version's closure is resolved once (unpinned lines pinned to what pip
+//! picked) and written to `<data_dir>/pins/<name>/<version>`, so a
+//! restarted cache serves the same versions without asking pip again.
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sock_proto::v1::ZygoteNode;
@@ -17,18 +22,23 @@ use crate::requirement::Requirement;
 use crate::tree::ImportTree;
 
 type Closure = Arc<Vec<Arc<Package>>>;
+/// (function version, its requirements' pins header, closure)
+type Remembered = (u64, String, Closure);
 
 /// Closures remembered per function: its newest versions only.
 const VERSIONS_REMEMBERED: usize = 2;
 
 pub(crate) struct Planner {
     packages: Arc<Packages>,
+    /// `<data_dir>/pins`.
+    pins: PathBuf,
+    tmp: PathBuf,
     env: Environment,
     /// None when `import_cache` is off.
     tree: Option<ImportTree>,
     /// Per function, (version, closure): unpinned requirements are pinned
     /// once, at the version's first prepare, to what pip resolved.
-    closures: Mutex<HashMap<String, Vec<(u64, Closure)>>>,
+    closures: Mutex<HashMap<String, Vec<Remembered>>>,
 }
 
 /// What sandboxd needs besides the code.
@@ -57,8 +67,12 @@ impl Planner {
                 )));
             }
         };
+        let pins = data_dir.join("pins");
+        std::fs::create_dir_all(&pins).map_err(|e| Error::io("create", &pins, e))?;
         Ok(Planner {
             packages: Arc::new(Packages::open(data_dir, tmp, installer)?),
+            pins,
+            tmp: tmp.to_path_buf(),
             env: Environment::probe(&config.python),
             tree,
             closures: Mutex::default(),
@@ -121,16 +135,24 @@ impl Planner {
         version: u64,
         requirements: &[String],
     ) -> Result<Closure, Error> {
+        let header = pins_header(requirements);
         let remembered = self
             .closures
             .lock()
             .expect("closures are never held across a panic")
             .get(name)
-            .and_then(|versions| versions.iter().find(|(v, _)| *v == version).cloned());
-        if let Some((_, closure)) = remembered {
+            .and_then(|versions| {
+                versions
+                    .iter()
+                    .find(|(v, h, _)| *v == version && *h == header)
+                    .map(|(_, _, closure)| closure.clone())
+            });
+        if let Some(closure) = remembered {
             return Ok(closure);
         }
-        let roots = requirements
+        let pinned = self.read_pins(name, version, &header);
+        let lines = pinned.as_deref().unwrap_or(requirements);
+        let roots = lines
             .iter()
             .map(|line| Requirement::parse(line))
             .collect::<Result<Vec<_>, _>>()
@@ -147,21 +169,67 @@ impl Planner {
                     source,
                 })?,
         );
-        if !closure.is_empty() {
+        if pinned.is_none() && !closure.is_empty() {
             tracing::info!(packages = ?closure.iter().map(|p| p.pin()).collect::<Vec<_>>(), "resolved the function's packages");
+            self.write_pins(name, version, &header, &closure);
         }
         let mut closures = self
             .closures
             .lock()
             .expect("closures are never held across a panic");
         let versions = closures.entry(name.to_string()).or_default();
-        if !versions.iter().any(|(v, _)| *v == version) {
-            versions.push((version, closure.clone()));
-            versions.sort_unstable_by_key(|(v, _)| std::cmp::Reverse(*v));
-            versions.truncate(VERSIONS_REMEMBERED);
-        }
+        versions.retain(|(v, _, _)| *v != version);
+        versions.push((version, header, closure.clone()));
+        versions.sort_unstable_by_key(|(v, _, _)| std::cmp::Reverse(*v));
+        versions.truncate(VERSIONS_REMEMBERED);
         Ok(closure)
     }
+
+    /// The closure written at the version's first prepare, if it was for
+    /// these very requirements (a reset registry may reuse a version).
+    fn read_pins(&self, name: &str, version: u64, header: &str) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.pins.join(name).join(version.to_string())).ok()?;
+        let mut lines = text.lines();
+        (lines.next() == Some(header)).then(|| lines.map(str::to_string).collect())
+    }
+
+    /// Best effort: without the file, a restart resolves again.
+    fn write_pins(&self, name: &str, version: u64, header: &str, closure: &[Arc<Package>]) {
+        let dir = self.pins.join(name);
+        let mut text = format!("{header}\n");
+        for package in closure {
+            text.push_str(&package.pin());
+            text.push('\n');
+        }
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| tempfile::NamedTempFile::new_in(&self.tmp))
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.persist(dir.join(version.to_string()))
+                    .map_err(|e| e.error)?;
+                Ok(())
+            });
+        if let Err(error) = written {
+            tracing::warn!(function = %name, version, %error, "cannot remember the resolved packages");
+            return;
+        }
+        // Only the versions the code store keeps need their pins.
+        let mut versions: Vec<u64> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort_unstable_by_key(|v| std::cmp::Reverse(*v));
+        for old in versions.into_iter().skip(VERSIONS_REMEMBERED) {
+            let _ = std::fs::remove_file(dir.join(old.to_string()));
+        }
+    }
+}
+
+fn pins_header(requirements: &[String]) -> String {
+    format!("# requirements: {}", requirements.join(" | "))
 }
 
 #[cfg(test)]
@@ -219,6 +287,43 @@ mod tests {
         let again = planner.plan("f", 1, &["app".into()]).await.expect("plans");
         assert_eq!(first, again);
         assert_eq!(planner.packages.pip_runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_versions_pip_picked() {
+        let installer = Arc::new(FakeInstaller::new(&[
+            ("app", "1.0", &["dep"]),
+            ("dep", "1.0", &[]),
+        ]));
+        let (dir, planner) = planner("", installer);
+        let first = planner.plan("f", 1, &["app".into()]).await.expect("plans");
+
+        // A newer app appears on the index; the restarted cache keeps 1.0
+        // for this function version, without pip.
+        let newer = Arc::new(FakeInstaller::new(&[
+            ("app", "2.0", &[]),
+            ("dep", "1.0", &[]),
+        ]));
+        let tmp = dir.path().join("tmp");
+        let restarted =
+            Planner::open(&Config::default(), dir.path(), &tmp, newer.clone()).expect("reopen");
+        let again = restarted
+            .plan("f", 1, &["app".into()])
+            .await
+            .expect("plans");
+        assert_eq!(first.package_dirs, again.package_dirs);
+        assert_eq!(restarted.packages.pip_runs(), 0);
+
+        // Other requirements under the same version (a reset registry):
+        // resolved anew.
+        let other = restarted
+            .plan("f", 1, &["app>=2".into()])
+            .await
+            .expect("plans");
+        assert!(
+            other.package_dirs[0].ends_with("app==2.0/files"),
+            "{other:?}"
+        );
     }
 
     #[tokio::test]
