@@ -67,6 +67,9 @@ pub(crate) struct Packages {
     index: Mutex<HashMap<String, Vec<Arc<Package>>>>,
     /// Installs in progress by pip requirement string.
     flights: Mutex<HashMap<String, Flight>>,
+    /// Two flights (`a` and `a==2`) may install the same version: the
+    /// check for an existing copy and the rename happen under this lock.
+    adopting: Mutex<()>,
     pip_runs: AtomicU64,
 }
 
@@ -115,6 +118,7 @@ impl Packages {
             installer,
             index: Mutex::new(index),
             flights: Mutex::default(),
+            adopting: Mutex::default(),
             pip_runs: AtomicU64::new(0),
         })
     }
@@ -283,6 +287,10 @@ impl Packages {
             }],
             ..requirement.clone()
         };
+        let _adopting = self
+            .adopting
+            .lock()
+            .expect("adopting is never held across a panic");
         if let Some(existing) = self.installed(&pinned) {
             return Ok(existing);
         }
