@@ -365,3 +365,54 @@ async fn stop_all(children: &mut Vec<(&'static str, Child)>) {
     }
     children.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_and_metrics_endpoint_gets_its_own_port() {
+        let free = addresses("127.0.0.1", 0).expect("free ports");
+        let mut urls = vec![
+            free.gateway,
+            free.registry,
+            free.registry_http,
+            free.cache,
+            free.sandboxd,
+            free.gateway_http,
+            free.registry_metrics,
+            free.cache_metrics,
+            free.sandboxd_metrics,
+        ];
+        urls.sort();
+        urls.dedup();
+        assert_eq!(urls.len(), usize::from(PORTS));
+
+        let fixed = addresses("127.0.0.1", 7070).expect("fixed ports");
+        assert_eq!(fixed.registry_metrics, "http://127.0.0.1:7076");
+        assert_eq!(fixed.sandboxd_metrics, "http://127.0.0.1:7078");
+        let err = addresses("127.0.0.1", u16::MAX - 3).expect_err("past the last port");
+        assert!(err.to_string().contains("--port is too high"), "{err}");
+    }
+
+    #[test]
+    fn each_service_is_told_its_metrics_address() {
+        let endpoints = addresses("127.0.0.1", 7070).expect("fixed ports");
+        let services = plan(&endpoints, Path::new("/data"));
+        for (service, key, want) in [
+            ("registry", "SOCK_REGISTRY_METRICS_LISTEN", "127.0.0.1:7076"),
+            ("cache", "SOCK_CACHE_METRICS_LISTEN", "127.0.0.1:7077"),
+            ("sandboxd", "SOCK_SANDBOXD_METRICS_LISTEN", "127.0.0.1:7078"),
+        ] {
+            let env = &services
+                .iter()
+                .find(|s| s.name == service)
+                .expect("planned")
+                .env;
+            assert!(
+                env.contains(&(key.to_string(), want.to_string())),
+                "{service}: {env:?}"
+            );
+        }
+    }
+}
