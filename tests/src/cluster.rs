@@ -72,17 +72,23 @@ impl Cluster {
     /// Starts a cluster with extra environment for every service (config
     /// via `SOCK_<SERVICE>_<KEY>`, OpenTelemetry via `OTEL_*`).
     pub fn start_with_env(env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_from(bin_dir(), "e2e", env)
+    }
+
+    /// Starts a cluster from the binaries in `bin` (such as
+    /// `target/release` for benchmarks); `prefix` names its sandboxd
+    /// instance and data dir.
+    pub fn start_from(bin: &Path, prefix: &str, env: &[(&str, &str)]) -> Cluster {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let instance = format!(
-            "e2e-{}-{}",
+            "{prefix}-{}-{}",
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
         );
         let data_dir = tempfile::Builder::new()
-            .prefix("sock-e2e-")
+            .prefix(&format!("sock-{prefix}-"))
             .tempdir()
             .expect("temp data dir");
-        let bin = bin_dir();
         let up = Command::new(bin.join("sock"))
             .args(["up", "--port", "0", "--bin-dir"])
             .arg(bin)

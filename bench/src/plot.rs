@@ -1,0 +1,115 @@
+//! SVG plots of the results (plotters, no system fonts needed).
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::stats::Series;
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        return (0.01, 1000.0);
+    }
+    // Whole decades, so the log axis reads easily.
+    (
+        10f64.powf(lo.log10().floor()),
+        10f64.powf(hi.log10().ceil()),
+    )
+}
+
+/// CDF of per-call latency of every series, on a log axis.
+pub fn latency_cdf(path: &Path, title: &str, series: &[&Series]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = bounds(series.iter().flat_map(|s| s.sorted_ms()));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency per call, ms (log scale)")
+        .y_desc("fraction of calls")
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let ms = s.sorted_ms();
+        let n = ms.len() as f64;
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                ms.iter().enumerate().map(|(k, v)| (*v, (k + 1) as f64 / n)),
+                color.stroke_width(2),
+            ))?
+            .label(format!("{} (n={})", s.label, s.samples.len()))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One bar per method: p50 cold start, with a whisker to p99.
+pub struct Bar {
+    pub label: String,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+pub fn cold_bars(path: &Path, title: &str, bars: &[Bar]) -> anyhow::Result<()> {
+    let height = 120 + 48 * bars.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = bounds(bars.iter().flat_map(|b| [b.p50, b.p99]));
+    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(300)
+        .build_cartesian_2d((lo..hi).log_scale(), (0..bars.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(bars.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("time to the first answer, ms (log scale): bar p50, line to p99")
+        .draw()?;
+    for (i, b) in bars.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [
+                (lo, SegmentValue::Exact(i)),
+                (b.p50, SegmentValue::Exact(i + 1)),
+            ],
+            color.mix(0.7).filled(),
+        )))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![
+                (b.p50, SegmentValue::CenterOf(i)),
+                (b.p99, SegmentValue::CenterOf(i)),
+            ],
+            BLACK.stroke_width(2),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            crate::stats::ms(b.p50),
+            (b.p99 * 1.08, SegmentValue::CenterOf(i)),
+            ("sans-serif", 14),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}

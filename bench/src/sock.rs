@@ -1,0 +1,222 @@
+//! What sock itself is measured on, through its public gRPC API: warm
+//! calls, throughput, cold starts and sandbox churn.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sock_e2e::cluster::Cluster;
+use sock_proto::v1::cache_client::CacheClient;
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::{
+    ErrorKind, FunctionRef, InvokeRequest, PrepareRequest, PushFunctionRequest, StatusRequest,
+    StatusResponse,
+};
+use tokio::sync::Barrier;
+use tonic::transport::Channel;
+
+pub const ECHO: &str = "def f(event):\n    return event\n";
+/// Ends its own runtime, so every call needs a new sandbox and the old one
+/// is destroyed: the creation rate, measured end to end.
+const EXIT: &str = "import os\n\ndef f(event):\n    os._exit(0)\n";
+const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))
+}
+
+/// A new connection to the gateway: one per simulated client.
+pub async fn gateway(cluster: &Cluster) -> anyhow::Result<GatewayClient<Channel>> {
+    Ok(GatewayClient::new(
+        channel(&cluster.endpoints.gateway).await?,
+    ))
+}
+
+pub async fn status(cluster: &Cluster) -> anyhow::Result<StatusResponse> {
+    Ok(cluster
+        .sandboxd()
+        .await
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Pushes a one-file function and makes the node's cache unpack it, so a
+/// cold call measures the sandbox, not the download.
+pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("f.py"), code)?;
+    let bundle = sock_bundle::pack(dir.path()).context("pack function")?;
+    let info = cluster
+        .registry()
+        .await
+        .push_function(PushFunctionRequest {
+            name: name.into(),
+            bundle,
+        })
+        .await
+        .with_context(|| format!("push {name}"))?
+        .into_inner();
+    CacheClient::new(channel(&cluster.endpoints.cache).await?)
+        .prepare(PrepareRequest {
+            function: Some(FunctionRef {
+                name: name.into(),
+                version: info.version,
+            }),
+        })
+        .await
+        .with_context(|| format!("prepare {name}"))?;
+    Ok(())
+}
+
+async fn invoke(client: &mut GatewayClient<Channel>, name: &str) -> anyhow::Result<Outcome> {
+    let answer = client
+        .invoke(InvokeRequest {
+            function: name.into(),
+            payload: PAYLOAD.to_vec(),
+            timeout_ms: None,
+        })
+        .await
+        .with_context(|| format!("invoke {name}"))?
+        .into_inner();
+    answer.outcome.context("answer without an outcome")
+}
+
+/// One echo call that must come back unchanged.
+async fn echo(client: &mut GatewayClient<Channel>, name: &str) -> anyhow::Result<()> {
+    match invoke(client, name).await? {
+        // Python's json.dumps puts a space after ':'.
+        Outcome::Result(r) if r.iter().filter(|b| **b != b' ').eq(PAYLOAD) => Ok(()),
+        other => bail!("{name} answered {other:?}"),
+    }
+}
+
+/// Per-call latency of `calls` echo calls by each of `clients` concurrent
+/// clients (own connections), after `warmup` uncounted calls each.
+pub async fn warm_latency(
+    cluster: &Cluster,
+    name: &str,
+    clients: usize,
+    calls: usize,
+    warmup: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let barrier = Arc::new(Barrier::new(clients));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = gateway(cluster).await?;
+        let name = name.to_string();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..warmup {
+                echo(&mut client, &name).await?;
+            }
+            barrier.wait().await;
+            let mut samples = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let started = Instant::now();
+                echo(&mut client, &name).await?;
+                samples.push(started.elapsed());
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+/// Calls per second that `clients` closed-loop clients sustain for `time`.
+pub async fn throughput(
+    cluster: &Cluster,
+    name: &str,
+    clients: usize,
+    time: Duration,
+) -> anyhow::Result<f64> {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = gateway(cluster).await?;
+        let name = name.to_string();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            echo(&mut client, &name).await?;
+            barrier.wait().await;
+            let started = Instant::now();
+            let mut calls = 0u64;
+            while started.elapsed() < time {
+                echo(&mut client, &name).await?;
+                calls += 1;
+            }
+            anyhow::Ok(calls)
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await??;
+    }
+    Ok(calls as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Time to the first answer of `n` functions never called before, one
+/// after the other (code already unpacked on the node). One extra
+/// function is called first, uncounted, so a lazily made root zygote is
+/// not charged to the first sample.
+pub async fn cold_starts(
+    cluster: &Cluster,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    for i in 0..=n {
+        push(cluster, &format!("{prefix}-{i}"), ECHO).await?;
+    }
+    let mut client = gateway(cluster).await?;
+    echo(&mut client, &format!("{prefix}-{n}")).await?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        echo(&mut client, &format!("{prefix}-{i}")).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Sandboxes created and destroyed per second: `clients` clients call a
+/// function that ends its runtime, so each call is a cold start and a
+/// teardown. Returns (rate, sandboxd's count of cold starts in the run).
+pub async fn churn(
+    cluster: &Cluster,
+    clients: usize,
+    time: Duration,
+) -> anyhow::Result<(f64, u64)> {
+    push(cluster, "churn", EXIT).await?;
+    let before = status(cluster).await?.cold_starts_total;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = gateway(cluster).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while started.elapsed() < time {
+                match invoke(&mut client, "churn").await? {
+                    Outcome::Error(e) if e.kind == ErrorKind::Killed as i32 => calls += 1,
+                    other => bail!("churn answered {other:?}, not KILLED"),
+                }
+            }
+            anyhow::Ok(calls)
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await??;
+    }
+    let rate = calls as f64 / started.elapsed().as_secs_f64();
+    let cold = status(cluster).await?.cold_starts_total - before;
+    Ok((rate, cold))
+}
