@@ -71,13 +71,19 @@ pub fn cold_bars(path: &Path, title: &str, bars: &[Bar]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let (lo, hi) = bounds(bars.iter().flat_map(|b| [b.p50, b.p99]));
+    // A decade below the fastest, so its bar is not a sliver.
+    let lo = lo / 10.0;
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(300)
-        .build_cartesian_2d((lo..hi).log_scale(), (0..bars.len()).into_segmented())?;
+        .build_cartesian_2d(
+            (lo..hi).log_scale(),
+            // A segmented 0..n has n + 1 segments; the bars fill 0..=n-1.
+            (0..bars.len().saturating_sub(1)).into_segmented(),
+        )?;
     chart
         .configure_mesh()
         .disable_y_mesh()
