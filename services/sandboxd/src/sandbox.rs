@@ -74,7 +74,8 @@ pub enum Outcome {
     Http(HttpResponse),
 }
 
-/// The sandboxes of one sandboxd instance.
+/// The sandboxes of one sandboxd instance. Clones share them.
+#[derive(Clone)]
 pub struct Sandboxes {
     pub(crate) shared: Arc<Shared>,
 }

@@ -35,6 +35,43 @@ impl Node {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Node>>>>;
 
+/// How long a zygote may take to import its packages.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Makes the zygote of `spec` in `slot` (unless another call made it
+/// meanwhile), forked from `parent`, or a root zygote without one.
+async fn make(
+    slot: Slot,
+    sandboxes: Sandboxes,
+    pool: Arc<MemoryPool>,
+    spec: ZygoteSpec,
+    parent: Option<Arc<Node>>,
+) -> Result<Arc<Node>, Error> {
+    let mut held = slot.lock_owned().await;
+    if let Some(node) = held.as_ref().filter(|n| n.zygote.is_alive()) {
+        return Ok(node.clone());
+    }
+    if let Some(dead) = held.take() {
+        dead.destroy().await;
+    }
+    let memory_mb = sandboxes.zygote_memory_mb();
+    let reservation = pool.try_reserve(memory_mb).ok_or_else(|| Error::Zygote {
+        id: spec.id.clone(),
+        why: format!("no {memory_mb} MB free in the memory pool"),
+    })?;
+    let zygote = match &parent {
+        None => sandboxes.create_zygote(&spec, START_TIMEOUT).await?,
+        Some(parent) => parent.zygote.fork_zygote(&spec, START_TIMEOUT).await?,
+    };
+    tracing::info!(zygote = %spec.id, imports = ?spec.imports, "zygote started");
+    let node = Arc::new(Node {
+        zygote,
+        reservation: Mutex::new(Some(reservation)),
+    });
+    *held = Some(node.clone());
+    Ok(node)
+}
+
 /// What Status shows of one zygote.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ZygoteInfo {
@@ -99,33 +136,35 @@ impl Tree {
         chain: &[ZygoteSpec],
         timeout: Duration,
     ) -> Result<Arc<Node>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut parent: Option<Arc<Node>> = None;
         for spec in chain {
             let slot = self.slot(&spec.id);
-            let mut held = slot.lock().await;
-            if let Some(node) = held.as_ref().filter(|n| n.zygote.is_alive()) {
-                parent = Some(node.clone());
+            let live = slot.lock().await.clone().filter(|n| n.zygote.is_alive());
+            if let Some(node) = live {
+                parent = Some(node);
                 continue;
             }
-            if let Some(dead) = held.take() {
-                dead.destroy().await;
-            }
-            let memory_mb = sandboxes.zygote_memory_mb();
-            let reservation = pool.try_reserve(memory_mb).ok_or_else(|| Error::Zygote {
-                id: spec.id.clone(),
-                why: format!("no {memory_mb} MB free in the memory pool"),
-            })?;
-            let zygote = match &parent {
-                None => sandboxes.create_zygote(spec, timeout).await?,
-                Some(parent) => parent.zygote.fork_zygote(spec, timeout).await?,
-            };
-            tracing::info!(zygote = %spec.id, imports = ?spec.imports, "zygote started");
-            let node = Arc::new(Node {
-                zygote,
-                reservation: Mutex::new(Some(reservation)),
-            });
-            *held = Some(node.clone());
-            parent = Some(node);
+            // Made by a task of its own: a call that cannot wait for a slow
+            // import goes fresh, and the zygote is there for later calls.
+            let making = tokio::spawn(make(
+                slot,
+                sandboxes.clone(),
+                pool.clone(),
+                spec.clone(),
+                parent.take(),
+            ));
+            let made = tokio::time::timeout_at(deadline, making)
+                .await
+                .map_err(|_| Error::Zygote {
+                    id: spec.id.clone(),
+                    why: "still starting when the call had to go on".into(),
+                })?
+                .map_err(|e| Error::Zygote {
+                    id: spec.id.clone(),
+                    why: e.to_string(),
+                })??;
+            parent = Some(made);
         }
         parent.ok_or_else(|| Error::InvalidRequest("the zygote chain is empty".into()))
     }

@@ -349,7 +349,9 @@ impl Manager {
         deadline: Instant,
     ) -> Result<Sandbox, Error> {
         if let Some(chain) = chain {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // Making zygotes may take at most half of what is left, so a
+            // fresh sandbox still has time when they are slow.
+            let left = deadline.saturating_duration_since(Instant::now()) / 2;
             let zygote = chain.last().map(|n| n.id.clone()).unwrap_or_default();
             let forked = self
                 .tree

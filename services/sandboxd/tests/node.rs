@@ -1075,3 +1075,60 @@ async fn with_the_import_cache_off_every_cold_start_is_fresh() {
     assert!(zygote_pids(&node).is_empty());
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_does_not_wait_for_a_slow_zygote_and_later_calls_fork_from_it() {
+    let Some(node) = start("zygslow", |_| {}).await else {
+        return;
+    };
+    let package = node.dir.path().join("packages/slowpkg");
+    std::fs::create_dir_all(&package).expect("mkdir package");
+    std::fs::write(package.join("slowpkg.py"), "import time\ntime.sleep(6)\n")
+        .expect("write module");
+    let seen = "import sys\nSEEN = 'slowpkg' in sys.modules\n\ndef f(event):\n    return SEEN\n";
+    let chain = vec![
+        ZygoteNode {
+            id: "root".into(),
+            ..ZygoteNode::default()
+        },
+        ZygoteNode {
+            id: "root/slowpkg==1".into(),
+            package_dirs: vec![package.display().to_string()],
+            imports: vec!["slowpkg".into()],
+        },
+    ];
+    for name in ["first", "second"] {
+        node.publish(name, 1, seen, Limits::default());
+        node.catalog
+            .chains
+            .lock()
+            .expect("lock")
+            .insert(name.into(), chain.clone());
+    }
+    let first = node.invoke("first", 1, "", 4_000).await.expect("first");
+    assert_eq!(
+        result(&first),
+        false,
+        "a fresh sandbox, within the call's time"
+    );
+    let status = node
+        .wait_for("the slow zygote started", |s| {
+            s.zygotes.iter().any(|z| z.id == "root/slowpkg==1")
+        })
+        .await;
+    assert_eq!(status.zygote_forks_total, 0, "{status:?}");
+    let second = node.invoke("second", 1, "", 4_000).await.expect("second");
+    assert_eq!(
+        result(&second),
+        true,
+        "forked from the zygote that imported it"
+    );
+    let status = node.status().await;
+    assert_eq!(status.zygote_forks_total, 1, "{status:?}");
+    assert_eq!(
+        zygotes(&status),
+        [("root".to_string(), 1), ("root/slowpkg==1".to_string(), 1)],
+        "the child zygote counts as the root's child: {status:?}"
+    );
+    node.stop().await;
+}
