@@ -11,6 +11,7 @@ use sock_cli::endpoints::Endpoints;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{InvokeRequest, InvokeResponse, PushFunctionRequest};
 use tonic::transport::Channel;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -142,6 +143,46 @@ impl Cluster {
     pub async fn registry(&self) -> RegistryClient<Channel> {
         RegistryClient::new(channel(&self.endpoints.registry).await)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// Pushes a bundle of `files` (path, contents) as the next version of
+    /// `name`; answers the version.
+    pub async fn push(&self, name: &str, files: &[(&str, &str)]) -> Result<u64, tonic::Status> {
+        self.push_bundle(name, crate::functions::bundle(files))
+            .await
+    }
+
+    /// Pushes a ready bundle as the next version of `name`.
+    pub async fn push_bundle(&self, name: &str, bundle: Vec<u8>) -> Result<u64, tonic::Status> {
+        let info = self
+            .registry()
+            .await
+            .push_function(PushFunctionRequest {
+                name: name.into(),
+                bundle,
+            })
+            .await?
+            .into_inner();
+        Ok(info.version)
+    }
+
+    /// Calls `name` through the gateway's gRPC API.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        payload: &[u8],
+        timeout_ms: Option<u32>,
+    ) -> Result<InvokeResponse, tonic::Status> {
+        let response = self
+            .gateway()
+            .await
+            .invoke(InvokeRequest {
+                function: name.into(),
+                payload: payload.to_vec(),
+                timeout_ms,
+            })
+            .await?;
+        Ok(response.into_inner())
     }
 
     pub async fn sandboxd(&self) -> SandboxdClient<Channel> {

@@ -3,24 +3,13 @@
 use std::time::{Duration, Instant};
 
 use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::functions::bundle;
-use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+use sock_proto::v1::InvokeRequest;
 use tonic::Code;
 
 const CACHE_MS: u64 = 1000;
 
 async fn push(cluster: &Cluster, name: &str, files: &[(&str, &str)]) -> u64 {
-    cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: name.into(),
-            bundle: bundle(files),
-        })
-        .await
-        .expect("push")
-        .into_inner()
-        .version
+    cluster.push(name, files).await.expect("push")
 }
 
 fn url(cluster: &Cluster, path: &str) -> String {

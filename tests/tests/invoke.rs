@@ -3,33 +3,11 @@
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::functions::{bundle, example};
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{ErrorKind, GetFunctionRequest, InvokeRequest, PushFunctionRequest};
+use sock_proto::v1::{ErrorKind, GetFunctionRequest};
 use tonic::Code;
 
-async fn push(cluster: &Cluster, name: &str, bundle: Vec<u8>) -> Result<u64, tonic::Status> {
-    let info = cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: name.into(),
-            bundle,
-        })
-        .await?
-        .into_inner();
-    Ok(info.version)
-}
-
 async fn invoke(cluster: &Cluster, name: &str, payload: &str) -> Result<Outcome, tonic::Status> {
-    let response = cluster
-        .gateway()
-        .await
-        .invoke(InvokeRequest {
-            function: name.into(),
-            payload: payload.as_bytes().to_vec(),
-            timeout_ms: None,
-        })
-        .await?
-        .into_inner();
+    let response = cluster.invoke(name, payload.as_bytes(), None).await?;
     assert!(!response.call_id.is_empty(), "every call has an id");
     Ok(response.outcome.expect("an outcome"))
 }
@@ -44,7 +22,8 @@ async fn echo_returns_its_payload() {
         return;
     }
     let cluster = Cluster::start();
-    push(&cluster, "echo", example_bundle("echo"))
+    cluster
+        .push_bundle("echo", example_bundle("echo"))
         .await
         .expect("push echo");
     let payload = r#"{"hello":"sock","n":[1,2,3]}"#;
@@ -73,7 +52,8 @@ async fn a_raising_function_returns_its_traceback() {
         return;
     }
     let cluster = Cluster::start();
-    push(&cluster, "error", example_bundle("error"))
+    cluster
+        .push_bundle("error", example_bundle("error"))
         .await
         .expect("push error");
     match invoke(&cluster, "error", "{}")
@@ -119,15 +99,13 @@ async fn a_bad_bundle_is_refused_and_the_previous_version_keeps_serving() {
         return;
     }
     let cluster = Cluster::start();
-    let v1 = push(
-        &cluster,
-        "svc",
-        bundle(&[("f.py", "def f(e):\n    return 'v1'\n")]),
-    )
-    .await
-    .expect("push v1");
+    let v1 = cluster
+        .push("svc", &[("f.py", "def f(e):\n    return 'v1'\n")])
+        .await
+        .expect("push v1");
 
-    let not_gzip = push(&cluster, "svc", b"this is not a tarball".to_vec())
+    let not_gzip = cluster
+        .push_bundle("svc", b"this is not a tarball".to_vec())
         .await
         .expect_err("garbage must be refused");
     assert_eq!(not_gzip.code(), Code::InvalidArgument);
@@ -137,7 +115,8 @@ async fn a_bad_bundle_is_refused_and_the_previous_version_keeps_serving() {
         not_gzip.message()
     );
 
-    let no_entry = push(&cluster, "svc", bundle(&[("main.py", "x = 1\n")]))
+    let no_entry = cluster
+        .push_bundle("svc", bundle(&[("main.py", "x = 1\n")]))
         .await
         .expect_err("a bundle without f.py must be refused");
     assert_eq!(no_entry.code(), Code::InvalidArgument);

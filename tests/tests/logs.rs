@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sock_e2e::cluster::{Cluster, bin_dir, have_root};
-use sock_e2e::functions::bundle;
-use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -53,16 +51,9 @@ fn wait_for(lines: &mpsc::Receiver<String>, want: &[&str], seen: &mut Vec<String
 
 async fn call(cluster: &Cluster, payload: &str) -> String {
     cluster
-        .gateway()
-        .await
-        .invoke(InvokeRequest {
-            function: "chatty".into(),
-            payload: payload.as_bytes().to_vec(),
-            timeout_ms: None,
-        })
+        .invoke("chatty", payload.as_bytes(), None)
         .await
         .expect("call")
-        .into_inner()
         .call_id
 }
 
@@ -73,15 +64,13 @@ async fn follow_prints_calls_made_after_it_started() {
     }
     let cluster = Cluster::start();
     cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: "chatty".into(),
-            bundle: bundle(&[(
+        .push(
+            "chatty",
+            &[(
                 "f.py",
                 "def f(event):\n    print('event', event)\n    return event\n",
-            )]),
-        })
+            )],
+        )
         .await
         .expect("push");
     let before = call(&cluster, "1").await;

@@ -1,10 +1,9 @@
 //! Prometheus `/metrics` of all four services, through the real processes
 //! `sock up` starts: the names are there and the counters follow the calls.
 use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::functions::bundle;
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{FunctionRef, InvokeRequest, PrepareRequest, PushFunctionRequest};
+use sock_proto::v1::{FunctionRef, InvokeRequest, PrepareRequest};
 
 /// The body of `GET <base>/metrics`, after checking it is OpenMetrics text.
 async fn scrape(base: &str) -> String {
@@ -57,12 +56,7 @@ async fn every_service_counts_what_a_call_did() {
     );
 
     cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: "echo".into(),
-            bundle: bundle(&[("f.py", "def f(event):\n    return event\n")]),
-        })
+        .push("echo", &[("f.py", "def f(event):\n    return event\n")])
         .await
         .expect("push");
     let mut gateway = cluster.gateway().await;

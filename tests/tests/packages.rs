@@ -6,10 +6,8 @@
 use std::path::Path;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
-use sock_e2e::functions::bundle;
 use sock_e2e::wheels::{module_wheel, wheel_dir};
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
 
 /// Installs run pip in a sandbox: give the first call room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -19,32 +17,21 @@ const OL_YAML: &str = "limits:\n  timeout_ms: 120000\n";
 
 async fn push(cluster: &Cluster, name: &str, requirements: &str, code: &str) {
     cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: name.into(),
-            bundle: bundle(&[
+        .push(
+            name,
+            &[
                 ("f.py", code),
                 ("requirements.txt", requirements),
                 ("ol.yaml", OL_YAML),
-            ]),
-        })
+            ],
+        )
         .await
         .unwrap_or_else(|e| panic!("push {name}: {e}"));
 }
 
 /// The function's JSON result, or the call's error status.
 async fn call(cluster: &Cluster, name: &str) -> Result<serde_json::Value, tonic::Status> {
-    let response = cluster
-        .gateway()
-        .await
-        .invoke(InvokeRequest {
-            function: name.into(),
-            payload: b"{}".to_vec(),
-            timeout_ms: Some(FIRST_CALL_MS),
-        })
-        .await?
-        .into_inner();
+    let response = cluster.invoke(name, b"{}", Some(FIRST_CALL_MS)).await?;
     match response.outcome.expect("an outcome") {
         Outcome::Result(bytes) => Ok(serde_json::from_slice(&bytes).expect("JSON result")),
         Outcome::Error(e) => panic!("{name} failed: {} {}", e.message, e.traceback),

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sock_e2e::cluster::{Cluster, bin_dir, have_root};
-use sock_e2e::functions::bundle;
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
 use tonic::Code;
 
 /// Both metadata caches ask the registry again after this long, so the
@@ -42,16 +40,7 @@ impl Drop for Started {
 }
 
 async fn call(cluster: &Cluster, name: &str) -> Result<Outcome, tonic::Status> {
-    let answer = cluster
-        .gateway()
-        .await
-        .invoke(InvokeRequest {
-            function: name.into(),
-            payload: b"7".to_vec(),
-            timeout_ms: None,
-        })
-        .await?
-        .into_inner();
+    let answer = cluster.invoke(name, b"7", None).await?;
     Ok(answer.outcome.expect("an outcome"))
 }
 
@@ -69,17 +58,12 @@ async fn known_functions_survive_a_registry_outage_and_new_ones_wait_for_it() {
         ("SOCK_GATEWAY_REGISTRY_CACHE_MS", CACHE_MS),
         ("SOCK_CACHE_REGISTRY_CACHE_MS", CACHE_MS),
     ]);
-    let mut registry = cluster.registry().await;
     for name in ["known", "unseen"] {
-        registry
-            .push_function(PushFunctionRequest {
-                name: name.into(),
-                bundle: bundle(&[("f.py", "def f(event):\n    return event\n")]),
-            })
+        cluster
+            .push(name, &[("f.py", "def f(event):\n    return event\n")])
             .await
             .expect("push");
     }
-    drop(registry);
     let ok = Outcome::Result(b"7".to_vec());
     assert_eq!(call(&cluster, "known").await.expect("call"), ok);
 

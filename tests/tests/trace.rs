@@ -6,7 +6,7 @@ use std::time::Duration;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::functions::example;
 use sock_e2e::otlp::{OtlpReceiver, Span};
-use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+use sock_proto::v1::InvokeRequest;
 
 const SERVICES: [&str; 4] = [
     "sock-gateway",
@@ -48,12 +48,10 @@ async fn one_invocation_is_one_trace_across_all_four_services() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
     cluster
-        .registry()
-        .await
-        .push_function(PushFunctionRequest {
-            name: "echo".into(),
-            bundle: sock_bundle::pack(&example("echo")).expect("pack echo"),
-        })
+        .push_bundle(
+            "echo",
+            sock_bundle::pack(&example("echo")).expect("pack echo"),
+        )
         .await
         .expect("push echo");
     let response = cluster
