@@ -1,5 +1,5 @@
-//! What every sock service shares: config loading in layers, the shutdown
-//! signal, the frame of a gRPC server (health, reflection, graceful
+//! What every sock service shares: start-up (arguments, config in layers,
+//! telemetry), the shutdown signal, the frame of a gRPC server (health, reflection, graceful
 //! stop), and the `/metrics` endpoint. Service logic never lives here.
 #![forbid(unsafe_code)]
 
@@ -7,8 +7,10 @@ mod config;
 mod metrics;
 mod server;
 mod shutdown;
+mod start;
 
 pub use config::{ConfigError, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, with_standard_services};
 pub use shutdown::shutdown_on_signals;
+pub use start::{Started, start};

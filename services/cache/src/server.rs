@@ -26,7 +26,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    tracing::debug!(?config, "effective config");
     let registry = Registry::new(&config.registry_url)?;
     let data_dir = config.data_dir.clone();
     let installer = Arc::new(SandboxdInstaller::new(&config)?);
