@@ -78,7 +78,7 @@ pub fn cold_bars(path: &Path, title: &str, bars: &[Bar]) -> anyhow::Result<()> {
         .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(300)
+        .y_label_area_size(360)
         .build_cartesian_2d(
             (lo..hi).log_scale(),
             // A segmented 0..n has n + 1 segments; the bars fill 0..=n-1.

@@ -41,7 +41,7 @@ pub fn write(out: &Path, r: &Results) -> anyhow::Result<()> {
         })
         .collect();
     bars.extend(zygote_rows.iter().map(|(label, p50, p99)| Bar {
-        label: format!("zygote bench (imports heavypkg): {label}"),
+        label: format!("zygote bench (heavypkg f): {label}"),
         p50: *p50,
         p99: *p99,
     }));
