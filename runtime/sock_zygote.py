@@ -8,7 +8,10 @@ every child has them already).
 
 It says ready, then serves fork requests: one byte carrying the child's
 fds (SCM_RIGHTS: socket, root, stdout, stderr, cgroup.procs files), then
-a `fork` frame (ARCHITECTURE.md, "Zygotes"). The child, before any code of
+a `fork` frame (ARCHITECTURE.md, "Zygotes"). A `spare` child gets only
+its socket and cgroup files: it goes as far as its cgroup and namespaces,
+says `parked`, and waits on its socket for the rest (root, stdout, stderr
+and a function's `fork` frame), so a later fork skips those steps. The child, before any code of
 the function runs: joins its own cgroup, chroots into the detached root
 sandboxd built for it, unshares pid, network, ipc and uts namespaces and
 forks once more so it is pid 1 there; then a function child drops to the
@@ -117,22 +120,14 @@ def import_all(modules):
         importlib.import_module(name)
 
 
-def enter(fds, request):
+def enter(conn, cgroups, request):
     """The child's half of a fork, up to the point where it is pid 1 of its
-    own namespaces. Returns the child's socket fd."""
-    conn, root, out, err, *cgroups = fds
+    own namespaces, with its socket as fd 3."""
     if len(cgroups) != request["cgroups"]:
         raise RuntimeError(f"expected {request['cgroups']} cgroup fds, got {len(cgroups)}")
     for fd in cgroups:
         os.write(fd, b"0")  # 0: the writing process
         os.close(fd)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    os.close(out)
-    os.close(err)
-    os.fchdir(root)
-    os.chroot(".")
-    os.close(root)
     check(libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     if os.fork() != 0:
         # The zygote reaps the new pid 1 once this one is gone.
@@ -141,11 +136,21 @@ def enter(fds, request):
     loopback_up()
     os.dup2(conn, CONTROL_FD)
     os.close(conn)
+
+
+def settle(root, out, err):
+    """Its output pipes and root; nothing else stays open."""
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.close(out)
+    os.close(err)
+    os.fchdir(root)
+    os.chroot(".")
+    os.close(root)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
     os.closerange(CONTROL_FD + 1, NOFILE * 64)
-    return CONTROL_FD
 
 
 def become_function(request):
@@ -174,8 +179,22 @@ def child(control, fds, request):
     try:
         control.detach()
         os.close(CONTROL_FD)
-        fd = enter(fds, request)
-        sock = socket.socket(fileno=fd)
+        if request["kind"] == "spare":
+            conn, *cgroups = fds
+            enter(conn, cgroups, request)
+            sock = socket.socket(fileno=CONTROL_FD)
+            runtime.write_frame(sock, {"type": "parked"})
+            # Parked until sandboxd has a function for it.
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS)
+            if not msg:
+                return
+            request, _ = runtime.read_frame(sock)
+            settle(*fds)
+        else:
+            conn, root, out, err, *cgroups = fds
+            enter(conn, cgroups, request)
+            settle(root, out, err)
+            sock = socket.socket(fileno=CONTROL_FD)
         if request["kind"] == "zygote":
             runtime.write_frame(sock, {"type": "forked"})
             sys.path[:0] = request["package_dirs"]
@@ -185,7 +204,7 @@ def child(control, fds, request):
             become_function(request)
             runtime.write_frame(sock, {"type": "forked"})
             runtime.serve(sock, "/code", request["entry_file"], request["package_dirs"])
-    except (BrokenPipeError, ConnectionResetError):
+    except (BrokenPipeError, ConnectionResetError, runtime.Closed):
         pass
     except BaseException as exc:  # noqa: BLE001 - whatever failed, the child must not return
         print(f"sock zygote: child setup failed: {runtime.describe(exc)}", file=sys.stderr)

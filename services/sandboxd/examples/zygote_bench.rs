@@ -117,19 +117,24 @@ async fn bench(calls: usize, init: PathBuf) -> anyhow::Result<()> {
         .await?;
 
     let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
-    for way in [
-        "fresh sandbox",
-        "fork of the root zygote",
-        "fork of the heavypkg zygote",
-    ] {
+    let ways = [
+        ("fresh sandbox", None, false),
+        ("fork of the root zygote", Some(&root), true),
+        ("fork of the heavypkg zygote", Some(&heavy), true),
+        ("same, no parked child", Some(&heavy), false),
+    ];
+    for (way, zygote, spare) in ways {
         let mut samples = Vec::with_capacity(calls);
         // One warm-up, not counted: page cache, cgroup pool.
         for i in 0..=calls {
+            if let (Some(zygote), true) = (zygote, spare) {
+                // As sandboxd does in the background after each fork.
+                zygote.park_spare().await?;
+            }
             let started = Instant::now();
-            let sandbox = match way {
-                "fresh sandbox" => sandboxes.create(spec.clone()).await?,
-                "fork of the root zygote" => root.fork(spec.clone()).await?,
-                _ => heavy.fork(spec.clone()).await?,
+            let sandbox = match zygote {
+                None => sandboxes.create(spec.clone()).await?,
+                Some(zygote) => zygote.fork(spec.clone()).await?,
             };
             let took = first_answer(sandbox, started).await?;
             if i > 0 {

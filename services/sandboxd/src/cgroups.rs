@@ -255,6 +255,13 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    /// Writes `limits` over the ones the cgroup has (a parked child taking
+    /// on the limits of the function it becomes).
+    pub fn set_limits(&mut self, limits: CgroupLimits) -> Result<(), Error> {
+        self.limits = limits;
+        self.apply()
+    }
+
     /// Memory charged to the cgroup now, in bytes.
     pub fn memory_usage(&self) -> u64 {
         let Ok(memory) = self.memory() else {

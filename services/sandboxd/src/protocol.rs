@@ -41,6 +41,9 @@ pub(crate) enum Header {
     /// forked child → sandboxd: it is in its cgroup, root and namespaces,
     /// and (a function) unprivileged under seccomp; imports come next.
     Forked,
+    /// spare child → sandboxd: in its cgroup and namespaces, waiting for
+    /// one byte with its root, stdout and stderr, then a function's `fork`.
+    Parked,
     /// runtime → sandboxd; the body is empty.
     Error {
         kind: RuntimeErrorKind,
@@ -77,6 +80,8 @@ pub(crate) struct ForkRequest {
 pub(crate) enum ForkKind {
     Function,
     Zygote,
+    /// A child forked ahead of need (its fds: socket, cgroup files only).
+    Spare,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,28 @@ impl Shared {
         Ok(cgroup)
     }
 
+    /// A cgroup from the pool with `limits`, not yet any sandbox's.
+    pub fn take_spare_cgroup(
+        self: &Arc<Self>,
+        limits: CgroupLimits,
+    ) -> Result<SandboxCgroup, Error> {
+        let cgroup = self.cgroups.take(limits)?;
+        self.refill_cgroups();
+        Ok(cgroup)
+    }
+
+    /// Counts `cgroup` as the live sandbox `id`'s.
+    pub fn adopt(&self, id: &str, cgroup: SandboxCgroup) -> Arc<SandboxCgroup> {
+        let cgroup = Arc::new(cgroup);
+        self.live().insert(id.to_string(), cgroup.clone());
+        cgroup
+    }
+
+    /// Kills what is in a cgroup no sandbox owns and gives it back (blocks).
+    pub fn recycle(&self, cgroup: &SandboxCgroup) {
+        self.cgroups.recycle(cgroup);
+    }
+
     /// Gives back the cgroup of a sandbox that never started (blocks while
     /// whatever joined it is killed).
     pub async fn abandon(self: &Arc<Self>, id: &str, cgroup: Arc<SandboxCgroup>) {

@@ -69,7 +69,18 @@ async fn make(
         reservation: Mutex::new(Some(reservation)),
     });
     *held = Some(node.clone());
+    park_spare(node.clone());
     Ok(node)
+}
+
+/// Has `node`'s zygote fork its next child ahead of need, in the
+/// background.
+fn park_spare(node: Arc<Node>) {
+    tokio::spawn(async move {
+        if let Err(e) = node.zygote.park_spare().await {
+            tracing::debug!(zygote = node.zygote.id(), error = %e, "no spare child parked");
+        }
+    });
 }
 
 /// What Status shows of one zygote.
@@ -123,8 +134,10 @@ impl Tree {
     ) -> Result<Sandbox, Error> {
         let node = self.zygote_for(sandboxes, pool, chain, timeout).await?;
         let forked = node.zygote.fork(spec).await;
-        if forked.is_err() && !node.zygote.is_alive() {
-            self.remove(&node).await;
+        match &forked {
+            Ok(_) => park_spare(node),
+            Err(_) if !node.zygote.is_alive() => self.remove(&node).await,
+            Err(_) => {}
         }
         forked
     }

@@ -17,7 +17,7 @@
 //! fork needs (chroot, unshare) come from its user namespace; what needs
 //! host root (cgroups, mounts) sandboxd does before the fork.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +63,8 @@ pub struct Zygote {
     control: tokio::sync::Mutex<UnixStream>,
     children: Arc<AtomicUsize>,
     last_fork: Mutex<Instant>,
+    /// A child forked ahead of need; see [`Zygote::park_spare`].
+    spare: tokio::sync::Mutex<Option<Spare>>,
     shared: Arc<Shared>,
 }
 
@@ -139,15 +141,6 @@ fn check_dirs(dirs: &[PathBuf]) -> Result<(), Error> {
     Ok(())
 }
 
-/// What one fork sends besides the request: the fds, in protocol order.
-struct ForkFds {
-    theirs: OwnedFd,
-    root: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    cgroups: Vec<OwnedFd>,
-}
-
 impl Zygote {
     fn new(
         id: String,
@@ -176,6 +169,7 @@ impl Zygote {
             control: tokio::sync::Mutex::new(control),
             children: Arc::new(AtomicUsize::new(0)),
             last_fork: Mutex::new(Instant::now()),
+            spare: tokio::sync::Mutex::new(None),
             shared: shared.clone(),
         })
     }
@@ -345,21 +339,47 @@ impl Zygote {
         mut request: ForkRequest,
     ) -> Result<Sandbox, Error> {
         let shared = &self.shared;
+        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if request.kind == ForkKind::Function
+            && let Some(sandbox) = self
+                .take_over_spare(
+                    &function,
+                    code_dir.as_deref(),
+                    &extra,
+                    memory_mb,
+                    limits,
+                    &request,
+                )
+                .await
+        {
+            return Ok(sandbox);
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let parent = ChildOf::new(&self.children);
-        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let cgroup = shared.take_cgroup(&id, limits)?;
-        let prepared = self.prepare(&id, code_dir, extra, &cgroup).await;
-        let (fds, ours, readers) = match prepared {
+        let prepared = async {
+            let files = cgroup_files(&cgroup)?;
+            let root = self.root(&id, code_dir.as_deref(), &extra).await?;
+            let (ours, theirs) = socketpair()?;
+            let (pipes, readers) = output_pipes()?;
+            Ok::<_, Error>((files, root, ours, theirs, pipes, readers))
+        }
+        .await;
+        let (files, root, ours, theirs, (out, err), (out_r, err_r)) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
                 shared.abandon(&id, cgroup).await;
                 return Err(e);
             }
         };
-        request.cgroups = fds.cgroups.len();
-        forward_logs(&function, &id, Some(readers.0), Some(readers.1));
-        let sent = self.send(request, fds).await;
+        request.cgroups = files.len();
+        forward_logs(&function, &id, Some(out_r), Some(err_r));
+        let mut fds = vec![theirs, root, out, err];
+        fds.extend(files);
+        let sent = {
+            let mut control = self.control.lock().await;
+            send(&mut control, fds, &Header::Fork(request)).await
+        };
         let mut sandbox = Sandbox::new(
             id,
             function,
@@ -387,31 +407,156 @@ impl Zygote {
         Ok(sandbox)
     }
 
-    /// The child's root, cgroup files, socket and output pipes.
-    #[allow(clippy::type_complexity)]
-    async fn prepare(
+    /// A function sandbox made of the parked child, if there is one and it
+    /// takes the function on; None means: fork one the long way.
+    async fn take_over_spare(
+        &self,
+        function: &Arc<str>,
+        code_dir: Option<&Path>,
+        extra: &[PathBuf],
+        memory_mb: u64,
+        limits: CgroupLimits,
+        request: &ForkRequest,
+    ) -> Option<Sandbox> {
+        let mut spare = self.spare.try_lock().ok()?.take()?;
+        let mut cgroup = spare.cgroup.take().expect("a parked child has its cgroup");
+        let mut conn = spare.conn.take().expect("a parked child has its socket");
+        let shared = &self.shared;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Err(e) = cgroup.set_limits(limits) {
+            tracing::warn!(zygote = %self.id, error = %e, "cannot reuse the parked child");
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+            return None;
+        }
+        let cgroup = shared.adopt(&id, cgroup);
+        let prepared = async {
+            let root = self.root(&id, code_dir, extra).await?;
+            let (pipes, readers) = output_pipes()?;
+            Ok::<_, Error>((root, pipes, readers))
+        }
+        .await;
+        let (root, (out, err), (out_r, err_r)) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::warn!(zygote = %self.id, error = %e, "cannot prepare the parked child");
+                shared.abandon(&id, cgroup).await;
+                return None;
+            }
+        };
+        forward_logs(function, &id, Some(out_r), Some(err_r));
+        let sent = send(
+            &mut conn,
+            vec![root, out, err],
+            &Header::Fork(request.clone()),
+        )
+        .await;
+        let mut sandbox = Sandbox::new(
+            id,
+            function.clone(),
+            memory_mb,
+            shared.clone(),
+            Live {
+                cgroup,
+                child: None,
+                conn,
+                ready: false,
+                parent: Some(ChildOf::new(&self.children)),
+            },
+        );
+        let forked = match sent {
+            Ok(()) => sandbox.expect(Header::Forked, FORK_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
+        match forked {
+            Ok(()) => Some(sandbox),
+            Err(why) => {
+                tracing::warn!(zygote = %self.id, why, "the parked child did not take the function");
+                sandbox.destroy().await;
+                None
+            }
+        }
+    }
+
+    /// Forks a child ahead of need and parks it: in its own cgroup (the
+    /// default limits until it serves a function) and namespaces, pid 1,
+    /// waiting for a function. The next [`fork`](Self::fork) then skips
+    /// the fork, the cgroup move and the namespaces. A no-op while one is
+    /// parked.
+    pub async fn park_spare(&self) -> Result<(), Error> {
+        let Ok(mut slot) = self.spare.try_lock() else {
+            return Ok(());
+        };
+        if slot.is_some() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let cgroup = shared.take_spare_cgroup(shared.cgroup_limits(&Default::default()))?;
+        let parked = async {
+            let files = cgroup_files(&cgroup)?;
+            let (mut ours, theirs) = socketpair()?;
+            let request = ForkRequest {
+                kind: ForkKind::Spare,
+                package_dirs: Vec::new(),
+                imports: Vec::new(),
+                entry_file: String::new(),
+                environment: Vec::new(),
+                uid: shared.config.sandbox_uid,
+                gid: shared.config.sandbox_gid,
+                seccomp: shared.seccomp.clone(),
+                cgroups: files.len(),
+            };
+            let mut fds = vec![theirs];
+            fds.extend(files);
+            let fork = |why| Error::Fork {
+                zygote: self.id.clone(),
+                why,
+            };
+            {
+                let mut control = self.control.lock().await;
+                send(&mut control, fds, &Header::Fork(request))
+                    .await
+                    .map_err(fork)?;
+            }
+            match tokio::time::timeout(FORK_TIMEOUT, protocol::read_frame(&mut ours)).await {
+                Ok(Ok((Header::Parked, _))) => Ok(ours),
+                Ok(Ok((other, _))) => Err(fork(format!("sent {other:?} instead of Parked"))),
+                Ok(Err(e)) => Err(fork(e.to_string())),
+                Err(_) => Err(fork(format!("not parked within {FORK_TIMEOUT:?}"))),
+            }
+        }
+        .await;
+        match parked {
+            Ok(conn) => {
+                *slot = Some(Spare {
+                    cgroup: Some(cgroup),
+                    conn: Some(conn),
+                    shared: shared.clone(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The child's root: a detached tree with this zygote's package dirs,
+    /// then `extra`, and the code at /code.
+    async fn root(
         &self,
         id: &str,
-        code_dir: Option<PathBuf>,
-        extra: Vec<PathBuf>,
-        cgroup: &SandboxCgroup,
-    ) -> Result<
-        (
-            ForkFds,
-            UnixStream,
-            (
-                Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            ),
-        ),
-        Error,
-    > {
+        code_dir: Option<&Path>,
+        extra: &[PathBuf],
+    ) -> Result<OwnedFd, Error> {
         let shared = &self.shared;
         let mut package_dirs = self.package_dirs.clone();
-        package_dirs.extend(extra);
+        package_dirs.extend(extra.iter().cloned());
         let steps = mounts::plan(
             &RootSpec {
-                code_dir: code_dir.as_deref(),
+                code_dir,
                 runtime_dir: &shared.runtime_dir,
                 package_dirs: &package_dirs,
                 tmp_mb: shared.config.tmp_mb,
@@ -420,7 +565,7 @@ impl Zygote {
             &RealHost,
         );
         let mount_point = shared.mount_point.clone();
-        let root = tokio::task::spawn_blocking(move || mounts::detached_root(&mount_point, steps))
+        tokio::task::spawn_blocking(move || mounts::detached_root(&mount_point, steps))
             .await
             .map_err(|e| Error::Spec {
                 id: id.to_string(),
@@ -429,86 +574,101 @@ impl Zygote {
             .map_err(|e| Error::Root {
                 id: id.to_string(),
                 why: e.to_string(),
-            })?;
-        let spawn_err = |program: &str| {
-            let program = program.to_string();
-            move |source| Error::Spawn { program, source }
-        };
-        let cgroups = cgroup
-            .dirs()
-            .iter()
-            .map(|dir| {
-                let path = dir.join("cgroup.procs");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map(OwnedFd::from)
-                    .map_err(crate::sandbox::io("cannot open", &path))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(spawn_err("socketpair"))?;
-        ours.set_nonblocking(true)
-            .map_err(spawn_err("socketpair"))?;
-        let ours = UnixStream::from_std(ours).map_err(spawn_err("socketpair"))?;
-        let pipe = || -> Result<(OwnedFd, OwnedFd), Error> {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Spawn {
-                program: "pipe".into(),
-                source: e.into(),
-            })
-        };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let reader = |fd: OwnedFd| -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>, Error> {
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map(box_reader)
-                .map_err(spawn_err("pipe"))
-        };
-        let readers = (reader(out_r)?, reader(err_r)?);
-        Ok((
-            ForkFds {
-                theirs: theirs.into(),
-                root,
-                stdout: out_w,
-                stderr: err_w,
-                cgroups,
-            },
-            ours,
-            readers,
-        ))
     }
+}
 
-    /// One byte with the fds, then the request. Requests to this zygote
-    /// go one at a time; other zygotes are not held up.
-    async fn send(&self, request: ForkRequest, fds: ForkFds) -> Result<(), String> {
-        let mut raw = vec![
-            fds.theirs.as_raw_fd(),
-            fds.root.as_raw_fd(),
-            fds.stdout.as_raw_fd(),
-            fds.stderr.as_raw_fd(),
-        ];
-        raw.extend(fds.cgroups.iter().map(AsRawFd::as_raw_fd));
-        let mut control = self.control.lock().await;
-        let fd = control.as_raw_fd();
-        control
-            .async_io(Interest::WRITABLE, || {
-                sendmsg::<UnixAddr>(
-                    fd,
-                    &[std::io::IoSlice::new(&[0])],
-                    &[ControlMessage::ScmRights(&raw)],
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
-                .map_err(std::io::Error::from)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        protocol::write_frame(&mut *control, &Header::Fork(request), b"")
-            .await
-            .map_err(|e| e.to_string())?;
-        // Our copies go now: the child's socket must close when the child
-        // (or, should the fork fail, the zygote) closes its own.
-        drop(fds);
-        Ok(())
+/// A child forked ahead of need, parked until a function comes.
+struct Spare {
+    /// Both taken when the child becomes a sandbox.
+    cgroup: Option<SandboxCgroup>,
+    conn: Option<UnixStream>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            self.shared.recycle(&cgroup);
+        }
     }
+}
+
+fn spawn_err(program: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Spawn {
+        program: program.into(),
+        source,
+    }
+}
+
+/// The cgroup's `cgroup.procs` files, open for the child to write itself in.
+fn cgroup_files(cgroup: &SandboxCgroup) -> Result<Vec<OwnedFd>, Error> {
+    cgroup
+        .dirs()
+        .iter()
+        .map(|dir| {
+            let path = dir.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map(OwnedFd::from)
+                .map_err(crate::sandbox::io("cannot open", &path))
+        })
+        .collect()
+}
+
+/// Our end (async) and the child's end of its socket.
+fn socketpair() -> Result<(UnixStream, OwnedFd), Error> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err("socketpair"))?;
+    ours.set_nonblocking(true)
+        .map_err(spawn_err("socketpair"))?;
+    let ours = UnixStream::from_std(ours).map_err(spawn_err("socketpair"))?;
+    Ok((ours, theirs.into()))
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// Pipes for the child's stdout and stderr: its ends, then ours.
+#[allow(clippy::type_complexity)]
+fn output_pipes() -> Result<((OwnedFd, OwnedFd), (Reader, Reader)), Error> {
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Spawn {
+            program: "pipe".into(),
+            source: e.into(),
+        })
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let reader = |fd: OwnedFd| -> Result<Reader, Error> {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+            .map(box_reader)
+            .map_err(spawn_err("pipe"))
+    };
+    Ok(((out_w, err_w), (reader(out_r)?, reader(err_r)?)))
+}
+
+/// One byte carrying `fds`, then `header`. Our copies of the fds close
+/// after: a child's socket must close when the child (or, should the fork
+/// fail, the zygote) closes its own.
+async fn send(stream: &mut UnixStream, fds: Vec<OwnedFd>, header: &Header) -> Result<(), String> {
+    let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let fd = stream.as_raw_fd();
+    stream
+        .async_io(Interest::WRITABLE, || {
+            sendmsg::<UnixAddr>(
+                fd,
+                &[std::io::IoSlice::new(&[0])],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    protocol::write_frame(stream, header, b"")
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(fds);
+    Ok(())
 }

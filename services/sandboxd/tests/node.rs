@@ -1000,15 +1000,21 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
     node.stop().await;
 }
 
-/// The host pids of the zygote processes of this node: they run as the
-/// zygote uid (their children, forks with the same command line, do not).
+/// The host pids of this node's root zygote processes: they run as the
+/// zygote uid (function children do not) and are pid 1 of the sandbox's
+/// pid namespace, one level down (a parked child, still the zygote uid,
+/// is two levels down).
 fn zygote_pids(node: &Node) -> Vec<i32> {
     let zygote_uid = format!("Uid:\t{}\t", Config::default().zygote_uid);
     node.sandbox_pids()
         .into_iter()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|s| s.contains(&zygote_uid))
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.contains(&zygote_uid)
+                    && s.lines()
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .is_some_and(|ids| ids.split_whitespace().count() == 2)
+            })
         })
         .collect()
 }

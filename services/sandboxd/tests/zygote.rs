@@ -384,3 +384,49 @@ async fn a_dead_zygote_refuses_to_fork_and_says_so() {
     );
     assert_eq!(zygote.children(), 0);
 }
+
+#[tokio::test]
+async fn a_parked_child_becomes_the_next_function_with_its_limits() {
+    let Some(fx) = fixture("spare") else {
+        return;
+    };
+    let zygote = fx.root().await;
+    zygote.park_spare().await.expect("park a child");
+    assert_eq!(
+        zygote.children(),
+        0,
+        "a parked child is nobody's sandbox yet"
+    );
+    let mut spec = fx.spec(fx.code("who", WHO_AM_I));
+    spec.environment = vec![("GREETING".into(), "parked".into())];
+    spec.limits = Limits {
+        memory_mb: 48,
+        ..Limits::default()
+    };
+    let mut child = zygote.fork(spec.clone()).await.expect("fork");
+    assert_eq!(zygote.children(), 1);
+    let got = json(call(&mut child, "{}").await);
+    assert_eq!(
+        (&got["pid"], &got["uid"], &got["cwd"], &got["env"]),
+        (&1.into(), &65534.into(), &"/code".into(), &"parked".into()),
+        "{got}"
+    );
+    let memory = child
+        .cgroup_dirs()
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        .expect("memory cgroup")
+        .join("memory.limit_in_bytes");
+    assert_eq!(
+        std::fs::read_to_string(memory).expect("limit").trim(),
+        (48u64 << 20).to_string()
+    );
+    // The spare was used up: the next fork goes the long way, same result.
+    let mut second = zygote.fork(spec).await.expect("second fork");
+    assert_eq!(json(call(&mut second, "{}").await)["env"], "parked");
+    child.destroy().await;
+    second.destroy().await;
+    // A parked child dies with its zygote, and its cgroup goes back.
+    zygote.park_spare().await.expect("park another");
+    zygote.destroy().await;
+}
