@@ -11,10 +11,8 @@ http frames until sandboxd closes the socket. Everything the function prints goe
 stdout/stderr, which sandboxd logs; only frames go over fd 3.
 """
 
-import asyncio
 import importlib
 import importlib.util
-import inspect
 import io
 import json
 import os
@@ -118,6 +116,10 @@ def load_app(entry):
 
 def is_asgi(app):
     """ASGI apps are coroutine functions (or objects whose __call__ is one)."""
+    # Imported here, not at the top: inspect and asyncio cost tens of
+    # milliseconds of every fresh start, and only web apps need them.
+    import inspect
+
     return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
         getattr(app, "__call__", None)
     )
@@ -190,6 +192,8 @@ def call_wsgi(app, req, body):
 
 
 def call_asgi(app, req, body):
+    import asyncio  # see is_asgi: only ASGI apps pay for it
+
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
