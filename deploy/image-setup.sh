@@ -11,8 +11,8 @@ if [ ! -x /usr/bin/python3 ] || [ ! -d /etc/ssl/certs ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates
     rm -rf /var/lib/apt/lists/*
 fi
-groupadd --system --gid 10001 sock
-useradd --system --uid 10001 --gid sock --home-dir /var/lib/sock --no-create-home \
+groupadd --gid 10001 sock
+useradd --uid 10001 --gid sock --home-dir /var/lib/sock --no-create-home \
     --shell /usr/sbin/nologin sock
 install -d -o sock -g sock -m 0755 /var/lib/sock /var/lib/sock/registry /var/lib/sock/cache
 install -d -m 0700 /var/lib/sock/sandboxd

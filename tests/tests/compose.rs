@@ -923,6 +923,7 @@ impl Project {
 
     fn command(&self, script: &str) -> Command {
         let mut command = Command::new(repo().join("scripts").join(script));
+        command.current_dir(repo());
         let base: &[&str] = if script == "compose" {
             &BASE_FILES
         } else {
