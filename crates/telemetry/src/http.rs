@@ -157,9 +157,14 @@ fn is_server_error(code: tonic::Code) -> bool {
     )
 }
 
+/// Health probes arrive every few seconds from every peer and orchestrator;
+/// as spans they would drown the traces of real calls.
+const HEALTH_SERVICE_PREFIX: &str = "/grpc.health.v1.Health/";
+
 fn server_span<B>(protocol: Protocol, request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
     let span = match protocol {
+        Protocol::Grpc if path.starts_with(HEALTH_SERVICE_PREFIX) => tracing::Span::none(),
         Protocol::Grpc => {
             let (service, method) = path
                 .trim_start_matches('/')

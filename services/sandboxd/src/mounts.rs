@@ -500,7 +500,9 @@ fn mount_points_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|point| PathBuf::from(unescape(point)))
-        .filter(|point| point.starts_with(dir))
+        // The dir itself may be a mount point of its own (a volume in a
+        // container): that one is the host's, not a leftover of ours.
+        .filter(|point| point.starts_with(dir) && point != dir)
         .collect()
 }
 
@@ -600,11 +602,13 @@ mod tests {
 
     #[test]
     fn leftover_mounts_are_found_below_the_data_dir_only() {
+        // 39: the data dir is itself a volume (as in a container): not ours.
         let table = "\
 22 1 8:1 / / rw - ext4 /dev/sda1 rw
-40 22 0:50 / /data/sock/root rw - tmpfs tmpfs rw
+39 22 8:2 / /data/sock rw - ext4 /dev/sdb1 rw
+40 39 0:50 / /data/sock/root rw - tmpfs tmpfs rw
 41 40 8:1 /usr /data/sock/root/usr ro - ext4 /dev/sda1 rw
-42 22 0:51 / /data/sock\\040x rw - tmpfs tmpfs rw
+42 22 0:51 / /data/sock\\040x/root rw - tmpfs tmpfs rw
 43 22 0:52 / /data/other rw - tmpfs tmpfs rw
 ";
         assert_eq!(
@@ -616,7 +620,7 @@ mod tests {
         );
         assert_eq!(
             mount_points_below(table, Path::new("/data/sock x")),
-            [PathBuf::from("/data/sock x")]
+            [PathBuf::from("/data/sock x/root")]
         );
     }
 
