@@ -11,6 +11,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
+use sock_proto::v1::cache_client::CacheClient;
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::{PrepareRequest, PrepareResponse};
 use sock_telemetry::grpc::{ServerTraceLayer, traced};
 use sock_telemetry::http::inject_context;
 use tokio::net::TcpListener;
@@ -51,7 +54,7 @@ async fn one_call_is_one_trace_across_grpc_and_http() {
             |spans| {
                 [
                     "grpc client",
-                    "grpc /grpc.health.v1.Health/Check",
+                    "grpc /sock.v1.Cache/Prepare",
                     "http client",
                     "HTTP GET /items/{id}",
                 ]
@@ -73,7 +76,7 @@ async fn one_call_is_one_trace_across_grpc_and_http() {
     );
 
     let grpc_client = named(&spans, "grpc client");
-    let grpc_server = named(&spans, "grpc /grpc.health.v1.Health/Check");
+    let grpc_server = named(&spans, "grpc /sock.v1.Cache/Prepare");
     assert_eq!(grpc_client.kind, "client");
     assert_eq!(grpc_server.kind, "server");
     assert_eq!(grpc_server.trace_id, grpc_client.trace_id, "{spans:#?}");
@@ -82,11 +85,12 @@ async fn one_call_is_one_trace_across_grpc_and_http() {
         Some(grpc_client.span_id.as_str())
     );
     assert_eq!(grpc_server.attribute("rpc.system"), Some("grpc"));
-    assert_eq!(
-        grpc_server.attribute("rpc.service"),
-        Some("grpc.health.v1.Health")
+    assert_eq!(grpc_server.attribute("rpc.service"), Some("sock.v1.Cache"));
+    assert_eq!(grpc_server.attribute("rpc.method"), Some("Prepare"));
+    assert!(
+        spans.iter().all(|s| !s.name.contains("grpc.health.v1")),
+        "health probes make no spans: {spans:#?}"
     );
-    assert_eq!(grpc_server.attribute("rpc.method"), Some("Check"));
 
     let http_client = named(&spans, "http client");
     let (continued, fresh): (Vec<&Span>, Vec<&Span>) = spans
@@ -119,13 +123,19 @@ async fn make_traced_calls() {
     let telemetry = sock_telemetry::init("telemetry-test");
 
     let (addr, server) = serve_health().await;
-    let mut client = HealthClient::new(traced(
+    let channel = traced(
         Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect_lazy(),
-    ));
+    );
+    let mut client = CacheClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
     async {
         client
+            .prepare(PrepareRequest::default())
+            .await
+            .expect("a call through the traced channel");
+        health
             .check(HealthCheckRequest {
                 service: String::new(),
             })
@@ -215,6 +225,19 @@ async fn call_with_collector_down() {
     drop(telemetry);
 }
 
+/// A gRPC service to trace that is not a health probe.
+struct EmptyCache;
+
+#[tonic::async_trait]
+impl Cache for EmptyCache {
+    async fn prepare(
+        &self,
+        _: tonic::Request<PrepareRequest>,
+    ) -> Result<tonic::Response<PrepareResponse>, tonic::Status> {
+        Ok(tonic::Response::new(PrepareResponse::default()))
+    }
+}
+
 async fn serve_health() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -223,6 +246,7 @@ async fn serve_health() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         Server::builder()
             .layer(ServerTraceLayer)
             .add_service(health)
+            .add_service(CacheServer::new(EmptyCache))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
             .expect("health server");
