@@ -1073,6 +1073,13 @@ fn whole_trace<'a>(spans: &'a [Span], call_id: &str) -> Option<&'a str> {
         .then_some(trace)
 }
 
+/// Docker's health check says a restarted sandboxd is up; the gateway
+/// learns it from its own probes, one a second (`health_interval_ms`), and
+/// until then still treats the node as failed. Three probes' time.
+async fn gateway_sees_restarted_nodes() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
 /// Calls echo through the gateway's gRPC port; answers the call id.
 async fn echo(gateway: &str, payload: &str) -> String {
     let response = GatewayClient::new(channel(gateway).await)
@@ -1175,6 +1182,7 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         echo(&gateway_addr, payload).await;
         project.compose(&["start", down]);
         project.wait_healthy(&[down, up]);
+        gateway_sees_restarted_nodes().await;
     }
 
     // sandboxd's containers restarted mid-load (killed, no drain): the calls
@@ -1224,6 +1232,7 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         }
     }
     project.wait_healthy(&["sandboxd", "sandboxd2"]);
+    gateway_sees_restarted_nodes().await;
     echo(&gateway_addr, payload).await;
 
     assert!(project.down(), "compose down -v failed");
