@@ -3,13 +3,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    #[allow(unsafe_code)]
-    // SAFETY: build scripts run single-threaded, so nothing reads the
-    // environment while it changes; prost-build reads PROTOC afterwards.
-    unsafe {
-        std::env::set_var("PROTOC", protoc);
-    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Read at run time, not with env!(): a build script binary shared between
     // checkouts (one target dir) must compile the protos of the one building.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -20,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sock_descriptor.bin"))
-        .compile_protos(&files, std::slice::from_ref(&root))?;
+        .compile_with_config(config, &files, std::slice::from_ref(&root))?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

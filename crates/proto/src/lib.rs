@@ -2,6 +2,7 @@
 //!
 //! The `.proto` files live in `proto/sock/v1`, one per service plus
 //! `common.proto` for the types they share.
+#![forbid(unsafe_code)]
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
