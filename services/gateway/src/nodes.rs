@@ -273,8 +273,19 @@ fn not_sent(status: &tonic::Status) -> bool {
         {
             return true;
         }
+        // hyper's connector says so in words; a name that no longer
+        // resolves (a node's container gone from DNS) is as unsent as a
+        // refused connection.
         let text = error.to_string();
-        if text.contains("tcp connect error") || text.contains("connect timed out") {
+        if [
+            "tcp connect error",
+            "connect timed out",
+            "dns error",
+            "failed to lookup address",
+        ]
+        .iter()
+        .any(|words| text.contains(words))
+        {
             return true;
         }
         cause = error.source();
@@ -396,6 +407,20 @@ mod tests {
         );
         first.set_healthy(true, "");
         assert_eq!(nodes.order("f")[0].addr, first.addr, "and rejoins");
+    }
+
+    #[test]
+    fn a_node_name_that_no_longer_resolves_counts_as_not_sent() {
+        // The words hyper's connector used when a stopped compose node's
+        // name left Docker's DNS.
+        let mut status = tonic::Status::unavailable("error trying to connect");
+        status.set_source(std::sync::Arc::new(std::io::Error::other(
+            "dns error: failed to lookup address information: Name or service not known",
+        )));
+        assert!(not_sent(&status));
+        assert!(!not_sent(&tonic::Status::unavailable(
+            "connection reset mid-call"
+        )));
     }
 
     #[tokio::test]
