@@ -696,65 +696,6 @@ def f(event):
     fx.finish();
 }
 
-/// A measurement, not a check of speed: `cargo test -p sock-sandboxd
-/// --release --test sandbox -- --ignored --nocapture latency`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "prints latencies; run by hand"]
-async fn latency_of_warm_calls_and_cold_starts() {
-    fn median(mut samples: Vec<Duration>) -> Duration {
-        samples.sort();
-        samples[samples.len() / 2]
-    }
-    let Some(fx) = fixture("latency", "def f(event):\n    return event\n") else {
-        return;
-    };
-    let mut sandbox = fx.sandboxes().create(fx.spec()).await.expect("create");
-    sandbox.invoke("first", b"1", TIMEOUT).await.expect("first");
-    let mut warm = Vec::new();
-    for i in 0..500 {
-        let started = std::time::Instant::now();
-        let outcome = sandbox.invoke("warm", b"1", TIMEOUT).await.expect("warm");
-        warm.push(started.elapsed());
-        assert_eq!(json(outcome), 1, "call {i}");
-    }
-    sandbox.destroy().await;
-    eprintln!(
-        "warm call (invoke on a live sandbox): median {:?}",
-        median(warm)
-    );
-    drop(fx);
-
-    for netns_pool in [0, 8] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let code = dir.path().join("code");
-        std::fs::create_dir(&code).expect("mkdir");
-        std::fs::write(code.join("f.py"), "def f(event):\n    return event\n").expect("f.py");
-        let instance = format!("test-latency{netns_pool}-{}", std::process::id());
-        let sandboxes = Sandboxes::new(Config {
-            netns_pool_size: netns_pool,
-            ..config(dir.path(), &instance)
-        })
-        .expect("sandboxes");
-        let spec = SandboxSpec {
-            code_dir: code,
-            ..SandboxSpec::default()
-        };
-        let mut cold = Vec::new();
-        for _ in 0..30 {
-            let started = std::time::Instant::now();
-            let mut sandbox = sandboxes.create(spec.clone()).await.expect("create");
-            let outcome = sandbox.invoke("cold", b"2", TIMEOUT).await.expect("cold");
-            cold.push(started.elapsed());
-            assert_eq!(json(outcome), 2);
-            sandbox.destroy().await;
-        }
-        eprintln!(
-            "cold start (create + import + first call), netns pool {netns_pool}: median {:?}",
-            median(cold)
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_recycled_cgroup_keeps_nothing_of_the_sandbox_before() {
     let f_py = r#"
