@@ -361,6 +361,15 @@ fn apply(step: &Step, root: &Path) -> Result<(), MountError> {
 /// Builds the sandbox root on `mount_point` and makes it `/`. Call only in
 /// a fresh mount namespace: it changes the calling process's root.
 pub(crate) fn build_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
+    populate_root(mount_point, steps)?;
+    pivot(mount_point)?;
+    remount(Path::new("/"), ro())
+}
+
+/// Makes `/` rprivate in the caller's (fresh) mount namespace, mounts the
+/// root tmpfs on `mount_point` and carries out `steps` in it: the part that
+/// attached and detached roots share.
+fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
     // Nothing below may propagate back to the host's mounts.
     mount(
         None::<&str>,
@@ -381,8 +390,7 @@ pub(crate) fn build_root(mount_point: &Path, steps: &[Step]) -> Result<(), Mount
     for step in steps {
         apply(step, mount_point)?;
     }
-    pivot(mount_point)?;
-    remount(Path::new("/"), ro())
+    Ok(())
 }
 
 /// Builds a root like [`build_root`] but leaves it detached: a mount tree
@@ -402,25 +410,7 @@ pub(crate) fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<Owne
             // its fs context; the rest of sandboxd keeps the host's.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
                 .map_err(sys("unshare mount namespace", &mount_point))?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(sys("make rprivate", Path::new("/")))?;
-            mount(
-                Some("tmpfs"),
-                &mount_point,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(ROOT_TMPFS),
-            )
-            .map_err(sys("mount root tmpfs", &mount_point))?;
-            for step in &steps {
-                apply(step, &mount_point)?;
-            }
+            populate_root(&mount_point, &steps)?;
             remount(&mount_point, ro())?;
             open_tree_clone(&mount_point).map_err(sys("open_tree", &mount_point))
         })
