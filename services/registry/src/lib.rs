@@ -34,7 +34,6 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    tracing::debug!(?config, "registry config");
     if config.admin_token.is_none() && !config.allow_insecure_admin {
         let addr = grpc.local_addr().map_err(Error::Http)?;
         if !addr.ip().is_loopback() {

@@ -232,7 +232,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    tracing::debug!(?config, "effective sandboxd config");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let channel = Endpoint::from_shared(config.cache_addr.clone())
         .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
