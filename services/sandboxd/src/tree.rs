@@ -207,9 +207,15 @@ impl Tree {
             .min_by_key(|(_, at)| *at)
     }
 
-    pub async fn evict(&self, node: &Arc<Node>) {
+    /// Evicts `node` unless a fork gave it a child since it was picked;
+    /// false then.
+    pub async fn evict(&self, node: &Arc<Node>) -> bool {
+        if !node.zygote.retire() {
+            return false;
+        }
         tracing::info!(zygote = node.zygote.id(), "evicting zygote");
         self.remove(node).await;
+        true
     }
 
     pub fn status(&self) -> Vec<ZygoteInfo> {

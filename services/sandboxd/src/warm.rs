@@ -523,8 +523,11 @@ impl Manager {
                 true
             }
             Some(Victim::Zygote(node)) => {
-                self.tree.evict(&node).await;
-                self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+                // A zygote that forked meanwhile is kept; the next pick
+                // sees its child.
+                if self.tree.evict(&node).await {
+                    self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
+                }
                 true
             }
         }

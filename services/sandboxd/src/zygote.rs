@@ -18,7 +18,6 @@
 //! host root (cgroups, mounts) sandboxd does before the fork.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,8 @@ use crate::init::{ZygoteInit, envp};
 use crate::mounts::{self, RealHost, RootSpec};
 use crate::protocol::{self, ForkKind, ForkRequest, Header};
 use crate::sandbox::{
-    ChildOf, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_spec, forward_logs,
+    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_spec,
+    forward_logs,
 };
 
 /// How long a child may take to reach `forked`: setup only, no imports.
@@ -49,6 +49,18 @@ pub struct ZygoteSpec {
     pub imports: Vec<String>,
 }
 
+/// What a forked child is to be, besides the fork request itself.
+struct ChildPlan {
+    /// The function's name, or the zygote's for a child zygote.
+    function: Arc<str>,
+    /// The function's code; None for a child zygote.
+    code_dir: Option<PathBuf>,
+    /// Host package dirs the child adds to this zygote's.
+    extra: Vec<PathBuf>,
+    memory_mb: u64,
+    limits: CgroupLimits,
+}
+
 /// A live zygote. Dropping it destroys it, and with it every child still
 /// running: they live in its pid namespace.
 pub struct Zygote {
@@ -61,7 +73,7 @@ pub struct Zygote {
     memory_mb: u64,
     /// A second handle on the zygote's socket, for fork requests.
     control: tokio::sync::Mutex<UnixStream>,
-    children: Arc<AtomicUsize>,
+    children: Children,
     last_fork: Mutex<Instant>,
     /// A child forked ahead of need; see [`Zygote::park_spare`].
     spare: tokio::sync::Mutex<Option<Spare>>,
@@ -167,7 +179,7 @@ impl Zygote {
             sandbox: Mutex::new(Some(sandbox)),
             memory_mb,
             control: tokio::sync::Mutex::new(control),
-            children: Arc::new(AtomicUsize::new(0)),
+            children: Children::default(),
             last_fork: Mutex::new(Instant::now()),
             spare: tokio::sync::Mutex::new(None),
             shared: shared.clone(),
@@ -181,7 +193,7 @@ impl Zygote {
     /// Children (function sandboxes and zygotes) forked from this one that
     /// still live.
     pub fn children(&self) -> usize {
-        self.children.load(Ordering::Acquire)
+        self.children.count()
     }
 
     /// When this zygote last forked (or was created).
@@ -213,6 +225,9 @@ impl Zygote {
     /// holds its socket (a zygote never writes after `ready`, so anything
     /// to read means it closed).
     pub fn is_alive(&self) -> bool {
+        if self.children.is_retired() {
+            return false;
+        }
         let destroyed = self
             .sandbox
             .lock()
@@ -227,6 +242,12 @@ impl Zygote {
             return true;
         };
         !crate::sandbox::closed(control.as_raw_fd())
+    }
+
+    /// Marks the zygote for eviction if it has no child, so that no fork
+    /// starts any more; false if it has a child.
+    pub fn retire(&self) -> bool {
+        self.children.retire_if_none()
     }
 
     /// Kills the zygote (and any child still running). Idempotent.
@@ -272,11 +293,13 @@ impl Zygote {
             cgroups: 0,
         };
         self.fork_child(
-            spec.function.as_str().into(),
-            Some(spec.code_dir),
-            extra,
-            memory_mb,
-            limits,
+            ChildPlan {
+                function: spec.function.as_str().into(),
+                code_dir: Some(spec.code_dir),
+                extra,
+                memory_mb,
+                limits,
+            },
             request,
         )
         .await
@@ -302,11 +325,13 @@ impl Zygote {
         let memory_mb = shared.config.zygote_memory_mb;
         let mut sandbox = self
             .fork_child(
-                zygote_name(&node.id),
-                None,
-                node.package_dirs.clone(),
-                memory_mb,
-                zygote_limits(shared),
+                ChildPlan {
+                    function: zygote_name(&node.id),
+                    code_dir: None,
+                    extra: node.package_dirs.clone(),
+                    memory_mb,
+                    limits: zygote_limits(shared),
+                },
                 request,
             )
             .await?;
@@ -331,31 +356,32 @@ impl Zygote {
 
     async fn fork_child(
         &self,
-        function: Arc<str>,
-        code_dir: Option<PathBuf>,
-        extra: Vec<PathBuf>,
-        memory_mb: u64,
-        limits: CgroupLimits,
+        plan: ChildPlan,
         mut request: ForkRequest,
     ) -> Result<Sandbox, Error> {
         let shared = &self.shared;
+        // Counted before anything else, so eviction cannot pick this
+        // zygote while its child is being made.
+        let parent = self.children.enter().ok_or_else(|| Error::Fork {
+            zygote: self.id.clone(),
+            why: "the zygote is being evicted".into(),
+        })?;
         *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         if request.kind == ForkKind::Function
             && let Some(sandbox) = self
-                .take_over_spare(
-                    &function,
-                    code_dir.as_deref(),
-                    &extra,
-                    memory_mb,
-                    limits,
-                    &request,
-                )
+                .take_over_spare(parent.sibling(), &plan, &request)
                 .await
         {
             return Ok(sandbox);
         }
+        let ChildPlan {
+            function,
+            code_dir,
+            extra,
+            memory_mb,
+            limits,
+        } = plan;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let parent = ChildOf::new(&self.children);
         let cgroup = shared.take_cgroup(&id, limits)?;
         let prepared = async {
             let files = cgroup_files(&cgroup)?;
@@ -411,13 +437,18 @@ impl Zygote {
     /// takes the function on; None means: fork one the long way.
     async fn take_over_spare(
         &self,
-        function: &Arc<str>,
-        code_dir: Option<&Path>,
-        extra: &[PathBuf],
-        memory_mb: u64,
-        limits: CgroupLimits,
+        parent: ChildOf,
+        plan: &ChildPlan,
         request: &ForkRequest,
     ) -> Option<Sandbox> {
+        let ChildPlan {
+            function,
+            code_dir,
+            extra,
+            memory_mb,
+            limits,
+        } = plan;
+        let (code_dir, memory_mb, limits) = (code_dir.as_deref(), *memory_mb, *limits);
         let mut spare = self.spare.try_lock().ok()?.take()?;
         let mut cgroup = spare.cgroup.take().expect("a parked child has its cgroup");
         let mut conn = spare.conn.take().expect("a parked child has its socket");
@@ -461,7 +492,7 @@ impl Zygote {
                 child: None,
                 conn,
                 ready: false,
-                parent: Some(ChildOf::new(&self.children)),
+                parent: Some(parent),
             },
         );
         let forked = match sent {
