@@ -9,6 +9,8 @@ use sock_e2e::cluster::Cluster;
 use crate::sock;
 
 const FREEZER: &str = "/sys/fs/cgroup/freezer/sock";
+/// Where sandboxd freezes instead, when the machine mounts cgroup2.
+const UNIFIED: &str = "/sys/fs/cgroup/unified/sock";
 const MEMORY: &str = "/sys/fs/cgroup/memory/sock";
 
 #[derive(Clone, Debug, Default)]
@@ -56,8 +58,18 @@ pub async fn measure(cluster: &Cluster, want: usize) -> anyhow::Result<Density> 
     scan(&cluster.instance)
 }
 
+/// Frozen by the v1 freezer or by sandboxd's cgroup2 leaf.
+fn is_frozen(freezer: &Path, unified: &Path, name: &std::ffi::OsStr) -> bool {
+    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    read(freezer.join(name).join("freezer.state")).trim() == "FROZEN"
+        || read(unified.join(name).join("cgroup.events"))
+            .lines()
+            .any(|l| l == "frozen 1")
+}
+
 fn scan(instance: &str) -> anyhow::Result<Density> {
     let freezer = Path::new(FREEZER).join(instance);
+    let unified = Path::new(UNIFIED).join(instance);
     let memory = Path::new(MEMORY).join(instance);
     let mut d = Density::default();
     let (mut pss, mut charged) = (0u64, 0u64);
@@ -71,10 +83,8 @@ fn scan(instance: &str) -> anyhow::Result<Density> {
             continue;
         }
         let name = dir.file_name().context("cgroup name")?;
-        let state =
-            std::fs::read_to_string(freezer.join(name).join("freezer.state")).unwrap_or_default();
         let kib: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
-        if state.trim() == "FROZEN" {
+        if is_frozen(&freezer, &unified, name) {
             d.paused += 1;
             pss += kib;
             charged += read_u64(&dir.join("memory.usage_in_bytes"))?;

@@ -1185,6 +1185,56 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         gateway_sees_restarted_nodes().await;
     }
 
+    // sandboxd's containers restarted mid-load (killed, no drain): the calls
+    // in flight fail with UNAVAILABLE rather than hang or be retried, and the
+    // gateway serves again once the nodes are back.
+    RegistryClient::new(channel(&registry_addr).await)
+        .push_function(PushFunctionRequest {
+            name: "slow".into(),
+            bundle: sock_e2e::functions::bundle(&[(
+                "f.py",
+                "import time\n\ndef f(event):\n    time.sleep(10)\n    return 'late'\n",
+            )]),
+        })
+        .await
+        .expect("push slow");
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let gateway_addr = gateway_addr.clone();
+            tokio::spawn(async move {
+                GatewayClient::new(channel(&gateway_addr).await)
+                    .invoke(InvokeRequest {
+                        function: "slow".into(),
+                        payload: b"null".to_vec(),
+                        timeout_ms: Some(60_000),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    project.compose(&["restart", "-t", "0", "sandboxd", "sandboxd2"]);
+    for call in in_flight {
+        let answer = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("no call in flight hangs")
+            .expect("call task");
+        match answer {
+            Err(status) => assert_eq!(
+                status.code(),
+                tonic::Code::Unavailable,
+                "a call whose node died: {status:?}"
+            ),
+            Ok(response) => panic!(
+                "a call in flight cannot outlive its killed node: {:?}",
+                response.into_inner()
+            ),
+        }
+    }
+    project.wait_healthy(&["sandboxd", "sandboxd2"]);
+    gateway_sees_restarted_nodes().await;
+    echo(&gateway_addr, payload).await;
+
     assert!(project.down(), "compose down -v failed");
     assert_eq!(
         project.leftovers(),

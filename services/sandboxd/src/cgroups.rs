@@ -1,13 +1,23 @@
 //! One cgroup per sandbox, at `<controller>/sock/<instance>/<sandbox-id>`,
-//! through cgroups-rs: memory, pids, cpu and freezer on v1 (what the test
-//! machines run), the unified tree on v2.
+//! through cgroups-rs: memory, pids and cpu on v1 (what the test machines
+//! run), the unified tree on v2.
+//!
+//! Freezing and killing use a cgroup v2 leaf wherever the machine mounts
+//! cgroup2, also on a v1 host (hybrid): v1's freezer holds a frozen task
+//! even against SIGKILL, so a daemon killed while a sandbox was paused, or
+//! between the freeze and the thaw of a kill, left tasks nothing could end
+//! (and a container whose pid 1 waits for them could not even restart).
+//! v2's `cgroup.freeze` lets fatal signals through, and `cgroup.kill`
+//! reaches processes in every pid namespace, also those of a previous run
+//! in another container. Only a v1 host without a cgroup2 mount uses the v1
+//! freezer.
 //!
 //! Architecture invariant: sandboxd only ever creates, kills or removes
 //! cgroups below `sock/<instance>`, so daemons of other instances (parallel
 //! test clusters) are never touched.
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cgroup::Cgroup;
@@ -22,9 +32,10 @@ use nix::unistd::Pid;
 
 use crate::error::Error;
 
-/// The v1 controllers a sandbox joins. cpuset is left out on purpose: a
-/// new v1 cpuset cgroup has no cpus until configured, so joining it fails.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+/// The v1 controllers a sandbox joins; the freezer only where no cgroup2
+/// mount offers a killable one. cpuset is left out on purpose: a new v1
+/// cpuset cgroup has no cpus until configured, so joining it fails.
+const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// Top of every cgroup sock creates.
 const ROOT: &str = "sock";
 /// CFS period for `cpu_percent`; quota = period × percent / 100.
@@ -67,8 +78,59 @@ fn load(instance: &str, id: Option<&str>) -> Cgroup {
         // v2 has one tree; the freezer is part of it (cgroup.freeze).
         Cgroup::load(hier, path)
     } else {
-        let controllers = V1_CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let freezer = cgroup2_root().is_none().then_some("freezer");
+        let controllers = V1_CONTROLLERS
+            .iter()
+            .copied()
+            .chain(freezer)
+            .map(String::from)
+            .collect();
         Cgroup::load_with_specified_controllers(hier, path, controllers)
+    }
+}
+
+/// Where cgroup2 is mounted, if anywhere (read once).
+fn cgroup2_root() -> Option<&'static Path> {
+    static ROOT2: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT2
+        .get_or_init(|| {
+            let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            cgroup2_mount(&table).map(|(point, _)| PathBuf::from(point))
+        })
+        .as_deref()
+}
+
+/// The cgroup v2 leaf that freezes and kills one sandbox: its own cgroup on
+/// a v2 host, `<cgroup2 mount>/sock/<instance>/<id>` beside the v1 ones on
+/// a hybrid host.
+#[derive(Debug)]
+struct Leaf(PathBuf);
+
+impl Leaf {
+    fn of(instance: &str, id: Option<&str>) -> Option<Leaf> {
+        cgroup2_root().map(|root| Leaf(root.join(relative_path(instance, id))))
+    }
+
+    fn write(&self, file: &str, value: &str) -> std::io::Result<()> {
+        std::fs::write(self.0.join(file), value)
+    }
+
+    /// Whether `cgroup.events` has `key 1`.
+    fn event(&self, key: &str) -> bool {
+        std::fs::read_to_string(self.0.join("cgroup.events"))
+            .is_ok_and(|events| events.lines().any(|l| l == format!("{key} 1")))
+    }
+
+    fn freeze(&self, frozen: bool) -> std::io::Result<()> {
+        self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
+    fn is_frozen(&self) -> bool {
+        self.event("frozen")
+    }
+
+    fn is_populated(&self) -> bool {
+        self.event("populated")
     }
 }
 
@@ -120,7 +182,19 @@ impl CgroupPool {
     fn create(&self) -> Result<String, Error> {
         let name = format!("pool-{}", self.next.fetch_add(1, Ordering::Relaxed));
         let path = relative_path(&self.instance, Some(&name));
-        create_with_retry(&load(&self.instance, Some(&name)), &path)?;
+        let cg = load(&self.instance, Some(&name));
+        create_with_retry(&cg, &path)?;
+        if !cg.v2()
+            && let Some(leaf) = Leaf::of(&self.instance, Some(&name))
+            && let Err(source) = std::fs::create_dir_all(&leaf.0)
+        {
+            let _ = cg.delete();
+            return Err(Error::Leaf {
+                op: "create",
+                path: leaf.0,
+                source,
+            });
+        }
         Ok(name)
     }
 
@@ -147,12 +221,7 @@ impl CgroupPool {
             Some(name) => name,
             None => self.create()?,
         };
-        let mut cgroup = SandboxCgroup {
-            cg: load(&self.instance, Some(&name)),
-            name: relative_path(&self.instance, Some(&name)),
-            limits,
-            oom_kills_before: 0,
-        };
+        let mut cgroup = SandboxCgroup::load(&self.instance, &name, limits);
         if let Err(e) = cgroup.apply() {
             cgroup.remove();
             return Err(e);
@@ -180,7 +249,7 @@ impl CgroupPool {
     pub fn remove_spares(&self) {
         let names = std::mem::take(&mut *self.free());
         for name in names {
-            let _ = load(&self.instance, Some(&name)).delete();
+            SandboxCgroup::load(&self.instance, &name, CgroupLimits::default()).delete();
         }
     }
 }
@@ -193,9 +262,27 @@ pub(crate) struct SandboxCgroup {
     name: String,
     limits: CgroupLimits,
     oom_kills_before: u64,
+    /// Freezes and kills; None on a v1 host without cgroup2.
+    leaf: Option<Leaf>,
 }
 
 impl SandboxCgroup {
+    /// A handle on `sock/<instance>/<id>`; creates nothing.
+    fn load(instance: &str, id: &str, limits: CgroupLimits) -> SandboxCgroup {
+        SandboxCgroup {
+            cg: load(instance, Some(id)),
+            name: relative_path(instance, Some(id)),
+            limits,
+            oom_kills_before: 0,
+            leaf: Leaf::of(instance, Some(id)),
+        }
+    }
+
+    /// The cgroup2 leaf when it is a directory of its own (hybrid host).
+    fn hybrid_leaf(&self) -> Option<&Leaf> {
+        self.leaf.as_ref().filter(|_| !self.cg.v2())
+    }
+
     fn err(&self, op: &'static str) -> impl FnOnce(cgroups_rs::fs::error::Error) -> Error {
         let path = self.name.clone();
         move |source| Error::Cgroup { op, path, source }
@@ -281,12 +368,12 @@ impl SandboxCgroup {
     /// Freezes every process and shrinks the memory limit to what the
     /// cgroup uses, so a paused sandbox can neither run nor grow.
     pub fn pause(&self) -> Result<(), Error> {
-        let freezer: &FreezerController = self.cg.controller_of().ok_or(Error::CgroupMissing {
-            controller: "freezer",
-        })?;
-        freezer.freeze().map_err(self.err("freeze"))?;
+        let freezer = self.freezer()?;
+        freezer
+            .freeze()
+            .map_err(|e| self.freezer_err("freeze", e))?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
-        while !matches!(freezer.state(), Ok(FreezerState::Frozen)) {
+        while !freezer.is_frozen() {
             if Instant::now() >= deadline {
                 return Err(Error::Freeze {
                     path: self.name.clone(),
@@ -317,10 +404,36 @@ impl SandboxCgroup {
                 .set_limit(bytes)
                 .map_err(self.err("restore memory limit"))?;
         }
-        let freezer: &FreezerController = self.cg.controller_of().ok_or(Error::CgroupMissing {
-            controller: "freezer",
-        })?;
-        freezer.thaw().map_err(self.err("thaw"))
+        let freezer = self.freezer()?;
+        freezer.thaw().map_err(|e| self.freezer_err("thaw", e))
+    }
+
+    fn freezer(&self) -> Result<Freezer<'_>, Error> {
+        match &self.leaf {
+            Some(leaf) => Ok(Freezer::V2(leaf)),
+            None => self
+                .cg
+                .controller_of()
+                .map(Freezer::V1)
+                .ok_or(Error::CgroupMissing {
+                    controller: "freezer",
+                }),
+        }
+    }
+
+    fn freezer_err(&self, op: &'static str, e: FreezeError) -> Error {
+        match e {
+            FreezeError::V1(source) => Error::Cgroup {
+                op,
+                path: self.name.clone(),
+                source,
+            },
+            FreezeError::V2(source) => Error::Leaf {
+                op,
+                path: self.leaf.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+                source,
+            },
+        }
     }
 
     /// Returns page cache charged to the cgroup to the system before
@@ -341,7 +454,16 @@ impl SandboxCgroup {
                 op: "add process",
                 path: self.name.clone(),
                 source,
-            })
+            })?;
+        if let Some(leaf) = self.hybrid_leaf() {
+            leaf.write("cgroup.procs", &pid.to_string())
+                .map_err(|source| Error::Leaf {
+                    op: "add process",
+                    path: leaf.0.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// OOM kills in this cgroup since it was created.
@@ -362,9 +484,12 @@ impl SandboxCgroup {
         self.oom_kills() > self.oom_kills_before
     }
 
-    /// The cgroup's directories, one per controller on v1.
+    /// The cgroup's directories: one per controller on v1, and the
+    /// cgroup2 leaf on a hybrid host.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        dirs_of(&self.cg)
+        let mut dirs = dirs_of(&self.cg);
+        dirs.extend(self.hybrid_leaf().map(|leaf| leaf.0.clone()));
+        dirs
     }
 
     /// Kills every process in the cgroup and waits until it is empty.
@@ -375,7 +500,8 @@ impl SandboxCgroup {
         if !self.cg.exists() {
             return;
         }
-        if let Err(e) = kill_all(&self.cg) {
+        let freezer = self.freezer().ok();
+        if let Err(e) = kill_all(&self.cg, freezer) {
             tracing::warn!(cgroup = %self.name, error = %e, "cgroup still has processes");
         }
     }
@@ -383,10 +509,77 @@ impl SandboxCgroup {
     /// Kills everything in the cgroup and removes it.
     pub fn remove(&self) {
         self.kill();
+        self.delete();
+    }
+
+    /// Removes the (empty) cgroup's directories.
+    fn delete(&self) {
         if self.cg.exists()
             && let Err(e) = self.cg.delete()
         {
             tracing::warn!(cgroup = %self.name, error = %e, "cannot remove cgroup");
+        }
+        if let Some(leaf) = self.hybrid_leaf()
+            && let Err(e) = std::fs::remove_dir(&leaf.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(cgroup = %leaf.0.display(), error = %e, "cannot remove cgroup");
+        }
+    }
+
+    /// Kills what a previous run left, whatever pid namespace it is in
+    /// (a daemon restarted in a new container sees none of its pids), and
+    /// waits for the leaf to empty. A no-op without cgroup2.
+    fn kill_unseen(&self) {
+        let Some(leaf) = &self.leaf else {
+            return;
+        };
+        if !leaf.0.is_dir() {
+            return;
+        }
+        if let Err(e) = leaf.write("cgroup.kill", "1") {
+            tracing::warn!(cgroup = %leaf.0.display(), error = %e, "cannot kill the cgroup");
+            return;
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while leaf.is_populated() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// The freezer a sandbox uses: its cgroup2 leaf, or the v1 controller.
+#[derive(Clone, Copy)]
+enum Freezer<'a> {
+    V1(&'a FreezerController),
+    V2(&'a Leaf),
+}
+
+enum FreezeError {
+    V1(cgroups_rs::fs::error::Error),
+    V2(std::io::Error),
+}
+
+impl Freezer<'_> {
+    fn freeze(self) -> Result<(), FreezeError> {
+        match self {
+            Freezer::V1(f) => f.freeze().map_err(FreezeError::V1),
+            Freezer::V2(leaf) => leaf.freeze(true).map_err(FreezeError::V2),
+        }
+    }
+
+    fn thaw(self) -> Result<(), FreezeError> {
+        match self {
+            Freezer::V1(f) => f.thaw().map_err(FreezeError::V1),
+            Freezer::V2(leaf) => leaf.freeze(false).map_err(FreezeError::V2),
+        }
+    }
+
+    /// Frozen for sure; an unreadable state counts as frozen, so waits end.
+    fn is_frozen(self) -> bool {
+        match self {
+            Freezer::V1(f) => matches!(f.state(), Ok(FreezerState::Frozen)),
+            Freezer::V2(leaf) => leaf.is_frozen(),
         }
     }
 }
@@ -433,12 +626,11 @@ enum KillError {
 /// and reap the rest of the namespace, and the init then reaps the runtime
 /// and exits. Killing the init first would orphan the runtime to the
 /// host's pid 1, which may never reap it.
-fn kill_all(cg: &Cgroup) -> Result<(), KillError> {
+fn kill_all(cg: &Cgroup, freezer: Option<Freezer<'_>>) -> Result<(), KillError> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     if cg.v2() && cg.kill().is_ok() {
         return wait_empty(cg, deadline);
     }
-    let freezer: Option<&FreezerController> = cg.controller_of();
     let own_pid_ns = pid_namespace("self");
     let mut spare_init = true;
     loop {
@@ -483,12 +675,12 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn freeze(f: &FreezerController, deadline: Instant) {
+fn freeze(f: Freezer<'_>, deadline: Instant) {
     if f.freeze().is_err() {
         return;
     }
     let limit = Instant::now() + Duration::from_millis(200).min(remaining(deadline));
-    while !matches!(f.state(), Ok(FreezerState::Frozen) | Err(_)) && Instant::now() < limit {
+    while !f.is_frozen() && Instant::now() < limit {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -547,8 +739,7 @@ fn cgroup2_mount(mountinfo: &str) -> Option<(String, String)> {
 /// of every `sock/<instance>/*` cgroup and removes them. Returns how many
 /// it removed.
 pub(crate) fn remove_leftovers(instance: &str) -> usize {
-    let parent = load(instance, None);
-    let mut ids: Vec<String> = dirs_of(&parent)
+    let mut ids: Vec<String> = parent_dirs(instance)
         .iter()
         .flat_map(|dir| child_dirs(dir))
         .collect();
@@ -556,15 +747,20 @@ pub(crate) fn remove_leftovers(instance: &str) -> usize {
     ids.dedup();
     for id in &ids {
         tracing::warn!(instance, sandbox = %id, "removing a sandbox left by an earlier run");
-        SandboxCgroup {
-            cg: load(instance, Some(id)),
-            name: relative_path(instance, Some(id)),
-            limits: CgroupLimits::default(),
-            oom_kills_before: 0,
-        }
-        .remove();
+        let cgroup = SandboxCgroup::load(instance, id, CgroupLimits::default());
+        cgroup.kill_unseen();
+        cgroup.remove();
     }
     ids.len()
+}
+
+/// `sock/<instance>` in every hierarchy sandboxes join.
+fn parent_dirs(instance: &str) -> Vec<PathBuf> {
+    let mut dirs = dirs_of(&load(instance, None));
+    if !hierarchies::is_cgroup2_unified_mode() {
+        dirs.extend(Leaf::of(instance, None).map(|leaf| leaf.0));
+    }
+    dirs
 }
 
 fn child_dirs(dir: &Path) -> Vec<String> {
@@ -581,8 +777,7 @@ fn child_dirs(dir: &Path) -> Vec<String> {
 /// Removes `sock/<instance>` and, when no other instance uses it, `sock`.
 /// Directories that still have children stay (rmdir refuses them).
 pub(crate) fn remove_parents(instance: &str) {
-    let parent = load(instance, None);
-    for dir in dirs_of(&parent) {
+    for dir in parent_dirs(instance) {
         let _ = std::fs::remove_dir(&dir);
         if let Some(root) = dir.parent() {
             let _ = std::fs::remove_dir(root);

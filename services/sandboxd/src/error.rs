@@ -25,6 +25,12 @@ pub enum Error {
         path: String,
         source: cgroups_rs::fs::error::Error,
     },
+    #[error("cgroup {path}: cannot {op}: {source}", path = path.display())]
+    Leaf {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cgroup {path}: its processes did not freeze within 1 s")]
     Freeze { path: String },
     #[error("the {controller} cgroup controller is not available on this machine")]
@@ -78,9 +84,10 @@ impl From<Error> for Status {
             other => {
                 tracing::error!(error = %other, "sandbox platform failure");
                 let what = match other {
-                    Error::Cgroup { .. } | Error::CgroupMissing { .. } | Error::Freeze { .. } => {
-                        "cannot set up the sandbox's cgroup"
-                    }
+                    Error::Cgroup { .. }
+                    | Error::Leaf { .. }
+                    | Error::CgroupMissing { .. }
+                    | Error::Freeze { .. } => "cannot set up the sandbox's cgroup",
                     Error::Spawn { .. }
                     | Error::Spec { .. }
                     | Error::Zygote { .. }

@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status};
 
-const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+/// Every hierarchy a sandbox may join: v1 controllers, and the cgroup2
+/// leaf that freezes and kills where the machine mounts cgroup2 (then the
+/// v1 freezer is not used).
+const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "unified"];
 
 /// The functions the fake cache knows: name → current version, config.
 #[derive(Default)]
@@ -401,7 +404,14 @@ def f(event):
     assert!(!pids.is_empty());
     // The sandbox's cgroup is frozen; the zygote it was forked from is
     // not (it has processes too, and serves forks).
-    let frozen: Vec<(PathBuf, String)> = std::fs::read_dir(node.cgroup_root("freezer"))
+    // cgroup2's freezer where the machine mounts cgroup2 (a killed daemon
+    // cannot leave unkillable tasks), else v1's.
+    let (freezer, state_file, frozen_state) = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        ("unified", "cgroup.events", "frozen 1")
+    } else {
+        ("freezer", "freezer.state", "FROZEN")
+    };
+    let frozen: Vec<(PathBuf, String)> = std::fs::read_dir(node.cgroup_root(freezer))
         .expect("freezer dir")
         .flatten()
         .map(|e| e.path())
@@ -409,13 +419,13 @@ def f(event):
             std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
         })
         .map(|p| {
-            let state = std::fs::read_to_string(p.join("freezer.state")).expect("state");
-            (p, state.trim().to_string())
+            let state = std::fs::read_to_string(p.join(state_file)).expect("state");
+            (p, state)
         })
-        .filter(|(_, state)| state != "THAWED")
+        .filter(|(_, state)| state.lines().any(|l| l == frozen_state || l == "FREEZING"))
         .collect();
     assert_eq!(frozen.len(), 1, "{frozen:?}");
-    assert_eq!(frozen[0].1, "FROZEN", "{frozen:?}");
+    assert!(frozen[0].1.lines().any(|l| l == frozen_state), "{frozen:?}");
     let limit: u64 = std::fs::read_to_string(
         node.cgroup_root("memory")
             .join(frozen[0].0.file_name().expect("name"))
@@ -790,6 +800,9 @@ impl Drop for Leftovers {
             }
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 if entry.path().is_dir() {
+                    // A frozen task dies of its SIGKILL only once thawed.
+                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
+                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
                     for _ in 0..100 {
                         if std::fs::remove_dir(entry.path()).is_ok() {
                             break;
@@ -815,8 +828,26 @@ impl Drop for Daemon {
 }
 
 fn daemon(dir: &Path, cache_addr: &str, instance: &str, port: u16) -> Daemon {
+    daemon_via(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd")),
+        dir,
+        cache_addr,
+        instance,
+        port,
+    )
+}
+
+/// Runs sock-sandboxd through `command` (the binary itself, or a wrapper
+/// whose last argument it is).
+fn daemon_via(
+    mut command: std::process::Command,
+    dir: &Path,
+    cache_addr: &str,
+    instance: &str,
+    port: u16,
+) -> Daemon {
     Daemon(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd"))
+        command
             .env("SOCK_SANDBOXD_LISTEN", format!("127.0.0.1:{port}"))
             .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
             .env("SOCK_SANDBOXD_DATA_DIR", dir.join("data"))
@@ -925,6 +956,83 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         .expect("wait");
     assert!(status.success(), "sock-sandboxd exited with {status}");
     assert_nothing_left(&instance, &node.dir.path().join("data"));
+}
+
+/// sandboxd as pid 1 of its own pid namespace, as in a container, killed
+/// with SIGKILL while a sandbox is paused: the kernel kills everything in
+/// the namespace, and must be able to. (v1's freezer held frozen tasks
+/// against SIGKILL, so the daemon stayed a zombie and Docker could not
+/// restart its container.) Nothing waits for a successor to clean up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_it() {
+    if !is_root("crash in a pid namespace") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(Catalog::default());
+    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
+    let instance = format!("node-pid1-{}", std::process::id());
+    let _cleanup = Leftovers(instance.clone());
+    let port = free_port();
+    let node = Node {
+        dir,
+        instance: instance.clone(),
+        catalog,
+        client: client(format!("http://127.0.0.1:{port}")),
+        shutdown: CancellationToken::new(),
+        served: None,
+    };
+    node.publish("counter", 1, COUNTER, Limits::default());
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--"])
+        .arg(env!("CARGO_BIN_EXE_sock-sandboxd"))
+        .env("SOCK_SANDBOXD_PAUSE_AFTER_MS", "10");
+    let mut container = daemon_via(unshare, node.dir.path(), &cache_addr, &instance, port);
+    node.wait_for("the daemon serves", |_| true).await;
+    node.invoke("counter", 1, "", 20_000)
+        .await
+        .expect("a sandbox");
+    node.wait_for("the sandbox paused", |s| s.paused == 1).await;
+    let pids = node.sandbox_pids();
+    assert!(pids.len() >= 2, "a sandbox and a zygote: {pids:?}");
+
+    let children = format!("/proc/{0}/task/{0}/children", container.0.id());
+    let pid1: i32 = std::fs::read_to_string(&children)
+        .expect("unshare's child")
+        .trim()
+        .parse()
+        .expect("one child: sandboxd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid1),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 pid 1");
+    // unshare returns once its child is reaped, which the kernel allows only
+    // after every process of the namespace has died.
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = container.0.try_wait().expect("wait for unshare") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+    .await
+    .expect("wait task");
+    assert!(
+        exited.is_some(),
+        "the namespace's pid 1 could not die: its sandboxes stayed frozen"
+    );
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived its daemon"
+        );
+    }
+    assert!(node.sandbox_pids().is_empty(), "no process in our cgroups");
 }
 
 fn zygotes(status: &StatusResponse) -> Vec<(String, u32)> {

@@ -86,7 +86,7 @@ impl Fixture {
 
     /// Shuts the instance down and checks it left no cgroup behind.
     fn finish(mut self) {
-        let dirs: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer"]
+        let dirs: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer", "unified"]
             .iter()
             .map(|c| {
                 Path::new("/sys/fs/cgroup")

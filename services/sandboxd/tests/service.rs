@@ -104,7 +104,7 @@ fn client(addr: String) -> SandboxdClient<Channel> {
 }
 
 fn assert_no_cgroups(instance: &str) {
-    for controller in ["memory", "pids", "cpu", "freezer"] {
+    for controller in ["memory", "pids", "cpu", "freezer", "unified"] {
         let dir = Path::new("/sys/fs/cgroup")
             .join(controller)
             .join("sock")

@@ -90,7 +90,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         drop(self.sandboxes.take());
-        for controller in ["memory", "pids", "cpu", "freezer"] {
+        for controller in ["memory", "pids", "cpu", "freezer", "unified"] {
             let dir = self.cgroup_root(controller);
             if !std::thread::panicking() {
                 assert!(!dir.exists(), "{} was left behind", dir.display());
