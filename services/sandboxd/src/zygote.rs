@@ -441,14 +441,8 @@ impl Zygote {
         plan: &ChildPlan,
         request: &ForkRequest,
     ) -> Option<Sandbox> {
-        let ChildPlan {
-            function,
-            code_dir,
-            extra,
-            memory_mb,
-            limits,
-        } = plan;
-        let (code_dir, memory_mb, limits) = (code_dir.as_deref(), *memory_mb, *limits);
+        let (function, code_dir, extra) = (&plan.function, plan.code_dir.as_deref(), &plan.extra);
+        let (memory_mb, limits) = (plan.memory_mb, plan.limits);
         let mut spare = self.spare.try_lock().ok()?.take()?;
         let mut cgroup = spare.cgroup.take().expect("a parked child has its cgroup");
         let mut conn = spare.conn.take().expect("a parked child has its socket");

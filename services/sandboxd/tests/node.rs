@@ -866,16 +866,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
-    if !is_root("crash") {
-        return;
-    }
+/// A node for a sandboxd run as a process of its own (which a test may
+/// kill), with its fake cache's address, the daemon's port, and a guard
+/// that removes what a failed test leaves.
+async fn daemon_node(what: &str) -> (Node, String, u16, Leftovers) {
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(Catalog::default());
     let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
-    let instance = format!("node-crash-{}", std::process::id());
-    let _cleanup = Leftovers(instance.clone());
+    let instance = format!("node-{what}-{}", std::process::id());
     let port = free_port();
     let node = Node {
         dir,
@@ -885,6 +883,16 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         shutdown: CancellationToken::new(),
         served: None,
     };
+    (node, cache_addr, port, Leftovers(instance))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
+    if !is_root("crash") {
+        return;
+    }
+    let (node, cache_addr, port, _cleanup) = daemon_node("crash").await;
+    let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     node.publish("slow", 1, SLEEPER, Limits::default());
     let mut first = daemon(node.dir.path(), &cache_addr, &instance, port);
@@ -968,20 +976,8 @@ async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_i
     if !is_root("crash in a pid namespace") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = Arc::new(Catalog::default());
-    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
-    let instance = format!("node-pid1-{}", std::process::id());
-    let _cleanup = Leftovers(instance.clone());
-    let port = free_port();
-    let node = Node {
-        dir,
-        instance: instance.clone(),
-        catalog,
-        client: client(format!("http://127.0.0.1:{port}")),
-        shutdown: CancellationToken::new(),
-        served: None,
-    };
+    let (node, cache_addr, port, _cleanup) = daemon_node("pid1").await;
+    let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     let mut unshare = std::process::Command::new("unshare");
     unshare
