@@ -61,6 +61,21 @@ PRELOADED = 'sockver' in sys.modules\n\
 import sockver\n\
 def f(event):\n    return {'version': sockver.VERSION, 'preloaded': PRELOADED}\n";
 
+/// A wheel dir with sockver 2.1.0 and 2.2.0, each knowing its VERSION.
+fn sockver_wheels() -> tempfile::TempDir {
+    let wheels = wheel_dir();
+    for version in ["2.1.0", "2.2.0"] {
+        module_wheel(
+            wheels.path(),
+            "sockver",
+            version,
+            &[],
+            &format!("VERSION = '{version}'\n"),
+        );
+    }
+    wheels
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_function_gets_its_requirements_with_their_dependencies_and_a_second_reuses_them() {
     if !have_root() {
@@ -109,16 +124,7 @@ async fn two_versions_of_one_package_serve_two_functions_side_by_side() {
     if !have_root() {
         return;
     }
-    let wheels = wheel_dir();
-    for version in ["2.1.0", "2.2.0"] {
-        module_wheel(
-            wheels.path(),
-            "sockver",
-            version,
-            &[],
-            &format!("VERSION = '{version}'\n"),
-        );
-    }
+    let wheels = sockver_wheels();
     let cluster = start(wheels.path(), &[]);
     push(&cluster, "old", "sockver==2.1.0\n", SOCKVER_F).await;
     push(&cluster, "new", "sockver==2.2.0\n", SOCKVER_F).await;
@@ -136,16 +142,7 @@ async fn the_tree_forks_a_function_from_its_packages_zygote_only_for_the_same_ve
     if !have_root() {
         return;
     }
-    let wheels = wheel_dir();
-    for version in ["2.1.0", "2.2.0"] {
-        module_wheel(
-            wheels.path(),
-            "sockver",
-            version,
-            &[],
-            &format!("VERSION = '{version}'\n"),
-        );
-    }
+    let wheels = sockver_wheels();
     let tree =
         r#"{"packages": [], "children": [{"packages": ["sockver==2.1.0"], "children": []}]}"#;
     let cluster = start(wheels.path(), &[("SOCK_CACHE_IMPORT_TREE", tree)]);
