@@ -9,8 +9,7 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{
-    ErrorKind, FunctionRef, InvokeRequest, PrepareRequest, PushFunctionRequest, StatusRequest,
-    StatusResponse,
+    ErrorKind, FunctionRef, InvokeRequest, PrepareRequest, StatusRequest, StatusResponse,
 };
 use tokio::sync::Barrier;
 use tonic::transport::Channel;
@@ -47,24 +46,15 @@ pub async fn status(cluster: &Cluster) -> anyhow::Result<StatusResponse> {
 /// Pushes a one-file function and makes the node's cache unpack it, so a
 /// cold call measures the sandbox, not the download.
 pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("f.py"), code)?;
-    let bundle = sock_bundle::pack(dir.path()).context("pack function")?;
-    let info = cluster
-        .registry()
+    let version = cluster
+        .push(name, &[("f.py", code)])
         .await
-        .push_function(PushFunctionRequest {
-            name: name.into(),
-            bundle,
-        })
-        .await
-        .with_context(|| format!("push {name}"))?
-        .into_inner();
+        .with_context(|| format!("push {name}"))?;
     CacheClient::new(channel(&cluster.endpoints.cache).await?)
         .prepare(PrepareRequest {
             function: Some(FunctionRef {
                 name: name.into(),
-                version: info.version,
+                version,
             }),
         })
         .await
