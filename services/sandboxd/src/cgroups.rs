@@ -369,9 +369,7 @@ impl SandboxCgroup {
     /// cgroup uses, so a paused sandbox can neither run nor grow.
     pub fn pause(&self) -> Result<(), Error> {
         let freezer = self.freezer()?;
-        freezer
-            .freeze()
-            .map_err(|e| self.freezer_err("freeze", e))?;
+        freezer.set(true)?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
         while !freezer.is_frozen() {
             if Instant::now() >= deadline {
@@ -404,8 +402,7 @@ impl SandboxCgroup {
                 .set_limit(bytes)
                 .map_err(self.err("restore memory limit"))?;
         }
-        let freezer = self.freezer()?;
-        freezer.thaw().map_err(|e| self.freezer_err("thaw", e))
+        self.freezer()?.set(false)
     }
 
     fn freezer(&self) -> Result<Freezer<'_>, Error> {
@@ -418,21 +415,6 @@ impl SandboxCgroup {
                 .ok_or(Error::CgroupMissing {
                     controller: "freezer",
                 }),
-        }
-    }
-
-    fn freezer_err(&self, op: &'static str, e: FreezeError) -> Error {
-        match e {
-            FreezeError::V1(source) => Error::Cgroup {
-                op,
-                path: self.name.clone(),
-                source,
-            },
-            FreezeError::V2(source) => Error::Leaf {
-                op,
-                path: self.leaf.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
-                source,
-            },
         }
     }
 
@@ -555,27 +537,27 @@ enum Freezer<'a> {
     V2(&'a Leaf),
 }
 
-enum FreezeError {
-    V1(cgroups_rs::fs::error::Error),
-    V2(std::io::Error),
-}
-
 impl Freezer<'_> {
-    fn freeze(self) -> Result<(), FreezeError> {
+    /// Freezes (true) or thaws (false).
+    fn set(self, frozen: bool) -> Result<(), Error> {
+        let op = if frozen { "freeze" } else { "thaw" };
         match self {
-            Freezer::V1(f) => f.freeze().map_err(FreezeError::V1),
-            Freezer::V2(leaf) => leaf.freeze(true).map_err(FreezeError::V2),
+            Freezer::V1(f) => {
+                if frozen { f.freeze() } else { f.thaw() }.map_err(|source| Error::Cgroup {
+                    op,
+                    path: f.path().display().to_string(),
+                    source,
+                })
+            }
+            Freezer::V2(leaf) => leaf.freeze(frozen).map_err(|source| Error::Leaf {
+                op,
+                path: leaf.0.clone(),
+                source,
+            }),
         }
     }
 
-    fn thaw(self) -> Result<(), FreezeError> {
-        match self {
-            Freezer::V1(f) => f.thaw().map_err(FreezeError::V1),
-            Freezer::V2(leaf) => leaf.freeze(false).map_err(FreezeError::V2),
-        }
-    }
-
-    /// Frozen for sure; an unreadable state counts as frozen, so waits end.
+    /// Frozen for sure: an unreadable state is not.
     fn is_frozen(self) -> bool {
         match self {
             Freezer::V1(f) => matches!(f.state(), Ok(FreezerState::Frozen)),
@@ -649,7 +631,7 @@ fn kill_all(cg: &Cgroup, freezer: Option<Freezer<'_>>) -> Result<(), KillError> 
             }
         }
         if let Some(f) = freezer {
-            let _ = f.thaw();
+            let _ = f.set(false);
         }
         if spare_init && killed == 0 {
             // Nothing inside the namespace (the init has not forked yet,
@@ -676,7 +658,7 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 fn freeze(f: Freezer<'_>, deadline: Instant) {
-    if f.freeze().is_err() {
+    if f.set(true).is_err() {
         return;
     }
     let limit = Instant::now() + Duration::from_millis(200).min(remaining(deadline));
