@@ -368,9 +368,7 @@ impl Zygote {
         })?;
         *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         if request.kind == ForkKind::Function
-            && let Some(sandbox) = self
-                .take_over_spare(parent.sibling(), &plan, &request)
-                .await
+            && let Some(sandbox) = self.take_over_spare(&parent, &plan, &request).await
         {
             return Ok(sandbox);
         }
@@ -437,7 +435,7 @@ impl Zygote {
     /// takes the function on; None means: fork one the long way.
     async fn take_over_spare(
         &self,
-        parent: ChildOf,
+        parent: &ChildOf,
         plan: &ChildPlan,
         request: &ForkRequest,
     ) -> Option<Sandbox> {
@@ -486,7 +484,7 @@ impl Zygote {
                 child: None,
                 conn,
                 ready: false,
-                parent: Some(parent),
+                parent: Some(parent.sibling()),
             },
         );
         let forked = match sent {
