@@ -3,12 +3,17 @@
 //! stop), and the `/metrics` endpoint. Service logic never lives here.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod config;
 mod metrics;
 mod server;
 mod shutdown;
 mod start;
 
+pub use auth::{
+    Access, AuthLayer, AuthedChannel, Bearer, ERROR_HEADER, PeerCredLayer, Secret, Tokens, authed,
+    require_tokens,
+};
 pub use config::{ConfigError, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, with_standard_services};

@@ -11,6 +11,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Access, AuthLayer, Tokens};
+
 /// The media type of [`render_metrics`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -21,14 +23,16 @@ pub fn render_metrics(registry: &Registry) -> String {
     text
 }
 
-/// Serves `registry` at `GET /metrics` on `listen` until `shutdown`;
-/// an empty `listen` serves nothing and answers `None`. The address is
+/// Serves `registry` at `GET /metrics` on `listen` until `shutdown`, to
+/// callers with the admin token of `tokens` (and only on loopback when
+/// there is none); an empty `listen` serves nothing and answers `None`. The address is
 /// bound before this returns (and answered), so a taken port fails the
 /// service's start rather than going unnoticed; the server then runs in a
 /// task of its own.
 pub async fn serve_metrics(
     listen: &str,
     registry: Registry,
+    tokens: &Tokens,
     shutdown: CancellationToken,
 ) -> std::io::Result<Option<SocketAddr>> {
     if listen.is_empty() {
@@ -36,6 +40,7 @@ pub async fn serve_metrics(
     }
     let listener = crate::bind(listen).await?;
     let addr = listener.local_addr()?;
+    crate::require_tokens("/metrics", addr, tokens).map_err(std::io::Error::other)?;
     tracing::info!("metrics at http://{addr}/metrics");
     let registry = Arc::new(registry);
     let app = Router::new().route(
@@ -44,7 +49,8 @@ pub async fn serve_metrics(
             let text = render_metrics(&registry);
             async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response() }
         }),
-    );
+    )
+    .layer(AuthLayer::new(tokens.clone(), |_| Access::Admin));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -67,7 +73,7 @@ mod tests {
         let calls: Counter = Counter::default();
         registry.register("calls", "Calls", calls.clone());
         let shutdown = CancellationToken::new();
-        let addr = serve_metrics("127.0.0.1:0", registry, shutdown.clone())
+        let addr = serve_metrics("127.0.0.1:0", registry, &Tokens::default(), shutdown.clone())
             .await
             .expect("serve")
             .expect("an address was given");
@@ -84,7 +90,7 @@ mod tests {
     async fn a_taken_address_is_an_error_naming_it() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         let addr = taken.local_addr().expect("addr").to_string();
-        let err = serve_metrics(&addr, Registry::default(), CancellationToken::new())
+        let err = serve_metrics(&addr, Registry::default(), &Tokens::default(), CancellationToken::new())
             .await
             .expect_err("the port is taken");
         assert!(err.to_string().contains(&addr), "{err}");
@@ -92,7 +98,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_listen_serves_nothing() {
-        let served = serve_metrics("", Registry::default(), CancellationToken::new())
+        let served = serve_metrics("", Registry::default(), &Tokens::default(), CancellationToken::new())
             .await
             .expect("nothing to bind");
         assert_eq!(served, None);

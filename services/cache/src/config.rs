@@ -19,6 +19,12 @@ pub struct Config {
     pub registry_cache_ms: u64,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
+    /// Bearer token of `/metrics`; none = open, and then only loopback
+    /// addresses are served.
+    pub admin_token: Option<sock_service::Secret>,
+    /// The token sock's services show each other: sandboxd presents it to
+    /// `Prepare`, the cache to the registry's bundle store.
+    pub node_token: Option<sock_service::Secret>,
     /// sandboxd's gRPC endpoint: its `Install` runs pip in a sandbox.
     pub sandboxd_addr: String,
     /// Dirs of wheels pip installs from instead of an index (offline:
@@ -51,6 +57,8 @@ impl Default for Config {
             data_dir: PathBuf::from(".sock/cache"),
             registry_cache_ms: 5000,
             metrics_listen: String::new(),
+            admin_token: None,
+            node_token: None,
             sandboxd_addr: "http://127.0.0.1:7074".into(),
             find_links: Vec::new(),
             index_url: "https://pypi.org/simple".into(),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{
+    AUTHORIZATION,
     ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
 
@@ -40,7 +41,12 @@ pub(crate) struct Download {
 }
 
 impl Registry {
-    pub(crate) fn new(registry_url: &str) -> Result<Registry, Error> {
+    /// A client of the bundle store at `registry_url`, sending the node
+    /// token (the store answers nobody else).
+    pub(crate) fn new(
+        registry_url: &str,
+        node_token: Option<&sock_service::Secret>,
+    ) -> Result<Registry, Error> {
         let url = reqwest::Url::parse(registry_url).map_err(|e| Error::RegistryUrl {
             url: registry_url.to_string(),
             reason: e.to_string(),
@@ -53,7 +59,16 @@ impl Registry {
                 reason: "only http:// URLs are supported".into(),
             });
         }
+        let mut headers = HeaderMap::new();
+        if let Some(token) = node_token.map(|t| t.expose()).filter(|t| !t.is_empty()) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                Error::InvalidConfig("node_token must be printable ASCII".into())
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             // The registry is internal; an HTTP_PROXY meant for the
@@ -119,6 +134,12 @@ impl Registry {
                     body,
                 }))
             }
+            StatusCode::UNAUTHORIZED => Err(Error::RegistryProtocol {
+                name: name.to_string(),
+                reason: "the registry refused the cache's node token (401): give both the same \
+                         node_token"
+                    .into(),
+            }),
             s if s.is_server_error() => Err(Error::RegistryUnavailable {
                 reason: format!("the registry answered {s}"),
             }),

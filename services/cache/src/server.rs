@@ -26,7 +26,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let registry = Registry::new(&config.registry_url)?;
+    let tokens = sock_service::Tokens::new(
+        None,
+        config.admin_token.as_ref(),
+        config.node_token.as_ref(),
+    );
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidConfig(format!("cannot read the listen address: {e}")))?;
+    sock_service::require_tokens("the cache", addr, &tokens).map_err(Error::InvalidConfig)?;
+    let registry = Registry::new(&config.registry_url, config.node_token.as_ref())?;
     let data_dir = config.data_dir.clone();
     let installer = Arc::new(SandboxdInstaller::new(&config)?);
     let planner_config = config.clone();
@@ -41,7 +50,7 @@ pub async fn run(
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
     let (metrics, exposed) = Metrics::new();
-    sock_service::serve_metrics(&config.metrics_listen, exposed, stop.clone())
+    sock_service::serve_metrics(&config.metrics_listen, exposed, &tokens, stop.clone())
         .await
         .map_err(Error::Metrics)?;
     let preparer = Preparer::new(
@@ -57,13 +66,24 @@ pub async fn run(
 
     let (health, _) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServer<CacheService>>().await;
-    let mut server = Server::builder().layer(sock_telemetry::grpc::ServerTraceLayer);
+    let mut server = Server::builder()
+        .layer(sock_telemetry::grpc::ServerTraceLayer)
+        .layer(sock_service::AuthLayer::new(tokens, access));
     tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
     sock_service::with_standard_services(&mut server, health)
         .add_service(CacheServer::new(service))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await
         .map_err(Error::Serve)
+}
+
+/// `Prepare` is for the node's sandboxd, with the node token.
+fn access(path: &str) -> sock_service::Access {
+    if path.starts_with("/sock.v1.Cache/") {
+        sock_service::Access::Node
+    } else {
+        sock_service::Access::Open
+    }
 }
 
 struct CacheService {

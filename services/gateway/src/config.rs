@@ -1,7 +1,8 @@
 //! The gateway's settings (section `[gateway]`, env `SOCK_GATEWAY_*`).
 use serde::{Deserialize, Serialize};
+use sock_service::Secret;
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// gRPC address the public API listens on.
@@ -36,9 +37,12 @@ pub struct Config {
     /// How often `dns:` node names are resolved again.
     pub dns_refresh_ms: u64,
     /// Bearer token callers must present to invoke functions; none = open.
-    pub invoke_token: Option<String>,
+    pub invoke_token: Option<Secret>,
     /// Bearer token for `Logs` and `/metrics`; none = open.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// The token sock's services show each other: sent to the registry
+    /// and to sandboxd nodes reached over TCP.
+    pub node_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -60,40 +64,21 @@ impl Default for Config {
             dns_refresh_ms: 5000,
             invoke_token: None,
             admin_token: None,
+            node_token: None,
         }
     }
 }
 
-/// Like a derived Debug, but tokens show only whether they are set: the
-/// effective config is logged.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("http_listen", &self.http_listen)
-            .field("registry_addr", &self.registry_addr)
-            .field("sandboxd_addr", &self.sandboxd_addr)
-            .field("sandboxd_addrs", &self.sandboxd_addrs)
-            .field("registry_cache_ms", &self.registry_cache_ms)
-            .field("default_timeout_ms", &self.default_timeout_ms)
-            .field("max_concurrency", &self.max_concurrency)
-            .field(
-                "max_concurrency_per_function",
-                &self.max_concurrency_per_function,
-            )
-            .field("max_queue", &self.max_queue)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("max_concurrency_per_node", &self.max_concurrency_per_node)
-            .field("health_interval_ms", &self.health_interval_ms)
-            .field("dns_refresh_ms", &self.dns_refresh_ms)
-            .field("invoke_token", &secret(&self.invoke_token))
-            .field("admin_token", &secret(&self.admin_token))
-            .finish()
-    }
-}
-
 impl Config {
+    /// What the gateway's own servers accept.
+    pub(crate) fn tokens(&self) -> sock_service::Tokens {
+        sock_service::Tokens::new(
+            self.invoke_token.as_ref(),
+            self.admin_token.as_ref(),
+            None,
+        )
+    }
+
     /// The configured nodes: `sandboxd_addrs`, or `sandboxd_addr` alone.
     pub(crate) fn node_addrs(&self) -> Vec<String> {
         if self.sandboxd_addrs.is_empty() {

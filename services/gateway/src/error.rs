@@ -15,7 +15,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 /// Response header (and gRPC metadata) naming the error's [`Kind`].
-pub const ERROR_HEADER: &str = "x-sock-error";
+pub use sock_service::ERROR_HEADER;
 /// Seconds a client told "overloaded" should wait before trying again.
 pub(crate) const RETRY_AFTER_SECS: u32 = 1;
 
@@ -33,6 +33,7 @@ pub enum Kind {
     PayloadTooLarge,
     /// sock itself failed: a node, the registry or the cache is down.
     Platform,
+    /// Stamped by sock_service's auth layer, before any handler runs.
     Unauthenticated,
     /// The request itself is wrong: a bad name, a zero timeout, a payload
     /// that is not JSON, an f(event) call of a web app.
@@ -122,10 +123,6 @@ pub enum Error {
     PayloadTooLarge { size: u64, limit: u64 },
     #[error("{0}; retry in a moment")]
     Overloaded(String),
-    #[error(
-        "missing or wrong bearer token; pass it as `authorization: Bearer <token>` (`sock --token` or SOCK_TOKEN)"
-    )]
-    Unauthenticated,
     #[error("registry unavailable: {0}")]
     RegistryUnavailable(String),
     #[error("no sandbox node reachable: {0}")]
@@ -177,7 +174,6 @@ impl Error {
             Error::MethodNotAllowed { .. } => Kind::MethodNotAllowed,
             Error::PayloadTooLarge { .. } => Kind::PayloadTooLarge,
             Error::Overloaded(_) => Kind::Overloaded,
-            Error::Unauthenticated => Kind::Unauthenticated,
             Error::DeadlineExceeded { .. } | Error::QueueTimeout { .. } => Kind::Timeout,
             Error::Function(error) => Kind::of_function_error(error),
             Error::Sandboxd(status) => match status.code() {

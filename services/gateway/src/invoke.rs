@@ -13,7 +13,7 @@ use sock_proto::v1::{
     FunctionConfig, FunctionError, FunctionRef, HttpRequest, HttpResponse, SandboxInvokeRequest,
     sandbox_invoke_response,
 };
-use sock_telemetry::grpc::TracedChannel;
+use sock_service::AuthedChannel;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
@@ -85,7 +85,7 @@ impl Admit for Call {
 }
 
 pub(crate) struct Invoker {
-    functions: MetadataCache<RegistryClient<TracedChannel>>,
+    functions: MetadataCache<RegistryClient<AuthedChannel>>,
     stack: BoxCloneSyncService<Call, Answer, Error>,
     queue: Arc<Queue>,
     default_timeout_ms: u32,
@@ -104,7 +104,7 @@ pub(crate) struct Limits {
 
 impl Invoker {
     pub fn new(
-        functions: MetadataCache<RegistryClient<TracedChannel>>,
+        functions: MetadataCache<RegistryClient<AuthedChannel>>,
         nodes: Arc<Nodes>,
         limits: Limits,
         metrics: Arc<Metrics>,

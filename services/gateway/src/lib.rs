@@ -11,7 +11,6 @@
 #![forbid(unsafe_code)]
 
 mod admission;
-mod auth;
 mod config;
 mod deadline;
 mod error;
@@ -27,7 +26,7 @@ use std::time::Duration;
 
 use sock_proto::v1::gateway_server::GatewayServer;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_telemetry::grpc::{ServerTraceLayer, traced};
+use sock_telemetry::grpc::ServerTraceLayer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -59,15 +58,29 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    for (field, listener) in [("listen", &grpc), ("http_listen", &http)] {
+        let addr = listener.local_addr().map_err(Error::ServeHttp)?;
+        sock_service::require_tokens("the gateway", addr, &config.tokens()).map_err(|reason| {
+            Error::InvalidConfig {
+                field,
+                value: addr.to_string(),
+                reason,
+            }
+        })?;
+    }
     let registry =
         nodes::endpoint("registry_addr", &config.registry_addr)?.timeout(REGISTRY_TIMEOUT);
-    let registry = RegistryClient::new(traced(registry.connect_lazy()));
+    let registry = RegistryClient::new(nodes::with_token(
+        registry,
+        config.node_token.as_ref(),
+    )?);
     let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
     // Background tasks stop with the servers, however they end.
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
     let nodes = Nodes::start(
         config.node_addrs(),
+        config.node_token.clone(),
         config.max_concurrency_per_node,
         Duration::from_millis(config.health_interval_ms),
         Duration::from_millis(config.dns_refresh_ms),
@@ -101,10 +114,7 @@ pub async fn run(
         nodes: nodes.clone(),
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
-    let auth = auth::AuthLayer::new(
-        config.invoke_token.as_deref(),
-        config.admin_token.as_deref(),
-    );
+    let auth = sock_service::AuthLayer::new(config.tokens(), access);
     let mut server = Server::builder()
         .layer(ServerTraceLayer)
         .layer(auth.clone())
@@ -142,6 +152,17 @@ pub async fn run(
         },
     )?;
     Ok(())
+}
+
+/// What each path of the gateway's two servers needs.
+fn access(path: &str) -> sock_service::Access {
+    use sock_service::Access;
+    match path {
+        "/sock.v1.Gateway/Invoke" => Access::Invoke,
+        "/sock.v1.Gateway/Logs" | "/metrics" => Access::Admin,
+        p if p.starts_with("/run/") => Access::Invoke,
+        _ => Access::Open,
+    }
 }
 
 /// tonic refuses a request over the decoding limit with OUT_OF_RANGE;

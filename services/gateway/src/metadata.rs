@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{FunctionInfo, GetFunctionRequest};
-use sock_telemetry::grpc::TracedChannel;
+use sock_service::AuthedChannel;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -25,7 +25,7 @@ pub(crate) trait FunctionSource: Send + Sync {
     fn fetch(&self, name: &str) -> impl Future<Output = Result<FunctionInfo, Status>> + Send;
 }
 
-impl FunctionSource for RegistryClient<TracedChannel> {
+impl FunctionSource for RegistryClient<AuthedChannel> {
     async fn fetch(&self, name: &str) -> Result<FunctionInfo, Status> {
         let request = GetFunctionRequest {
             name: name.to_string(),

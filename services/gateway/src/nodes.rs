@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{SandboxInvokeRequest, SandboxInvokeResponse};
-use sock_telemetry::grpc::{TracedChannel, traced};
+use sock_service::AuthedChannel;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tonic_health::pb::health_client::HealthClient;
@@ -32,15 +32,15 @@ const DNS_PREFIX: &str = "dns:";
 
 pub(crate) struct Node {
     pub addr: String,
-    pub client: SandboxdClient<TracedChannel>,
-    health: HealthClient<TracedChannel>,
+    pub client: SandboxdClient<AuthedChannel>,
+    health: HealthClient<AuthedChannel>,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
 }
 
 impl Node {
-    fn new(addr: String) -> Result<Arc<Node>, Error> {
-        let channel = traced(endpoint("sandboxd_addrs", &addr)?.connect_lazy());
+    fn new(addr: String, token: Option<&sock_service::Secret>) -> Result<Arc<Node>, Error> {
+        let channel = authed("sandboxd_addrs", &addr, token)?;
         Ok(Arc::new(Node {
             client: SandboxdClient::new(channel.clone()),
             health: HealthClient::new(channel),
@@ -94,14 +94,18 @@ impl Drop for InFlight {
 pub(crate) struct Nodes {
     nodes: RwLock<Arc<[Arc<Node>]>>,
     max_in_flight: usize,
+    /// Sent to every node: a node over TCP wants it; over a unix socket
+    /// its peer credentials are checked instead.
+    token: Option<sock_service::Secret>,
 }
 
 impl Nodes {
-    /// The nodes of `addrs` (URLs or `dns:HOST:PORT`), health-checked every
-    /// `health_interval`; DNS names are resolved every `dns_refresh` until
-    /// `stop`.
+    /// The nodes of `addrs` (URLs, `unix:PATH` or `dns:HOST:PORT`),
+    /// health-checked every `health_interval`; DNS names are resolved
+    /// every `dns_refresh` until `stop`. Every call carries `token`.
     pub async fn start(
         addrs: Vec<String>,
+        token: Option<sock_service::Secret>,
         max_in_flight: usize,
         health_interval: Duration,
         dns_refresh: Duration,
@@ -111,7 +115,7 @@ impl Nodes {
             addrs.into_iter().partition(|a| a.starts_with(DNS_PREFIX));
         let mut fixed = Vec::new();
         for url in urls {
-            fixed.push(Node::new(url)?);
+            fixed.push(Node::new(url, token.as_ref())?);
         }
         let names: Vec<String> = names
             .into_iter()
@@ -132,6 +136,7 @@ impl Nodes {
         let nodes = Arc::new(Nodes {
             nodes: RwLock::new(fixed.clone().into()),
             max_in_flight: max_in_flight.max(1),
+            token,
         });
         if !names.is_empty() {
             nodes.resolve(&fixed, &names).await;
@@ -175,7 +180,7 @@ impl Nodes {
             }
             match current.iter().find(|n| n.addr == addr) {
                 Some(node) => next.push(node.clone()),
-                None => match Node::new(addr) {
+                None => match Node::new(addr, self.token.as_ref()) {
                     Ok(node) => next.push(node),
                     Err(e) => tracing::warn!(error = %e, "skipping a resolved node"),
                 },
@@ -340,6 +345,28 @@ async fn resolver(
     }
 }
 
+/// A channel to the peer at `addr` (config field `field`) that sends
+/// `token`.
+fn authed(
+    field: &'static str,
+    addr: &str,
+    token: Option<&sock_service::Secret>,
+) -> Result<AuthedChannel, Error> {
+    with_token(endpoint(field, addr)?, token)
+}
+
+/// `endpoint`'s lazy channel, sending the node token `token`.
+pub(crate) fn with_token(
+    endpoint: Endpoint,
+    token: Option<&sock_service::Secret>,
+) -> Result<AuthedChannel, Error> {
+    sock_service::authed(endpoint.connect_lazy(), token).map_err(|reason| Error::InvalidConfig {
+        field: "node_token",
+        value: "<redacted>".into(),
+        reason,
+    })
+}
+
 /// The endpoint of a peer from the config field `field`.
 pub(crate) fn endpoint(field: &'static str, addr: &str) -> Result<Endpoint, Error> {
     let endpoint = Endpoint::from_shared(addr.to_string()).map_err(|e| Error::InvalidConfig {
@@ -386,6 +413,7 @@ mod tests {
         let _stop = stop.clone().drop_guard();
         let nodes = Nodes::start(
             vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            None,
             1,
             Duration::from_secs(3600),
             Duration::from_secs(3600),
@@ -427,6 +455,7 @@ mod tests {
     async fn dns_entries_must_name_a_port() {
         let result = Nodes::start(
             vec!["dns:sandboxd".into()],
+            None,
             1,
             Duration::from_secs(1),
             Duration::from_secs(1),
@@ -442,6 +471,7 @@ mod tests {
         let _stop = stop.clone().drop_guard();
         let nodes = Nodes::start(
             vec!["dns:localhost:7074".into()],
+            None,
             1,
             Duration::from_secs(3600),
             Duration::from_secs(3600),

@@ -997,7 +997,7 @@ async fn tokens_guard_calls_and_the_admin_surface() {
     let status = assert_status(
         gateway.invoke("plain", b"{}").await,
         Code::Unauthenticated,
-        "bearer token",
+        "missing or wrong invoke token",
     );
     assert_eq!(
         status

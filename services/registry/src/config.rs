@@ -2,8 +2,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sock_service::Secret;
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Address of the gRPC admin API (push, get, list, delete).
@@ -14,10 +15,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest bundle accepted, compressed, in MiB.
     pub max_bundle_mb: u64,
-    /// Bearer token push and delete need; none = open.
-    pub admin_token: Option<String>,
-    /// Serve the admin API on a non-loopback address without a token.
-    pub allow_insecure_admin: bool,
+    /// Bearer token of the admin API (push, list, delete) and `/metrics`;
+    /// none = open, and then only loopback addresses are served.
+    pub admin_token: Option<Secret>,
+    /// Bearer token of what the gateway and caches read: `GetFunction`
+    /// and the bundle store.
+    pub node_token: Option<Secret>,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
 }
@@ -30,32 +33,17 @@ impl Default for Config {
             data_dir: PathBuf::from(".sock/registry"),
             max_bundle_mb: 32,
             admin_token: None,
-            allow_insecure_admin: false,
+            node_token: None,
             metrics_listen: String::new(),
         }
     }
 }
 
-/// Like a derived Debug, but the token shows only whether it is set: the
-/// effective config is logged.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("grpc_listen", &self.grpc_listen)
-            .field("http_listen", &self.http_listen)
-            .field("data_dir", &self.data_dir)
-            .field("max_bundle_mb", &self.max_bundle_mb)
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("allow_insecure_admin", &self.allow_insecure_admin)
-            .field("metrics_listen", &self.metrics_listen)
-            .finish()
-    }
-}
-
 impl Config {
+    pub(crate) fn tokens(&self) -> sock_service::Tokens {
+        sock_service::Tokens::new(None, self.admin_token.as_ref(), self.node_token.as_ref())
+    }
+
     pub(crate) fn max_bundle_bytes(&self) -> u64 {
         self.max_bundle_mb.saturating_mul(1 << 20)
     }

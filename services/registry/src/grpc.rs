@@ -20,35 +20,7 @@ use crate::metrics::Metrics;
 
 struct RegistryService {
     functions: Functions,
-    admin_token: Option<String>,
     metrics: Arc<Metrics>,
-}
-
-impl RegistryService {
-    /// Push and delete change what runs; with an admin token they need it.
-    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
-        let Some(token) = &self.admin_token else {
-            return Ok(());
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        // Constant time, so timing does not tell how much of a guess was right.
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
-            Ok(())
-        } else {
-            Err(Error::Unauthenticated)
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -57,13 +29,8 @@ impl Registry for RegistryService {
         &self,
         request: Request<PushFunctionRequest>,
     ) -> Result<Response<FunctionInfo>, Status> {
-        let pushed = async {
-            self.check_admin(&request)?;
-            let PushFunctionRequest { name, bundle } = request.into_inner();
-            self.functions.push(name, bundle).await
-        }
-        .await
-        .map_err(Status::from);
+        let PushFunctionRequest { name, bundle } = request.into_inner();
+        let pushed = self.functions.push(name, bundle).await.map_err(Status::from);
         self.metrics
             .pushed(pushed.as_ref().map(|_| ()).map_err(Status::code));
         Ok(Response::new(pushed?))
@@ -89,7 +56,6 @@ impl Registry for RegistryService {
         &self,
         request: Request<DeleteFunctionRequest>,
     ) -> Result<Response<DeleteFunctionResponse>, Status> {
-        self.check_admin(&request)?;
         self.functions.delete(request.into_inner().name).await?;
         Ok(Response::new(DeleteFunctionResponse {}))
     }
@@ -107,7 +73,7 @@ pub(crate) async fn serve(
     functions: Functions,
     listener: TcpListener,
     max_bundle_bytes: u64,
-    admin_token: Option<String>,
+    tokens: sock_service::Tokens,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -118,19 +84,30 @@ pub(crate) async fn serve(
     let max_message = max_bundle_bytes.saturating_add(REQUEST_OVERHEAD);
     let service = RegistryServer::new(RegistryService {
         functions,
-        admin_token,
         metrics,
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
     let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));
     let mut server = Server::builder()
         .layer(sock_telemetry::grpc::ServerTraceLayer)
+        .layer(sock_service::AuthLayer::new(tokens, access))
         .layer(MapResponseLayer::new(too_large));
     sock_service::with_standard_services(&mut server, health)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// Changing or listing what is deployed is the operator's; reading one
+/// function is also what the gateway does, with the node token.
+fn access(path: &str) -> sock_service::Access {
+    use sock_service::Access;
+    match path {
+        "/sock.v1.Registry/GetFunction" => Access::Node,
+        p if p.starts_with("/sock.v1.Registry/") => Access::Admin,
+        _ => Access::Open,
+    }
 }
 
 /// tonic 0.14 refuses a request over the decoding limit with OUT_OF_RANGE

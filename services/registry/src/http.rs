@@ -39,12 +39,19 @@ pub(crate) async fn serve(
     functions: Functions,
     metrics: Arc<Metrics>,
     listener: TcpListener,
+    tokens: sock_service::Tokens,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let app = router(functions).layer(axum::middleware::from_fn_with_state(
-        metrics,
-        crate::metrics::count_fetches,
-    ));
+    // Bundles hold every function's code and ol.yaml (secrets included):
+    // only the cache, with the node token, reads them.
+    let app = router(functions)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count_fetches,
+        ))
+        .layer(sock_service::AuthLayer::new(tokens, |_| {
+            sock_service::Access::Node
+        }));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -34,13 +34,10 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    if config.admin_token.is_none() && !config.allow_insecure_admin {
-        let addr = grpc.local_addr().map_err(Error::Http)?;
-        if !addr.ip().is_loopback() {
-            return Err(Error::InsecureAdmin {
-                addr: addr.to_string(),
-            });
-        }
+    let tokens = config.tokens();
+    for listener in [&grpc, &http] {
+        let addr = listener.local_addr().map_err(Error::Http)?;
+        sock_service::require_tokens("the registry", addr, &tokens).map_err(Error::Insecure)?;
     }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
@@ -54,7 +51,7 @@ pub async fn run(
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
     let (metrics, exposed) = metrics::Metrics::new();
-    sock_service::serve_metrics(&config.metrics_listen, exposed, stop.clone())
+    sock_service::serve_metrics(&config.metrics_listen, exposed, &tokens, stop.clone())
         .await
         .map_err(Error::Metrics)?;
     tracing::info!(
@@ -67,11 +64,11 @@ pub async fn run(
             functions.clone(),
             grpc,
             limits.max_bundle_bytes,
-            config.admin_token.clone(),
+            tokens.clone(),
             metrics.clone(),
             stop.clone()
         ),
-        http::serve(functions, metrics, http, stop.clone()),
+        http::serve(functions, metrics, http, tokens, stop.clone()),
     )?;
     Ok(())
 }

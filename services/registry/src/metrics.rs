@@ -24,7 +24,7 @@ impl Metrics {
         let pushes = Family::<Labels, Counter>::default();
         registry.register(
             "pushes",
-            "Pushes by outcome: ok, refused (invalid bundle or name), unauthenticated, error",
+            "Pushes by outcome: ok, refused (invalid bundle or name), error",
             pushes.clone(),
         );
         let fetches = Family::<Labels, Counter>::default();
@@ -40,7 +40,6 @@ impl Metrics {
         let outcome = match outcome {
             Ok(()) => "ok",
             Err(tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) => "refused",
-            Err(tonic::Code::Unauthenticated) => "unauthenticated",
             Err(_) => "error",
         };
         self.pushes.get_or_create(&[("outcome", outcome)]).inc();
@@ -78,7 +77,6 @@ mod tests {
         metrics.pushed(Ok(()));
         metrics.pushed(Ok(()));
         metrics.pushed(Err(tonic::Code::InvalidArgument));
-        metrics.pushed(Err(tonic::Code::Unauthenticated));
         metrics.fetched(StatusCode::OK);
         metrics.fetched(StatusCode::NOT_MODIFIED);
         metrics.fetched(StatusCode::NOT_MODIFIED);
@@ -87,7 +85,6 @@ mod tests {
         for line in [
             r#"sock_registry_pushes_total{outcome="ok"} 2"#,
             r#"sock_registry_pushes_total{outcome="refused"} 1"#,
-            r#"sock_registry_pushes_total{outcome="unauthenticated"} 1"#,
             r#"sock_registry_fetches_total{answer="bundle"} 1"#,
             r#"sock_registry_fetches_total{answer="not_modified"} 2"#,
             r#"sock_registry_fetches_total{answer="error"} 1"#,

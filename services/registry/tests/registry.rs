@@ -490,51 +490,102 @@ async fn functions_survive_a_restart() {
     registry.stop().await;
 }
 
+/// `request` with `authorization: Bearer <token>`.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
 #[tokio::test]
-async fn an_admin_token_guards_push_and_delete_but_not_reads() {
+async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut registry = Registry::start_with(Config {
         data_dir: dir.path().to_path_buf(),
-        admin_token: Some("s3cret".into()),
+        admin_token: Some("admin-s3cret".into()),
+        node_token: Some("node-s3cret".into()),
         ..Config::default()
     })
     .await;
-    let refused = registry
-        .push("hello", bundle("def f(event):\n    return 1\n"))
-        .await
-        .expect_err("no token");
-    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert!(refused.message().contains("admin token"), "{refused:?}");
-
-    let mut request = tonic::Request::new(PushFunctionRequest {
+    let code = || bundle("def f(event):\n    return 1\n");
+    let refused = registry.push("hello", code()).await.expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("missing or wrong admin token"),
+        "{refused:?}"
+    );
+    let push = || PushFunctionRequest {
         name: "hello".into(),
-        bundle: bundle("def f(event):\n    return 1\n"),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", "Bearer s3cret".parse().expect("ascii"));
+        bundle: code(),
+    };
+    let refused = registry
+        .grpc
+        .push_function(with_token(push(), "node-s3cret"))
+        .await
+        .expect_err("the node token does not push");
+    assert_eq!(refused.code(), Code::Unauthenticated);
     registry
         .grpc
-        .push_function(request)
+        .push_function(with_token(push(), "admin-s3cret"))
         .await
-        .expect("with the token");
-    assert_eq!(
-        registry
-            .info("hello")
+        .expect("with the admin token");
+
+    // Reads: listing is the operator's, one function is also the nodes'.
+    let list = registry
+        .grpc
+        .list_functions(ListFunctionsRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(list.code(), Code::Unauthenticated);
+    let get = registry.info("hello").await.expect_err("no token");
+    assert_eq!(get.code(), Code::Unauthenticated);
+    for token in ["node-s3cret", "admin-s3cret"] {
+        let info = registry
+            .grpc
+            .get_function(with_token(
+                GetFunctionRequest {
+                    name: "hello".into(),
+                },
+                token,
+            ))
             .await
-            .expect("reads stay open")
-            .version,
-        1
-    );
+            .expect("a node reads one function");
+        assert_eq!(info.into_inner().version, 1);
+    }
+
+    // Bundles hold code and ol.yaml: the cache's, with the node token.
+    let anonymous = registry.get("hello").send().await.expect("answer");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    let text = anonymous.text().await.expect("body");
+    assert!(text.contains("missing or wrong node token"), "{text}");
+    assert!(!text.contains("def f"), "{text}");
+    let wrong = registry
+        .get("hello")
+        .bearer_auth("node-s3creX")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let served = registry
+        .get("hello")
+        .bearer_auth("node-s3cret")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(served.status(), StatusCode::OK);
 
     let delete = registry
         .grpc
-        .delete_function(sock_proto::v1::DeleteFunctionRequest {
+        .delete_function(DeleteFunctionRequest {
             name: "hello".into(),
         })
         .await
         .expect_err("no token");
-    assert_eq!(delete.code(), tonic::Code::Unauthenticated);
+    assert_eq!(delete.code(), Code::Unauthenticated);
     registry.stop().await;
 }
 
@@ -551,16 +602,19 @@ async fn the_admin_api_refuses_a_public_address_without_a_token() {
         .await
         .expect_err("no token on 0.0.0.0");
     assert!(
-        refused.to_string().contains("without an admin_token"),
+        refused
+            .to_string()
+            .contains("refusing to serve the registry on 0.0.0.0:"),
         "{refused}"
     );
-    // Told explicitly, it starts.
+    // With tokens, it starts.
     let grpc = TcpListener::bind("0.0.0.0:0").await.expect("bind grpc");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sock_registry::run(
         Config {
-            allow_insecure_admin: true,
+            admin_token: Some("admin".into()),
+            node_token: Some("node".into()),
             ..config
         },
         grpc,

@@ -7,8 +7,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// gRPC address of the `sock.v1.Sandboxd` service.
+    /// Where `sock.v1.Sandboxd` answers: `unix:PATH` (the socket file is
+    /// 0600, or 0660 with `client_gid`), or `HOST:PORT`, which needs
+    /// `node_token`.
     pub listen: String,
+    /// The uid and gid besides root that may call over the unix socket
+    /// (the gateway's); the socket file is handed to them and each
+    /// connection's peer credentials are checked.
+    pub client_uid: Option<u32>,
+    pub client_gid: Option<u32>,
+    /// The token sock's services show each other: required of callers
+    /// over TCP, and sent to the cache's `Prepare`.
+    pub node_token: Option<sock_service::Secret>,
+    /// Bearer token of `/metrics`; none = open, and then only loopback
+    /// addresses are served.
+    pub admin_token: Option<sock_service::Secret>,
     /// gRPC address of the node's cache.
     pub cache_addr: String,
     /// sandboxd's state: the runtime file and the sandboxes' root mount
@@ -78,7 +91,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:7074".into(),
+            listen: "unix:.sock/sandboxd.sock".into(),
+            client_uid: None,
+            client_gid: None,
+            node_token: None,
+            admin_token: None,
             cache_addr: "http://127.0.0.1:7073".into(),
             data_dir: ".sock/sandboxd".into(),
             instance: "default".into(),

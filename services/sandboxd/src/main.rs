@@ -24,9 +24,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: sock_sandboxd::Config) -> anyhow::Result<()> {
-    let listener = sock_service::bind(&config.listen).await?;
+    let listener = sock_sandboxd::bind(&config).await?;
     let shutdown = sock_service::shutdown_on_signals()?;
-    tracing::info!(listen = %config.listen, "sock-sandboxd listening");
+    tracing::info!(listen = %listener.describe(), "sock-sandboxd listening");
     sock_sandboxd::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
@@ -11,9 +12,9 @@ use sock_proto::v1::{
     PrepareRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
     ZygoteStatus,
 };
-use sock_telemetry::grpc::{ServerTraceLayer, TracedChannel};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use sock_service::AuthedChannel;
+use sock_telemetry::grpc::ServerTraceLayer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
@@ -21,9 +22,21 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::listener::Listener;
 use crate::sandbox::{Limits, Outcome, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
 use crate::zygote::ZygoteSpec;
+
+/// Every sandboxd call is the node's own business: the gateway's (or the
+/// operator's). Over a unix socket the peer-credential check has already
+/// admitted the caller.
+fn access(path: &str) -> sock_service::Access {
+    if path.starts_with("/sock.v1.Sandboxd/") {
+        sock_service::Access::Node
+    } else {
+        sock_service::Access::Open
+    }
+}
 
 /// After the grace period the remaining sandboxes are killed, which ends
 /// their calls at once; this bounds the wait for those answers.
@@ -31,7 +44,7 @@ const AFTER_KILL: Duration = Duration::from_secs(5);
 
 struct SandboxdService {
     manager: Arc<Manager>,
-    cache: CacheClient<TracedChannel>,
+    cache: CacheClient<AuthedChannel>,
     default_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
     zygotes: bool,
@@ -227,15 +240,26 @@ impl SandboxdService {
 /// Serves `sock.v1.Sandboxd` on `listener` until `shutdown`; then lets
 /// in-flight calls finish for `shutdown_grace_ms` and destroys every
 /// sandbox, idle or still running. Refuses to start when not root.
+///
+/// Callers over the unix socket are checked by their peer credentials,
+/// callers over TCP by the node token; health and reflection stay open.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let channel = Endpoint::from_shared(config.cache_addr.clone())
         .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
         .connect_lazy();
+    let cache = sock_service::authed(channel, config.node_token.as_ref())
+        .map_err(|e| Error::InvalidConfig(format!("node_token: {e}")))?;
+    let tokens = sock_service::Tokens::new(
+        None,
+        config.admin_token.as_ref(),
+        config.node_token.as_ref(),
+    );
+    let peers = sock_service::PeerCredLayer::new(config.client_uid, config.client_gid);
     let default_timeout_ms = config.timeout_ms;
     let zygotes = config.import_cache == "tree";
     let metrics_listen = config.metrics_listen.clone();
@@ -245,13 +269,15 @@ pub async fn run(
     let stop_metrics = shutdown.child_token();
     let _stop_metrics_on_return = stop_metrics.clone().drop_guard();
     let exposed = crate::metrics::registry(manager.clone(), calls.clone());
-    if let Err(err) = sock_service::serve_metrics(&metrics_listen, exposed, stop_metrics).await {
+    if let Err(err) =
+        sock_service::serve_metrics(&metrics_listen, exposed, &tokens, stop_metrics).await
+    {
         manager.shutdown().await;
         return Err(Error::Metrics(err));
     }
     let service = SandboxdService {
         manager: manager.clone(),
-        cache: CacheClient::new(sock_telemetry::grpc::traced(channel)),
+        cache: CacheClient::new(cache),
         default_timeout_ms,
         zygotes,
         calls,
@@ -261,13 +287,29 @@ pub async fn run(
     health
         .set_serving::<SandboxdServer<SandboxdService>>()
         .await;
-    let mut server = Server::builder().layer(ServerTraceLayer);
-    let stopping = shutdown.clone();
-    let serve = sock_service::with_standard_services(&mut server, health)
-        .add_service(SandboxdServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stopping.cancelled().await
-        });
+    // Peer credentials first: a unix caller they admit needs no token.
+    let mut server = Server::builder()
+        .layer(ServerTraceLayer)
+        .layer(peers)
+        .layer(sock_service::AuthLayer::new(tokens, access));
+    let router = sock_service::with_standard_services(&mut server, health)
+        .add_service(SandboxdServer::new(service));
+    let stopping = shutdown.clone().cancelled_owned();
+    // Held until the server is done: dropping it removes the socket file.
+    let (serve, _socket_file) = match listener {
+        Listener::Tcp(listener) => (
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+                .boxed(),
+            None,
+        ),
+        Listener::Unix(listener, file) => (
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping)
+                .boxed(),
+            Some(file),
+        ),
+    };
     tokio::pin!(serve);
 
     let served = tokio::select! {

@@ -141,11 +141,10 @@ async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
         netns_pool_size: 2,
         ..Config::default()
     };
+    config.listen = format!("unix:{}", socket(dir.path()).display());
     tune(&mut config);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sandboxd");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
+    let addr = config.listen.clone();
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
     Some(Node {
@@ -827,13 +826,12 @@ impl Drop for Daemon {
     }
 }
 
-fn daemon(dir: &Path, cache_addr: &str, instance: &str, port: u16) -> Daemon {
+fn daemon(dir: &Path, cache_addr: &str, instance: &str) -> Daemon {
     daemon_via(
         std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd")),
         dir,
         cache_addr,
         instance,
-        port,
     )
 }
 
@@ -844,11 +842,13 @@ fn daemon_via(
     dir: &Path,
     cache_addr: &str,
     instance: &str,
-    port: u16,
 ) -> Daemon {
     Daemon(
         command
-            .env("SOCK_SANDBOXD_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "SOCK_SANDBOXD_LISTEN",
+                format!("unix:{}", socket(dir).display()),
+            )
             .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
             .env("SOCK_SANDBOXD_DATA_DIR", dir.join("data"))
             .env("SOCK_SANDBOXD_INSTANCE", instance)
@@ -859,31 +859,29 @@ fn daemon_via(
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// Where a node's sandboxd listens: a unix socket in its test dir.
+fn socket(dir: &Path) -> PathBuf {
+    dir.join("sandboxd.sock")
 }
 
 /// A node for a sandboxd run as a process of its own (which a test may
-/// kill), with its fake cache's address, the daemon's port, and a guard
-/// that removes what a failed test leaves.
-async fn daemon_node(what: &str) -> (Node, String, u16, Leftovers) {
+/// kill), with its fake cache's address and a guard that removes what a
+/// failed test leaves.
+async fn daemon_node(what: &str) -> (Node, String, Leftovers) {
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(Catalog::default());
     let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
     let instance = format!("node-{what}-{}", std::process::id());
-    let port = free_port();
+    let client = client(format!("unix:{}", socket(dir.path()).display()));
     let node = Node {
         dir,
         instance: instance.clone(),
         catalog,
-        client: client(format!("http://127.0.0.1:{port}")),
+        client,
         shutdown: CancellationToken::new(),
         served: None,
     };
-    (node, cache_addr, port, Leftovers(instance))
+    (node, cache_addr, Leftovers(instance))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,11 +889,11 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
     if !is_root("crash") {
         return;
     }
-    let (node, cache_addr, port, _cleanup) = daemon_node("crash").await;
+    let (node, cache_addr, _cleanup) = daemon_node("crash").await;
     let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     node.publish("slow", 1, SLEEPER, Limits::default());
-    let mut first = daemon(node.dir.path(), &cache_addr, &instance, port);
+    let mut first = daemon(node.dir.path(), &cache_addr, &instance);
     node.wait_for("the first run serves", |_| true).await;
     node.invoke("counter", 1, "", 20_000)
         .await
@@ -939,7 +937,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         "the call died with the daemon"
     );
 
-    let second = daemon(node.dir.path(), &cache_addr, &instance, port);
+    let second = daemon(node.dir.path(), &cache_addr, &instance);
     let status = node.wait_for("the second run serves", |_| true).await;
     assert_eq!(status.sandboxes, 0);
     for pid in &old_pids {
@@ -976,7 +974,7 @@ async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_i
     if !is_root("crash in a pid namespace") {
         return;
     }
-    let (node, cache_addr, port, _cleanup) = daemon_node("pid1").await;
+    let (node, cache_addr, _cleanup) = daemon_node("pid1").await;
     let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     let mut unshare = std::process::Command::new("unshare");
@@ -984,7 +982,7 @@ async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_i
         .args(["--pid", "--fork", "--"])
         .arg(env!("CARGO_BIN_EXE_sock-sandboxd"))
         .env("SOCK_SANDBOXD_PAUSE_AFTER_MS", "10");
-    let mut container = daemon_via(unshare, node.dir.path(), &cache_addr, &instance, port);
+    let mut container = daemon_via(unshare, node.dir.path(), &cache_addr, &instance);
     node.wait_for("the daemon serves", |_| true).await;
     node.invoke("counter", 1, "", 20_000)
         .await

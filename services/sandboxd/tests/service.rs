@@ -122,6 +122,7 @@ async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
 
     let instance = format!("svc-{test}-{}", std::process::id());
     let config = Config {
+        listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
         cache_addr,
         data_dir: dir.path().join("data"),
         cache_data_dir: dir.path().join("cache"),
@@ -130,10 +131,8 @@ async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
         ..Config::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sandboxd");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
+    let addr = config.listen.clone();
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
     Some(Node {
@@ -337,21 +336,18 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let cache_addr = start_cache(dir.path(), true).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let listen = format!("unix:{}", dir.path().join("sandboxd.sock").display());
     let instance = format!("svc-binary-{}", std::process::id());
     let mut daemon = Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd"))
-            .env("SOCK_SANDBOXD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SOCK_SANDBOXD_LISTEN", &listen)
             .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
             .env("SOCK_SANDBOXD_DATA_DIR", dir.path().join("data"))
             .env("SOCK_SANDBOXD_INSTANCE", &instance)
             .spawn()
             .expect("start sock-sandboxd"),
     );
-    let client = client(format!("http://127.0.0.1:{port}"));
+    let client = client(listen);
     wait_for_sandboxes(&client, 0).await;
 
     let response = invoke(client, "echo", r#"{"say": "from the binary"}"#)
