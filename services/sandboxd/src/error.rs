@@ -37,6 +37,9 @@ pub enum Error {
     CgroupMissing { controller: &'static str },
     #[error("code or package dir {path} is not an absolute path to a directory")]
     CodeDir { path: String },
+    /// A dir that a symlink (or `..`) could redirect: root mounts none.
+    #[error("refusing to mount a code or package dir: {0}")]
+    UnsafeDir(String),
     #[error("cannot start sandbox init {program}: {source}")]
     Spawn {
         program: String,
@@ -95,6 +98,9 @@ impl From<Error> for Status {
                     | Error::Root { .. } => "cannot start a sandbox",
                     Error::Setup { .. } => "sandbox setup failed",
                     Error::CodeDir { .. } => "the function's code is not on this node",
+                    Error::UnsafeDir(_) => {
+                        "the function's code or packages are unsafe to mount (a symlink on their path)"
+                    }
                     Error::Destroyed { .. } => "the sandbox was destroyed during the call",
                     _ => "sandboxd failed",
                 };

@@ -63,6 +63,9 @@ pub(crate) struct InitSpec {
     /// More host dirs in the root: (host dir, sandbox path, writable).
     #[serde(default)]
     pub extra_dirs: Vec<(PathBuf, String, bool)>,
+    /// The cache's data dir: dirs below it are opened beneath it.
+    #[serde(default)]
+    pub cache_data_dir: Option<PathBuf>,
 }
 
 /// A zygote's runtime becomes root of a user namespace of its own: root
@@ -178,6 +181,7 @@ fn init() -> Result<i32, InitError> {
             package_dirs: &spec.package_dirs,
             tmp_mb: spec.tmp_mb,
             extra: &spec.extra_dirs,
+            cache_data_dir: spec.cache_data_dir.as_deref(),
         },
         &RealHost,
     );
@@ -412,6 +416,7 @@ mod tests {
             zygote: None,
             command: None,
             extra_dirs: vec![],
+            cache_data_dir: Some("/cache".into()),
         }
     }
 

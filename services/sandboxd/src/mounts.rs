@@ -7,10 +7,18 @@
 //! size-limited `/tmp`, a minimal `/dev`, then `pivot_root` and a read-only
 //! remount of `/`. All of it is private to the namespace: the host, and
 //! other sandboxes using the same mount point, never see it.
-use std::os::fd::{FromRawFd, OwnedFd};
+//!
+//! Directories that untrusted code could have written (the cache's code and
+//! package dirs, the installer's) are bound by file descriptor: opened once
+//! with no symlink allowed anywhere on their path ([`open_untrusted_dir`]),
+//! then mounted from that fd, so a symlink planted on the way can never make
+//! root mount a host dir of its choosing.
+use std::ffi::CStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// Host top-level entries bound read-only (or recreated as symlinks, as
@@ -56,6 +64,9 @@ pub(crate) struct RootSpec<'a> {
     pub tmp_mb: u64,
     /// More host dirs: (host dir, sandbox path, writable). The installer's.
     pub extra: &'a [(PathBuf, String, bool)],
+    /// The cache's data dir (absolute, from the operator's config): code,
+    /// package and extra dirs below it are opened beneath it.
+    pub cache_data_dir: Option<&'a Path>,
 }
 
 /// A host entry as the planner sees it.
@@ -123,6 +134,15 @@ pub(crate) enum Step {
         file: bool,
         flags: MsFlags,
     },
+    /// Bind a directory that untrusted code could have written, by fd
+    /// ([`open_untrusted_dir`], beneath `base` when set), then remount it
+    /// with `flags`.
+    UntrustedBind {
+        src: PathBuf,
+        base: Option<PathBuf>,
+        dest: PathBuf,
+        flags: MsFlags,
+    },
     Tmpfs {
         dest: PathBuf,
         options: String,
@@ -182,25 +202,35 @@ pub(crate) fn plan(spec: &RootSpec<'_>, host: &dyn HostView) -> Vec<Step> {
         .collect();
     steps.extend(etc.iter().filter_map(|e| mirror(host, &format!("etc/{e}"))));
 
-    let bind_ro = |src: &Path, dest: &str| Step::Bind {
+    // Every dir the cache or the installer wrote; sandboxd made none of them.
+    let untrusted = |src: &Path, dest: &str, flags: MsFlags| Step::UntrustedBind {
         src: src.to_path_buf(),
+        base: spec
+            .cache_data_dir
+            .filter(|base| src.starts_with(base))
+            .map(Path::to_path_buf),
         dest: dest.trim_start_matches('/').into(),
-        file: false,
-        flags: ro(),
+        flags,
     };
     if let Some(code_dir) = spec.code_dir {
-        steps.push(bind_ro(code_dir, CODE_DIR));
+        steps.push(untrusted(code_dir, CODE_DIR, ro()));
     }
     for (i, dir) in spec.package_dirs.iter().enumerate() {
-        steps.push(bind_ro(dir, &package_dir(i)));
+        steps.push(untrusted(dir, &package_dir(i), ro()));
     }
-    steps.push(bind_ro(spec.runtime_dir, RUNTIME_DIR));
+    // sandboxd's own data dir, which nothing untrusted writes.
+    steps.push(Step::Bind {
+        src: spec.runtime_dir.to_path_buf(),
+        dest: RUNTIME_DIR.trim_start_matches('/').into(),
+        file: false,
+        flags: ro(),
+    });
     for (src, dest, writable) in spec.extra {
-        let mut step = bind_ro(src, dest);
-        if let (true, Step::Bind { flags, .. }) = (*writable, &mut step) {
-            *flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        }
-        steps.push(step);
+        let flags = match writable {
+            true => MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            false => ro(),
+        };
+        steps.push(untrusted(src, dest, flags));
     }
 
     steps.push(Step::Tmpfs {
@@ -264,6 +294,21 @@ pub(crate) enum MountError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is or passes through a symlink")]
+    Symlink { path: PathBuf },
+    #[error("{path} leads outside {base}")]
+    Escapes { path: PathBuf, base: PathBuf },
+}
+
+impl MountError {
+    /// Whether the path was refused as unsafe to mount, rather than
+    /// missing or failing.
+    pub(crate) fn is_unsafe_path(&self) -> bool {
+        matches!(
+            self,
+            MountError::Symlink { .. } | MountError::Escapes { .. }
+        )
+    }
 }
 
 fn sys(syscall: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> MountError {
@@ -307,6 +352,80 @@ fn remount(dest: &Path, flags: MsFlags) -> Result<(), MountError> {
     .map_err(sys("remount", dest))
 }
 
+/// Opens `path`, a directory that untrusted code could have written, as an
+/// `O_PATH` fd, refusing any symlink (or /proc magic link) on the way:
+/// root resolves such a path once, here, and mounts from the fd. If it is
+/// below `base` (trusted, opened as configured), the rest resolves beneath
+/// it, so no `..` leaves it either.
+pub(crate) fn open_untrusted_dir(path: &Path, base: Option<&Path>) -> Result<OwnedFd, MountError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let below = base.and_then(|base| Some((base, path.strip_prefix(base).ok()?)));
+    let opened = match below {
+        Some((base, rel)) => {
+            let dir = nix::fcntl::open(
+                base,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(sys("open", base))?;
+            let rel = match rel.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => rel,
+            };
+            openat2(
+                dir,
+                rel,
+                how.resolve(
+                    ResolveFlag::RESOLVE_BENEATH
+                        | ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                ),
+            )
+        }
+        None => openat2(AT_FDCWD, path, how),
+    };
+    opened.map_err(|errno| match errno {
+        nix::errno::Errno::ELOOP => MountError::Symlink { path: path.into() },
+        nix::errno::Errno::EXDEV => MountError::Escapes {
+            path: path.into(),
+            base: base.unwrap_or(Path::new("/")).into(),
+        },
+        errno => sys("openat2", path)(errno),
+    })
+}
+
+/// Binds the directory `src` is open on at `dest`: a clone of just that
+/// mount (`open_tree`) moved into place, never a path looked up again.
+#[allow(unsafe_code)]
+fn bind_fd(src: BorrowedFd<'_>, src_path: &Path, dest: &Path) -> Result<(), MountError> {
+    let tree = open_tree(
+        src,
+        c"",
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+    )
+    .map_err(sys("open_tree", src_path))?;
+    let dest_c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
+        .map_err(|_| sys("move_mount", dest)(nix::errno::Errno::EINVAL))?;
+    // SAFETY: both paths are NUL-terminated and outlive the call; the fds
+    // are open for its whole duration.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dest_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(sys("move_mount", dest)(nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
 fn apply(step: &Step, root: &Path) -> Result<(), MountError> {
     match step {
         Step::Dir { dest, mode } => mkdir(&root.join(dest), *mode),
@@ -336,6 +455,21 @@ fn apply(step: &Step, root: &Path) -> Result<(), MountError> {
                 None::<&str>,
             )
             .map_err(sys("bind mount", src))?;
+            remount(&dest, *flags)
+        }
+        Step::UntrustedBind {
+            src,
+            base,
+            dest,
+            flags,
+        } => {
+            // Opened before anything is made for it: a refused dir leaves
+            // no trace in the root.
+            let fd = open_untrusted_dir(src, base.as_deref())?;
+            let dest = root.join(dest);
+            mkparent(&dest)?;
+            mkdir(&dest, 0o755)?;
+            bind_fd(fd.as_fd(), src, &dest)?;
             remount(&dest, *flags)
         }
         Step::Tmpfs {
@@ -412,7 +546,16 @@ pub(crate) fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<Owne
                 .map_err(sys("unshare mount namespace", &mount_point))?;
             populate_root(&mount_point, &steps)?;
             remount(&mount_point, ro())?;
-            open_tree_clone(&mount_point).map_err(sys("open_tree", &mount_point))
+            let path = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes())
+                .map_err(|_| sys("open_tree", &mount_point)(nix::errno::Errno::EINVAL))?;
+            open_tree(
+                AT_FDCWD,
+                &path,
+                libc::OPEN_TREE_CLONE
+                    | libc::OPEN_TREE_CLOEXEC
+                    | libc::AT_RECURSIVE as libc::c_uint,
+            )
+            .map_err(sys("open_tree", &mount_point))
         })
         .map_err(io("spawn thread for", Path::new("detached root")))?
         .join()
@@ -423,21 +566,14 @@ pub(crate) fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<Owne
         })?
 }
 
+/// `open_tree(2)`: a new fd on the mount at `dirfd`/`path` (with
+/// `OPEN_TREE_CLONE`, a detached copy of it).
 #[allow(unsafe_code)]
-fn open_tree_clone(path: &Path) -> nix::Result<OwnedFd> {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| nix::errno::Errno::EINVAL)?;
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    // SAFETY: open_tree reads a NUL-terminated path that outlives the call
-    // and returns a new fd, owned by nothing else.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
-        )
-    };
+fn open_tree(dirfd: BorrowedFd<'_>, path: &CStr, flags: libc::c_uint) -> nix::Result<OwnedFd> {
+    // SAFETY: open_tree reads a NUL-terminated path that outlives the call,
+    // from a directory fd open for its duration, and returns a new fd,
+    // owned by nothing else.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd.as_raw_fd(), path.as_ptr(), flags) };
     if fd < 0 {
         return Err(nix::errno::Errno::last());
     }
@@ -567,14 +703,18 @@ mod tests {
     }
 
     fn debian_plan() -> Vec<Step> {
-        let packages = [PathBuf::from("/cache/pkgs/requests")];
+        let packages = [
+            PathBuf::from("/cache/pkgs/requests"),
+            PathBuf::from("/elsewhere/pkgs/six"),
+        ];
         plan(
             &RootSpec {
                 code_dir: Some(Path::new("/cache/code/echo/3")),
                 runtime_dir: Path::new("/data/runtime"),
                 package_dirs: &packages,
                 tmp_mb: 64,
-                extra: &[],
+                extra: &[("/cache/out".into(), "/out".into(), true)],
+                cache_data_dir: Some(Path::new("/cache")),
             },
             &FakeHost::debian(),
         )
@@ -585,6 +725,7 @@ mod tests {
             Step::Dir { dest, .. }
             | Step::Symlink { dest, .. }
             | Step::Bind { dest, .. }
+            | Step::UntrustedBind { dest, .. }
             | Step::Tmpfs { dest, .. }
             | Step::ReadOnly { dest, .. } => dest,
         }
@@ -649,21 +790,99 @@ mod tests {
     #[test]
     fn code_packages_and_runtime_are_read_only() {
         let steps = debian_plan();
-        for (src, dest) in [
-            ("/cache/code/echo/3", "code"),
-            ("/cache/pkgs/requests", "packages/0"),
-            ("/data/runtime", "sock"),
+        assert!(steps.contains(&Step::Bind {
+            src: "/data/runtime".into(),
+            dest: "sock".into(),
+            file: false,
+            flags: ro(),
+        }));
+        for (src, base, dest) in [
+            ("/cache/code/echo/3", Some("/cache"), "code"),
+            ("/cache/pkgs/requests", Some("/cache"), "packages/0"),
+            ("/elsewhere/pkgs/six", None, "packages/1"),
         ] {
             assert!(
-                steps.contains(&Step::Bind {
+                steps.contains(&Step::UntrustedBind {
                     src: src.into(),
+                    base: base.map(PathBuf::from),
                     dest: dest.into(),
-                    file: false,
                     flags: ro(),
                 }),
                 "{dest} missing from {steps:#?}"
             );
         }
+    }
+
+    #[test]
+    fn the_installers_dirs_are_bound_by_fd_too() {
+        assert!(debian_plan().contains(&Step::UntrustedBind {
+            src: "/cache/out".into(),
+            base: Some("/cache".into()),
+            dest: "out".into(),
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }));
+    }
+
+    /// `<tmp>/base/code/f` with a host dir `<tmp>/secret` beside it.
+    fn cache_tree() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base");
+        std::fs::create_dir_all(base.join("code/f")).expect("mkdir code");
+        std::fs::create_dir(tmp.path().join("secret")).expect("mkdir secret");
+        (tmp, base)
+    }
+
+    fn refused(path: &Path, base: Option<&Path>) -> MountError {
+        let err = open_untrusted_dir(path, base).expect_err("refused");
+        assert!(err.is_unsafe_path(), "{err}");
+        err
+    }
+
+    #[test]
+    fn untrusted_dirs_open_with_or_without_a_base() {
+        let (_tmp, base) = cache_tree();
+        let code = base.join("code/f");
+        for base in [None, Some(base.as_path())] {
+            open_untrusted_dir(&code, base).expect("a plain dir opens");
+        }
+        open_untrusted_dir(&base, Some(&base)).expect("the base itself opens");
+    }
+
+    #[test]
+    fn a_symlink_anywhere_on_an_untrusted_path_is_refused() {
+        let (tmp, base) = cache_tree();
+        let secret = tmp.path().join("secret");
+        std::os::unix::fs::symlink(&secret, base.join("code/g")).expect("final link");
+        std::os::unix::fs::symlink(&secret, base.join("link")).expect("middle link");
+        std::fs::create_dir(secret.join("1")).expect("mkdir secret/1");
+        for path in [base.join("code/g"), base.join("link/1")] {
+            for base in [None, Some(base.as_path())] {
+                let err = refused(&path, base);
+                assert_eq!(
+                    err.to_string(),
+                    format!("{} is or passes through a symlink", path.display())
+                );
+            }
+        }
+        // Not even a link that stays inside the base.
+        std::os::unix::fs::symlink("f", base.join("code/h")).expect("relative link");
+        refused(&base.join("code/h"), Some(&base));
+    }
+
+    #[test]
+    fn dot_dot_cannot_leave_the_base() {
+        let (_tmp, base) = cache_tree();
+        let err = refused(&base.join("code/../../secret"), Some(&base));
+        assert!(err.to_string().contains("leads outside"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_in_the_trusted_base_itself_is_followed() {
+        let (tmp, base) = cache_tree();
+        let alias = tmp.path().join("alias");
+        std::os::unix::fs::symlink(&base, &alias).expect("alias of the base");
+        open_untrusted_dir(&alias.join("code/f"), Some(&alias)).expect("opens beneath the alias");
+        refused(&alias.join("code/f"), None);
     }
 
     #[test]

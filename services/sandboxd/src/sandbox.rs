@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     pub config: Config,
     pub mount_point: PathBuf,
     pub runtime_dir: PathBuf,
+    /// `config.cache_data_dir`, absolute: code and package dirs below it
+    /// are opened beneath it.
+    pub cache_data_dir: Option<PathBuf>,
     init_program: PathBuf,
     cgroup_version: u32,
     live: Mutex<HashMap<String, Arc<SandboxCgroup>>>,
@@ -232,11 +235,13 @@ impl Sandboxes {
         let seccomp = seccomp::compile()?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
+        let cache_data_dir = std::path::absolute(&config.cache_data_dir).ok();
         Ok(Sandboxes {
             shared: Arc::new(Shared {
                 config,
                 mount_point,
                 runtime_dir,
+                cache_data_dir,
                 init_program,
                 cgroup_version: cgroups::version(),
                 live: Mutex::new(HashMap::new()),
@@ -285,8 +290,8 @@ impl Sandboxes {
     /// Starts a sandbox. The runtime imports the function's entry file in
     /// the background; [`Sandbox::invoke`] waits for it.
     pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
-        check_spec(&spec)?;
         let shared = &self.shared;
+        check_spec(&spec, shared.cache_data_dir.as_deref())?;
         let memory_mb = shared.memory_mb(&spec.limits);
         let limits = shared.cgroup_limits(&spec.limits);
         let function: Arc<str> = spec.function.as_str().into();
@@ -323,6 +328,7 @@ impl Sandboxes {
             zygote: None,
             command: None,
             extra_dirs: Vec::new(),
+            cache_data_dir: shared.cache_data_dir.clone(),
         }
     }
 
@@ -1056,14 +1062,30 @@ fn check_config(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn check_spec(spec: &SandboxSpec) -> Result<(), Error> {
-    for dir in std::iter::once(&spec.code_dir).chain(&spec.package_dirs) {
-        if !dir.is_absolute() || !dir.is_dir() {
-            return Err(Error::CodeDir {
-                path: dir.display().to_string(),
-            });
+/// Each dir must be an absolute path to a directory with no symlink on the
+/// way (beneath `cache_data_dir` when below it). The init and the zygote
+/// path check again as they mount, by fd; this check is what gives the
+/// caller a clear error.
+pub(crate) fn check_dirs(dirs: &[PathBuf], cache_data_dir: Option<&Path>) -> Result<(), Error> {
+    for dir in dirs {
+        let code_dir = || Error::CodeDir {
+            path: dir.display().to_string(),
+        };
+        if !dir.is_absolute() {
+            return Err(code_dir());
+        }
+        match mounts::open_untrusted_dir(dir, cache_data_dir) {
+            Ok(_) => {}
+            Err(e) if e.is_unsafe_path() => return Err(Error::UnsafeDir(e.to_string())),
+            Err(_) => return Err(code_dir()),
         }
     }
+    Ok(())
+}
+
+pub(crate) fn check_spec(spec: &SandboxSpec, cache_data_dir: Option<&Path>) -> Result<(), Error> {
+    check_dirs(std::slice::from_ref(&spec.code_dir), cache_data_dir)?;
+    check_dirs(&spec.package_dirs, cache_data_dir)?;
     let entry = Path::new(&spec.entry_file);
     if !entry
         .components()
@@ -1109,11 +1131,11 @@ mod tests {
             entry_file: entry.into(),
             ..SandboxSpec::default()
         };
-        assert!(check_spec(&spec("f.py")).is_ok());
-        assert!(check_spec(&spec("src/handler.py")).is_ok());
-        let err = check_spec(&spec("../f.py")).expect_err("escapes");
+        assert!(check_spec(&spec("f.py"), None).is_ok());
+        assert!(check_spec(&spec("src/handler.py"), None).is_ok());
+        let err = check_spec(&spec("../f.py"), None).expect_err("escapes");
         assert!(err.to_string().contains("must be a relative path"), "{err}");
-        assert!(check_spec(&spec("/etc/passwd")).is_err());
+        assert!(check_spec(&spec("/etc/passwd"), None).is_err());
     }
 
     #[test]
@@ -1124,7 +1146,7 @@ mod tests {
             environment: vec![("A=B".into(), "c".into())],
             ..SandboxSpec::default()
         };
-        let err = check_spec(&spec).expect_err("'=' in a name");
+        let err = check_spec(&spec, None).expect_err("'=' in a name");
         assert!(err.to_string().contains("\"A=B\" is not valid"), "{err}");
     }
 

@@ -31,8 +31,8 @@ use crate::init::{ZygoteInit, envp};
 use crate::mounts::{self, RealHost, RootSpec};
 use crate::protocol::{self, ForkKind, ForkRequest, Header};
 use crate::sandbox::{
-    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_spec,
-    forward_logs,
+    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_dirs,
+    check_spec, forward_logs,
 };
 
 /// How long a child may take to reach `forked`: setup only, no imports.
@@ -93,7 +93,7 @@ impl Sandboxes {
         node: &ZygoteSpec,
         timeout: Duration,
     ) -> Result<Zygote, Error> {
-        check_dirs(&node.package_dirs)?;
+        check_dirs(&node.package_dirs, self.shared.cache_data_dir.as_deref())?;
         let config = &self.shared.config;
         let memory_mb = config.zygote_memory_mb;
         let zygote_config = serde_json::json!({
@@ -140,17 +140,6 @@ fn zygote_limits(shared: &Shared) -> CgroupLimits {
         pids: shared.config.pids,
         cpu_percent: 0,
     }
-}
-
-fn check_dirs(dirs: &[PathBuf]) -> Result<(), Error> {
-    for dir in dirs {
-        if !dir.is_absolute() || !dir.is_dir() {
-            return Err(Error::CodeDir {
-                path: dir.display().to_string(),
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Zygote {
@@ -266,8 +255,8 @@ impl Zygote {
     /// zygote's packages and then `spec.package_dirs` on `sys.path`, its
     /// limits, and everything this zygote imported already imported.
     pub async fn fork(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
-        check_spec(&spec)?;
         let shared = &self.shared;
+        check_spec(&spec, shared.cache_data_dir.as_deref())?;
         let memory_mb = shared.memory_mb(&spec.limits);
         let limits = shared.cgroup_limits(&spec.limits);
         let extra: Vec<PathBuf> = spec
@@ -309,8 +298,8 @@ impl Zygote {
     /// `node.package_dirs` on top of what this one imported. Waits up to
     /// `timeout` for the imports.
     pub async fn fork_zygote(&self, node: &ZygoteSpec, timeout: Duration) -> Result<Zygote, Error> {
-        check_dirs(&node.package_dirs)?;
         let shared = &self.shared;
+        check_dirs(&node.package_dirs, shared.cache_data_dir.as_deref())?;
         let request = ForkRequest {
             kind: ForkKind::Zygote,
             package_dirs: self.sandbox_paths(node.package_dirs.len()),
@@ -584,6 +573,7 @@ impl Zygote {
                 package_dirs: &package_dirs,
                 tmp_mb: shared.config.tmp_mb,
                 extra: &[],
+                cache_data_dir: shared.cache_data_dir.as_deref(),
             },
             &RealHost,
         );

@@ -18,6 +18,10 @@ struct Fixture {
 
 fn fixture(test: &str) -> Option<Fixture> {
     if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
+            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
+        );
         eprintln!("SKIPPED: needs root ({test})");
         return None;
     }
