@@ -72,6 +72,10 @@ struct Node {
 fn is_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
+        assert!(
+            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
+            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
+        );
         eprintln!("SKIPPED: needs root ({test})");
     }
     root
