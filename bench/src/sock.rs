@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sock_e2e::cluster::Cluster;
+use sock_cli::tokens::Kind;
+use sock_e2e::cluster::{Authed, Cluster};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
@@ -12,7 +13,6 @@ use sock_proto::v1::{
     ErrorKind, FunctionRef, InvokeRequest, PrepareRequest, StatusRequest, StatusResponse,
 };
 use tokio::sync::Barrier;
-use tonic::transport::Channel;
 
 pub const ECHO: &str = "def f(event):\n    return event\n";
 /// Ends its own runtime, so every call needs a new sandbox and the old one
@@ -20,18 +20,9 @@ pub const ECHO: &str = "def f(event):\n    return event\n";
 const EXIT: &str = "import os\n\ndef f(event):\n    os._exit(0)\n";
 const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    tonic::transport::Endpoint::from_shared(addr.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connect to {addr}"))
-}
-
 /// A new connection to the gateway: one per simulated client.
-pub async fn gateway(cluster: &Cluster) -> anyhow::Result<GatewayClient<Channel>> {
-    Ok(GatewayClient::new(
-        channel(&cluster.endpoints.gateway).await?,
-    ))
+pub async fn gateway(cluster: &Cluster) -> anyhow::Result<GatewayClient<Authed>> {
+    Ok(cluster.gateway().await)
 }
 
 pub async fn status(cluster: &Cluster) -> anyhow::Result<StatusResponse> {
@@ -50,7 +41,7 @@ pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<(
         .push(name, &[("f.py", code)])
         .await
         .with_context(|| format!("push {name}"))?;
-    CacheClient::new(channel(&cluster.endpoints.cache).await?)
+    CacheClient::new(cluster.authed(&cluster.endpoints.cache, Kind::Node).await)
         .prepare(PrepareRequest {
             function: Some(FunctionRef {
                 name: name.into(),
@@ -62,7 +53,7 @@ pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<(
     Ok(())
 }
 
-async fn invoke(client: &mut GatewayClient<Channel>, name: &str) -> anyhow::Result<Outcome> {
+async fn invoke(client: &mut GatewayClient<Authed>, name: &str) -> anyhow::Result<Outcome> {
     let answer = client
         .invoke(InvokeRequest {
             function: name.into(),
@@ -76,7 +67,7 @@ async fn invoke(client: &mut GatewayClient<Channel>, name: &str) -> anyhow::Resu
 }
 
 /// One echo call that must come back unchanged.
-async fn echo(client: &mut GatewayClient<Channel>, name: &str) -> anyhow::Result<()> {
+async fn echo(client: &mut GatewayClient<Authed>, name: &str) -> anyhow::Result<()> {
     match invoke(client, name).await? {
         // Python's json.dumps puts a space after ':'.
         Outcome::Result(r) if r.iter().filter(|b| **b != b' ').eq(PAYLOAD) => Ok(()),

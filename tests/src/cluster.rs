@@ -17,17 +17,23 @@ use tonic::transport::Channel;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// True when the tests may create sandboxes. CI runs as root; elsewhere the
-/// caller prints a loud skip notice and returns.
+/// True when the tests may create sandboxes. CI runs as root. Elsewhere a
+/// test that needs root fails, unless `SOCK_TEST_ALLOW_SKIP=1` says a skip
+/// is wanted: then it prints a loud notice and the caller returns.
 pub fn have_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!(
-            "\n*** SKIPPED: this test creates sandboxes and needs root (CI runs it as root) ***\n"
-        );
+    if nix::unistd::geteuid().is_root() {
+        return true;
     }
-    root
+    assert!(
+        std::env::var("SOCK_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+        "this test creates sandboxes and needs root; set SOCK_TEST_ALLOW_SKIP=1 to skip it"
+    );
+    eprintln!("\n*** SKIPPED: this test creates sandboxes and needs root (SOCK_TEST_ALLOW_SKIP=1) ***\n");
+    false
 }
+
+/// A client channel that sends a bearer token.
+pub type Authed = sock_service::Bearer<Channel>;
 
 /// Directory holding the workspace's binaries, built once per test process.
 pub fn bin_dir() -> &'static Path {
@@ -136,13 +142,32 @@ impl Cluster {
         self.data_dir.path()
     }
 
-    pub async fn gateway(&self) -> GatewayClient<Channel> {
-        GatewayClient::new(channel(&self.endpoints.gateway).await)
+    /// A token of this cluster (`sock up` made them in its data dir).
+    pub fn token(&self, kind: sock_cli::tokens::Kind) -> String {
+        sock_cli::tokens::read(self.data_dir(), kind).expect("sock up made its tokens")
     }
 
-    pub async fn registry(&self) -> RegistryClient<Channel> {
-        RegistryClient::new(channel(&self.endpoints.registry).await)
-            .max_encoding_message_size(64 << 20)
+    /// The gateway, with the invoke token.
+    pub async fn gateway(&self) -> GatewayClient<Authed> {
+        GatewayClient::new(
+            self.authed(&self.endpoints.gateway, sock_cli::tokens::Kind::Invoke)
+                .await,
+        )
+    }
+
+    /// The registry, with the admin token.
+    pub async fn registry(&self) -> RegistryClient<Authed> {
+        RegistryClient::new(
+            self.authed(&self.endpoints.registry, sock_cli::tokens::Kind::Admin)
+                .await,
+        )
+        .max_encoding_message_size(64 << 20)
+    }
+
+    /// A channel to `addr` that sends this cluster's `kind` token.
+    pub async fn authed(&self, addr: &str, kind: sock_cli::tokens::Kind) -> Authed {
+        let token = sock_service::Secret::from(self.token(kind));
+        sock_service::Bearer::new(channel(addr).await, Some(&token)).expect("tokens are ASCII")
     }
 
     /// Pushes a bundle of `files` (path, contents) as the next version of
@@ -185,6 +210,8 @@ impl Cluster {
         Ok(response.into_inner())
     }
 
+    /// sandboxd over its unix socket: the tests run as root, whom its
+    /// peer-credential check admits.
     pub async fn sandboxd(&self) -> SandboxdClient<Channel> {
         SandboxdClient::new(channel(&self.endpoints.sandboxd).await)
     }
@@ -221,7 +248,8 @@ impl Drop for Cluster {
     }
 }
 
-async fn channel(addr: &str) -> Channel {
+/// A channel to `addr` that sends no token.
+pub async fn channel(addr: &str) -> Channel {
     tonic::transport::Endpoint::from_shared(addr.to_string())
         .expect("valid endpoint")
         .connect()

@@ -1,13 +1,13 @@
 //! Logs, auth and metrics through the real processes.
 use std::time::{Duration, Instant};
 
-use sock_e2e::cluster::{Cluster, have_root};
+use sock_cli::tokens::Kind;
+use sock_e2e::cluster::{Cluster, channel, have_root};
 use sock_e2e::functions::bundle;
+use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{InvokeRequest, LogsRequest, PushFunctionRequest};
 use tonic::Code;
-
-const INVOKE: &str = "call-secret";
-const ADMIN: &str = "admin-secret";
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -23,11 +23,10 @@ async fn tokens_logs_and_metrics() {
     if !have_root() {
         return;
     }
-    let cluster = Cluster::start_with_env(&[
-        ("SOCK_GATEWAY_INVOKE_TOKEN", INVOKE),
-        ("SOCK_GATEWAY_ADMIN_TOKEN", ADMIN),
-        ("SOCK_REGISTRY_ADMIN_TOKEN", ADMIN),
-    ]);
+    // `sock up` made the tokens; these clients send them only when told.
+    let cluster = Cluster::start();
+    let (invoke, admin) = (cluster.token(Kind::Invoke), cluster.token(Kind::Admin));
+    let (invoke, admin) = (invoke.as_str(), admin.as_str());
     let push = PushFunctionRequest {
         name: "chatty".into(),
         bundle: bundle(&[(
@@ -35,18 +34,18 @@ async fn tokens_logs_and_metrics() {
             "import sys\ndef f(event):\n    print('hello from', event)\n    print('oops', file=sys.stderr)\n    return event\n",
         )]),
     };
-    let mut registry = cluster.registry().await;
+    let mut registry = RegistryClient::new(channel(&cluster.endpoints.registry).await);
     let refused = registry
         .push_function(push.clone())
         .await
         .expect_err("push needs the admin token");
     assert_eq!(refused.code(), Code::Unauthenticated);
     registry
-        .push_function(with_token(push, ADMIN))
+        .push_function(with_token(push, admin))
         .await
         .expect("push with the admin token");
 
-    let mut gateway = cluster.gateway().await;
+    let mut gateway = GatewayClient::new(channel(&cluster.endpoints.gateway).await);
     let call = |payload: &str| InvokeRequest {
         function: "chatty".into(),
         payload: payload.as_bytes().to_vec(),
@@ -55,12 +54,12 @@ async fn tokens_logs_and_metrics() {
     let refused = gateway.invoke(call("1")).await.expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated);
     let refused = gateway
-        .invoke(with_token(call("1"), ADMIN))
+        .invoke(with_token(call("1"), admin))
         .await
         .expect_err("the admin token is not for calls");
     assert_eq!(refused.code(), Code::Unauthenticated);
     let answer = gateway
-        .invoke(with_token(call("42"), INVOKE))
+        .invoke(with_token(call("42"), invoke))
         .await
         .expect("call")
         .into_inner();
@@ -74,7 +73,7 @@ async fn tokens_logs_and_metrics() {
                     function: "chatty".into(),
                     follow: false,
                 },
-                ADMIN,
+                admin,
             ))
             .await
             .expect("logs")
@@ -119,7 +118,7 @@ async fn tokens_logs_and_metrics() {
     assert_eq!(http.get(&metrics).send().await.expect("GET").status(), 401);
     let text = http
         .get(&metrics)
-        .bearer_auth(ADMIN)
+        .bearer_auth(admin)
         .send()
         .await
         .expect("GET")

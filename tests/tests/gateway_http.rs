@@ -2,6 +2,7 @@
 //! and ASGI apps, triggers, environment, code updates, overload.
 use std::time::{Duration, Instant};
 
+use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_proto::v1::InvokeRequest;
 use tonic::Code;
@@ -10,6 +11,20 @@ const CACHE_MS: u64 = 1000;
 
 async fn push(cluster: &Cluster, name: &str, files: &[(&str, &str)]) -> u64 {
     cluster.push(name, files).await.expect("push")
+}
+
+/// An HTTP client that sends the cluster's invoke token.
+fn http(cluster: &Cluster) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = format!("Bearer {}", cluster.token(Kind::Invoke));
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        token.parse().expect("tokens are ASCII"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 fn url(cluster: &Cluster, path: &str) -> String {
@@ -46,7 +61,7 @@ async fn http_serves_functions_and_web_apps() {
     }
     let cluster =
         Cluster::start_with_env(&[("SOCK_GATEWAY_REGISTRY_CACHE_MS", &CACHE_MS.to_string())]);
-    let http = reqwest::Client::new();
+    let http = http(&cluster);
 
     // f(event): JSON in, JSON out, environment from ol.yaml.
     push(
@@ -181,7 +196,7 @@ async fn a_code_update_is_served_within_the_cache_time_plus_a_second() {
     }
     let cluster =
         Cluster::start_with_env(&[("SOCK_GATEWAY_REGISTRY_CACHE_MS", &CACHE_MS.to_string())]);
-    let http = reqwest::Client::new();
+    let http = http(&cluster);
     let version = |v: &str| format!("def f(event):\n    return '{v}'\n");
     push(&cluster, "counter", &[("f.py", &version("one"))]).await;
     let call = || async {

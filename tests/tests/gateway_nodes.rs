@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
 use sock_e2e::functions::bundle;
 use sock_proto::v1::gateway_client::GatewayClient;
@@ -69,13 +70,10 @@ async fn wait_for(addr: &str) {
     }
 }
 
-async fn calls_on(addr: &str) -> u64 {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    SandboxdClient::new(channel)
+/// Calls a node has served; `cluster`'s node token goes along (a TCP node
+/// wants it; the unix one admits root by its credentials).
+async fn calls_on(cluster: &Cluster, addr: &str) -> u64 {
+    SandboxdClient::new(cluster.authed(addr, Kind::Node).await)
         .status(StatusRequest {})
         .await
         .expect("status")
@@ -89,10 +87,13 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
         return;
     }
     let cluster = Cluster::start();
+    let node_token = cluster.token(Kind::Node);
     let instance = format!("{}-second", cluster.instance);
     let second_addr = format!("http://{}", free_addr());
     let second_data = tempfile::tempdir().expect("data dir");
+    // A node "on another host": TCP, so it wants the node token.
     let second_env = vec![
+        ("SOCK_SANDBOXD_NODE_TOKEN", node_token.clone()),
         (
             "SOCK_SANDBOXD_LISTEN",
             second_addr.trim_start_matches("http://").to_string(),
@@ -106,6 +107,20 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
     ];
     let mut second = start("sock-sandboxd", &second_env);
     wait_for(&second_addr).await;
+    let channel = tonic::transport::Endpoint::from_shared(second_addr.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect the second node");
+    let refused = SandboxdClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .expect_err("a TCP node answers no caller without the node token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("missing or wrong node token"),
+        "{refused:?}"
+    );
 
     let gateway_addr = format!("http://{}", free_addr());
     let _gateway = start(
@@ -125,15 +140,11 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
                 format!("[\"{}\",\"{second_addr}\"]", cluster.endpoints.sandboxd),
             ),
             ("SOCK_GATEWAY_HEALTH_INTERVAL_MS", "200".into()),
+            ("SOCK_GATEWAY_NODE_TOKEN", node_token.clone()),
         ],
     );
     wait_for(&gateway_addr).await;
-    let channel = tonic::transport::Endpoint::from_shared(gateway_addr.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect gateway");
-    let gateway = GatewayClient::new(channel);
+    let gateway = GatewayClient::new(cluster.authed(&gateway_addr, Kind::Invoke).await);
 
     let names: Vec<String> = (0..8).map(|i| format!("spread-{i}")).collect();
     let mut registry = cluster.registry().await;
@@ -164,8 +175,8 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
     for name in &names {
         invoke(name.clone(), "0").await.expect("call");
     }
-    let first_calls = calls_on(&cluster.endpoints.sandboxd).await;
-    let second_calls = calls_on(&second_addr).await;
+    let first_calls = calls_on(&cluster, &cluster.endpoints.sandboxd).await;
+    let second_calls = calls_on(&cluster, &second_addr).await;
     assert_eq!(first_calls + second_calls, 8);
     assert!(
         first_calls > 0 && second_calls > 0,
@@ -205,12 +216,26 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
     // The node rejoins once it is back and healthy.
     let mut second = start("sock-sandboxd", &second_env);
     wait_for(&second_addr).await;
+    let channel = tonic::transport::Endpoint::from_shared(second_addr.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect the second node");
+    let refused = SandboxdClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .expect_err("a TCP node answers no caller without the node token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("missing or wrong node token"),
+        "{refused:?}"
+    );
     let back = Instant::now();
     loop {
         for name in &names {
             invoke(name.clone(), "0").await.expect("call");
         }
-        if calls_on(&second_addr).await > 0 {
+        if calls_on(&cluster, &second_addr).await > 0 {
             break;
         }
         assert!(

@@ -1,13 +1,22 @@
 //! Prometheus `/metrics` of all four services, through the real processes
 //! `sock up` starts: the names are there and the counters follow the calls.
+use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{FunctionRef, InvokeRequest, PrepareRequest};
 
-/// The body of `GET <base>/metrics`, after checking it is OpenMetrics text.
-async fn scrape(base: &str) -> String {
-    let response = reqwest::get(format!("{base}/metrics"))
+/// The body of `GET <base>/metrics`, after checking that it wants the
+/// admin token and is OpenMetrics text.
+async fn scrape(cluster: &Cluster, base: &str) -> String {
+    let url = format!("{base}/metrics");
+    let http = reqwest::Client::new();
+    let anonymous = http.get(&url).send().await.expect("GET");
+    assert_eq!(anonymous.status(), 401, "{url} answers without a token");
+    let response = http
+        .get(&url)
+        .bearer_auth(cluster.token(Kind::Admin))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {base}/metrics: {e}"));
     assert_eq!(response.status(), 200, "{base}/metrics");
@@ -44,9 +53,9 @@ async fn every_service_counts_what_a_call_did() {
     let cluster = Cluster::start_with_env(&[("SOCK_CACHE_REGISTRY_CACHE_MS", "600000")]);
     let endpoints = cluster.endpoints.clone();
     let before = [
-        scrape(&endpoints.registry_metrics).await,
-        scrape(&endpoints.cache_metrics).await,
-        scrape(&endpoints.sandboxd_metrics).await,
+        scrape(&cluster, &endpoints.registry_metrics).await,
+        scrape(&cluster, &endpoints.cache_metrics).await,
+        scrape(&cluster, &endpoints.sandboxd_metrics).await,
     ];
     assert_eq!(
         value(&before[2], "sock_sandboxd_calls_total"),
@@ -73,9 +82,7 @@ async fn every_service_counts_what_a_call_did() {
         assert_eq!(answer.outcome, Some(Outcome::Result(n.to_string().into())));
     }
     // The cache still holds what it fetched for the first call: a hit.
-    let prepared = CacheClient::connect(endpoints.cache.clone())
-        .await
-        .expect("connect to the cache")
+    let prepared = CacheClient::new(cluster.authed(&endpoints.cache, Kind::Node).await)
         .prepare(PrepareRequest {
             function: Some(FunctionRef {
                 name: "echo".into(),
@@ -87,7 +94,7 @@ async fn every_service_counts_what_a_call_did() {
         .into_inner();
     assert_eq!(prepared.function.map(|f| f.version), Some(1));
 
-    let gateway_text = scrape(&endpoints.gateway_http).await;
+    let gateway_text = scrape(&cluster, &endpoints.gateway_http).await;
     assert_eq!(
         value(
             &gateway_text,
@@ -104,7 +111,7 @@ async fn every_service_counts_what_a_call_did() {
     );
     assert!(sample(&gateway_text, "sock_gateway_queue_depth").is_some());
 
-    let registry = scrape(&endpoints.registry_metrics).await;
+    let registry = scrape(&cluster, &endpoints.registry_metrics).await;
     assert_eq!(
         value(&registry, r#"sock_registry_pushes_total{outcome="ok"}"#),
         1.0
@@ -115,14 +122,14 @@ async fn every_service_counts_what_a_call_did() {
         1.0
     );
 
-    let cache = scrape(&endpoints.cache_metrics).await;
+    let cache = scrape(&cluster, &endpoints.cache_metrics).await;
     assert_eq!(
         value(&cache, r#"sock_cache_fetches_total{answer="bundle"}"#),
         1.0
     );
     assert_eq!(value(&cache, "sock_cache_hits_total"), 1.0, "{cache}");
 
-    let sandboxd = scrape(&endpoints.sandboxd_metrics).await;
+    let sandboxd = scrape(&cluster, &endpoints.sandboxd_metrics).await;
     assert_eq!(value(&sandboxd, "sock_sandboxd_calls_total"), 2.0);
     assert_eq!(
         value(&sandboxd, r#"sock_sandboxd_starts_total{kind="cold"}"#),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, bin_dir, have_root};
 use sock_proto::v1::invoke_response::Outcome;
 use tonic::Code;
@@ -122,6 +123,8 @@ async fn known_functions_survive_a_registry_outage_and_new_ones_wait_for_it() {
                 "SOCK_REGISTRY_DATA_DIR",
                 cluster.data_dir().join("registry"),
             )
+            .env("SOCK_REGISTRY_ADMIN_TOKEN", cluster.token(Kind::Admin))
+            .env("SOCK_REGISTRY_NODE_TOKEN", cluster.token(Kind::Node))
             .stdin(Stdio::null())
             .spawn()
             .expect("restart the registry"),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sock_cli::tokens::Kind;
 
 #[derive(Parser)]
 #[command(
@@ -25,10 +26,11 @@ struct Cli {
     /// Registry gRPC address [default: from ./.sock/endpoints.json, else http://127.0.0.1:7071]
     #[arg(long, global = true, env = "SOCK_CLI_REGISTRY")]
     registry: Option<String>,
-    /// Bearer token for the gateway and the registry's admin API.
+    /// Bearer token for the gateway and the registry's admin API [default:
+    /// the admin token (invoke: the invoke token) in <data dir>/tokens/]
     #[arg(long, global = true, env = "SOCK_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Data dir of a local `sock up`, read for its endpoints.
+    /// Data dir of a local `sock up`, read for its endpoints and tokens.
     #[arg(long, global = true, env = "SOCK_DATA_DIR", default_value = ".sock")]
     data_dir: PathBuf,
     #[command(subcommand)]
@@ -74,17 +76,28 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints =
         sock_cli::endpoints::Endpoints::resolve(&cli.data_dir, cli.gateway, cli.registry);
-    let token = cli.token.as_deref();
+    // A token given outright wins; else the one `sock up` keeps for the
+    // command's kind.
+    let token = |kind: Kind| {
+        cli.token
+            .clone()
+            .or_else(|| sock_cli::tokens::read(&cli.data_dir, kind))
+    };
+    let admin = token(Kind::Admin);
+    let admin = admin.as_deref();
     let outcome = match cli.command {
-        Command::Push { dir, name } => admin::push(&endpoints, token, &dir, name).await,
+        Command::Push { dir, name } => admin::push(&endpoints, admin, &dir, name).await,
         Command::Invoke {
             name,
             payload,
             timeout_ms,
-        } => invoke::invoke(&endpoints, token, &name, payload, timeout_ms).await,
-        Command::Logs { name, follow } => logs::logs(&endpoints, token, &name, follow).await,
-        Command::Ls => admin::list(&endpoints, token).await,
-        Command::Rm { name } => admin::remove(&endpoints, token, &name).await,
+        } => {
+            let invoke = token(Kind::Invoke);
+            invoke::invoke(&endpoints, invoke.as_deref(), &name, payload, timeout_ms).await
+        }
+        Command::Logs { name, follow } => logs::logs(&endpoints, admin, &name, follow).await,
+        Command::Ls => admin::list(&endpoints, admin).await,
+        Command::Rm { name } => admin::remove(&endpoints, admin, &name).await,
         Command::Up(args) => up::up(args, &cli.data_dir).await,
     };
     match outcome {

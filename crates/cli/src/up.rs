@@ -1,11 +1,18 @@
 //! `sock up`: the whole platform on one machine, as four processes.
 //!
 //! Each service is its own binary next to `sock` (or in `--bin-dir`); `up`
-//! gives each its addresses and data dir through `SOCK_<SERVICE>_*`
-//! variables, waits until all four answer `grpc.health.v1` with SERVING,
-//! records the endpoints in `<data dir>/endpoints.json`, and on Ctrl-C or
-//! SIGTERM stops them in call order (gateway first, registry last).
+//! gives each its addresses, data dir and tokens through
+//! `SOCK_<SERVICE>_*` variables, waits until all four answer
+//! `grpc.health.v1` with SERVING, records the endpoints in
+//! `<data dir>/endpoints.json`, and on Ctrl-C or SIGTERM stops them in
+//! call order (gateway first, registry last).
+//!
+//! Run as root, only sandboxd stays root: registry, cache and gateway run
+//! as `--user` (a `sock` system user, made if missing), own their data
+//! dirs, and reach sandboxd over its unix socket, which admits root and
+//! that user alone. Every TCP port wants a token (see [`sock_cli::tokens`]).
 use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -22,20 +29,29 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use sock_cli::endpoints::{Endpoints, FILE_NAME};
+use sock_cli::tokens::{self, Tokens};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(15);
-/// Addresses `sock up` hands out: see [`addresses`].
-const PORTS: u16 = 9;
+/// TCP ports `sock up` hands out: see [`addresses`].
+const PORTS: u16 = 8;
+/// Port offsets from `--port` of gateway, registry, registry HTTP, cache,
+/// gateway HTTP and the three metrics endpoints; base+4 was sandboxd's
+/// before it moved to a unix socket, and stays free so the others keep
+/// their numbers.
+const OFFSETS: [u16; PORTS as usize] = [0, 1, 2, 3, 5, 6, 7, 8];
+/// sandboxd's socket, below the data dir.
+const SANDBOXD_SOCKET: &str = "sandboxd.sock";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// TOML file with [gateway], [registry], [cache] and [sandboxd] sections.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Gateway port; registry gRPC, registry HTTP, cache, sandboxd, the
-    /// gateway's HTTP API and the /metrics of registry, cache and sandboxd
-    /// take the next eight. 0 picks free ports.
+    /// Gateway port; registry gRPC, registry HTTP and cache take the next
+    /// three, the gateway's HTTP API and the /metrics of registry, cache
+    /// and sandboxd base+5 to base+8. 0 picks free ports. sandboxd listens
+    /// on `<data dir>/sandboxd.sock`.
     #[arg(long, default_value_t = 7070)]
     port: u16,
     /// Address every service listens on.
@@ -49,6 +65,11 @@ pub struct UpArgs {
     /// pid is in endpoints.json).
     #[arg(long, env = "SOCK_UP_KEEP_GOING")]
     keep_going: bool,
+    /// When run as root: the user registry, cache and gateway run as
+    /// (made as a system user if it is `sock` and missing). Only sandboxd
+    /// keeps root.
+    #[arg(long, env = "SOCK_UP_USER", default_value = "sock")]
+    user: String,
 }
 
 /// One service in start order, with the environment that wires it up.
@@ -56,9 +77,23 @@ struct Service {
     name: &'static str,
     health_addr: String,
     env: Vec<(String, String)>,
+    /// Runs as the unprivileged user (all but sandboxd).
+    unprivileged: bool,
 }
 
-fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
+/// The uid and gid the unprivileged services run as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+fn plan(
+    endpoints: &Endpoints,
+    data_dir: &Path,
+    tokens: &Tokens,
+    run_as: Option<RunAs>,
+) -> Vec<Service> {
     let dir = |s: &str| data_dir.join(s).display().to_string();
     let listen = |url: &str| url.trim_start_matches("http://").to_string();
     let env = |pairs: &[(&str, String)]| {
@@ -67,10 +102,30 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
             .map(|(k, v)| ((*k).to_string(), v.clone()))
             .collect::<Vec<_>>()
     };
+    let admin = || tokens.admin.clone();
+    let node = || tokens.node.clone();
+    let mut sandboxd_env = env(&[
+        ("SOCK_SANDBOXD_LISTEN", endpoints.sandboxd.clone()),
+        ("SOCK_SANDBOXD_CACHE_ADDR", endpoints.cache.clone()),
+        ("SOCK_SANDBOXD_DATA_DIR", dir("sandboxd")),
+        (
+            "SOCK_SANDBOXD_METRICS_LISTEN",
+            listen(&endpoints.sandboxd_metrics),
+        ),
+        ("SOCK_SANDBOXD_ADMIN_TOKEN", admin()),
+        ("SOCK_SANDBOXD_NODE_TOKEN", node()),
+        // The cache's dirs are opened beneath it, never through a symlink.
+        ("SOCK_SANDBOXD_CACHE_DATA_DIR", dir("cache")),
+    ]);
+    if let Some(run_as) = run_as {
+        // The gateway calls sandboxd over its socket as this user.
+        sandboxd_env.push(("SOCK_SANDBOXD_CLIENT_UID".into(), run_as.uid.to_string()));
+    }
     vec![
         Service {
             name: "registry",
             health_addr: endpoints.registry.clone(),
+            unprivileged: true,
             env: env(&[
                 ("SOCK_REGISTRY_GRPC_LISTEN", listen(&endpoints.registry)),
                 (
@@ -82,11 +137,14 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                     "SOCK_REGISTRY_METRICS_LISTEN",
                     listen(&endpoints.registry_metrics),
                 ),
+                ("SOCK_REGISTRY_ADMIN_TOKEN", admin()),
+                ("SOCK_REGISTRY_NODE_TOKEN", node()),
             ]),
         },
         Service {
             name: "cache",
             health_addr: endpoints.cache.clone(),
+            unprivileged: true,
             env: env(&[
                 ("SOCK_CACHE_LISTEN", listen(&endpoints.cache)),
                 ("SOCK_CACHE_REGISTRY_URL", endpoints.registry_http.clone()),
@@ -95,39 +153,36 @@ fn plan(endpoints: &Endpoints, data_dir: &Path) -> Vec<Service> {
                     "SOCK_CACHE_METRICS_LISTEN",
                     listen(&endpoints.cache_metrics),
                 ),
-                ("SOCK_CACHE_SANDBOXD_ADDR", endpoints.sandboxd.clone()),
+                ("SOCK_CACHE_ADMIN_TOKEN", admin()),
+                ("SOCK_CACHE_NODE_TOKEN", node()),
             ]),
         },
         Service {
             name: "sandboxd",
             health_addr: endpoints.sandboxd.clone(),
-            env: env(&[
-                ("SOCK_SANDBOXD_LISTEN", listen(&endpoints.sandboxd)),
-                ("SOCK_SANDBOXD_CACHE_ADDR", endpoints.cache.clone()),
-                ("SOCK_SANDBOXD_DATA_DIR", dir("sandboxd")),
-                (
-                    "SOCK_SANDBOXD_METRICS_LISTEN",
-                    listen(&endpoints.sandboxd_metrics),
-                ),
-                // Install writes packages only below the cache's dir.
-                ("SOCK_SANDBOXD_CACHE_DATA_DIR", dir("cache")),
-            ]),
+            unprivileged: false,
+            env: sandboxd_env,
         },
         Service {
             name: "gateway",
             health_addr: endpoints.gateway.clone(),
+            unprivileged: true,
             env: env(&[
                 ("SOCK_GATEWAY_LISTEN", listen(&endpoints.gateway)),
                 ("SOCK_GATEWAY_HTTP_LISTEN", listen(&endpoints.gateway_http)),
                 ("SOCK_GATEWAY_REGISTRY_ADDR", endpoints.registry.clone()),
                 ("SOCK_GATEWAY_SANDBOXD_ADDR", endpoints.sandboxd.clone()),
+                ("SOCK_GATEWAY_INVOKE_TOKEN", tokens.invoke.clone()),
+                ("SOCK_GATEWAY_ADMIN_TOKEN", admin()),
+                ("SOCK_GATEWAY_NODE_TOKEN", node()),
             ]),
         },
     ]
 }
 
-/// Nine addresses: consecutive ports from `base`, or free ones for 0.
-fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
+/// The TCP addresses (ports at [`OFFSETS`] from `base`, or free ones for
+/// 0) and sandboxd's socket in `data_dir`.
+fn addresses(host: &str, base: u16, data_dir: &Path) -> anyhow::Result<Endpoints> {
     let mut ports = Vec::with_capacity(usize::from(PORTS));
     if base == 0 {
         // Hold every listener until all are picked so they differ; the
@@ -141,8 +196,8 @@ fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
             ports.push(l.local_addr()?.port());
         }
     } else {
-        for i in 0..PORTS {
-            ports.push(base.checked_add(i).context("--port is too high")?);
+        for offset in OFFSETS {
+            ports.push(base.checked_add(offset).context("--port is too high")?);
         }
     }
     let url = |p: u16| format!("http://{host}:{p}");
@@ -151,11 +206,11 @@ fn addresses(host: &str, base: u16) -> anyhow::Result<Endpoints> {
         registry: url(ports[1]),
         registry_http: url(ports[2]),
         cache: url(ports[3]),
-        sandboxd: url(ports[4]),
-        gateway_http: url(ports[5]),
-        registry_metrics: url(ports[6]),
-        cache_metrics: url(ports[7]),
-        sandboxd_metrics: url(ports[8]),
+        sandboxd: format!("unix:{}", data_dir.join(SANDBOXD_SOCKET).display()),
+        gateway_http: url(ports[4]),
+        registry_metrics: url(ports[5]),
+        cache_metrics: url(ports[6]),
+        sandboxd_metrics: url(ports[7]),
         pids: Default::default(),
     })
 }
@@ -164,6 +219,15 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    let run_as = if nix::unistd::geteuid().is_root() {
+        let run_as = service_user(&args.user)?;
+        give_data_dirs(&data_dir, run_as)?;
+        Some(run_as)
+    } else {
+        None
+    };
+    let tokens = tokens::ensure(&data_dir, sudo_user())
+        .with_context(|| format!("cannot make the tokens in {}", data_dir.display()))?;
     let bin_dir = match args.bin_dir {
         Some(dir) => dir,
         None => std::env::current_exe()?
@@ -171,11 +235,18 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             .context("cannot tell where the sock binary is")?
             .to_path_buf(),
     };
-    let mut endpoints = addresses(&args.host, args.port)?;
-    let services = plan(&endpoints, &data_dir);
+    let mut endpoints = addresses(&args.host, args.port, &data_dir)?;
+    let services = plan(&endpoints, &data_dir, &tokens, run_as);
 
     let mut children: Vec<(&'static str, Child)> = Vec::new();
-    let started = start_all(&services, &bin_dir, args.config.as_deref(), &mut children).await;
+    let started = start_all(
+        &services,
+        &bin_dir,
+        args.config.as_deref(),
+        run_as,
+        &mut children,
+    )
+    .await;
     if let Err(err) = started {
         stop_all(&mut children).await;
         return Err(err);
@@ -202,7 +273,11 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         endpoints.cache_metrics,
         endpoints.sandboxd_metrics
     );
-    println!("data in {}; Ctrl-C stops everything", data_dir.display());
+    println!(
+        "tokens in {} (the CLI reads them from there); data in {}; Ctrl-C stops everything",
+        data_dir.join(tokens::DIR).display(),
+        data_dir.display()
+    );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -229,6 +304,7 @@ async fn start_all(
     services: &[Service],
     bin_dir: &Path,
     config: Option<&Path>,
+    run_as: Option<RunAs>,
     children: &mut Vec<(&'static str, Child)>,
 ) -> anyhow::Result<()> {
     for service in services {
@@ -243,6 +319,12 @@ async fn start_all(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if service.unprivileged
+            && let Some(RunAs { uid, gid }) = run_as
+        {
+            // std drops supplementary groups when it sets the uid as root.
+            command.uid(uid).gid(gid);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
@@ -252,6 +334,103 @@ async fn start_all(
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     for service in services {
         wait_serving(service, children, deadline).await?;
+    }
+    Ok(())
+}
+
+/// The user the unprivileged services run as; `sock` is made (a system
+/// user with no home and no shell) when missing.
+fn service_user(name: &str) -> anyhow::Result<RunAs> {
+    let find = || {
+        nix::unistd::User::from_name(name)
+            .with_context(|| format!("cannot look user {name} up"))
+    };
+    let user = match find()? {
+        Some(user) => user,
+        None if name == "sock" => {
+            let status = std::process::Command::new("useradd")
+                .args([
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    name,
+                ])
+                .status()
+                .context("cannot run useradd to make the sock user")?;
+            if !status.success() {
+                bail!("useradd could not make the sock user ({status}); make it, or pass --user");
+            }
+            find()?.context("useradd made no sock user")?
+        }
+        None => bail!("there is no user {name}: make it, or pass another --user"),
+    };
+    if user.uid.is_root() {
+        bail!("--user {name} is root: the services other than sandboxd must not run as root");
+    }
+    Ok(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
+}
+
+/// The user who ran `sudo sock up`, who gets the admin and invoke tokens.
+fn sudo_user() -> Option<(u32, u32)> {
+    let id = |var: &str| std::env::var(var).ok()?.parse::<u32>().ok();
+    Some((id("SUDO_UID")?, id("SUDO_GID")?)).filter(|(uid, _)| *uid != 0)
+}
+
+/// Hands the registry's and the cache's data dirs (made if missing, and
+/// what an earlier run as root left in them) to `run_as`, after checking
+/// that it can reach them at all.
+fn give_data_dirs(data_dir: &Path, run_as: RunAs) -> anyhow::Result<()> {
+    // Others must be able to pass through every dir above: a 0700 home or
+    // temp dir would lock the services out of their own data.
+    for dir in data_dir.ancestors() {
+        let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let passable = meta.mode() & 0o001 != 0 || dir == data_dir;
+        if !passable {
+            bail!(
+                "the services run as uid {} and cannot pass through {} (mode {:o}): choose a \
+                 --data-dir outside it",
+                run_as.uid,
+                dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
+    }
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot open {} to the services", data_dir.display()))?;
+    for name in ["registry", "cache"] {
+        let dir = data_dir.join(name);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+            }
+            _ => {}
+        }
+        chown_tree(&dir, run_as).with_context(|| format!("cannot hand {} over", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `lchown` of `dir` and everything below it, never following a symlink:
+/// the cache's dirs hold what function bundles unpacked to.
+fn chown_tree(dir: &Path, run_as: RunAs) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.uid() != run_as.uid || meta.gid() != run_as.gid {
+            std::os::unix::fs::lchown(&path, Some(run_as.uid), Some(run_as.gid))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
     }
     Ok(())
 }
@@ -372,13 +551,14 @@ mod tests {
 
     #[test]
     fn every_service_and_metrics_endpoint_gets_its_own_port() {
-        let free = addresses("127.0.0.1", 0).expect("free ports");
+        let data = Path::new("/data");
+        let free = addresses("127.0.0.1", 0, data).expect("free ports");
+        assert_eq!(free.sandboxd, "unix:/data/sandboxd.sock");
         let mut urls = vec![
             free.gateway,
             free.registry,
             free.registry_http,
             free.cache,
-            free.sandboxd,
             free.gateway_http,
             free.registry_metrics,
             free.cache_metrics,
@@ -388,17 +568,24 @@ mod tests {
         urls.dedup();
         assert_eq!(urls.len(), usize::from(PORTS));
 
-        let fixed = addresses("127.0.0.1", 7070).expect("fixed ports");
+        let fixed = addresses("127.0.0.1", 7070, data).expect("fixed ports");
+        assert_eq!(fixed.gateway_http, "http://127.0.0.1:7075");
         assert_eq!(fixed.registry_metrics, "http://127.0.0.1:7076");
         assert_eq!(fixed.sandboxd_metrics, "http://127.0.0.1:7078");
-        let err = addresses("127.0.0.1", u16::MAX - 3).expect_err("past the last port");
+        let err = addresses("127.0.0.1", u16::MAX - 3, data).expect_err("past the last port");
         assert!(err.to_string().contains("--port is too high"), "{err}");
     }
 
     #[test]
     fn each_service_is_told_its_metrics_address() {
-        let endpoints = addresses("127.0.0.1", 7070).expect("fixed ports");
-        let services = plan(&endpoints, Path::new("/data"));
+        let endpoints = addresses("127.0.0.1", 7070, Path::new("/data")).expect("fixed ports");
+        let tokens = Tokens {
+            admin: "a".into(),
+            invoke: "i".into(),
+            node: "n".into(),
+        };
+        let run_as = RunAs { uid: 999, gid: 999 };
+        let services = plan(&endpoints, Path::new("/data"), &tokens, Some(run_as));
         for (service, key, want) in [
             ("registry", "SOCK_REGISTRY_METRICS_LISTEN", "127.0.0.1:7076"),
             ("cache", "SOCK_CACHE_METRICS_LISTEN", "127.0.0.1:7077"),
@@ -414,5 +601,50 @@ mod tests {
                 "{service}: {env:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_sandboxd_keeps_root_and_every_service_gets_its_tokens() {
+        let endpoints = addresses("127.0.0.1", 7070, Path::new("/data")).expect("fixed ports");
+        let tokens = Tokens {
+            admin: "a".into(),
+            invoke: "i".into(),
+            node: "n".into(),
+        };
+        let services = plan(
+            &endpoints,
+            Path::new("/data"),
+            &tokens,
+            Some(RunAs { uid: 999, gid: 998 }),
+        );
+        let has = |service: &Service, key: &str, value: &str| {
+            service
+                .env
+                .contains(&(key.to_string(), value.to_string()))
+        };
+        for service in &services {
+            assert_eq!(service.unprivileged, service.name != "sandboxd", "{}", service.name);
+            let prefix = format!("SOCK_{}_", service.name.to_uppercase());
+            assert!(has(service, &format!("{prefix}NODE_TOKEN"), "n"), "{}", service.name);
+            assert!(has(service, &format!("{prefix}ADMIN_TOKEN"), "a"), "{}", service.name);
+        }
+        let by_name = |name: &str| services.iter().find(|s| s.name == name).expect("planned");
+        let sandboxd = by_name("sandboxd");
+        assert!(has(sandboxd, "SOCK_SANDBOXD_LISTEN", "unix:/data/sandboxd.sock"));
+        assert!(has(sandboxd, "SOCK_SANDBOXD_CLIENT_UID", "999"));
+        let gateway = by_name("gateway");
+        assert!(has(gateway, "SOCK_GATEWAY_INVOKE_TOKEN", "i"));
+        assert!(has(gateway, "SOCK_GATEWAY_SANDBOXD_ADDR", "unix:/data/sandboxd.sock"));
+    }
+
+    #[test]
+    fn a_data_dir_the_services_cannot_reach_is_refused() {
+        let locked = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let data = locked.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        let err = give_data_dirs(&data, RunAs { uid: 999, gid: 999 }).expect_err("locked out");
+        assert!(err.to_string().contains("cannot pass through"), "{err}");
     }
 }
