@@ -69,6 +69,23 @@ enum Command {
     /// Start registry, cache, sandboxd and gateway as separate processes and
     /// stop them all on Ctrl-C.
     Up(up::UpArgs),
+    /// Make the admin, invoke and node tokens of the data dir (keeping
+    /// those that exist) and print where they are: for deployments that
+    /// start the services themselves, such as compose.
+    Tokens {
+        /// Hand the tokens (all three) to this UID:GID, e.g. the services'
+        /// user.
+        #[arg(long, value_parser = parse_owner)]
+        owner: Option<(u32, u32)>,
+    },
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}' is not UID:GID"))?;
+    let id = |s: &str| s.parse::<u32>().map_err(|_| format!("'{s}' is not a number"));
+    Ok((id(uid)?, id(gid)?))
 }
 
 #[tokio::main]
@@ -99,6 +116,7 @@ async fn main() -> ExitCode {
         Command::Ls => admin::list(&endpoints, admin).await,
         Command::Rm { name } => admin::remove(&endpoints, admin, &name).await,
         Command::Up(args) => up::up(args, &cli.data_dir).await,
+        Command::Tokens { owner } => up::tokens(&cli.data_dir, owner),
     };
     match outcome {
         Ok(code) => code,

@@ -338,6 +338,22 @@ async fn start_all(
     Ok(())
 }
 
+/// `sock tokens`: the tokens of `data_dir`, made if missing; `owner` gets
+/// them all.
+pub fn tokens(data_dir: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    tokens::ensure(data_dir, sudo_user())
+        .with_context(|| format!("cannot make the tokens in {}", data_dir.display()))?;
+    let dir = data_dir.join(tokens::DIR);
+    if let Some((uid, gid)) = owner {
+        chown_tree(&dir, RunAs { uid, gid })
+            .with_context(|| format!("cannot hand {} over", dir.display()))?;
+    }
+    println!("{}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The user the unprivileged services run as; `sock` is made (a system
 /// user with no home and no shell) when missing.
 fn service_user(name: &str) -> anyhow::Result<RunAs> {

@@ -1,6 +1,9 @@
 //! Config in three layers: the service's embedded defaults, then its section
 //! of an optional TOML file shared by all services (`[gateway]`,
 //! `[registry]`, …), then `SOCK_<SERVICE>_<KEY>` environment variables.
+//! `SOCK_<SERVICE>_<KEY>_FILE` names a file that holds the value instead
+//! (Docker's convention for secrets: a token need not sit in the
+//! environment of a container spec).
 use std::path::Path;
 
 use figment::Figment;
@@ -20,12 +23,21 @@ pub enum ConfigError {
         path: String,
         source: toml::de::Error,
     },
+    #[error("cannot read {variable} ({path}): {source}")]
+    ReadVariable {
+        variable: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid {service} config: {source}")]
     Invalid {
         service: String,
         source: Box<figment::Error>,
     },
 }
+
+/// Suffix of a variable that names the file holding a key's value.
+const FILE_SUFFIX: &str = "_FILE";
 
 /// Loads the config of `service` ("gateway", "registry", …).
 pub fn load_config<T>(service: &str, file: Option<&Path>) -> Result<T, ConfigError>
@@ -48,13 +60,42 @@ where
         }
     }
     let prefix = format!("SOCK_{}_", service.to_ascii_uppercase());
+    let from_files = values_from_files(&prefix, std::env::vars())?;
     figment
-        .merge(Env::prefixed(&prefix))
+        .merge(Env::prefixed(&prefix).filter(|key| !key.as_str().ends_with("_file")))
+        .merge(Serialized::defaults(from_files))
         .extract()
         .map_err(|source| ConfigError::Invalid {
             service: service.to_string(),
             source: Box::new(source),
         })
+}
+
+/// The keys that `<prefix><KEY>_FILE` variables among `vars` give, each
+/// the trimmed text of the file it names.
+fn values_from_files(
+    prefix: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<toml::Table, ConfigError> {
+    let mut values = toml::Table::new();
+    for (variable, path) in vars {
+        let Some(key) = variable
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(FILE_SUFFIX))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadVariable {
+            variable: variable.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        values.insert(
+            key.to_ascii_lowercase(),
+            toml::Value::String(text.trim().to_string()),
+        );
+    }
+    Ok(values)
 }
 
 #[cfg(test)]
@@ -100,6 +141,34 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("cannot read config file /nonexistent/sock.toml")
+        );
+    }
+
+    #[test]
+    fn a_file_variable_gives_the_value_of_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let var = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let values = values_from_files(
+            "SOCK_DEMO_",
+            [
+                var("SOCK_DEMO_ADMIN_TOKEN_FILE", path.to_str().expect("utf-8")),
+                var("SOCK_DEMO_LISTEN", "ignored: not a _FILE"),
+                var("SOCK_OTHER_NODE_TOKEN_FILE", "/ignored/other/service"),
+            ]
+            .into_iter(),
+        )
+        .expect("read");
+        assert_eq!(values.len(), 1, "{values:?}");
+        assert_eq!(values["admin_token"].as_str(), Some("s3cret"));
+
+        let missing = [var("SOCK_DEMO_ADMIN_TOKEN_FILE", "/nonexistent/token")];
+        let err = values_from_files("SOCK_DEMO_", missing.into_iter()).expect_err("missing");
+        assert!(
+            err.to_string()
+                .contains("cannot read SOCK_DEMO_ADMIN_TOKEN_FILE (/nonexistent/token)"),
+            "{err}"
         );
     }
 
