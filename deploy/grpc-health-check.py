@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""grpc.health.v1 probe for container healthchecks: `sock-health HOST:PORT [SERVICE]`.
+"""grpc.health.v1 probe for container healthchecks: `sock-health ADDR [SERVICE]`.
+
+ADDR is HOST:PORT, or unix:PATH for a server on a unix socket (sandboxd's
+default; health stays open to any caller the socket lets in).
 
 Exits 0 when the server answers SERVING, 1 otherwise, with one line on
 stderr saying why. It speaks just enough HTTP/2 (prior knowledge, no TLS)
@@ -86,8 +89,24 @@ def read_exact(sock, n):
     return buf
 
 
-def check(host, port, service, timeout):
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+def connect(addr, timeout):
+    """A socket to `unix:PATH` or `[http://]HOST:PORT`, and the :authority to send."""
+    if addr.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr.removeprefix("unix:"))
+        except OSError:
+            sock.close()
+            raise
+        return sock, "localhost"
+    host, _, port = addr.removeprefix("http://").rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=timeout), f"{host}:{port}"
+
+
+def check(addr, service, timeout):
+    sock, authority = connect(addr, timeout)
+    with sock:
         sock.settimeout(timeout)
         request = service.encode()
         message = (b"\x0a" + varint(len(request)) + request) if request else b""
@@ -97,7 +116,7 @@ def check(host, port, service, timeout):
                 (":method", "POST"),
                 (":scheme", "http"),
                 (":path", "/grpc.health.v1.Health/Check"),
-                (":authority", f"{host}:{port}"),
+                (":authority", authority),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
             ]
@@ -137,12 +156,11 @@ def check(host, port, service, timeout):
 
 def main(argv):
     if len(argv) not in (2, 3) or ":" not in argv[1]:
-        print("usage: sock-health HOST:PORT [SERVICE]", file=sys.stderr)
+        print("usage: sock-health HOST:PORT|unix:PATH [SERVICE]", file=sys.stderr)
         return 2
-    host, _, port = argv[1].removeprefix("http://").rpartition(":")
     service = argv[2] if len(argv) == 3 else ""
     try:
-        status = check(host, int(port), service, timeout=3.0)
+        status = check(argv[1], service, timeout=3.0)
     except (OSError, ValueError, IndexError) as e:
         print(f"sock-health: {argv[1]}: {e}", file=sys.stderr)
         return 1

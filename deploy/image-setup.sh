@@ -1,14 +1,16 @@
 #!/bin/sh
 # Turns a Debian bookworm image into sock's runtime, for both Dockerfiles:
-# python3 (sandboxes run on this image's /usr), the unprivileged `sock`
-# user the registry, cache and gateway run as, their data directories
-# (named volumes copy these owners when first mounted), and the health
-# probe. Runs once, as root, at image build time.
+# python3 (sandboxes run on this image's /usr) and pip (the cache installs
+# functions' wheels with it), the unprivileged `sock` user the registry,
+# cache and gateway run as, their data directories (named volumes copy
+# these owners when first mounted), and the health probe. Runs once, as
+# root, at image build time.
 set -eu
 here=$(dirname "$0")
-if [ ! -x /usr/bin/python3 ] || [ ! -d /etc/ssl/certs ]; then
+if ! /usr/bin/python3 -m pip --version >/dev/null 2>&1 || [ ! -d /etc/ssl/certs ]; then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-pip ca-certificates
     rm -rf /var/lib/apt/lists/*
 fi
 groupadd --gid 10001 sock
