@@ -47,6 +47,7 @@ pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<(
                 name: name.into(),
                 version,
             }),
+            ..PrepareRequest::default()
         })
         .await
         .with_context(|| format!("prepare {name}"))?;

@@ -88,6 +88,7 @@ async fn every_service_counts_what_a_call_did() {
                 name: "echo".into(),
                 version: 0,
             }),
+            ..PrepareRequest::default()
         })
         .await
         .expect("prepare")

@@ -25,8 +25,6 @@ pub struct Config {
     /// The token sock's services show each other: sandboxd presents it to
     /// `Prepare`, the cache to the registry's bundle store.
     pub node_token: Option<sock_service::Secret>,
-    /// sandboxd's gRPC endpoint: its `Install` runs pip in a sandbox.
-    pub sandboxd_addr: String,
     /// Dirs of wheels pip installs from instead of an index (offline:
     /// `--no-index --find-links`). A list, or one string of
     /// comma-separated dirs (as `SOCK_CACHE_FIND_LINKS` gives it).
@@ -34,9 +32,12 @@ pub struct Config {
     pub find_links: Vec<PathBuf>,
     /// The package index pip uses when `find_links` is empty.
     pub index_url: String,
-    /// Limits of each pip run's sandbox.
-    pub installer_mem_mb: u64,
+    /// How long one pip run may take.
     pub installer_timeout_s: u64,
+    /// Packages with no wheel for the sandboxes' platform are built from
+    /// their sdist, by sandboxd in a sandbox with no network, during a
+    /// cold start. Off: such packages are refused.
+    pub allow_source_builds: bool,
     /// `tree`: answer the import-cache tree node that fits each function;
     /// `off`: no zygote chain.
     pub import_cache: String,
@@ -59,11 +60,10 @@ impl Default for Config {
             metrics_listen: String::new(),
             admin_token: None,
             node_token: None,
-            sandboxd_addr: "http://127.0.0.1:7074".into(),
             find_links: Vec::new(),
             index_url: "https://pypi.org/simple".into(),
-            installer_mem_mb: 512,
             installer_timeout_s: 300,
+            allow_source_builds: false,
             import_cache: "tree".into(),
             import_tree: String::new(),
             python: PathBuf::from("/usr/bin/python3"),

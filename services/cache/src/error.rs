@@ -89,7 +89,10 @@ impl From<Error> for Status {
             }
             Error::Requirement { .. } => Status::invalid_argument(message),
             Error::Package {
-                source: PackageError::Install { .. },
+                source:
+                    PackageError::Install { .. }
+                    | PackageError::NoWheel { .. }
+                    | PackageError::SourceBuild { .. },
                 ..
             } => Status::failed_precondition(message),
             Error::Package {
@@ -103,7 +106,7 @@ impl From<Error> for Status {
             Error::RegistryProtocol { .. }
             | Error::Unpack { .. }
             | Error::Package {
-                source: PackageError::Storage { .. },
+                source: PackageError::Storage { .. } | PackageError::NeedsBuild { .. },
                 ..
             }
             | Error::InvalidConfig(_)

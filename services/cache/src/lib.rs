@@ -21,6 +21,7 @@ mod plan;
 mod prepare;
 mod registry;
 mod requirement;
+mod sdist;
 mod server;
 mod store;
 mod tree;

@@ -12,6 +12,12 @@
 //! Concurrent requests for one requirement share one install (a flight);
 //! the flight is forgotten when it ends, so a failed install is retried
 //! by the next request and nothing is cached negatively.
+//!
+//! Only wheels are installed (see [`crate::installer`]). A package with
+//! none is refused, or with `allow_source_builds` its sdist is fetched
+//! ([`crate::sdist`]) and the caller told to build it
+//! ([`PackageError::NeedsBuild`]): sandboxd builds it with no network and
+//! hands the wheel back, installed by [`Packages::install_built`].
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -24,9 +30,10 @@ use futures::future::{BoxFuture, Shared};
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::installer::{InstallFailure, Installer};
+use crate::installer::{InstallFailure, Installer, Source};
 use crate::metadata::read_dist_info;
-use crate::requirement::{Requirement, Version};
+use crate::requirement::{Requirement, Version, normalize_name};
+use crate::sdist::{Sdists, plain_file_name};
 
 /// One installed package.
 #[derive(Debug, PartialEq)]
@@ -51,7 +58,23 @@ impl Package {
 pub enum PackageError {
     #[error("package '{requirement}' failed to install: {log}")]
     Install { requirement: String, log: String },
-    #[error("the package installer (sandboxd) is unavailable: {reason}")]
+    #[error(
+        "package '{requirement}' has no wheel for this platform, and source builds are off (the operator can allow them with allow_source_builds): {log}"
+    )]
+    NoWheel { requirement: String, log: String },
+    #[error(
+        "package '{requirement}' has no wheel for this platform and cannot be built from source: {reason}"
+    )]
+    SourceBuild { requirement: String, reason: String },
+    /// Not a failure: the caller builds `file_name` from `dir` and asks
+    /// again with the wheel.
+    #[error("package '{requirement}' must be built from source first")]
+    NeedsBuild {
+        requirement: String,
+        dir: String,
+        file_name: String,
+    },
+    #[error("the package installer is unavailable: {reason}")]
     Unavailable { reason: String },
     #[error("cannot store package '{requirement}': {reason}")]
     Storage { requirement: String, reason: String },
@@ -63,6 +86,9 @@ pub(crate) struct Packages {
     root: PathBuf,
     tmp: PathBuf,
     installer: Arc<dyn Installer>,
+    /// Where sdists are looked up.
+    sdists: Sdists,
+    allow_source_builds: bool,
     /// Installed packages by name.
     index: Mutex<HashMap<String, Vec<Arc<Package>>>>,
     /// Installs in progress by pip requirement string.
@@ -81,6 +107,8 @@ impl Packages {
         data_dir: &Path,
         tmp: &Path,
         installer: Arc<dyn Installer>,
+        sdists: Sdists,
+        allow_source_builds: bool,
     ) -> Result<Packages, Error> {
         let root = data_dir.join("packages");
         match fs::create_dir(&root) {
@@ -116,6 +144,8 @@ impl Packages {
             root,
             tmp: tmp.to_path_buf(),
             installer,
+            sdists,
+            allow_source_builds,
             index: Mutex::new(index),
             flights: Mutex::default(),
             adopting: Mutex::default(),
@@ -209,7 +239,6 @@ impl Packages {
         self: &Arc<Self>,
         requirement: &Requirement,
     ) -> Result<Arc<Package>, PackageError> {
-        let spec = requirement.pip_spec();
         // A flight that ended just before this one began may have
         // installed it.
         if requirement.pinned().is_some()
@@ -217,6 +246,128 @@ impl Packages {
         {
             return Ok(package);
         }
+        match self.run_pip(requirement, Source::Configured).await {
+            Err(PackageError::NoWheel { log, .. }) => {
+                Err(self.source_build(requirement, log).await)
+            }
+            result => result,
+        }
+    }
+
+    /// A package that pip found no wheel for: refused, or its sdist
+    /// fetched for the caller to build. With no sdist either it is pip's
+    /// plain failure (no such package or version).
+    async fn source_build(&self, requirement: &Requirement, log: String) -> PackageError {
+        let spec = requirement.pip_spec();
+        let version = requirement.pinned();
+        match self.sdists.exists(&requirement.name, version).await {
+            Ok(false) => {
+                return PackageError::Install {
+                    requirement: spec,
+                    log,
+                };
+            }
+            Ok(true) => {}
+            // pip said it: no wheel. Whether an sdist exists stays open.
+            Err(reason) => {
+                tracing::warn!(requirement = %spec, %reason, "cannot look for an sdist");
+            }
+        }
+        if !self.allow_source_builds {
+            return PackageError::NoWheel {
+                requirement: spec,
+                log,
+            };
+        }
+        let Some(version) = version else {
+            return PackageError::SourceBuild {
+                requirement: spec,
+                reason: "pin its version (name==version) in requirements.txt so its sdist can be fetched".into(),
+            };
+        };
+        match self.sdists.fetch(&requirement.name, version).await {
+            Ok(sdist) => PackageError::NeedsBuild {
+                requirement: format!("{}=={version}", requirement.name),
+                dir: sdist.dir.display().to_string(),
+                file_name: sdist.file_name,
+            },
+            Err(reason) => PackageError::SourceBuild {
+                requirement: spec,
+                reason,
+            },
+        }
+    }
+
+    /// Installs a wheel built (by sandboxd) for a [`PackageError::NeedsBuild`]
+    /// this store answered: `requirement` is that `name==version`.
+    #[tracing::instrument(name = "cache.install_built", skip_all, fields(requirement = %requirement))]
+    pub(crate) async fn install_built(
+        self: &Arc<Self>,
+        requirement: &str,
+        file_name: &str,
+        wheel: &[u8],
+    ) -> Result<Arc<Package>, PackageError> {
+        let refused = |reason: String| PackageError::SourceBuild {
+            requirement: requirement.to_string(),
+            reason,
+        };
+        let parsed = Requirement::parse(requirement)
+            .ok()
+            .filter(|r| r.pinned().is_some() && r.marker.is_none() && r.extras.is_empty())
+            .ok_or_else(|| refused("the built wheel names no name==version".into()))?;
+        let version = parsed.pinned().expect("filtered on a pin");
+        let project = file_name.split('-').next().unwrap_or_default();
+        if !plain_file_name(file_name)
+            || !file_name.ends_with(".whl")
+            || normalize_name(project) != parsed.name
+        {
+            return Err(refused(format!(
+                "the built file {file_name:?} is not a wheel of {}",
+                parsed.name
+            )));
+        }
+        if let Some(package) = self.installed(&parsed) {
+            return Ok(package);
+        }
+        if !self.allow_source_builds {
+            return Err(refused("source builds are off".into()));
+        }
+        let sdist_dir = self.sdists.dir(&parsed.name, version);
+        if !sdist_dir.is_dir() {
+            return Err(refused("the cache asked for no such build".into()));
+        }
+        let storage = |reason: String| PackageError::Storage {
+            requirement: requirement.to_string(),
+            reason,
+        };
+        let wheelhouse = tempfile::Builder::new()
+            .prefix("wheel-")
+            .tempdir_in(&self.tmp)
+            .map_err(|e| storage(format!("cannot create a wheel dir: {e}")))?;
+        fs::write(wheelhouse.path().join(file_name), wheel)
+            .map_err(|e| storage(format!("cannot write the built wheel: {e}")))?;
+        let package = self
+            .run_pip(&parsed, Source::Wheelhouse(wheelhouse.path().to_path_buf()))
+            .await
+            .map_err(|e| match e {
+                // Built for another platform, say.
+                PackageError::NoWheel { log, .. } => {
+                    refused(format!("pip cannot install the built wheel: {log}"))
+                }
+                other => other,
+            })?;
+        // Built and installed: the sdist is no longer needed.
+        let _ = fs::remove_dir_all(&sdist_dir);
+        Ok(package)
+    }
+
+    /// One pip run into a staging dir, then into the store.
+    async fn run_pip(
+        self: &Arc<Self>,
+        requirement: &Requirement,
+        source: Source,
+    ) -> Result<Arc<Package>, PackageError> {
+        let spec = requirement.pip_spec();
         let storage = |reason: String| PackageError::Storage {
             requirement: spec.clone(),
             reason,
@@ -234,10 +385,14 @@ impl Packages {
         self.pip_runs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(requirement = %spec, "installing a package");
         self.installer
-            .install(spec.clone(), files)
+            .install(spec.clone(), files, source)
             .await
             .map_err(|failure| match failure {
                 InstallFailure::Pip(log) => PackageError::Install {
+                    requirement: spec.clone(),
+                    log: tail(&log),
+                },
+                InstallFailure::NoWheel(log) => PackageError::NoWheel {
                     requirement: spec.clone(),
                     log: tail(&log),
                 },
@@ -344,6 +499,8 @@ pub(crate) mod tests {
     /// set; each install waits for `gate` so tests can pile up waiters.
     pub(crate) struct FakeInstaller {
         pub packages: HashMap<String, (String, Vec<String>)>,
+        /// Pins that have no wheel: installed only from a wheelhouse.
+        pub sdist_only: Vec<String>,
         pub fail: AtomicBool,
         pub gate: Arc<tokio::sync::Semaphore>,
     }
@@ -363,6 +520,7 @@ pub(crate) mod tests {
                         )
                     })
                     .collect(),
+                sdist_only: Vec::new(),
                 fail: AtomicBool::new(false),
                 gate: Arc::new(tokio::sync::Semaphore::new(1000)),
             }
@@ -374,6 +532,7 @@ pub(crate) mod tests {
             &self,
             requirement: String,
             target: PathBuf,
+            source: Source,
         ) -> BoxFuture<'static, Result<(), InstallFailure>> {
             // `name` alone, or `name>=x`: the newest version we know.
             let name: String = requirement
@@ -390,6 +549,9 @@ pub(crate) mod tests {
                     .max_by_key(|(_, (version, _))| Version::parse(version))
                     .map(|(_, found)| found.clone())
             });
+            let wheel_only = found.as_ref().is_some_and(|(version, _)| {
+                self.sdist_only.contains(&format!("{name}=={version}"))
+            });
             let fail = self.fail.load(Ordering::SeqCst);
             let gate = self.gate.clone();
             Box::pin(async move {
@@ -399,8 +561,19 @@ pub(crate) mod tests {
                         "ERROR: Could not install packages due to an OSError".into(),
                     ));
                 }
-                let Some((version, requires)) = found else {
-                    return Err(InstallFailure::Pip(format!(
+                let built = match &source {
+                    Source::Configured => false,
+                    Source::Wheelhouse(dir) => {
+                        fs::read_dir(dir).expect("list the wheelhouse").any(|e| {
+                            e.expect("entry")
+                                .file_name()
+                                .to_string_lossy()
+                                .ends_with(".whl")
+                        })
+                    }
+                };
+                let (Some((version, requires)), false) = (found, wheel_only && !built) else {
+                    return Err(InstallFailure::NoWheel(format!(
                         "ERROR: No matching distribution found for {requirement}"
                     )));
                 };
@@ -423,8 +596,19 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).expect("mkdir tmp");
-        let packages = Packages::open(dir.path(), &tmp, installer).expect("open store");
+        let packages = Packages::open(dir.path(), &tmp, installer, sdists(dir.path(), &tmp), false)
+            .expect("open store");
         (dir, Arc::new(packages))
+    }
+
+    /// Every fake package has an sdist too, in `<dir>/links`.
+    fn sdists(dir: &Path, tmp: &Path) -> Sdists {
+        let links = dir.join("links");
+        fs::create_dir_all(&links).expect("mkdir links");
+        for name in ["alpha-1.0", "alpha-2.0", "beta-1.0"] {
+            fs::write(links.join(format!("{name}.tar.gz")), "sdist").expect("write sdist");
+        }
+        Sdists::open(dir, tmp, vec![links], String::new()).expect("open sdists")
     }
 
     fn req(text: &str) -> Requirement {
@@ -451,7 +635,8 @@ pub(crate) mod tests {
         assert_eq!(store.pip_runs(), 1);
 
         let tmp = dir.path().join("tmp");
-        let reopened = Packages::open(dir.path(), &tmp, installer).expect("reopen");
+        let reopened = Packages::open(dir.path(), &tmp, installer, sdists(dir.path(), &tmp), false)
+            .expect("reopen");
         assert_eq!(
             reopened.installed(&req("alpha==1.0")).as_deref(),
             Some(&*first)
@@ -517,6 +702,39 @@ pub(crate) mod tests {
         assert!(
             missing.to_string().contains("No matching distribution"),
             "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_package_with_no_wheel_is_refused_while_source_builds_are_off() {
+        let mut installer = FakeInstaller::new(&[("beta", "1.0", &[])]);
+        installer.sdist_only.push("beta==1.0".into());
+        let (_dir, store) = open_store(Arc::new(installer));
+        let err = store
+            .ensure(&req("beta==1.0"), false)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, PackageError::NoWheel { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("package 'beta==1.0' has no wheel for this platform, and source builds are off (the operator can allow them with allow_source_builds): "),
+            "{message}"
+        );
+        assert!(
+            message.contains("No matching distribution found for beta==1.0"),
+            "{message}"
+        );
+        let status = tonic::Status::from(Error::Package {
+            name: "f".into(),
+            source: err,
+        });
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .starts_with("function 'f' cannot start: package 'beta==1.0' has no wheel"),
+            "{}",
+            status.message()
         );
     }
 

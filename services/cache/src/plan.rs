@@ -10,15 +10,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sock_proto::v1::ZygoteNode;
+use sock_proto::v1::{BuiltWheel, SourceBuild, ZygoteNode};
 
 use crate::closure;
 use crate::config::Config;
 use crate::error::Error;
 use crate::installer::Installer;
 use crate::markers::Environment;
-use crate::packages::{Package, Packages};
+use crate::packages::{Package, PackageError, Packages};
 use crate::requirement::Requirement;
+use crate::sdist::Sdists;
 use crate::tree::ImportTree;
 
 type Closure = Arc<Vec<Arc<Package>>>;
@@ -47,6 +48,8 @@ pub(crate) struct Plan {
     pub package_dirs: Vec<String>,
     pub imports: Vec<String>,
     pub zygote_chain: Vec<ZygoteNode>,
+    /// Source builds the caller must do first; when set, nothing else is.
+    pub builds: Vec<SourceBuild>,
 }
 
 impl Planner {
@@ -67,10 +70,23 @@ impl Planner {
                 )));
             }
         };
+        let sdists = Sdists::open(
+            data_dir,
+            tmp,
+            config.find_links.clone(),
+            config.index_url.clone(),
+        )
+        .map_err(|e| Error::io("create", data_dir.join("sdists"), e))?;
         let pins = data_dir.join("pins");
         std::fs::create_dir_all(&pins).map_err(|e| Error::io("create", &pins, e))?;
         Ok(Planner {
-            packages: Arc::new(Packages::open(data_dir, tmp, installer)?),
+            packages: Arc::new(Packages::open(
+                data_dir,
+                tmp,
+                installer,
+                sdists,
+                config.allow_source_builds,
+            )?),
             pins,
             tmp: tmp.to_path_buf(),
             env: Environment::probe(&config.python),
@@ -79,15 +95,47 @@ impl Planner {
         })
     }
 
-    /// Installs what version `version` of `name` needs and says how to run it.
+    /// Installs what version `version` of `name` needs (`built`: wheels
+    /// the caller built for an earlier plan's `builds`) and says how to
+    /// run it, or which source builds it needs first.
     #[tracing::instrument(name = "cache.packages", skip_all, fields(function = %name, version))]
     pub(crate) async fn plan(
         &self,
         name: &str,
         version: u64,
         requirements: &[String],
+        built: &[BuiltWheel],
     ) -> Result<Plan, Error> {
-        let closure = self.closure(name, version, requirements).await?;
+        for wheel in built {
+            self.packages
+                .install_built(&wheel.requirement, &wheel.file_name, &wheel.wheel)
+                .await
+                .map_err(|source| Error::Package {
+                    name: name.to_string(),
+                    source,
+                })?;
+        }
+        let closure = match self.closure(name, version, requirements).await {
+            Err(Error::Package {
+                source:
+                    PackageError::NeedsBuild {
+                        requirement,
+                        dir,
+                        file_name,
+                    },
+                ..
+            }) => {
+                return Ok(Plan {
+                    builds: vec![SourceBuild {
+                        requirement,
+                        dir,
+                        file_name,
+                    }],
+                    ..Plan::default()
+                });
+            }
+            closure => closure?,
+        };
         let chain = match &self.tree {
             Some(tree) => tree.chain(&self.packages, &self.env, &closure).await,
             None => Vec::new(),
@@ -126,6 +174,7 @@ impl Planner {
                     imports: node.imports.clone(),
                 })
                 .collect(),
+            builds: Vec::new(),
         })
     }
 
@@ -238,13 +287,29 @@ mod tests {
     use crate::packages::tests::FakeInstaller;
 
     fn planner(tree: &str, installer: Arc<FakeInstaller>) -> (tempfile::TempDir, Planner) {
+        planner_with(
+            Config {
+                import_tree: tree.into(),
+                ..Config::default()
+            },
+            installer,
+        )
+    }
+
+    /// Offline: with no `find_links` given, an empty dir of them.
+    fn planner_with(
+        mut config: Config,
+        installer: Arc<FakeInstaller>,
+    ) -> (tempfile::TempDir, Planner) {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).expect("mkdir tmp");
-        let config = Config {
-            import_tree: tree.into(),
-            ..Config::default()
-        };
+        if config.find_links.is_empty() {
+            let links = dir.path().join("links");
+            std::fs::create_dir(&links).expect("mkdir links");
+            std::fs::write(links.join("beta-1.0.tar.gz"), "sdist").expect("write sdist");
+            config.find_links.push(links);
+        }
         let planner = Planner::open(&config, dir.path(), &tmp, installer).expect("open");
         (dir, planner)
     }
@@ -258,7 +323,7 @@ mod tests {
         let tree = r#"{"children": [{"packages": ["numpy==2.1.0"]}]}"#;
         let (dir, planner) = planner(tree, installer);
         let plan = planner
-            .plan("f", 1, &["app==1.0".into(), "numpy==2.1.0".into()])
+            .plan("f", 1, &["app==1.0".into(), "numpy==2.1.0".into()], &[])
             .await
             .expect("plans");
         let numpy = dir
@@ -283,8 +348,14 @@ mod tests {
     async fn unpinned_requirements_are_pinned_once_per_function_version() {
         let installer = Arc::new(FakeInstaller::new(&[("app", "1.0", &[])]));
         let (_dir, planner) = planner("", installer);
-        let first = planner.plan("f", 1, &["app".into()]).await.expect("plans");
-        let again = planner.plan("f", 1, &["app".into()]).await.expect("plans");
+        let first = planner
+            .plan("f", 1, &["app".into()], &[])
+            .await
+            .expect("plans");
+        let again = planner
+            .plan("f", 1, &["app".into()], &[])
+            .await
+            .expect("plans");
         assert_eq!(first, again);
         assert_eq!(planner.packages.pip_runs(), 1);
     }
@@ -296,7 +367,10 @@ mod tests {
             ("dep", "1.0", &[]),
         ]));
         let (dir, planner) = planner("", installer);
-        let first = planner.plan("f", 1, &["app".into()]).await.expect("plans");
+        let first = planner
+            .plan("f", 1, &["app".into()], &[])
+            .await
+            .expect("plans");
 
         // A newer app appears on the index; the restarted cache keeps 1.0
         // for this function version, without pip.
@@ -308,7 +382,7 @@ mod tests {
         let restarted =
             Planner::open(&Config::default(), dir.path(), &tmp, newer.clone()).expect("reopen");
         let again = restarted
-            .plan("f", 1, &["app".into()])
+            .plan("f", 1, &["app".into()], &[])
             .await
             .expect("plans");
         assert_eq!(first.package_dirs, again.package_dirs);
@@ -317,7 +391,7 @@ mod tests {
         // Other requirements under the same version (a reset registry):
         // resolved anew.
         let other = restarted
-            .plan("f", 1, &["app>=2".into()])
+            .plan("f", 1, &["app>=2".into()], &[])
             .await
             .expect("plans");
         assert!(
@@ -331,13 +405,13 @@ mod tests {
         let installer = Arc::new(FakeInstaller::new(&[]));
         let (_dir, planner) = planner("", installer.clone());
         let bad = planner
-            .plan("f", 3, &["-e .".into()])
+            .plan("f", 3, &["-e .".into()], &[])
             .await
             .expect_err("refused");
         assert!(matches!(bad, Error::Requirement { .. }));
         assert!(bad.to_string().contains("function 'f' version 3"), "{bad}");
         let missing = planner
-            .plan("f", 3, &["nope==1.0".into()])
+            .plan("f", 3, &["nope==1.0".into()], &[])
             .await
             .expect_err("fails");
         let status = tonic::Status::from(missing);
@@ -372,5 +446,114 @@ mod tests {
         .err()
         .expect("refused");
         assert!(err.to_string().contains("neither"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_package_with_only_an_sdist_is_built_by_the_caller_then_installed() {
+        let links = tempfile::tempdir().expect("tempdir");
+        std::fs::write(links.path().join("beta-1.0.tar.gz"), "sdist").expect("write sdist");
+        let mut installer =
+            FakeInstaller::new(&[("app", "1.0", &["beta==1.0"]), ("beta", "1.0", &[])]);
+        installer.sdist_only.push("beta==1.0".into());
+        let config = Config {
+            allow_source_builds: true,
+            find_links: vec![links.path().to_path_buf()],
+            import_cache: "off".into(),
+            ..Config::default()
+        };
+        let (dir, planner) = planner_with(config, Arc::new(installer));
+        let requirements = ["app==1.0".to_string()];
+
+        let first = planner
+            .plan("f", 1, &requirements, &[])
+            .await
+            .expect("plans");
+        let sdists = dir.path().join("sdists/beta==1.0");
+        assert_eq!(
+            first,
+            Plan {
+                builds: vec![SourceBuild {
+                    requirement: "beta==1.0".into(),
+                    dir: sdists.display().to_string(),
+                    file_name: "beta-1.0.tar.gz".into(),
+                }],
+                ..Plan::default()
+            }
+        );
+        assert_eq!(std::fs::read_dir(&sdists).expect("list").count(), 1);
+
+        // A wheel for a build nobody asked for is refused.
+        let unasked = BuiltWheel {
+            requirement: "app==9.0".into(),
+            file_name: "app-9.0-py3-none-any.whl".into(),
+            wheel: b"zip".to_vec(),
+        };
+        let err = planner
+            .plan("f", 1, &requirements, &[unasked])
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("the cache asked for no such build"),
+            "{err}"
+        );
+        // A file that is not a wheel of the package is refused too.
+        let misnamed = BuiltWheel {
+            requirement: "beta==1.0".into(),
+            file_name: "../beta-1.0-py3-none-any.whl".into(),
+            wheel: b"zip".to_vec(),
+        };
+        let err = planner
+            .plan("f", 1, &requirements, &[misnamed])
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("is not a wheel of beta"), "{err}");
+
+        let built = BuiltWheel {
+            requirement: "beta==1.0".into(),
+            file_name: "beta-1.0-py3-none-any.whl".into(),
+            wheel: b"zip".to_vec(),
+        };
+        let second = planner
+            .plan("f", 1, &requirements, &[built])
+            .await
+            .expect("plans");
+        assert!(second.builds.is_empty(), "{second:?}");
+        assert_eq!(
+            second.package_dirs,
+            [
+                dir.path()
+                    .join("packages/app==1.0/files")
+                    .display()
+                    .to_string(),
+                dir.path()
+                    .join("packages/beta==1.0/files")
+                    .display()
+                    .to_string(),
+            ]
+        );
+        assert!(!sdists.exists(), "the sdist is removed once installed");
+    }
+
+    #[tokio::test]
+    async fn an_unpinned_package_with_only_an_sdist_must_be_pinned() {
+        let mut installer = FakeInstaller::new(&[("beta", "1.0", &[])]);
+        installer.sdist_only.push("beta==1.0".into());
+        let config = Config {
+            allow_source_builds: true,
+            import_cache: "off".into(),
+            ..Config::default()
+        };
+        let (_dir, planner) = planner_with(config, Arc::new(installer));
+        let err = planner
+            .plan("f", 1, &["beta>=0.5".into()], &[])
+            .await
+            .expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("package 'beta>=0.5' has no wheel for this platform and cannot be built from source: pin its version"), "{message}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::FailedPrecondition
+        );
     }
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::installer::SandboxdInstaller;
+use crate::installer::PipInstaller;
 use crate::metrics::Metrics;
 use crate::plan::Planner;
 use crate::prepare::Preparer;
@@ -37,10 +37,10 @@ pub async fn run(
     sock_service::require_tokens("the cache", addr, &tokens).map_err(Error::InvalidConfig)?;
     let registry = Registry::new(&config.registry_url, config.node_token.as_ref())?;
     let data_dir = config.data_dir.clone();
-    let installer = Arc::new(SandboxdInstaller::new(&config)?);
     let planner_config = config.clone();
     let (store, planner) = tokio::task::spawn_blocking(move || {
         let store = Store::open(&data_dir)?;
+        let installer = Arc::new(PipInstaller::new(&planner_config, store.root())?);
         let planner = Planner::open(&planner_config, store.root(), store.tmp(), installer)?;
         Ok::<_, Error>((store, planner))
     })
@@ -71,11 +71,14 @@ pub async fn run(
         .layer(sock_service::AuthLayer::new(tokens, access));
     tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
     sock_service::with_standard_services(&mut server, health)
-        .add_service(CacheServer::new(service))
+        .add_service(CacheServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await
         .map_err(Error::Serve)
 }
+
+/// A `Prepare` may carry a built wheel (sandboxd caps one at 256 MiB).
+const MAX_REQUEST_BYTES: usize = 257 << 20;
 
 /// `Prepare` is for the node's sandboxd, with the node token.
 fn access(path: &str) -> sock_service::Access {
@@ -97,10 +100,8 @@ impl Cache for CacheService {
         &self,
         request: Request<PrepareRequest>,
     ) -> Result<Response<PrepareResponse>, Status> {
-        let function = request
-            .into_inner()
-            .function
-            .ok_or(Error::MissingFunction)?;
+        let request = request.into_inner();
+        let function = request.function.ok_or(Error::MissingFunction)?;
         let installed = self
             .preparer
             .prepare(&function.name, function.version)
@@ -111,8 +112,15 @@ impl Cache for CacheService {
                 &function.name,
                 installed.version,
                 &installed.config.requirements,
+                &request.built,
             )
             .await?;
+        if !plan.builds.is_empty() {
+            return Ok(Response::new(PrepareResponse {
+                builds: plan.builds,
+                ..PrepareResponse::default()
+            }));
+        }
         Ok(Response::new(PrepareResponse {
             function: Some(FunctionRef {
                 name: function.name,
@@ -123,6 +131,7 @@ impl Cache for CacheService {
             imports: plan.imports,
             zygote_chain: plan.zygote_chain,
             config: Some(installed.config),
+            builds: Vec::new(),
         }))
     }
 }

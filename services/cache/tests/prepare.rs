@@ -326,6 +326,7 @@ async fn prepare(
                 name: name.into(),
                 version,
             }),
+            ..PrepareRequest::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -660,6 +661,7 @@ async fn a_fetch_outlives_a_caller_that_gave_up() {
             name: "hello".into(),
             version,
         }),
+        ..PrepareRequest::default()
     });
     request.set_timeout(Duration::from_millis(300));
     let status = bounded(stack.client.clone().prepare(request))

@@ -221,13 +221,6 @@ impl Sandboxd for FakeSandboxdService {
         ])))
     }
 
-    async fn install(
-        &self,
-        _: Request<sock_proto::v1::InstallRequest>,
-    ) -> Result<Response<sock_proto::v1::InstallResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
-    }
-
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         Err(Status::unimplemented("not faked"))
     }

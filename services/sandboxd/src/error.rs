@@ -59,6 +59,15 @@ pub enum Error {
     Destroyed { id: String },
     #[error("{0}")]
     InvalidRequest(String),
+    /// A source build failed or left no usable wheel.
+    #[error(
+        "function '{function}' cannot start: package '{requirement}' failed to build from source: {reason}"
+    )]
+    Build {
+        function: String,
+        requirement: String,
+        reason: String,
+    },
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
@@ -75,6 +84,8 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::InvalidRequest(msg) => Status::invalid_argument(msg),
+            // Its reason is the build's own output: the function author's.
+            build @ Error::Build { .. } => Status::failed_precondition(build.to_string()),
             Error::Pool(e) => Status::resource_exhausted(e.to_string()),
             Error::Cache(status) => match status.code() {
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {

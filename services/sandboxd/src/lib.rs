@@ -15,11 +15,11 @@
 //! marked `#[allow(unsafe_code)]` with a `// SAFETY:` comment per block.
 #![deny(unsafe_code)]
 
+mod build;
 mod cgroups;
 mod config;
 mod error;
 mod init;
-mod install;
 mod listener;
 mod logs;
 mod metrics;

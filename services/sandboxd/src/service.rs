@@ -8,9 +8,8 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, FunctionSandboxes, InstallRequest, InstallResponse, LogsRequest,
-    PrepareRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
-    ZygoteStatus,
+    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, ZygoteStatus,
 };
 use sock_service::AuthedChannel;
 use sock_telemetry::grpc::ServerTraceLayer;
@@ -37,6 +36,11 @@ fn access(path: &str) -> sock_service::Access {
         sock_service::Access::Open
     }
 }
+
+/// Rounds of source builds one cold start may need: each round builds
+/// what the cache found missing so far (a dependency of a built package
+/// may need one too).
+const MAX_BUILD_ROUNDS: usize = 16;
 
 /// After the grace period the remaining sandboxes are killed, which ends
 /// their calls at once; this bounds the wait for those answers.
@@ -72,14 +76,6 @@ impl Sandboxd for SandboxdService {
             &request.function,
             request.follow,
         )))
-    }
-
-    async fn install(
-        &self,
-        request: Request<InstallRequest>,
-    ) -> Result<Response<InstallResponse>, Status> {
-        let answer = self.manager.install(request.into_inner()).await?;
-        Ok(Response::new(answer))
     }
 
     async fn status(
@@ -174,20 +170,47 @@ impl SandboxdService {
         function: FunctionRef,
         caller_config: FunctionConfig,
     ) -> Result<Prepared, Error> {
-        let prepared = self
-            .cache
-            .clone()
-            .prepare(PrepareRequest {
-                function: Some(function.clone()),
-            })
-            .instrument(tracing::info_span!(
-                "cache.prepare",
-                function = %function.name,
-                version = function.version
-            ))
-            .await
-            .map_err(Error::Cache)?
-            .into_inner();
+        // Packages with only an sdist (when the cache allows source
+        // builds) come back as builds to do first; the cache never calls
+        // sandboxd.
+        let mut built = Vec::new();
+        let mut rounds = 0;
+        let prepared = loop {
+            let prepared = self
+                .cache
+                .clone()
+                .prepare(PrepareRequest {
+                    function: Some(function.clone()),
+                    built: std::mem::take(&mut built),
+                })
+                .instrument(tracing::info_span!(
+                    "cache.prepare",
+                    function = %function.name,
+                    version = function.version
+                ))
+                .await
+                .map_err(Error::Cache)?
+                .into_inner();
+            if prepared.builds.is_empty() {
+                break prepared;
+            }
+            rounds += 1;
+            if rounds > MAX_BUILD_ROUNDS {
+                return Err(Error::Build {
+                    function: function.name.clone(),
+                    requirement: prepared.builds[0].requirement.clone(),
+                    reason: format!("more than {MAX_BUILD_ROUNDS} rounds of source builds"),
+                });
+            }
+            for build in prepared.builds {
+                built.push(
+                    self.manager
+                        .build(&function.name, build)
+                        .instrument(tracing::info_span!("sandboxd.source_build"))
+                        .await?,
+                );
+            }
+        };
         let version = prepared
             .function
             .as_ref()

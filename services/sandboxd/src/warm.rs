@@ -533,12 +533,14 @@ impl Manager {
         }
     }
 
-    /// Runs `pip install` for the cache (see [`crate::install`]).
-    pub async fn install(
+    /// Builds a package's sdist for `function`'s cold start (see
+    /// [`crate::build`]).
+    pub(crate) async fn build(
         &self,
-        req: sock_proto::v1::InstallRequest,
-    ) -> Result<sock_proto::v1::InstallResponse, Error> {
-        crate::install::install(&self.sandboxes, &self.pool, req).await
+        function: &str,
+        build: sock_proto::v1::SourceBuild,
+    ) -> Result<sock_proto::v1::BuiltWheel, Error> {
+        crate::build::build(&self.sandboxes, &self.pool, function, build).await
     }
 
     pub fn status(&self) -> NodeStatus {

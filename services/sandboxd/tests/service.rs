@@ -8,8 +8,8 @@ use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
-    ErrorKind, FunctionConfig, FunctionRef, InstallRequest, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
+    ErrorKind, FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
+    SandboxInvokeResponse, StatusRequest,
 };
 use sock_sandboxd::Config;
 use tokio::net::TcpListener;
@@ -370,118 +370,4 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .expect("wait");
     assert!(status.success(), "sock-sandboxd exited with {status}");
     assert_no_cgroups(&instance);
-}
-
-/// A wheel of `name` `version` with one module `name.py` saying
-/// `VERSION = "<version>"`, made with Python's zipfile as a packager would.
-fn build_wheel(dir: &Path, name: &str, version: &str) {
-    let script = r#"
-import base64, hashlib, sys, zipfile
-out, name, version = sys.argv[1:4]
-info = f"{name}-{version}.dist-info"
-files = {
-    f"{name}.py": f'VERSION = "{version}"\n',
-    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: sock-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-for path, text in files.items():
-    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-    record.append(f"{path},sha256={digest},{len(text.encode())}")
-record.append(f"{info}/RECORD,,")
-files[f"{info}/RECORD"] = "\n".join(record) + "\n"
-with zipfile.ZipFile(f"{out}/{name}-{version}-py3-none-any.whl", "w") as whl:
-    for path, text in files.items():
-        whl.writestr(path, text)
-"#;
-    let status = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(dir)
-        .args([name, version])
-        .status()
-        .expect("run python3");
-    assert!(status.success(), "building the wheel failed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn install_puts_a_wheel_into_the_target_dir_offline() {
-    let Some(node) = start("install", 10_000, true).await else {
-        return;
-    };
-    let links = node._dir.path().join("wheels");
-    std::fs::create_dir(&links).expect("mkdir wheels");
-    build_wheel(&links, "sockdemo", "1.2.3");
-    let target = node._dir.path().join("cache/packages/sockdemo==1.2.3");
-    std::fs::create_dir_all(&target).expect("mkdir target");
-
-    let answer = node
-        .client
-        .clone()
-        .install(InstallRequest {
-            requirement: "sockdemo==1.2.3".into(),
-            target_dir: target.display().to_string(),
-            find_links: vec![links.display().to_string()],
-            ..InstallRequest::default()
-        })
-        .await
-        .expect("install")
-        .into_inner();
-    assert!(answer.ok, "pip failed: {}", answer.log);
-    assert!(
-        answer.log.contains("Successfully installed sockdemo-1.2.3"),
-        "{}",
-        answer.log
-    );
-    let module = std::fs::read_to_string(target.join("sockdemo.py")).expect("module installed");
-    assert_eq!(module, "VERSION = \"1.2.3\"\n");
-    assert!(target.join("sockdemo-1.2.3.dist-info/METADATA").is_file());
-    // Handed back to the target dir's owner (root here), not left to the
-    // sandbox uid.
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(
-        std::fs::metadata(target.join("sockdemo.py"))
-            .expect("stat")
-            .uid(),
-        0
-    );
-
-    // A version that is not there: a clear failure, pip's words in the log.
-    let missing = node
-        .client
-        .clone()
-        .install(InstallRequest {
-            requirement: "sockdemo==9.9".into(),
-            target_dir: target.display().to_string(),
-            find_links: vec![links.display().to_string()],
-            ..InstallRequest::default()
-        })
-        .await
-        .expect("install answers")
-        .into_inner();
-    assert!(!missing.ok);
-    assert!(
-        missing.log.contains("No matching distribution"),
-        "{}",
-        missing.log
-    );
-
-    // Outside the cache's data dir: refused before anything runs.
-    let refused = node
-        .client
-        .clone()
-        .install(InstallRequest {
-            requirement: "sockdemo==1.2.3".into(),
-            target_dir: links.display().to_string(),
-            find_links: vec![links.display().to_string()],
-            ..InstallRequest::default()
-        })
-        .await
-        .expect_err("refused");
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(
-        refused.message().contains("below the cache's data dir"),
-        "{}",
-        refused.message()
-    );
-    node.stop().await;
 }
