@@ -140,6 +140,7 @@ async fn outsiders_are_turned_away_everywhere_and_only_sandboxd_is_root() {
                 name: "secretive".into(),
                 version: 0,
             }),
+            ..PrepareRequest::default()
         })
         .await
         .expect_err("anonymous prepare");

@@ -338,6 +338,41 @@ async fn start_all(
     Ok(())
 }
 
+/// Makes the `sock` system user. Several `sock up` may start at once (the
+/// tests do) and useradd refuses while another holds /etc/passwd's lock,
+/// so a failure is retried a few times, and whoever made the user wins.
+fn make_sock_user(
+    name: &str,
+    find: impl Fn() -> anyhow::Result<Option<nix::unistd::User>>,
+) -> anyhow::Result<nix::unistd::User> {
+    let mut last = None;
+    for _ in 0..20 {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run useradd to make the sock user")?;
+        if let Some(user) = find()? {
+            return Ok(user);
+        }
+        last = Some(status);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "useradd could not make the sock user ({}); make it, or pass --user",
+        last.map_or_else(|| "not run".to_string(), |s| s.to_string())
+    )
+}
+
 /// `sock tokens`: the tokens of `data_dir`, made if missing; `owner` gets
 /// them all.
 pub fn tokens(data_dir: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<ExitCode> {
@@ -358,30 +393,11 @@ pub fn tokens(data_dir: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<Exit
 /// user with no home and no shell) when missing.
 fn service_user(name: &str) -> anyhow::Result<RunAs> {
     let find = || {
-        nix::unistd::User::from_name(name)
-            .with_context(|| format!("cannot look user {name} up"))
+        nix::unistd::User::from_name(name).with_context(|| format!("cannot look user {name} up"))
     };
     let user = match find()? {
         Some(user) => user,
-        None if name == "sock" => {
-            let status = std::process::Command::new("useradd")
-                .args([
-                    "--system",
-                    "--user-group",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/nonexistent",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    name,
-                ])
-                .status()
-                .context("cannot run useradd to make the sock user")?;
-            if !status.success() {
-                bail!("useradd could not make the sock user ({status}); make it, or pass --user");
-            }
-            find()?.context("useradd made no sock user")?
-        }
+        None if name == "sock" => make_sock_user(name, find)?,
         None => bail!("there is no user {name}: make it, or pass another --user"),
     };
     if user.uid.is_root() {
@@ -406,7 +422,8 @@ fn give_data_dirs(data_dir: &Path, run_as: RunAs) -> anyhow::Result<()> {
     // Others must be able to pass through every dir above: a 0700 home or
     // temp dir would lock the services out of their own data.
     for dir in data_dir.ancestors() {
-        let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
         let passable = meta.mode() & 0o001 != 0 || dir == data_dir;
         if !passable {
             bail!(
@@ -634,23 +651,42 @@ mod tests {
             Some(RunAs { uid: 999, gid: 998 }),
         );
         let has = |service: &Service, key: &str, value: &str| {
-            service
-                .env
-                .contains(&(key.to_string(), value.to_string()))
+            service.env.contains(&(key.to_string(), value.to_string()))
         };
         for service in &services {
-            assert_eq!(service.unprivileged, service.name != "sandboxd", "{}", service.name);
+            assert_eq!(
+                service.unprivileged,
+                service.name != "sandboxd",
+                "{}",
+                service.name
+            );
             let prefix = format!("SOCK_{}_", service.name.to_uppercase());
-            assert!(has(service, &format!("{prefix}NODE_TOKEN"), "n"), "{}", service.name);
-            assert!(has(service, &format!("{prefix}ADMIN_TOKEN"), "a"), "{}", service.name);
+            assert!(
+                has(service, &format!("{prefix}NODE_TOKEN"), "n"),
+                "{}",
+                service.name
+            );
+            assert!(
+                has(service, &format!("{prefix}ADMIN_TOKEN"), "a"),
+                "{}",
+                service.name
+            );
         }
         let by_name = |name: &str| services.iter().find(|s| s.name == name).expect("planned");
         let sandboxd = by_name("sandboxd");
-        assert!(has(sandboxd, "SOCK_SANDBOXD_LISTEN", "unix:/data/sandboxd.sock"));
+        assert!(has(
+            sandboxd,
+            "SOCK_SANDBOXD_LISTEN",
+            "unix:/data/sandboxd.sock"
+        ));
         assert!(has(sandboxd, "SOCK_SANDBOXD_CLIENT_UID", "999"));
         let gateway = by_name("gateway");
         assert!(has(gateway, "SOCK_GATEWAY_INVOKE_TOKEN", "i"));
-        assert!(has(gateway, "SOCK_GATEWAY_SANDBOXD_ADDR", "unix:/data/sandboxd.sock"));
+        assert!(has(
+            gateway,
+            "SOCK_GATEWAY_SANDBOXD_ADDR",
+            "unix:/data/sandboxd.sock"
+        ));
     }
 
     #[test]

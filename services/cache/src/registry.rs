@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{
-    AUTHORIZATION,
-    ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    AUTHORIZATION, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
 
 use crate::error::Error;
@@ -61,9 +60,8 @@ impl Registry {
         }
         let mut headers = HeaderMap::new();
         if let Some(token) = node_token.map(|t| t.expose()).filter(|t| !t.is_empty()) {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                Error::InvalidConfig("node_token must be printable ASCII".into())
-            })?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::InvalidConfig("node_token must be printable ASCII".into()))?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }

@@ -47,7 +47,11 @@ pub async fn bind(config: &Config) -> Result<Listener, Error> {
     match config.listen.strip_prefix(UNIX_PREFIX) {
         Some(path) => bind_unix(Path::new(path), config.client_uid, config.client_gid),
         None => {
-            if config.node_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            if config
+                .node_token
+                .as_ref()
+                .is_none_or(|t| t.expose().is_empty())
+            {
                 return Err(Error::InvalidConfig(format!(
                     "refusing to listen on TCP {} without a node_token: sandboxd is root's API; \
                      listen on unix:PATH (the default), or set node_token and give the gateway \
