@@ -84,7 +84,10 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
     let (uid, gid) = text
         .split_once(':')
         .ok_or_else(|| format!("'{text}' is not UID:GID"))?;
-    let id = |s: &str| s.parse::<u32>().map_err(|_| format!("'{s}' is not a number"));
+    let id = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("'{s}' is not a number"))
+    };
     Ok((id(uid)?, id(gid)?))
 }
 

@@ -118,6 +118,9 @@ mod tests {
         assert_eq!(again.admin, first.admin);
         assert_eq!(again.node, first.node);
         assert_eq!(read(dir.path(), Kind::Invoke), Some(first.invoke));
-        assert_eq!(read(tempfile::tempdir().expect("t").path(), Kind::Admin), None);
+        assert_eq!(
+            read(tempfile::tempdir().expect("t").path(), Kind::Admin),
+            None
+        );
     }
 }
