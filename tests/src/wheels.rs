@@ -96,3 +96,44 @@ pub fn module_wheel(
         },
     )
 }
+
+/// An sdist `<name>-<version>.tar.gz` (PEP 625 name) in `dir` whose
+/// build backend is `backend` (the module `backend.py`, in-tree:
+/// `backend-path = ["."]`, no build requirements, so it builds offline);
+/// returns its path.
+pub fn sdist(dir: &Path, name: &str, version: &str, backend: &str) -> PathBuf {
+    let script = r#"
+import io, sys, tarfile
+out, name, version, backend = sys.argv[1:5]
+base = f"{name.replace('-', '_')}-{version}"
+files = {
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+    "backend.py": backend,
+    "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+}
+path = f"{out}/{base}.tar.gz"
+with tarfile.open(path, "w:gz") as tar:
+    for file, text in files.items():
+        data = text.encode()
+        info = tarfile.TarInfo(f"{base}/{file}")
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+print(path)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version, backend])
+        .output()
+        .expect("run python3 to build an sdist");
+    assert!(
+        output.status.success(),
+        "building sdist {name} {version} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("make the sdist readable");
+    path
+}

@@ -1,7 +1,7 @@
 //! Functions with requirements, end to end: the cache installs packages
-//! (pip in sandboxd's installer sandbox) from wheels the tests build,
-//! offline, and sandboxes get the closure on `sys.path`; the import-cache
-//! tree forks functions from a zygote that imported their package only
+//! (its own pip, wheels only; source_builds.rs has sdists) from wheels the
+//! tests build, offline, and sandboxes get the closure on `sys.path`; the
+//! import-cache tree forks functions from a zygote that imported their package only
 //! when the versions agree. `network_pypi_*` installs from the real PyPI.
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
 use sock_proto::v1::invoke_response::Outcome;
 
-/// Installs run pip in a sandbox: give the first call room.
+/// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
 
 /// ol.yaml of the test functions: a timeout long enough for installs.
@@ -197,7 +197,7 @@ async fn a_failed_install_names_the_package_and_is_retried_on_a_later_call() {
     stop(cluster);
 }
 
-/// Needs PyPI: pip in the installer sandbox downloads six.
+/// Needs PyPI: the cache's pip downloads six's wheel.
 #[tokio::test(flavor = "multi_thread")]
 async fn network_pypi_six_installs_and_imports() {
     if !have_root() {
