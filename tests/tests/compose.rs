@@ -46,13 +46,49 @@ fn config_keys(service: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `SOCK_<SERVICE>_<KEY>` → (service, key), for the four services.
+/// `SOCK_<SERVICE>_<KEY>` → (service, key), for the four services; also
+/// `SOCK_<SERVICE>_<KEY>_FILE`, which gives the key the contents of a file.
 fn config_env(name: &str) -> Option<(&'static str, String)> {
     let rest = name.strip_prefix("SOCK_")?;
+    let rest = rest.strip_suffix("_FILE").unwrap_or(rest);
     SERVICES.iter().find_map(|service| {
         let key = rest.strip_prefix(&format!("{}_", service.to_ascii_uppercase()))?;
         Some((*service, key.to_ascii_lowercase()))
     })
+}
+
+/// `SOCK_<SERVICE>_<KIND>_TOKEN[_FILE]` → the kind (`admin`, `invoke`,
+/// `node`).
+fn token_kind(name: &str) -> Option<String> {
+    let (_, key) = config_env(name)?;
+    key.strip_suffix("_token").map(str::to_string)
+}
+
+/// The tokens a service needs wherever it is deployed: those it asks of
+/// its callers and those it shows to the services it calls.
+fn needed_tokens(service: &str) -> &'static [&'static str] {
+    match service {
+        "registry" => &["admin", "node"],
+        "gateway" => &["invoke", "admin", "node"],
+        _ => &["node"],
+    }
+}
+
+/// The uid and gid of the image's `sock` user (deploy/image-setup.sh), which
+/// the registry, cache and gateway run as.
+fn image_user() -> (String, String) {
+    let setup = std::fs::read_to_string(repo().join("deploy/image-setup.sh"))
+        .expect("read deploy/image-setup.sh");
+    let id = |command: &str, flag: &str| -> String {
+        setup
+            .lines()
+            .find(|l| l.trim_start().starts_with(command))
+            .and_then(|l| l.split(flag).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("image-setup.sh: no '{command} {flag} N'"))
+            .to_string()
+    };
+    (id("useradd", "--uid"), id("groupadd", "--gid"))
 }
 
 /// `sock-gateway` → `gateway`.
@@ -294,7 +330,16 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
         SERVICES.into_iter().collect(),
         "sock.toml configures all four services"
     );
+    for (service, section) in &config {
+        for key in section.keys() {
+            assert!(
+                !key.ends_with("_token"),
+                "sock.toml: [{service}] {key}: a token belongs in the Secret, not the ConfigMap"
+            );
+        }
+    }
 
+    let mut tokens: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for service in SERVICES {
         let (container, pod) = manifests.container(service);
         let command: Vec<&str> = seq(&container["command"])
@@ -326,6 +371,16 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
                     "{name}: sock-{service} has no key '{key}'"
                 );
             }
+            if let Some(kind) = token_kind(name) {
+                check_k8s_token(service, container, pod, var, &kind);
+                tokens.entry(service).or_default().insert(kind);
+            }
+        }
+        for kind in needed_tokens(service) {
+            assert!(
+                tokens.get(service).is_some_and(|t| t.contains(*kind)),
+                "sock-{service} has no {kind} token"
+            );
         }
         // Probes ask the port the service listens on.
         let listen = key(
@@ -407,6 +462,14 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
         );
     }
 
+    // sandboxd, root's API, is on TCP for the gateways in other pods:
+    // only with the node token, which the gateways show.
+    let listen = key(&config, "sandboxd", "listen");
+    assert!(
+        listen.starts_with("unix:") || tokens["sandboxd"].contains("node"),
+        "sandboxd listens on TCP {listen} without a node token"
+    );
+
     // cache and sandboxd: one pod, the cache over loopback, the cache's
     // volume at the same path in both (code dirs are absolute paths).
     let (cache, cache_pod) = manifests.container("cache");
@@ -463,6 +526,66 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
             }
         }
     }
+}
+
+/// The Secret every token comes from (deploy/k8s/README.md says how it is
+/// made).
+const K8S_TOKENS_SECRET: &str = "sock-tokens";
+
+/// A token variable takes its kind's key of the tokens Secret: as a file
+/// of a Secret volume the container mounts, or through `secretKeyRef`;
+/// never as a literal in the manifest.
+fn check_k8s_token(service: &str, container: &Value, pod: &Value, var: &Value, kind: &str) {
+    let name = var["name"].as_str().expect("env name");
+    if !name.ends_with("_FILE") {
+        let secret = &var["valueFrom"]["secretKeyRef"];
+        assert_eq!(
+            secret["name"], K8S_TOKENS_SECRET,
+            "sock-{service}: {name} is not taken from the Secret {K8S_TOKENS_SECRET}"
+        );
+        assert_eq!(
+            secret["key"], kind,
+            "sock-{service}: {name} takes another token"
+        );
+        return;
+    }
+    let path = Path::new(
+        var["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("sock-{service}: {name} names no file")),
+    );
+    let mount = seq(&container["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(Path::new) == path.parent())
+        .unwrap_or_else(|| {
+            panic!(
+                "sock-{service}: {name}={} is in no volume it mounts",
+                path.display()
+            )
+        });
+    let volume = seq(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("sock-{service}: mounts an undeclared volume"));
+    assert_eq!(
+        volume["secret"]["secretName"], K8S_TOKENS_SECRET,
+        "sock-{service}: {name} is not read from the Secret {K8S_TOKENS_SECRET}"
+    );
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .expect("a file name");
+    let items = seq(&volume["secret"]["items"]);
+    let key = if items.is_empty() {
+        file
+    } else {
+        items
+            .iter()
+            .find(|i| i["path"] == file)
+            .and_then(|i| i["key"].as_str())
+            .unwrap_or_else(|| panic!("sock-{service}: {name}: its Secret volume has no {file}"))
+    };
+    assert_eq!(key, kind, "sock-{service}: {name} reads the {key} token");
 }
 
 // ---------------------------------------------------------------------
@@ -640,14 +763,49 @@ fn check_compose(files: &[&str]) {
     }
     assert!(services.contains_key("jaeger"), "compose.yaml runs Jaeger");
 
-    let listen_port = |name: &str| -> u16 {
+    // The one-shot service that makes the tokens: where, and for whom.
+    let (tokens_service, script) = services
+        .iter()
+        .find_map(|(name, s)| {
+            let script = seq(&s["command"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ");
+            script
+                .contains("sock tokens")
+                .then(|| (name.as_str(), script))
+        })
+        .expect("a compose service runs `sock tokens`");
+    let argument = |flag: &str| -> &str {
+        script
+            .split(flag)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{tokens_service}: `sock tokens` without {flag}"))
+    };
+    let secrets_dir = argument("--data-dir");
+    let (uid, gid) = image_user();
+    assert_eq!(
+        argument("--owner"),
+        format!("{uid}:{gid}"),
+        "{tokens_service} hands the tokens to the image's sock user, the services'"
+    );
+
+    let listen = |name: &str| -> &str {
         let (service, env) = &sock[name];
         let var = if *service == "registry" {
             "SOCK_REGISTRY_GRPC_LISTEN".into()
         } else {
             format!("SOCK_{}_LISTEN", service.to_ascii_uppercase())
         };
-        port_of(&env[&var])
+        &env[&var]
+    };
+    // Whether `addr` (host:port, http://host:port or unix:PATH) is where
+    // a service that listens on `listen` answers.
+    let answers = |addr: &str, listen: &str| match listen.strip_prefix("unix:") {
+        Some(_) => addr == listen,
+        None => !addr.starts_with("unix:") && port_of(addr) == port_of(listen),
     };
     let volume_at = |name: &str, path: &str| -> Option<String> {
         seq(&services[name]["volumes"])
@@ -659,8 +817,11 @@ fn check_compose(files: &[&str]) {
                 (target == path).then(|| source.to_string())
             })
     };
+    let secrets_volume =
+        volume_at(tokens_service, secrets_dir).expect("`sock tokens` writes into a volume");
 
     for (name, (service, env)) in &sock {
+        let mut tokens = BTreeSet::new();
         for var in env.keys() {
             if let Some((target, key)) = config_env(var) {
                 assert_eq!(target, *service, "{name} sets another service's {var}");
@@ -670,13 +831,39 @@ fn check_compose(files: &[&str]) {
                 );
             }
             if var.ends_with("_LISTEN") {
+                let unix = *service == "sandboxd" && env[var].starts_with("unix:");
                 assert!(
-                    env[var].starts_with("0.0.0.0:"),
+                    env[var].starts_with("0.0.0.0:") || unix,
                     "{name}: {var}={} must bind all interfaces in a container",
                     env[var]
                 );
             }
+            if let Some(kind) = token_kind(var) {
+                assert!(
+                    var.ends_with("_FILE"),
+                    "{name}: {var}: a token is read from the secrets volume, not written here"
+                );
+                assert_eq!(
+                    Path::new(&env[var]),
+                    Path::new(secrets_dir).join("tokens").join(&kind),
+                    "{name}: {var} is not the {kind} token `sock tokens` makes"
+                );
+                tokens.insert(kind);
+            }
         }
+        for kind in needed_tokens(service) {
+            assert!(tokens.contains(*kind), "{name} has no {kind} token");
+        }
+        assert_eq!(
+            volume_at(name, secrets_dir).as_ref(),
+            Some(&secrets_volume),
+            "{name} reads token files but does not mount the {secrets_volume} volume at {secrets_dir}"
+        );
+        assert_eq!(
+            services[*name]["depends_on"][tokens_service]["condition"],
+            "service_completed_successfully",
+            "{name} starts before its tokens exist"
+        );
         load_from_env(service, env)
             .unwrap_or_else(|e| panic!("{name}: its SOCK_* variables do not load: {e}"));
         assert!(
@@ -692,10 +879,10 @@ fn check_compose(files: &[&str]) {
             ["CMD", "sock-health"],
             "{name} has a grpc health check"
         );
-        assert_eq!(
-            port_of(health[2]),
-            listen_port(name),
-            "{name}'s health check probes its listen port"
+        assert!(
+            answers(health[2], listen(name)),
+            "{name}'s health check probes {}, not where it listens",
+            health[2]
         );
         for port in seq(&services[*name]["ports"])
             .iter()
@@ -723,14 +910,13 @@ fn check_compose(files: &[&str]) {
         let peer = |var: &str| -> &str {
             let url = &env[var];
             let host = host_of(url);
-            assert_eq!(
-                port_of(url),
-                listen_port(host),
-                "{name}: {var}={url} is not where {host} listens"
-            );
             let (peer, _) = sock
                 .get(host)
                 .unwrap_or_else(|| panic!("{name}: {var}={url} names no sock service"));
+            assert!(
+                answers(url, listen(host)),
+                "{name}: {var}={url} is not where {host} listens"
+            );
             peer
         };
         match *service {
@@ -740,38 +926,66 @@ fn check_compose(files: &[&str]) {
                 let nodes: toml::Table =
                     toml::from_str(&format!("n = {}", env["SOCK_GATEWAY_SANDBOXD_ADDRS"]))
                         .expect("SOCK_GATEWAY_SANDBOXD_ADDRS is a list");
-                let nodes: BTreeSet<&str> = nodes["n"]
-                    .as_array()
-                    .expect("a list")
-                    .iter()
-                    .map(|n| n.as_str().expect("a node address"))
-                    .collect();
-                for node in &nodes {
-                    let (peer, _) = &sock[host_of(node)];
-                    assert_eq!(*peer, "sandboxd", "{node} is no sandboxd");
-                    assert_eq!(port_of(node), listen_port(host_of(node)), "{node}");
+                let mut reached = BTreeSet::new();
+                for node in nodes["n"].as_array().expect("a list") {
+                    let node = node.as_str().expect("a node address");
+                    let Some(path) = node.strip_prefix("unix:") else {
+                        assert_eq!(
+                            sock.get(host_of(node)).map(|(s, _)| *s),
+                            Some("sandboxd"),
+                            "{node} is no sandboxd"
+                        );
+                        assert!(answers(node, listen(host_of(node))), "{node}");
+                        reached.insert(host_of(node));
+                        continue;
+                    };
+                    // A unix socket: a volume both mount at its dir, and a
+                    // socket file handed to the uid the gateway runs as.
+                    let (&sandboxd, (_, sandboxd_env)) = sock
+                        .iter()
+                        .find(|(n, (s, _))| *s == "sandboxd" && listen(n) == node)
+                        .unwrap_or_else(|| panic!("{node}: no sandboxd listens there"));
+                    let dir = Path::new(path)
+                        .parent()
+                        .and_then(Path::to_str)
+                        .expect("a socket dir");
+                    let volume = volume_at(sandboxd, dir)
+                        .unwrap_or_else(|| panic!("{sandboxd}: its socket dir {dir} is no volume"));
+                    assert_eq!(
+                        volume_at(name, dir),
+                        Some(volume),
+                        "{name} does not see {sandboxd}'s socket dir {dir}"
+                    );
+                    assert!(
+                        services[*name]["user"].is_null(),
+                        "{name} runs as the image's user, whom sandboxd lets in"
+                    );
+                    assert_eq!(
+                        sandboxd_env.get("SOCK_SANDBOXD_CLIENT_UID"),
+                        Some(&uid),
+                        "{sandboxd}'s socket is closed to {name} (uid {uid})"
+                    );
+                    reached.insert(sandboxd);
                 }
                 let every: BTreeSet<&str> = sock
                     .iter()
                     .filter(|(_, (s, _))| *s == "sandboxd")
                     .map(|(n, _)| *n)
                     .collect();
-                assert_eq!(
-                    nodes.iter().map(|n| host_of(n)).collect::<BTreeSet<_>>(),
-                    every,
-                    "the gateway sends calls to every node"
-                );
+                assert_eq!(reached, every, "the gateway sends calls to every node");
             }
             "cache" => {
                 let url = &env["SOCK_CACHE_REGISTRY_URL"];
                 let (peer, registry_env) = &sock[host_of(url)];
                 assert_eq!(*peer, "registry");
-                assert_eq!(
-                    port_of(url),
-                    port_of(&registry_env["SOCK_REGISTRY_HTTP_LISTEN"])
-                );
+                assert!(answers(url, &registry_env["SOCK_REGISTRY_HTTP_LISTEN"]));
             }
             "sandboxd" => {
+                assert!(
+                    listen(name).starts_with("unix:") || tokens.contains("node"),
+                    "{name}: sandboxd on TCP {} with no node token",
+                    listen(name)
+                );
                 assert_eq!(peer("SOCK_SANDBOXD_CACHE_ADDR"), "cache");
                 let cache = host_of(&env["SOCK_SANDBOXD_CACHE_ADDR"]);
                 let dir = &sock[cache].1["SOCK_CACHE_DATA_DIR"];
