@@ -332,6 +332,72 @@ mod tests {
         assert!(missing.contains("no sdist foo-bar-3.0.tar.gz"), "{missing}");
     }
 
+    /// A PEP 691 index on loopback: `foo-bar` lists a wheel and an sdist
+    /// (correct sha256), `tampered` an sdist whose sha256 is wrong. Pages
+    /// are served only to a client that asks for JSON.
+    async fn serve_index() -> String {
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse;
+        let sdist = b"foo-bar sdist".to_vec();
+        let sha = hex::encode(Sha256::digest(&sdist));
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (sdist, sha) = (sdist.clone(), sha.clone());
+            async move {
+                let json = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .is_some_and(|a| a == "application/vnd.pypi.simple.v1+json");
+                let page = |files: serde_json::Value| match json {
+                    true => serde_json::json!({"meta": {"api-version": "1.0"}, "files": files})
+                        .to_string()
+                        .into_response(),
+                    false => StatusCode::NOT_ACCEPTABLE.into_response(),
+                };
+                match request.uri().path() {
+                    "/simple/foo-bar/" => page(serde_json::json!([
+                        {"filename": "foo_bar-1.0-py3-none-any.whl", "url": "/files/w", "hashes": {}},
+                        {"filename": "foo_bar-1.0.tar.gz", "url": "../../files/foo_bar-1.0.tar.gz", "hashes": {"sha256": sha}},
+                    ])),
+                    "/simple/tampered/" => page(serde_json::json!([
+                        {"filename": "tampered-1.0.tar.gz", "url": "/files/foo_bar-1.0.tar.gz", "hashes": {"sha256": "00"}},
+                    ])),
+                    "/files/foo_bar-1.0.tar.gz" => sdist.into_response(),
+                    _ => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind index");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/simple/")
+    }
+
+    #[tokio::test]
+    async fn an_sdist_from_an_index_is_checked_against_its_sha256() {
+        let index = serve_index().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        let sdists = Sdists::open(dir.path(), &tmp, Vec::new(), index).expect("open");
+
+        assert!(sdists.exists("foo-bar", Some("1.0")).await.expect("looked"));
+        assert!(!sdists.exists("foo-bar", Some("2.0")).await.expect("looked"));
+        let got = sdists.fetch("foo-bar", "1.0").await.expect("downloaded");
+        assert_eq!(got.file_name, "foo_bar-1.0.tar.gz");
+        assert_eq!(
+            std::fs::read(got.dir.join(&got.file_name)).expect("stored"),
+            b"foo-bar sdist"
+        );
+
+        let err = sdists.fetch("tampered", "1.0").await.expect_err("refused");
+        assert!(err.contains("the index says 00"), "{err}");
+        assert!(!sdists.dir("tampered", "1.0").exists(), "nothing kept");
+        let err = sdists.fetch("missing", "1.0").await.expect_err("refused");
+        assert!(err.contains("404"), "{err}");
+    }
+
     #[test]
     fn sdist_file_names_from_an_index_are_plain() {
         assert!(plain_file_name("foo_bar-1.0.tar.gz"));

@@ -79,9 +79,10 @@ pub struct Config {
     /// and exits on the whole machine get slightly dearer. A host-wide
     /// setting, so off unless the operator asks.
     pub cgroup_favor_dynmods: bool,
-    /// The cache's data dir: the only place `Install` writes to.
+    /// The cache's data dir: code, package and sdist dirs below it are
+    /// opened beneath it, never through a symlink.
     pub cache_data_dir: PathBuf,
-    /// Limits of the sandbox that runs `pip install`.
+    /// Limits of a source build's sandbox (`pip wheel` of an sdist).
     pub installer_mem_mb: u64,
     pub installer_timeout_s: u64,
     /// Address of Prometheus `/metrics`; empty = not served.
