@@ -8,7 +8,7 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest,
+    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest, PrepareResponse,
     SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, ZygoteStatus,
 };
 use sock_service::AuthedChannel;
@@ -170,47 +170,15 @@ impl SandboxdService {
         function: FunctionRef,
         caller_config: FunctionConfig,
     ) -> Result<Prepared, Error> {
-        // Packages with only an sdist (when the cache allows source
-        // builds) come back as builds to do first; the cache never calls
-        // sandboxd.
-        let mut built = Vec::new();
-        let mut rounds = 0;
-        let prepared = loop {
-            let prepared = self
-                .cache
-                .clone()
-                .prepare(PrepareRequest {
-                    function: Some(function.clone()),
-                    built: std::mem::take(&mut built),
-                })
-                .instrument(tracing::info_span!(
-                    "cache.prepare",
-                    function = %function.name,
-                    version = function.version
-                ))
-                .await
-                .map_err(Error::Cache)?
-                .into_inner();
-            if prepared.builds.is_empty() {
-                break prepared;
-            }
-            rounds += 1;
-            if rounds > MAX_BUILD_ROUNDS {
-                return Err(Error::Build {
-                    function: function.name.clone(),
-                    requirement: prepared.builds[0].requirement.clone(),
-                    reason: format!("more than {MAX_BUILD_ROUNDS} rounds of source builds"),
-                });
-            }
-            for build in prepared.builds {
-                built.push(
-                    self.manager
-                        .build(&function.name, build)
-                        .instrument(tracing::info_span!("sandboxd.source_build"))
-                        .await?,
-                );
-            }
-        };
+        // Spawned: a source build (minutes, maybe) and the cache's install
+        // of its wheel finish even when this caller gives up, so the next
+        // cold start finds the package installed.
+        let prepared = tokio::spawn(
+            prepare_with_builds(self.cache.clone(), self.manager.clone(), function.clone())
+                .in_current_span(),
+        )
+        .await
+        .expect("preparing does not panic")?;
         let version = prepared
             .function
             .as_ref()
@@ -257,6 +225,53 @@ impl SandboxdService {
                 },
             },
         })
+    }
+}
+
+/// The cache's `Prepare`, doing the source builds its answers ask for
+/// (packages with only an sdist, when the cache allows them) and asking
+/// again with the wheels. The cache never calls sandboxd.
+async fn prepare_with_builds(
+    cache: CacheClient<AuthedChannel>,
+    manager: Arc<Manager>,
+    function: FunctionRef,
+) -> Result<PrepareResponse, Error> {
+    let mut built = Vec::new();
+    let mut rounds = 0;
+    loop {
+        let prepared = cache
+            .clone()
+            .prepare(PrepareRequest {
+                function: Some(function.clone()),
+                built: std::mem::take(&mut built),
+            })
+            .instrument(tracing::info_span!(
+                "cache.prepare",
+                function = %function.name,
+                version = function.version
+            ))
+            .await
+            .map_err(Error::Cache)?
+            .into_inner();
+        if prepared.builds.is_empty() {
+            return Ok(prepared);
+        }
+        rounds += 1;
+        if rounds > MAX_BUILD_ROUNDS {
+            return Err(Error::Build {
+                function: function.name.clone(),
+                requirement: prepared.builds[0].requirement.clone(),
+                reason: format!("more than {MAX_BUILD_ROUNDS} rounds of source builds"),
+            });
+        }
+        for build in prepared.builds {
+            built.push(
+                manager
+                    .build(&function.name, build)
+                    .instrument(tracing::info_span!("sandboxd.source_build"))
+                    .await?,
+            );
+        }
     }
 }
 
