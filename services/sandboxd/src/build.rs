@@ -36,6 +36,8 @@ const LOG_TAIL_BYTES: usize = 4 << 10;
 const BUILD_PIDS: u32 = 128;
 /// A larger wheel is refused (and never read whole).
 pub(crate) const MAX_WHEEL_BYTES: u64 = 256 << 20;
+/// Below sandboxd's data dir: the builds' output dirs.
+const BUILDS_DIR: &str = "builds";
 const IN_DIR: &str = "/in";
 const OUT_DIR: &str = "/out";
 
@@ -70,7 +72,7 @@ pub(crate) async fn build(
     let data_dir = std::path::absolute(&config.data_dir)
         .map_err(crate::sandbox::io("data dir", &config.data_dir))?;
     let out = OutDir::create(
-        &data_dir.join("builds"),
+        &data_dir.join(BUILDS_DIR),
         Uid::from_raw(config.sandbox_uid),
         Gid::from_raw(config.sandbox_gid),
     )?;
@@ -135,6 +137,19 @@ pub(crate) async fn build(
         file_name,
         wheel,
     })
+}
+
+/// At start: output dirs of builds a crashed run left (no build runs yet).
+pub(crate) fn remove_leftovers(data_dir: &Path) {
+    let builds = data_dir.join(BUILDS_DIR);
+    let left = std::fs::read_dir(&builds).map_or(0, Iterator::count);
+    match std::fs::remove_dir_all(&builds) {
+        Ok(()) if left > 0 => tracing::warn!(left, "removed leftover build dirs"),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %builds.display(), %error, "cannot remove leftover build dirs");
+        }
+        _ => {}
+    }
 }
 
 /// A build's output dir: made by sandboxd below a dir of its own (root's,

@@ -227,6 +227,7 @@ impl Sandboxes {
         if unmounted > 0 {
             tracing::warn!(unmounted, "removed leftover mounts under the data dir");
         }
+        crate::build::remove_leftovers(&data_dir);
         if config.cgroup_favor_dynmods
             && let Err(e) = cgroups::favor_dynmods()
         {
