@@ -225,7 +225,16 @@ async fn with_source_builds_allowed_the_build_runs_with_no_route_anywhere() {
     write_sdist(sdists.path(), &targets, None);
     push(&cluster, "probe").await;
 
-    let probes = call(&cluster, "probe").await.expect("built and imported");
+    // Concurrent first calls: one build (the others wait for it), every
+    // call answered.
+    let (first, second, third) = tokio::join!(
+        call(&cluster, "probe"),
+        call(&cluster, "probe"),
+        call(&cluster, "probe")
+    );
+    let probes = first.expect("built and imported");
+    assert_eq!(second.expect("second call"), probes);
+    assert_eq!(third.expect("third call"), probes);
     let probes = probes.as_object().expect("a map of probes");
     assert_eq!(probes.len(), targets.len(), "{probes:?}");
     for (target, outcome) in probes {

@@ -139,6 +139,26 @@ pub(crate) async fn build(
     })
 }
 
+/// One lock per requirement being built, so concurrent cold starts that
+/// need the same sdist build it once: the others wait, then ask the cache
+/// again (it has the wheel by then, or they build it themselves).
+#[derive(Default)]
+pub(crate) struct BuildLocks {
+    /// Entries stay: one per sdist-only package the node ever built.
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BuildLocks {
+    pub(crate) fn of(&self, requirement: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("build locks are never held across a panic")
+            .entry(requirement.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
 /// At start: output dirs of builds a crashed run left (no build runs yet).
 pub(crate) fn remove_leftovers(data_dir: &Path) {
     let builds = data_dir.join(BUILDS_DIR);

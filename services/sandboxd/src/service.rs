@@ -19,6 +19,7 @@ use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::build::BuildLocks;
 use crate::config::Config;
 use crate::error::Error;
 use crate::listener::Listener;
@@ -49,6 +50,7 @@ const AFTER_KILL: Duration = Duration::from_secs(5);
 struct SandboxdService {
     manager: Arc<Manager>,
     cache: CacheClient<AuthedChannel>,
+    builds: Arc<BuildLocks>,
     default_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
     zygotes: bool,
@@ -174,8 +176,13 @@ impl SandboxdService {
         // of its wheel finish even when this caller gives up, so the next
         // cold start finds the package installed.
         let prepared = tokio::spawn(
-            prepare_with_builds(self.cache.clone(), self.manager.clone(), function.clone())
-                .in_current_span(),
+            prepare_with_builds(
+                self.cache.clone(),
+                self.manager.clone(),
+                self.builds.clone(),
+                function.clone(),
+            )
+            .in_current_span(),
         )
         .await
         .expect("preparing does not panic")?;
@@ -234,9 +241,12 @@ impl SandboxdService {
 async fn prepare_with_builds(
     cache: CacheClient<AuthedChannel>,
     manager: Arc<Manager>,
+    locks: Arc<BuildLocks>,
     function: FunctionRef,
 ) -> Result<PrepareResponse, Error> {
     let mut built = Vec::new();
+    // Held until the cache has installed the wheels built under them.
+    let mut building = Vec::new();
     let mut rounds = 0;
     loop {
         let prepared = cache
@@ -253,6 +263,7 @@ async fn prepare_with_builds(
             .await
             .map_err(Error::Cache)?
             .into_inner();
+        building.clear();
         if prepared.builds.is_empty() {
             return Ok(prepared);
         }
@@ -265,12 +276,19 @@ async fn prepare_with_builds(
             });
         }
         for build in prepared.builds {
+            let lock = locks.of(&build.requirement);
+            let Ok(guard) = lock.clone().try_lock_owned() else {
+                // Another cold start builds it: wait, then ask again.
+                drop(lock.lock_owned().await);
+                continue;
+            };
             built.push(
                 manager
                     .build(&function.name, build)
                     .instrument(tracing::info_span!("sandboxd.source_build"))
                     .await?,
             );
+            building.push(guard);
         }
     }
 }
@@ -316,6 +334,7 @@ pub async fn run(
     let service = SandboxdService {
         manager: manager.clone(),
         cache: CacheClient::new(cache),
+        builds: Arc::default(),
         default_timeout_ms,
         zygotes,
         calls,
