@@ -45,7 +45,11 @@ impl Sdists {
     ) -> std::io::Result<Sdists> {
         let root = data_dir.join("sdists");
         std::fs::create_dir_all(&root)?;
+        // TLS (rustls) for an https index such as PyPI; bounded, so a
+        // stalled index fails the build instead of holding it forever.
         let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(300))
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Sdists {
@@ -298,6 +302,27 @@ mod tests {
         )
         .expect("open");
         (dir, sdists)
+    }
+
+    /// The real PyPI, over https: the one test here that needs the network.
+    #[tokio::test]
+    async fn network_pypi_an_sdist_comes_over_https_with_its_sha256_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        let sdists = Sdists::open(
+            dir.path(),
+            &tmp,
+            Vec::new(),
+            "https://pypi.org/simple".into(),
+        )
+        .expect("open");
+        let got = sdists.fetch("six", "1.16.0").await.expect("six's sdist");
+        assert_eq!(got.file_name, "six-1.16.0.tar.gz");
+        let size = std::fs::metadata(got.dir.join(&got.file_name))
+            .expect("kept")
+            .len();
+        assert!(size > 10_000, "{size} bytes");
     }
 
     #[tokio::test]
