@@ -110,7 +110,8 @@ impl From<Error> for Status {
                     Error::Setup { .. } => "sandbox setup failed",
                     Error::CodeDir { .. } => "the function's code is not on this node",
                     Error::UnsafeDir(_) => {
-                        "the function's code or packages are unsafe to mount (a symlink on their path)"
+                        "the function's code or packages are unsafe to mount (a symlink on their \
+                         path, or a dir outside the cache's)"
                     }
                     Error::Destroyed { .. } => "the sandbox was destroyed during the call",
                     _ => "sandboxd failed",

@@ -1,4 +1,5 @@
 //! The `sock.v1.Sandboxd` gRPC service and the server around it.
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,6 +52,8 @@ struct SandboxdService {
     manager: Arc<Manager>,
     cache: CacheClient<AuthedChannel>,
     builds: Arc<BuildLocks>,
+    /// `cache_data_dir`, absolute: every dir the cache names lies below it.
+    cache_data_dir: PathBuf,
     default_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
     zygotes: bool,
@@ -186,6 +189,13 @@ impl SandboxdService {
         )
         .await
         .expect("preparing does not panic")?;
+        let inside = |dir: String| inside_cache(dir, &self.cache_data_dir);
+        let code_dir = inside(prepared.code_dir)?;
+        let package_dirs = prepared
+            .package_dirs
+            .into_iter()
+            .map(inside)
+            .collect::<Result<Vec<_>, _>>()?;
         let version = prepared
             .function
             .as_ref()
@@ -202,27 +212,34 @@ impl SandboxdService {
         let chain = self
             .zygotes
             .then(|| match prepared.zygote_chain.is_empty() {
-                true => vec![ZygoteSpec {
+                true => Ok(vec![ZygoteSpec {
                     id: "root".into(),
                     ..ZygoteSpec::default()
-                }],
+                }]),
                 false => prepared
                     .zygote_chain
                     .into_iter()
-                    .map(|node| ZygoteSpec {
-                        id: node.id,
-                        package_dirs: node.package_dirs.into_iter().map(Into::into).collect(),
-                        imports: node.imports,
+                    .map(|node| {
+                        Ok(ZygoteSpec {
+                            id: node.id,
+                            package_dirs: node
+                                .package_dirs
+                                .into_iter()
+                                .map(inside)
+                                .collect::<Result<_, _>>()?,
+                            imports: node.imports,
+                        })
                     })
-                    .collect(),
-            });
+                    .collect::<Result<_, Error>>(),
+            })
+            .transpose()?;
         Ok(Prepared {
             chain,
             version,
             spec: SandboxSpec {
                 function: function.name,
-                code_dir: prepared.code_dir.into(),
-                package_dirs: prepared.package_dirs.into_iter().map(Into::into).collect(),
+                code_dir,
+                package_dirs,
                 entry_file: config.entry_file,
                 environment,
                 limits: Limits {
@@ -232,6 +249,26 @@ impl SandboxdService {
                 },
             },
         })
+    }
+}
+
+/// `dir`, if it lies strictly below the cache's data dir with no `.` or
+/// `..` on the way: the cache names only its own dirs, and root mounts
+/// nothing else (a cache that named `/root` would otherwise get it into a
+/// sandbox; symlinks are refused as the dirs are opened).
+fn inside_cache(dir: String, cache_data_dir: &Path) -> Result<PathBuf, Error> {
+    let path = PathBuf::from(&dir);
+    let plain = path.strip_prefix(cache_data_dir).is_ok_and(|rest| {
+        rest.components().next().is_some()
+            && rest.components().all(|c| matches!(c, Component::Normal(_)))
+    });
+    if plain {
+        Ok(path)
+    } else {
+        Err(Error::UnsafeDir(format!(
+            "the cache named {dir:?}, which is not a dir below its data dir {}",
+            cache_data_dir.display()
+        )))
     }
 }
 
@@ -317,6 +354,12 @@ pub async fn run(
     );
     let peers = sock_service::PeerCredLayer::new(config.client_uid, config.client_gid);
     let default_timeout_ms = config.timeout_ms;
+    let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
+        Error::InvalidConfig(format!(
+            "cache_data_dir {}: {e}",
+            config.cache_data_dir.display()
+        ))
+    })?;
     let zygotes = config.import_cache == "tree";
     let metrics_listen = config.metrics_listen.clone();
     let manager = Manager::new(config)?;
@@ -335,6 +378,7 @@ pub async fn run(
         manager: manager.clone(),
         cache: CacheClient::new(cache),
         builds: Arc::default(),
+        cache_data_dir,
         default_timeout_ms,
         zygotes,
         calls,
@@ -379,4 +423,33 @@ pub async fn run(
     };
     manager.shutdown().await;
     served.map_err(Error::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_names_only_dirs_below_its_data_dir() {
+        let cache = Path::new("/var/lib/sock/cache");
+        for good in [
+            "/var/lib/sock/cache/code/f/1",
+            "/var/lib/sock/cache/packages/six==1.16.0/files",
+        ] {
+            assert!(inside_cache(good.into(), cache).is_ok(), "{good}");
+        }
+        for bad in [
+            "/root",
+            "/var/lib/sock/cache",
+            "/var/lib/sock/cache/../../../../etc",
+            "var/lib/sock/cache/code",
+            "/var/lib/sock/cachex/code",
+        ] {
+            let err = inside_cache(bad.into(), cache).expect_err(bad);
+            assert!(
+                err.to_string().contains("not a dir below its data dir"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -143,6 +143,8 @@ async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
         cgroup_pool_size: 4,
         netns_pool_size: 2,
+        // The fake cache answers dirs below the test's dir.
+        cache_data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
     config.listen = format!("unix:{}", socket(dir.path()).display());
@@ -855,6 +857,7 @@ fn daemon_via(
             )
             .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
             .env("SOCK_SANDBOXD_DATA_DIR", dir.join("data"))
+            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", dir)
             .env("SOCK_SANDBOXD_INSTANCE", instance)
             .env("SOCK_SANDBOXD_CGROUP_POOL_SIZE", "2")
             .env("SOCK_SANDBOXD_NETNS_POOL_SIZE", "2")
@@ -1063,6 +1066,12 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
     // A function whose chain cannot be made runs in a fresh sandbox; its
     // chain's root, made for it, stays childless.
     node.publish("fresh", 1, COUNTER, Limits::default());
+    let missing = node
+        .dir
+        .path()
+        .join("packages/missing")
+        .display()
+        .to_string();
     node.catalog.chains.lock().expect("lock").insert(
         "fresh".into(),
         vec![
@@ -1072,7 +1081,7 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
             },
             ZygoteNode {
                 id: "root/missing==1".into(),
-                package_dirs: vec!["/nonexistent/sock-test-package".into()],
+                package_dirs: vec![missing],
                 imports: vec!["missing".into()],
             },
         ],

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status};
 
-/// Serves one function, "echo" (version 3), from a code dir; everything
-/// else does not exist.
+/// Serves one function, "echo" (version 3), from a code dir, and
+/// "escape", whose code dir a compromised cache points at the host's
+/// `/etc`; everything else does not exist.
 struct FakeCache {
     code_dir: PathBuf,
 }
@@ -31,6 +32,18 @@ impl Cache for FakeCache {
         request: Request<PrepareRequest>,
     ) -> Result<Response<PrepareResponse>, Status> {
         let function = request.into_inner().function.unwrap_or_default();
+        if function.name == "escape" {
+            return Ok(Response::new(PrepareResponse {
+                function: Some(FunctionRef {
+                    name: "escape".into(),
+                    version: 1,
+                }),
+                code_dir: "/etc".into(),
+                package_dirs: vec!["/root".into()],
+                config: Some(FunctionConfig::default()),
+                ..PrepareResponse::default()
+            }));
+        }
         if function.name != "echo" {
             return Err(Status::not_found(format!(
                 "function '{}' does not exist; push it with `sock push`",
@@ -129,7 +142,8 @@ async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
         listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
         cache_addr,
         data_dir: dir.path().join("data"),
-        cache_data_dir: dir.path().join("cache"),
+        // The fake cache answers dirs below the test's dir.
+        cache_data_dir: dir.path().to_path_buf(),
         instance: instance.clone(),
         shutdown_grace_ms: grace_ms,
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
@@ -266,6 +280,26 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         status.message(),
         "function 'nope' does not exist; push it with `sock push`"
     );
+    // A cache that names a host dir gets nothing mounted, and no sandbox.
+    let status = node
+        .invoke("escape", "{}")
+        .await
+        .expect_err("a code dir outside the cache's");
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("unsafe to mount"),
+        "{}",
+        status.message()
+    );
+    let alive = node
+        .client
+        .clone()
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .sandboxes;
+    assert_eq!(alive, 0);
     node.stop().await;
 
     let Some(node) = start("cachedown", 10_000, false).await else {
@@ -347,6 +381,7 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
             .env("SOCK_SANDBOXD_LISTEN", &listen)
             .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
             .env("SOCK_SANDBOXD_DATA_DIR", dir.path().join("data"))
+            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", dir.path())
             .env("SOCK_SANDBOXD_INSTANCE", &instance)
             .spawn()
             .expect("start sock-sandboxd"),
