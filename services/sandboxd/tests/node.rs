@@ -1,6 +1,8 @@
 //! sandboxd as a node: warm reuse, pausing, the memory pool, eviction,
 //! abuse and crash cleanup, through its gRPC API with real sandboxes and a
 //! fake cache whose functions each test writes. Needs root.
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,18 +97,6 @@ impl Drop for Node {
     }
 }
 
-fn is_root(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        assert!(
-            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
-            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
-        );
-        eprintln!("SKIPPED: needs root ({test})");
-    }
-    root
-}
-
 async fn start_cache(code: PathBuf, catalog: Arc<Catalog>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
     let addr = format!("http://{}", listener.local_addr().expect("addr"));
@@ -128,7 +118,7 @@ fn client(addr: String) -> SandboxdClient<Channel> {
 
 /// Starts sandboxd in this process with `tune` applied to a test config.
 async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
-    if !is_root(test) {
+    if !common::have_root(test) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -893,7 +883,7 @@ async fn daemon_node(what: &str) -> (Node, String, Leftovers) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
-    if !is_root("crash") {
+    if !common::have_root("crash") {
         return;
     }
     let (node, cache_addr, _cleanup) = daemon_node("crash").await;
@@ -978,7 +968,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
 /// restart its container.) Nothing waits for a successor to clean up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_it() {
-    if !is_root("crash in a pid namespace") {
+    if !common::have_root("crash in a pid namespace") {
         return;
     }
     let (node, cache_addr, _cleanup) = daemon_node("pid1").await;

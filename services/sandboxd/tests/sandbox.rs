@@ -1,5 +1,7 @@
 //! Real sandboxes, driven through the library API (no gRPC, no cache).
 //! They need root; without it each test fails, unless SOCK_TEST_ALLOW_SKIP=1.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,12 +19,7 @@ struct Fixture {
 }
 
 fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
-            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
-        );
-        eprintln!("SKIPPED: needs root ({test})");
+    if !common::have_root(test) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,6 +1,8 @@
 //! The gRPC service end to end on one node: a fake cache in the test (the
 //! real one is tested in its own crate and end to end), the real sandboxd
 //! `run` with real sandboxes. Needs root.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,18 +84,6 @@ struct Node {
     served: tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>,
 }
 
-fn is_root(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        assert!(
-            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
-            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
-        );
-        eprintln!("SKIPPED: needs root ({test})");
-    }
-    root
-}
-
 /// Starts the fake cache (or, when `up` is false, reserves an address
 /// nothing listens on); returns its address.
 async fn start_cache(dir: &Path, up: bool) -> String {
@@ -131,7 +121,7 @@ fn assert_no_cgroups(instance: &str) {
 }
 
 async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
-    if !is_root(test) {
+    if !common::have_root(test) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -369,7 +359,7 @@ impl Drop for Daemon {
 /// the sandbox init, and SIGTERM for a clean stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
-    if !is_root("binary") {
+    if !common::have_root("binary") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,6 +3,8 @@
 //! untrusted bundles), so a symlink planted on such a path must never make
 //! sandboxd mount a host dir into a sandbox, fresh or forked from a zygote.
 //! Needs root: without it each test fails, unless SOCK_TEST_ALLOW_SKIP=1.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,12 +41,7 @@ struct Fixture {
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
-            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
-        );
-        eprintln!("SKIPPED: needs root ({test})");
+    if !common::have_root(test) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

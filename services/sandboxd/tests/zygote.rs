@@ -1,5 +1,7 @@
 //! Zygotes and the sandboxes forked from them, driven through the library
 //! API with package dirs the tests make. Needs root.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,12 +19,7 @@ struct Fixture {
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("SOCK_TEST_ALLOW_SKIP").as_deref() == Ok("1"),
-            "{test} needs root (set SOCK_TEST_ALLOW_SKIP=1 to skip it)"
-        );
-        eprintln!("SKIPPED: needs root ({test})");
+    if !common::have_root(test) {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
