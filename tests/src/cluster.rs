@@ -28,7 +28,9 @@ pub fn have_root() -> bool {
         std::env::var("SOCK_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1"),
         "this test creates sandboxes and needs root; set SOCK_TEST_ALLOW_SKIP=1 to skip it"
     );
-    eprintln!("\n*** SKIPPED: this test creates sandboxes and needs root (SOCK_TEST_ALLOW_SKIP=1) ***\n");
+    eprintln!(
+        "\n*** SKIPPED: this test creates sandboxes and needs root (SOCK_TEST_ALLOW_SKIP=1) ***\n"
+    );
     false
 }
 

@@ -124,7 +124,11 @@ async fn outsiders_are_turned_away_everywhere_and_only_sandboxd_is_root() {
         .send()
         .await
         .expect("GET");
-    assert_eq!(with_invoke.status(), 401, "the invoke token reads no bundle");
+    assert_eq!(
+        with_invoke.status(),
+        401,
+        "the invoke token reads no bundle"
+    );
     let with_node = http
         .get(&bundle_url)
         .bearer_auth(cluster.token(Kind::Node))

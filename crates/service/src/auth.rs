@@ -95,11 +95,7 @@ impl std::fmt::Debug for Tokens {
 
 impl Tokens {
     /// Empty tokens count as unset (as an empty `SOCK_*_TOKEN` gives).
-    pub fn new(
-        invoke: Option<&Secret>,
-        admin: Option<&Secret>,
-        node: Option<&Secret>,
-    ) -> Tokens {
+    pub fn new(invoke: Option<&Secret>, admin: Option<&Secret>, node: Option<&Secret>) -> Tokens {
         let token = |t: Option<&Secret>| {
             t.map(Secret::expose)
                 .filter(|t| !t.is_empty())
@@ -501,13 +497,19 @@ mod tests {
         assert!(require_tokens("the registry", local, &none).is_ok());
         assert!(require_tokens("the registry", public, &some).is_ok());
         let err = require_tokens("the registry", public, &none).expect_err("refused");
-        assert!(err.contains("refusing to serve the registry on 0.0.0.0:7071"), "{err}");
+        assert!(
+            err.contains("refusing to serve the registry on 0.0.0.0:7071"),
+            "{err}"
+        );
     }
 
     #[test]
     fn refusals_say_where_the_token_lives() {
         let message = refusal_message(Access::Admin);
-        assert!(message.contains("missing or wrong admin token"), "{message}");
+        assert!(
+            message.contains("missing or wrong admin token"),
+            "{message}"
+        );
         assert!(message.contains("tokens/admin"), "{message}");
     }
 

@@ -73,10 +73,15 @@ mod tests {
         let calls: Counter = Counter::default();
         registry.register("calls", "Calls", calls.clone());
         let shutdown = CancellationToken::new();
-        let addr = serve_metrics("127.0.0.1:0", registry, &Tokens::default(), shutdown.clone())
-            .await
-            .expect("serve")
-            .expect("an address was given");
+        let addr = serve_metrics(
+            "127.0.0.1:0",
+            registry,
+            &Tokens::default(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("serve")
+        .expect("an address was given");
         calls.inc();
         let text = scrape(addr).await;
         assert!(text.contains("sock_test_calls_total 1"), "{text}");
@@ -90,17 +95,27 @@ mod tests {
     async fn a_taken_address_is_an_error_naming_it() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         let addr = taken.local_addr().expect("addr").to_string();
-        let err = serve_metrics(&addr, Registry::default(), &Tokens::default(), CancellationToken::new())
-            .await
-            .expect_err("the port is taken");
+        let err = serve_metrics(
+            &addr,
+            Registry::default(),
+            &Tokens::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("the port is taken");
         assert!(err.to_string().contains(&addr), "{err}");
     }
 
     #[tokio::test]
     async fn empty_listen_serves_nothing() {
-        let served = serve_metrics("", Registry::default(), &Tokens::default(), CancellationToken::new())
-            .await
-            .expect("nothing to bind");
+        let served = serve_metrics(
+            "",
+            Registry::default(),
+            &Tokens::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("nothing to bind");
         assert_eq!(served, None);
     }
 

@@ -72,11 +72,7 @@ impl Default for Config {
 impl Config {
     /// What the gateway's own servers accept.
     pub(crate) fn tokens(&self) -> sock_service::Tokens {
-        sock_service::Tokens::new(
-            self.invoke_token.as_ref(),
-            self.admin_token.as_ref(),
-            None,
-        )
+        sock_service::Tokens::new(self.invoke_token.as_ref(), self.admin_token.as_ref(), None)
     }
 
     /// The configured nodes: `sandboxd_addrs`, or `sandboxd_addr` alone.

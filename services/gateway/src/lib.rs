@@ -70,10 +70,7 @@ pub async fn run(
     }
     let registry =
         nodes::endpoint("registry_addr", &config.registry_addr)?.timeout(REGISTRY_TIMEOUT);
-    let registry = RegistryClient::new(nodes::with_token(
-        registry,
-        config.node_token.as_ref(),
-    )?);
+    let registry = RegistryClient::new(nodes::with_token(registry, config.node_token.as_ref())?);
     let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
     // Background tasks stop with the servers, however they end.
     let stop = shutdown.child_token();

@@ -30,7 +30,11 @@ impl Registry for RegistryService {
         request: Request<PushFunctionRequest>,
     ) -> Result<Response<FunctionInfo>, Status> {
         let PushFunctionRequest { name, bundle } = request.into_inner();
-        let pushed = self.functions.push(name, bundle).await.map_err(Status::from);
+        let pushed = self
+            .functions
+            .push(name, bundle)
+            .await
+            .map_err(Status::from);
         self.metrics
             .pushed(pushed.as_ref().map(|_| ()).map_err(Status::code));
         Ok(Response::new(pushed?))
@@ -82,11 +86,8 @@ pub(crate) async fn serve(
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
     let max_message = max_bundle_bytes.saturating_add(REQUEST_OVERHEAD);
-    let service = RegistryServer::new(RegistryService {
-        functions,
-        metrics,
-    })
-    .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
+    let service = RegistryServer::new(RegistryService { functions, metrics })
+        .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
     let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));
     let mut server = Server::builder()
         .layer(sock_telemetry::grpc::ServerTraceLayer)
