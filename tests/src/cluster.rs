@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sock_cli::endpoints::Endpoints;
 use sock_proto::v1::gateway_client::GatewayClient;
+use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{InvokeRequest, InvokeResponse, PushFunctionRequest};
@@ -214,6 +215,20 @@ impl Cluster {
 
     /// sandboxd over its unix socket: the tests run as root, whom its
     /// peer-credential check admits.
+    /// Calls `name` with `{}` and answers its JSON result, or the call's
+    /// error status; a function that raised fails the test.
+    pub async fn call_json(
+        &self,
+        name: &str,
+        timeout_ms: u32,
+    ) -> Result<serde_json::Value, tonic::Status> {
+        let response = self.invoke(name, b"{}", Some(timeout_ms)).await?;
+        match response.outcome.expect("an outcome") {
+            Outcome::Result(bytes) => Ok(serde_json::from_slice(&bytes).expect("JSON result")),
+            Outcome::Error(e) => panic!("{name} failed: {} {}", e.message, e.traceback),
+        }
+    }
+
     pub async fn sandboxd(&self) -> SandboxdClient<Channel> {
         SandboxdClient::new(channel(&self.endpoints.sandboxd).await)
     }

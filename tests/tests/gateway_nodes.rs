@@ -70,6 +70,24 @@ async fn wait_for(addr: &str) {
     }
 }
 
+/// A node on TCP answers no caller without the node token.
+async fn assert_wants_the_node_token(addr: &str) {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect the node");
+    let refused = SandboxdClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .expect_err("a TCP node answers no caller without the node token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("missing or wrong node token"),
+        "{refused:?}"
+    );
+}
+
 /// Calls a node has served; `cluster`'s node token goes along (a TCP node
 /// wants it; the unix one admits root by its credentials).
 async fn calls_on(cluster: &Cluster, addr: &str) -> u64 {
@@ -99,6 +117,11 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
             second_addr.trim_start_matches("http://").to_string(),
         ),
         ("SOCK_SANDBOXD_CACHE_ADDR", cluster.endpoints.cache.clone()),
+        // The dirs that cache names lie below its data dir.
+        (
+            "SOCK_SANDBOXD_CACHE_DATA_DIR",
+            cluster.data_dir().join("cache").display().to_string(),
+        ),
         (
             "SOCK_SANDBOXD_DATA_DIR",
             second_data.path().display().to_string(),
@@ -107,20 +130,7 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
     ];
     let mut second = start("sock-sandboxd", &second_env);
     wait_for(&second_addr).await;
-    let channel = tonic::transport::Endpoint::from_shared(second_addr.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect the second node");
-    let refused = SandboxdClient::new(channel)
-        .status(StatusRequest {})
-        .await
-        .expect_err("a TCP node answers no caller without the node token");
-    assert_eq!(refused.code(), Code::Unauthenticated);
-    assert!(
-        refused.message().contains("missing or wrong node token"),
-        "{refused:?}"
-    );
+    assert_wants_the_node_token(&second_addr).await;
 
     let gateway_addr = format!("http://{}", free_addr());
     let _gateway = start(
@@ -216,20 +226,7 @@ async fn calls_spread_over_two_nodes_and_survive_one_dying() {
     // The node rejoins once it is back and healthy.
     let mut second = start("sock-sandboxd", &second_env);
     wait_for(&second_addr).await;
-    let channel = tonic::transport::Endpoint::from_shared(second_addr.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect the second node");
-    let refused = SandboxdClient::new(channel)
-        .status(StatusRequest {})
-        .await
-        .expect_err("a TCP node answers no caller without the node token");
-    assert_eq!(refused.code(), Code::Unauthenticated);
-    assert!(
-        refused.message().contains("missing or wrong node token"),
-        "{refused:?}"
-    );
+    assert_wants_the_node_token(&second_addr).await;
     let back = Instant::now();
     loop {
         for name in &names {

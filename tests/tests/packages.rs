@@ -7,7 +7,6 @@ use std::path::Path;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
-use sock_proto::v1::invoke_response::Outcome;
 
 /// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -30,13 +29,6 @@ async fn push(cluster: &Cluster, name: &str, requirements: &str, code: &str) {
 }
 
 /// The function's JSON result, or the call's error status.
-async fn call(cluster: &Cluster, name: &str) -> Result<serde_json::Value, tonic::Status> {
-    let response = cluster.invoke(name, b"{}", Some(FIRST_CALL_MS)).await?;
-    match response.outcome.expect("an outcome") {
-        Outcome::Result(bytes) => Ok(serde_json::from_slice(&bytes).expect("JSON result")),
-        Outcome::Error(e) => panic!("{name} failed: {} {}", e.message, e.traceback),
-    }
-}
 
 fn start(wheels: &Path, extra: &[(&str, &str)]) -> Cluster {
     let links = wheels.display().to_string();
@@ -95,7 +87,10 @@ async fn a_function_gets_its_requirements_with_their_dependencies_and_a_second_r
 
     push(&cluster, "first", "sockalpha==1.0\n", code).await;
     assert_eq!(
-        call(&cluster, "first").await.expect("first call"),
+        cluster
+            .call_json("first", FIRST_CALL_MS)
+            .await
+            .expect("first call"),
         "alpha-1.0+beta-1.0",
         "the dependency from Requires-Dist is on sys.path too"
     );
@@ -113,7 +108,10 @@ async fn a_function_gets_its_requirements_with_their_dependencies_and_a_second_r
     std::fs::remove_file(beta).expect("remove wheel");
     push(&cluster, "second", "sockalpha==1.0\n", code).await;
     assert_eq!(
-        call(&cluster, "second").await.expect("second call"),
+        cluster
+            .call_json("second", FIRST_CALL_MS)
+            .await
+            .expect("second call"),
         "alpha-1.0+beta-1.0"
     );
     stop(cluster);
@@ -129,8 +127,8 @@ async fn two_versions_of_one_package_serve_two_functions_side_by_side() {
     push(&cluster, "old", "sockver==2.1.0\n", SOCKVER_F).await;
     push(&cluster, "new", "sockver==2.2.0\n", SOCKVER_F).await;
     for _ in 0..2 {
-        let old = call(&cluster, "old").await.expect("old");
-        let new = call(&cluster, "new").await.expect("new");
+        let old = cluster.call_json("old", FIRST_CALL_MS).await.expect("old");
+        let new = cluster.call_json("new", FIRST_CALL_MS).await.expect("new");
         assert_eq!(old["version"], "2.1.0");
         assert_eq!(new["version"], "2.2.0");
     }
@@ -149,13 +147,19 @@ async fn the_tree_forks_a_function_from_its_packages_zygote_only_for_the_same_ve
     push(&cluster, "match", "sockver==2.1.0\n", SOCKVER_F).await;
     push(&cluster, "other", "sockver==2.2.0\n", SOCKVER_F).await;
 
-    let matched = call(&cluster, "match").await.expect("match");
+    let matched = cluster
+        .call_json("match", FIRST_CALL_MS)
+        .await
+        .expect("match");
     assert_eq!(matched["version"], "2.1.0");
     assert_eq!(
         matched["preloaded"], true,
         "forked from the sockver==2.1.0 zygote, which imported it"
     );
-    let other = call(&cluster, "other").await.expect("other");
+    let other = cluster
+        .call_json("other", FIRST_CALL_MS)
+        .await
+        .expect("other");
     assert_eq!(other["version"], "2.2.0");
     assert_eq!(
         other["preloaded"], false,
@@ -178,7 +182,8 @@ async fn a_failed_install_names_the_package_and_is_retried_on_a_later_call() {
         "import socklater\ndef f(event):\n    return socklater.X\n",
     )
     .await;
-    let status = call(&cluster, "needs")
+    let status = cluster
+        .call_json("needs", FIRST_CALL_MS)
         .await
         .expect_err("nothing to install");
     assert!(
@@ -193,7 +198,13 @@ async fn a_failed_install_names_the_package_and_is_retried_on_a_later_call() {
 
     // Not remembered as failed: once the wheel is there, it installs.
     module_wheel(wheels.path(), "socklater", "1.0", &[], "X = 42\n");
-    assert_eq!(call(&cluster, "needs").await.expect("retried"), 42);
+    assert_eq!(
+        cluster
+            .call_json("needs", FIRST_CALL_MS)
+            .await
+            .expect("retried"),
+        42
+    );
     stop(cluster);
 }
 
@@ -212,7 +223,10 @@ async fn network_pypi_six_installs_and_imports() {
     )
     .await;
     assert_eq!(
-        call(&cluster, "sixer").await.expect("six from PyPI"),
+        cluster
+            .call_json("sixer", FIRST_CALL_MS)
+            .await
+            .expect("six from PyPI"),
         "1.16.0"
     );
     stop(cluster);

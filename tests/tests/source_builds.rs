@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{sdist, wheel_dir};
-use sock_proto::v1::invoke_response::Outcome;
 
 /// A build and an install before the first answer.
 const FIRST_CALL_MS: u32 = 180_000;
@@ -142,14 +141,6 @@ async fn push(cluster: &Cluster, name: &str) {
         .unwrap_or_else(|e| panic!("push {name}: {e}"));
 }
 
-async fn call(cluster: &Cluster, name: &str) -> Result<serde_json::Value, tonic::Status> {
-    let response = cluster.invoke(name, b"{}", Some(FIRST_CALL_MS)).await?;
-    match response.outcome.expect("an outcome") {
-        Outcome::Result(bytes) => Ok(serde_json::from_slice(&bytes).expect("JSON result")),
-        Outcome::Error(e) => panic!("{name} failed: {} {}", e.message, e.traceback),
-    }
-}
-
 fn start(sdists: &Path, allow: bool) -> Cluster {
     let links = sdists.display().to_string();
     let allow = allow.to_string();
@@ -197,7 +188,10 @@ async fn an_sdist_only_package_is_refused_by_default_and_its_code_never_runs() {
     write_sdist(sdists.path(), &all_targets(&cluster, &witness), None);
     push(&cluster, "probe").await;
 
-    let status = call(&cluster, "probe").await.expect_err("refused");
+    let status = cluster
+        .call_json("probe", FIRST_CALL_MS)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains(
@@ -228,9 +222,9 @@ async fn with_source_builds_allowed_the_build_runs_with_no_route_anywhere() {
     // Concurrent first calls: one build (the others wait for it), every
     // call answered.
     let (first, second, third) = tokio::join!(
-        call(&cluster, "probe"),
-        call(&cluster, "probe"),
-        call(&cluster, "probe")
+        cluster.call_json("probe", FIRST_CALL_MS),
+        cluster.call_json("probe", FIRST_CALL_MS),
+        cluster.call_json("probe", FIRST_CALL_MS)
     );
     let probes = first.expect("built and imported");
     assert_eq!(second.expect("second call"), probes);
@@ -254,7 +248,10 @@ async fn with_source_builds_allowed_the_build_runs_with_no_route_anywhere() {
     // Installed once: a second function reuses the built package.
     push(&cluster, "probe2").await;
     assert_eq!(
-        call(&cluster, "probe2").await.expect("reused"),
+        cluster
+            .call_json("probe2", FIRST_CALL_MS)
+            .await
+            .expect("reused"),
         serde_json::Value::Object(probes.clone())
     );
     stop(cluster);
@@ -279,7 +276,10 @@ async fn a_symlink_the_build_leaves_in_its_output_is_never_followed() {
     write_sdist(sdists.path(), &[], Some(&secret));
     push(&cluster, "planted").await;
 
-    let status = call(&cluster, "planted").await.expect_err("refused");
+    let status = cluster
+        .call_json("planted", FIRST_CALL_MS)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains(

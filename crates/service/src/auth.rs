@@ -237,28 +237,49 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+/// A check that admits a request or says why not; [`Guarded`] runs it in
+/// front of a service.
+pub trait Guard: Clone {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), String>;
+}
 
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            layer: self.clone(),
+impl Guard for AuthLayer {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), String> {
+        let access = (self.policy)(request.uri().path());
+        let admitted = request.extensions().get::<PeerAdmitted>().is_some();
+        if admitted || self.tokens.allows(access, request.headers()) {
+            Ok(())
+        } else {
+            Err(refusal_message(access))
         }
     }
 }
 
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    layer: AuthLayer,
+impl<S> Layer<S> for AuthLayer {
+    type Service = Guarded<S, AuthLayer>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
 }
 
-impl<S, B> Service<Request<B>> for Auth<S>
+/// `inner` behind `guard`: a refused request is answered UNAUTHENTICATED
+/// (401 over plain HTTP) and never reaches it.
+#[derive(Clone)]
+pub struct Guarded<S, G> {
+    inner: S,
+    guard: G,
+}
+
+impl<S, G, B> Service<Request<B>> for Guarded<S, G>
 where
     S: Service<Request<B>> + Clone + Send + 'static,
     S::Response: Refusal + Send,
     S::Future: Send,
+    G: Guard,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -269,15 +290,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let access = (self.layer.policy)(request.uri().path());
-        let admitted = request.extensions().get::<PeerAdmitted>().is_some();
-        if !admitted && !self.layer.tokens.allows(access, request.headers()) {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Err(message) = self.guard.admit(&mut request) {
             let grpc = is_grpc(request.headers());
-            return Box::pin(async move {
-                Ok(S::Response::unauthenticated(grpc, refusal_message(access)))
-            });
+            return Box::pin(async move { Ok(S::Response::unauthenticated(grpc, message)) });
         }
+        // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(inner.call(request))
@@ -324,63 +342,34 @@ impl PeerCredLayer {
     }
 }
 
-impl<S> Layer<S> for PeerCredLayer {
-    type Service = PeerCred<S>;
-
-    fn layer(&self, inner: S) -> PeerCred<S> {
-        PeerCred {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct PeerCred<S> {
-    inner: S,
-    layer: PeerCredLayer,
-}
-
-impl<S, B> Service<Request<B>> for PeerCred<S>
-where
-    S: Service<Request<B>> + Clone + Send + 'static,
-    S::Response: Refusal + Send,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Guard for PeerCredLayer {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), String> {
         // Only unix connections carry this; TCP ones are left to the
         // token check.
         let peer = request
             .extensions()
             .get::<tonic::transport::server::UdsConnectInfo>()
             .map(|info| info.peer_cred.map(|c| (c.uid(), c.gid())));
-        let refusal = match peer {
-            None => None,
-            Some(None) => Some("the caller's credentials are unknown".to_string()),
-            Some(Some((uid, gid))) if !self.layer.allows(uid, gid) => {
-                Some(self.layer.refusal(uid, gid))
-            }
+        match peer {
+            None => Ok(()),
+            Some(None) => Err("the caller's credentials are unknown".to_string()),
+            Some(Some((uid, gid))) if !self.allows(uid, gid) => Err(self.refusal(uid, gid)),
             Some(Some(_)) => {
                 request.extensions_mut().insert(PeerAdmitted);
-                None
+                Ok(())
             }
-        };
-        if let Some(message) = refusal {
-            let grpc = is_grpc(request.headers());
-            return Box::pin(async move { Ok(S::Response::unauthenticated(grpc, message)) });
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(request))
+    }
+}
+
+impl<S> Layer<S> for PeerCredLayer {
+    type Service = Guarded<S, PeerCredLayer>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
     }
 }
 
