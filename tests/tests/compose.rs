@@ -1,15 +1,18 @@
 //! sock as deployed: the Kubernetes manifests and compose files wire the
 //! services with config keys the services really have, and the compose
-//! stack (image from host-built binaries, two nodes) answers calls end to
-//! end, exports one trace per call, and `down -v` leaves nothing behind.
+//! stack (image from host-built binaries, two nodes) makes its tokens,
+//! refuses callers without them, answers calls end to end (a Flask app
+//! with requirements too, on either node), exports one trace per call,
+//! and `down -v` leaves nothing behind.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml::Value;
-use sock_e2e::cluster::{have_root, leftover_cgroups};
+use sock_e2e::cluster::{Authed, have_root, leftover_cgroups};
 use sock_e2e::functions::example;
 use sock_e2e::otlp::{OtlpReceiver, Span};
 use sock_proto::v1::gateway_client::GatewayClient;
@@ -772,9 +775,8 @@ fn check_compose(files: &[&str]) {
                 .filter_map(Value::as_str)
                 .collect::<Vec<_>>()
                 .join(" ");
-            script
-                .contains("sock tokens")
-                .then(|| (name.as_str(), script))
+            let runs = script.contains("sock tokens");
+            runs.then_some((name.as_str(), script))
         })
         .expect("a compose service runs `sock tokens`");
     let argument = |flag: &str| -> &str {
@@ -1114,7 +1116,9 @@ const BASE_FILES: [&str; 2] = ["compose.yaml", "compose.prebuilt.yaml"];
 const TEST_FILES: [&str; 2] = ["compose.node2.yaml", "compose.test.yaml"];
 
 impl Project {
-    fn new(otlp_endpoint: &str) -> Project {
+    /// `tokens_dir` gets the CLI's tokens; the caches install packages
+    /// from the wheels in `wheels`.
+    fn new(otlp_endpoint: &str, tokens_dir: &Path, wheels: &Path) -> Project {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970")
@@ -1127,6 +1131,8 @@ impl Project {
             ("SOCK_PUBLISH_GATEWAY_HTTP", "127.0.0.1:".into()),
             ("SOCK_PUBLISH_REGISTRY", "127.0.0.1:".into()),
             ("SOCK_TEST_OTLP_ENDPOINT", otlp_endpoint.into()),
+            ("SOCK_COMPOSE_TOKENS_DIR", tokens_dir.display().to_string()),
+            ("SOCK_TEST_WHEELS", wheels.display().to_string()),
         ];
         Project {
             name,
@@ -1269,6 +1275,71 @@ async fn channel(addr: &str) -> Channel {
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
+/// The stack's published addresses, and the operator's tokens as the
+/// `tokens` service left them for the CLI.
+#[derive(Clone)]
+struct Stack {
+    registry: String,
+    gateway: String,
+    gateway_http: String,
+    tokens_dir: PathBuf,
+}
+
+impl Stack {
+    /// The `admin` or `invoke` token in the tokens dir.
+    fn token(&self, kind: &str) -> String {
+        let path = self.tokens_dir.join("tokens").join(kind);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    async fn authed(&self, addr: &str, kind: &str) -> Authed {
+        let token = sock_service::Secret::from(self.token(kind));
+        sock_service::Bearer::new(channel(addr).await, Some(&token)).expect("tokens are ASCII")
+    }
+
+    async fn registry(&self) -> RegistryClient<Authed> {
+        RegistryClient::new(self.authed(&self.registry, "admin").await)
+    }
+
+    async fn gateway(&self) -> GatewayClient<Authed> {
+        GatewayClient::new(self.authed(&self.gateway, "invoke").await)
+    }
+
+    /// `POST /run/<path>` of a JSON body, with the invoke token.
+    async fn run(&self, path: &str, body: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/run/{path}", self.gateway_http))
+            .bearer_auth(self.token("invoke"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /run/{path} through the published HTTP port: {e}"))
+    }
+
+    /// `sock push DIR` on the host, with no token flag: the CLI finds the
+    /// admin token in its data dir, as after `docker compose up`.
+    fn cli_push(&self, dir: &Path) {
+        let output = Command::new(repo().join("target/release/sock"))
+            .arg("push")
+            .arg(dir)
+            .env("SOCK_DATA_DIR", &self.tokens_dir)
+            .env("SOCK_CLI_REGISTRY", &self.registry)
+            .env_remove("SOCK_TOKEN")
+            .output()
+            .expect("run target/release/sock");
+        assert!(
+            output.status.success(),
+            "sock push {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// The trace of the call with this id (the gateway records it on its
 /// `invoke` span), when spans of all four services have arrived for it.
 fn whole_trace<'a>(spans: &'a [Span], call_id: &str) -> Option<&'a str> {
@@ -1295,8 +1366,10 @@ async fn gateway_sees_restarted_nodes() {
 }
 
 /// Calls echo through the gateway's gRPC port; answers the call id.
-async fn echo(gateway: &str, payload: &str) -> String {
-    let response = GatewayClient::new(channel(gateway).await)
+async fn echo(stack: &Stack, payload: &str) -> String {
+    let response = stack
+        .gateway()
+        .await
         .invoke(InvokeRequest {
             function: "echo".into(),
             payload: payload.into(),
@@ -1310,6 +1383,71 @@ async fn echo(gateway: &str, payload: &str) -> String {
         Outcome::Error(e) => panic!("echo failed in compose: {e:?}"),
     }
     response.call_id
+}
+
+/// The version of Flask the test installs from its wheels.
+const FLASK: &str = "3.0.3";
+
+/// A Flask app (WSGI, served at `/run/flask/...`) whose requirements.txt
+/// names Flask: the node's cache installs it before the first call.
+fn flask_app() -> Vec<u8> {
+    sock_e2e::functions::bundle(&[
+        (
+            "web.py",
+            "from importlib.metadata import version\n\
+             from flask import Flask, request\n\
+             app = Flask(__name__)\n\
+             @app.post('/greet/<name>')\n\
+             def greet(name):\n    \
+             return {'flask': version('flask'), 'hello': name, 'got': request.get_json()}\n",
+        ),
+        ("requirements.txt", &format!("flask=={FLASK}\n")),
+        (
+            "ol.yaml",
+            // The first call on a node waits for the install.
+            "environment:\n  OL_WSGI_ENTRY: web:app\nlimits:\n  timeout_ms: 120000\n",
+        ),
+    ])
+}
+
+/// Calls the Flask app over HTTP and checks its answer.
+async fn flask(stack: &Stack) {
+    let response = stack.run("flask/greet/compose", r#"{"n": 1}"#).await;
+    let status = response.status();
+    let body = response.text().await.expect("body");
+    assert_eq!(status, 200, "the Flask app: {body}");
+    assert_eq!(
+        json(body.as_bytes()),
+        serde_json::json!({"flask": FLASK, "hello": "compose", "got": {"n": 1}})
+    );
+}
+
+/// Flask and its dependencies as wheels for the image's Python (Debian
+/// bookworm's 3.11), downloaded from PyPI once into target/ and reused:
+/// the caches install from them with no index.
+fn flask_wheels() -> PathBuf {
+    let dir = repo().join(format!("target/compose-wheels/flask-{FLASK}"));
+    if dir.is_dir() {
+        return dir;
+    }
+    // Downloaded beside it and renamed when complete, so a failed run
+    // leaves no half-filled dir to be reused.
+    let partial = repo().join(format!("target/compose-wheels/flask-{FLASK}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "download", "--quiet", "--only-binary", ":all:"])
+        .args(["--python-version", "3.11", "--dest"])
+        .arg(&partial)
+        .arg(format!("flask=={FLASK}"))
+        .status()
+        .expect("run python3 -m pip");
+    assert!(
+        status.success(),
+        "pip download flask=={FLASK} failed (it needs PyPI once; {} is reused after)",
+        dir.display()
+    );
+    std::fs::rename(&partial, &dir).expect("move the wheels into place");
+    dir
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {
@@ -1328,7 +1466,16 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         .parse()
         .expect("receiver address");
     let relay = Relay::start(docker_host_address(), receiver).await;
-    let mut project = Project::new(&format!("http://{}", relay.addr));
+    // The CLI's tokens go here, owned by whoever owns the dir: nobody.
+    let tokens_dir = tempfile::tempdir().expect("temp tokens dir");
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    nix::unistd::chown(tokens_dir.path(), Some(nobody), Some(nogroup)).expect("chown tokens dir");
+    let mut project = Project::new(
+        &format!("http://{}", relay.addr),
+        tokens_dir.path(),
+        &flask_wheels(),
+    );
 
     let services = [
         "registry",
@@ -1346,33 +1493,71 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         started.elapsed()
     );
 
-    let registry_addr = project.published("registry", 7071);
-    let gateway_addr = project.published("gateway", 7070);
-    let gateway_http = project.published("gateway", 7075);
+    let stack = Stack {
+        registry: project.published("registry", 7071),
+        gateway: project.published("gateway", 7070),
+        gateway_http: project.published("gateway", 7075),
+        tokens_dir: tokens_dir.path().to_path_buf(),
+    };
 
-    let bundle = sock_bundle::pack(&example("echo")).expect("pack examples/echo");
-    RegistryClient::new(channel(&registry_addr).await)
+    // The operator's tokens, and only those, are on the host, private to
+    // the owner of the dir.
+    for kind in ["admin", "invoke"] {
+        let meta = std::fs::metadata(tokens_dir.path().join("tokens").join(kind))
+            .unwrap_or_else(|e| panic!("the {kind} token is not on the host: {e}"));
+        assert_eq!(meta.mode() & 0o777, 0o600, "{kind}");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{kind}");
+        assert_eq!(stack.token(kind).len(), 64, "{kind}");
+    }
+    assert!(
+        !tokens_dir.path().join("tokens/node").exists(),
+        "the node token stays in the secrets volume"
+    );
+
+    // Without a token, nothing is pushed or called.
+    let anonymous = RegistryClient::new(channel(&stack.registry).await)
         .push_function(PushFunctionRequest {
             name: "echo".into(),
-            bundle,
+            bundle: sock_bundle::pack(&example("echo")).expect("pack examples/echo"),
         })
         .await
-        .expect("push echo through the published registry port");
-
-    let payload = r#"{"from":"compose","n":[1,2,3]}"#;
-    let call_id = echo(&gateway_addr, payload).await;
-
-    let answer = reqwest::Client::new()
-        .post(format!("{gateway_http}/run/echo"))
-        .body(payload)
+        .expect_err("an anonymous push");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/run/echo", stack.gateway_http))
+        .body("{}")
         .send()
         .await
-        .expect("POST /run/echo through the published HTTP port");
+        .expect("POST /run/echo");
+    assert_eq!(anonymous.status(), 401);
+
+    stack.cli_push(&example("echo"));
+
+    let payload = r#"{"from":"compose","n":[1,2,3]}"#;
+    let call_id = echo(&stack, payload).await;
+
+    let answer = stack.run("echo", payload).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(
         json(&answer.bytes().await.expect("body")),
         json(payload.as_bytes())
     );
+
+    // A function with requirements: its node's cache installs Flask.
+    stack
+        .registry()
+        .await
+        .push_function(PushFunctionRequest {
+            name: "flask".into(),
+            bundle: flask_app(),
+        })
+        .await
+        .expect("push the Flask app");
+    flask(&stack).await;
 
     let spans = otlp
         .wait_for(|spans| whole_trace(spans, &call_id).is_some(), SPAN_TIMEOUT)
@@ -1390,10 +1575,12 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         "the call's trace has one root, at the gateway: {roots:#?}"
     );
 
-    // Either node may go: the gateway sends echo to the one left.
+    // Either node may go: the gateway sends echo, and the Flask app, to
+    // the one left, so each node's cache installs Flask once.
     for (down, up) in [("sandboxd", "sandboxd2"), ("sandboxd2", "sandboxd")] {
         project.compose(&["stop", down]);
-        echo(&gateway_addr, payload).await;
+        echo(&stack, payload).await;
+        flask(&stack).await;
         project.compose(&["start", down]);
         project.wait_healthy(&[down, up]);
         gateway_sees_restarted_nodes().await;
@@ -1402,7 +1589,9 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
     // sandboxd's containers restarted mid-load (killed, no drain): the calls
     // in flight fail with UNAVAILABLE rather than hang or be retried, and the
     // gateway serves again once the nodes are back.
-    RegistryClient::new(channel(&registry_addr).await)
+    stack
+        .registry()
+        .await
         .push_function(PushFunctionRequest {
             name: "slow".into(),
             bundle: sock_e2e::functions::bundle(&[(
@@ -1414,9 +1603,11 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
         .expect("push slow");
     let in_flight: Vec<_> = (0..3)
         .map(|_| {
-            let gateway_addr = gateway_addr.clone();
+            let stack = stack.clone();
             tokio::spawn(async move {
-                GatewayClient::new(channel(&gateway_addr).await)
+                stack
+                    .gateway()
+                    .await
                     .invoke(InvokeRequest {
                         function: "slow".into(),
                         payload: b"null".to_vec(),
@@ -1447,7 +1638,8 @@ async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() 
     }
     project.wait_healthy(&["sandboxd", "sandboxd2"]);
     gateway_sees_restarted_nodes().await;
-    echo(&gateway_addr, payload).await;
+    echo(&stack, payload).await;
+    flask(&stack).await;
 
     assert!(project.down(), "compose down -v failed");
     assert_eq!(
