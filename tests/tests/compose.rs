@@ -496,6 +496,11 @@ fn k8s_manifests_wire_the_services_with_their_real_config_keys() {
         Some(data_dir),
         "sandboxd sees the cache volume at the same path"
     );
+    assert_eq!(
+        key(&config, "sandboxd", "cache_data_dir"),
+        data_dir,
+        "sandboxd mounts only dirs below the cache's data dir, so it must name it"
+    );
     let state = key(&config, "sandboxd", "data_dir");
     assert!(
         seq(&sandboxd["volumeMounts"]).iter().any(|m| m["mountPath"]
@@ -999,6 +1004,11 @@ fn check_compose(files: &[&str]) {
                     "{name} mounts {cache}'s volume at the same path"
                 );
                 assert_eq!(
+                    env.get("SOCK_SANDBOXD_CACHE_DATA_DIR"),
+                    Some(dir),
+                    "{name} mounts only dirs below {cache}'s data dir, so it must name it"
+                );
+                assert_eq!(
                     volume_at(name, "/sys/fs/cgroup").as_deref(),
                     Some("/sys/fs/cgroup")
                 );
@@ -1033,7 +1043,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// True when this machine can run the stack: root (sandboxd's sandboxes),
-/// a Docker daemon, and docker compose in either flavour.
+/// a Docker daemon, and docker compose in either flavour. Without them the
+/// test fails, unless `SOCK_TEST_ALLOW_SKIP=1` asks for a skip.
 fn have_docker_compose() -> bool {
     if !have_root() {
         return false;
@@ -1049,6 +1060,11 @@ fn have_docker_compose() -> bool {
     let ok = works("docker", &["info"])
         && (works("docker", &["compose", "version"]) || works("docker-compose", &["version"]));
     if !ok {
+        assert!(
+            std::env::var("SOCK_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+            "this test needs a Docker daemon and docker compose (or docker-compose); set \
+             SOCK_TEST_ALLOW_SKIP=1 to skip it"
+        );
         eprintln!(
             "\n*** SKIPPED: needs a Docker daemon and docker compose (or docker-compose) ***\n"
         );

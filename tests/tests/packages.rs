@@ -28,8 +28,6 @@ async fn push(cluster: &Cluster, name: &str, requirements: &str, code: &str) {
         .unwrap_or_else(|e| panic!("push {name}: {e}"));
 }
 
-/// The function's JSON result, or the call's error status.
-
 fn start(wheels: &Path, extra: &[(&str, &str)]) -> Cluster {
     let links = wheels.display().to_string();
     let mut env = vec![("SOCK_CACHE_FIND_LINKS", links.as_str())];
