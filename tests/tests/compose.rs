@@ -1471,7 +1471,8 @@ fn json(bytes: &[u8]) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_compose_stack_serves_calls_with_traces_and_leaves_nothing_behind() {
+async fn the_compose_stack_serves_calls_and_a_pypi_flask_app_with_traces_and_leaves_nothing_behind()
+{
     if !have_docker_compose() {
         return;
     }
