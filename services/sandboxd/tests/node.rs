@@ -88,10 +88,13 @@ struct Node {
     client: SandboxdClient<Channel>,
     shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
+    /// Dropped last: what a failed test's sandboxd had no time to destroy.
+    _leftovers: Leftovers,
 }
 
 impl Drop for Node {
-    /// A failed test still stops its sandboxd, which destroys everything.
+    /// A failed test still stops its sandboxd; a panic may end the runtime
+    /// before sandboxd has destroyed everything, so `_leftovers` goes next.
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -145,6 +148,7 @@ async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
     let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
     Some(Node {
         dir,
+        _leftovers: Leftovers(instance.clone()),
         instance,
         catalog,
         client: client(addr),
@@ -777,7 +781,8 @@ async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
         .await;
 }
 
-/// Removes the cgroups of a daemon that a failed test left killed.
+/// Kills what is left in a sandboxd instance's cgroups and removes them:
+/// after a test that failed before its sandboxd cleaned up.
 struct Leftovers(String);
 
 impl Drop for Leftovers {
@@ -862,9 +867,9 @@ fn socket(dir: &Path) -> PathBuf {
 }
 
 /// A node for a sandboxd run as a process of its own (which a test may
-/// kill), with its fake cache's address and a guard that removes what a
-/// failed test leaves.
-async fn daemon_node(what: &str) -> (Node, String, Leftovers) {
+/// kill), with its fake cache's address; the node removes what a failed
+/// test leaves.
+async fn daemon_node(what: &str) -> (Node, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(Catalog::default());
     let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
@@ -877,8 +882,9 @@ async fn daemon_node(what: &str) -> (Node, String, Leftovers) {
         client,
         shutdown: CancellationToken::new(),
         served: None,
+        _leftovers: Leftovers(instance),
     };
-    (node, cache_addr, Leftovers(instance))
+    (node, cache_addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -886,7 +892,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
     if !common::have_root("crash") {
         return;
     }
-    let (node, cache_addr, _cleanup) = daemon_node("crash").await;
+    let (node, cache_addr) = daemon_node("crash").await;
     let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     node.publish("slow", 1, SLEEPER, Limits::default());
@@ -971,7 +977,7 @@ async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_i
     if !common::have_root("crash in a pid namespace") {
         return;
     }
-    let (node, cache_addr, _cleanup) = daemon_node("pid1").await;
+    let (node, cache_addr) = daemon_node("pid1").await;
     let instance = node.instance.clone();
     node.publish("counter", 1, COUNTER, Limits::default());
     let mut unshare = std::process::Command::new("unshare");
