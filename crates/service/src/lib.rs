@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod ceilings;
 mod config;
 mod metrics;
 mod server;
@@ -14,6 +15,7 @@ pub use auth::{
     Access, AuthLayer, AuthedChannel, Bearer, ERROR_HEADER, PeerCredLayer, Secret, Tokens, authed,
     require_tokens,
 };
+pub use ceilings::{Ceilings, OverCeiling};
 pub use config::{ConfigError, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, with_standard_services};

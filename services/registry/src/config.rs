@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sock_service::Secret;
+use sock_service::{Ceilings, Secret};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -23,6 +23,11 @@ pub struct Config {
     pub node_token: Option<Secret>,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
+    /// The most a function's ol.yaml `limits:` may ask (`max_memory_mb`,
+    /// `max_pids`, `max_timeout_ms`, `max_cpu_percent`); a push asking for
+    /// more is refused. Keep them equal to sandboxd's, which caps at its own.
+    #[serde(flatten)]
+    pub ceilings: Ceilings,
 }
 
 impl Default for Config {
@@ -35,6 +40,7 @@ impl Default for Config {
             admin_token: None,
             node_token: None,
             metrics_listen: String::new(),
+            ceilings: Ceilings::default(),
         }
     }
 }

@@ -12,6 +12,10 @@ pub enum Error {
     #[error(transparent)]
     Invalid(#[from] BundleError),
 
+    /// A push whose ol.yaml asks for more than the operator allows.
+    #[error(transparent)]
+    OverCeiling(#[from] sock_service::OverCeiling),
+
     #[error("function '{0}' does not exist; push it with `sock push`")]
     NotFound(String),
 
@@ -50,7 +54,9 @@ const INTERNAL: &str = "the registry failed to read or write its store; see the 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::Invalid(e) => tonic::Status::invalid_argument(e.to_string()),
+            e @ (Error::Invalid(_) | Error::OverCeiling(_)) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
             e @ Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
             e => {
                 tracing::error!(error = %e, "registry request failed");
@@ -63,7 +69,9 @@ impl From<Error> for tonic::Status {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match self {
-            Error::Invalid(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            e @ (Error::Invalid(_) | Error::OverCeiling(_)) => {
+                (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+            }
             e @ Error::NotFound(_) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
             e => {
                 tracing::error!(error = %e, "registry request failed");

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sled::IVec;
 use sock_bundle::{BundleLimits, validate_name};
 use sock_proto::v1::FunctionInfo;
+use sock_service::Ceilings;
 
 use crate::error::Error;
 use crate::store::Store;
@@ -14,23 +15,28 @@ use crate::store::Store;
 pub(crate) struct Functions {
     store: Arc<Store>,
     limits: BundleLimits,
+    ceilings: Ceilings,
 }
 
 impl Functions {
-    pub(crate) fn new(store: Store, limits: BundleLimits) -> Self {
+    pub(crate) fn new(store: Store, limits: BundleLimits, ceilings: Ceilings) -> Self {
         Functions {
             store: Arc::new(store),
             limits,
+            ceilings,
         }
     }
 
-    /// Validates name and bundle, then stores the bundle as the next
+    /// Validates name, bundle and the limits its ol.yaml asks, then stores the bundle as the next
     /// version. A refused push changes nothing.
     pub(crate) async fn push(&self, name: String, bundle: Vec<u8>) -> Result<FunctionInfo, Error> {
         validate_name(&name)?;
         let this = self.clone();
         let pushed = tokio::task::spawn_blocking(move || {
             let manifest = sock_bundle::validate(&bundle, &this.limits)?;
+            if let Some(limits) = &manifest.config.limits {
+                this.ceilings.check(limits)?;
+            }
             this.store
                 .push(&name, &bundle, manifest.config, now_unix_ms())
         })
@@ -39,7 +45,9 @@ impl Functions {
             Ok(info) => {
                 tracing::info!(function = %info.name, version = info.version, bytes = info.bundle_bytes, "pushed")
             }
-            Err(Error::Invalid(reason)) => tracing::info!(%reason, "push refused"),
+            Err(reason @ (Error::Invalid(_) | Error::OverCeiling(_))) => {
+                tracing::info!(%reason, "push refused")
+            }
             Err(_) => {}
         }
         pushed

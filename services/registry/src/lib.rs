@@ -45,7 +45,7 @@ pub async fn run(
         max_bundle_bytes: config.max_bundle_bytes(),
         ..BundleLimits::default()
     };
-    let functions = Functions::new(store, limits);
+    let functions = Functions::new(store, limits, config.ceilings);
     // One server failing stops the others rather than leaving half a
     // registry running.
     let stop = shutdown.child_token();

@@ -344,6 +344,55 @@ async fn bundles_over_the_limit_are_refused_clearly_or_cut_off() {
 }
 
 #[tokio::test]
+async fn limits_over_the_operators_ceiling_are_refused_at_push() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start_with(Config {
+        data_dir: dir.path().to_path_buf(),
+        ceilings: sock_service::Ceilings {
+            max_memory_mb: 512,
+            ..sock_service::Ceilings::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let asking = |memory_mb: u64| {
+        TarBuilder::new()
+            .file("f.py", b"def f(event):\n    return 1\n")
+            .file(
+                "ol.yaml",
+                format!("limits:\n  memory_mb: {memory_mb}\n").as_bytes(),
+            )
+            .bundle()
+    };
+
+    let status = registry
+        .push("greedy", asking(1024))
+        .await
+        .expect_err("over the ceiling");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "ol.yaml asks for limits.memory_mb = 1024, over this platform's ceiling of 512 (max_memory_mb)"
+    );
+    assert_eq!(
+        registry
+            .info("greedy")
+            .await
+            .expect_err("nothing stored")
+            .code(),
+        Code::NotFound
+    );
+
+    let info = registry
+        .push("greedy", asking(512))
+        .await
+        .expect("at the ceiling");
+    assert_eq!(info.version, 1, "the refused push used no version");
+    let limits = info.config.and_then(|c| c.limits).expect("limits");
+    assert_eq!(limits.memory_mb, 512);
+}
+
+#[tokio::test]
 async fn deleted_functions_are_gone_and_versions_go_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut registry = Registry::start(dir.path()).await;
