@@ -35,10 +35,19 @@ pub struct Config {
     pub python: PathBuf,
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
-    /// Defaults for a function whose limits say 0.
+    /// Defaults for a function whose limits say 0. `cpu_percent` is a
+    /// CFS quota in percent of one CPU (100 = one CPU), so a function that
+    /// asks nothing cannot take the whole machine.
     pub memory_mb: u64,
     pub pids: u32,
     pub timeout_ms: u32,
+    pub cpu_percent: u32,
+    /// The most any sandbox gets (`max_memory_mb`, `max_pids`,
+    /// `max_timeout_ms`, `max_cpu_percent`): limits over them, or defaults
+    /// set over them, are lowered to them, whatever the registry let
+    /// through.
+    #[serde(flatten)]
+    pub ceilings: sock_service::Ceilings,
     /// Size of each sandbox's `/tmp`; its pages count against memory_mb.
     pub tmp_mb: u64,
     /// Memory all sandboxes together may reserve (each its memory limit);
@@ -106,6 +115,8 @@ impl Default for Config {
             memory_mb: 128,
             pids: 32,
             timeout_ms: 30_000,
+            cpu_percent: 100,
+            ceilings: sock_service::Ceilings::default(),
             tmp_mb: 64,
             mem_pool_mb: 0,
             pause_after_ms: 500,
@@ -137,12 +148,18 @@ mod tests {
         let path = dir.path().join("sock.toml");
         std::fs::write(
             &path,
-            "[sandboxd]\ninstance = \"ci\"\nmemory_mb = 256\ninit_program = \"/opt/sock-sandboxd\"\n",
+            "[sandboxd]\ninstance = \"ci\"\nmemory_mb = 256\nmax_pids = 64\n\
+             init_program = \"/opt/sock-sandboxd\"\n",
         )
         .expect("write config");
         let config: Config = sock_service::load_config("sandboxd", Some(&path)).expect("load");
         assert_eq!(config.instance, "ci");
         assert_eq!(config.memory_mb, 256);
+        assert_eq!(config.ceilings.max_pids, 64);
+        assert_eq!(
+            config.ceilings.max_memory_mb,
+            sock_service::Ceilings::default().max_memory_mb
+        );
         assert_eq!(
             config.init_program,
             Some(PathBuf::from("/opt/sock-sandboxd"))

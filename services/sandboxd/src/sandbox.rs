@@ -38,12 +38,13 @@ const ZYGOTE_PY: &str = include_str!("../../../runtime/sock_zygote.py");
 /// killed anyway.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Resource limits of one sandbox; 0 takes sandboxd's configured default.
+/// Resource limits of one sandbox as its function asked them; 0 takes
+/// sandboxd's configured default, and nothing passes its ceilings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     pub memory_mb: u64,
     pub pids: u32,
-    /// Share of one CPU in percent; 0 = no CPU limit.
+    /// Share of one CPU in percent (100 = one CPU).
     pub cpu_percent: u32,
 }
 
@@ -163,16 +164,29 @@ impl Shared {
         }
     }
 
+    /// What a sandbox asking `limits` gets: the configured default for a
+    /// 0, then capped at the operator's ceilings (a spec may come from a
+    /// registry with other ceilings, or from before they were lowered).
+    fn granted(&self, limits: &Limits) -> sock_proto::v1::Limits {
+        self.config.ceilings.cap(sock_proto::v1::Limits {
+            memory_mb: or_default(limits.memory_mb, self.config.memory_mb),
+            pids: or_default(limits.pids, self.config.pids),
+            cpu_percent: or_default(limits.cpu_percent, self.config.cpu_percent),
+            timeout_ms: 0,
+        })
+    }
+
     pub fn memory_mb(&self, limits: &Limits) -> u64 {
-        or_default(limits.memory_mb, self.config.memory_mb)
+        self.granted(limits).memory_mb
     }
 
     /// The cgroup limits of a sandbox with `limits`.
     pub fn cgroup_limits(&self, limits: &Limits) -> CgroupLimits {
+        let granted = self.granted(limits);
         CgroupLimits {
-            memory_bytes: self.memory_mb(limits) << 20,
-            pids: or_default(limits.pids, self.config.pids),
-            cpu_percent: limits.cpu_percent,
+            memory_bytes: granted.memory_mb << 20,
+            pids: granted.pids,
+            cpu_percent: granted.cpu_percent,
         }
     }
 

@@ -55,6 +55,7 @@ struct SandboxdService {
     /// `cache_data_dir`, absolute: every dir the cache names lies below it.
     cache_data_dir: PathBuf,
     default_timeout_ms: u32,
+    max_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
     zygotes: bool,
     calls: Arc<AtomicU64>,
@@ -143,10 +144,13 @@ impl SandboxdService {
             .ok_or_else(|| Error::InvalidRequest("the request names no function".into()))?;
         let caller_config = req.config.unwrap_or_default();
         let limit_ms = caller_config.limits.as_ref().map_or(0, |l| l.timeout_ms);
+        // Capped whatever asked for it: the caller, the function's ol.yaml
+        // (through a registry that may have other ceilings) or our default.
         let timeout_ms = [req.timeout_ms, limit_ms, self.default_timeout_ms]
             .into_iter()
             .find(|ms| *ms > 0)
-            .unwrap_or(self.default_timeout_ms);
+            .unwrap_or(self.default_timeout_ms)
+            .min(self.max_timeout_ms);
         let call = Call {
             name: &function.name,
             version: function.version,
@@ -354,6 +358,7 @@ pub async fn run(
     );
     let peers = sock_service::PeerCredLayer::new(config.client_uid, config.client_gid);
     let default_timeout_ms = config.timeout_ms;
+    let max_timeout_ms = config.ceilings.max_timeout_ms;
     let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
         Error::InvalidConfig(format!(
             "cache_data_dir {}: {e}",
@@ -380,6 +385,7 @@ pub async fn run(
         builds: Arc::default(),
         cache_data_dir,
         default_timeout_ms,
+        max_timeout_ms,
         zygotes,
         calls,
     };

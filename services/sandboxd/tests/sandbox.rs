@@ -19,6 +19,11 @@ struct Fixture {
 }
 
 fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
+    fixture_with(test, f_py, |_| {})
+}
+
+/// A fixture whose sandboxd config `adjust` changed first.
+fn fixture_with(test: &str, f_py: &str, adjust: impl FnOnce(&mut Config)) -> Option<Fixture> {
     if !common::have_root(test) {
         return None;
     }
@@ -27,7 +32,9 @@ fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
     std::fs::create_dir(&code).expect("mkdir code");
     std::fs::write(code.join("f.py"), f_py).expect("write f.py");
     let instance = format!("test-{test}-{}", std::process::id());
-    let sandboxes = Sandboxes::new(config(dir.path(), &instance)).expect("start sandboxes");
+    let mut config = config(dir.path(), &instance);
+    adjust(&mut config);
+    let sandboxes = Sandboxes::new(config).expect("start sandboxes");
     Some(Fixture {
         dir,
         instance,
@@ -508,6 +515,75 @@ def f(event):
 }
 
 #[tokio::test]
+async fn limits_over_the_ceilings_get_the_ceilings() {
+    // A spec that never passed the registry asks for far more than the
+    // operator allows; the cgroup gets the ceilings and forks stop there.
+    let f_py = r#"
+import os, time
+
+def f(event):
+    forked = 0
+    try:
+        for _ in range(100):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            forked += 1
+    except OSError as e:
+        return {'forked': forked, 'error': type(e).__name__}
+    return {'forked': forked, 'error': None}
+"#;
+    let Some(fx) = fixture_with("ceilings", f_py, |config| {
+        config.ceilings = sock_service::Ceilings {
+            max_memory_mb: 96,
+            max_pids: 8,
+            max_cpu_percent: 50,
+            ..sock_service::Ceilings::default()
+        };
+    }) else {
+        return;
+    };
+    let greedy = SandboxSpec {
+        limits: Limits {
+            memory_mb: 4096,
+            pids: 100_000,
+            cpu_percent: 400,
+        },
+        ..fx.spec()
+    };
+    let read = |dirs: &[PathBuf], controller: &str, file: &str| -> String {
+        let dir = dirs
+            .iter()
+            .find(|d| d.starts_with(Path::new("/sys/fs/cgroup").join(controller)))
+            .expect("controller dir");
+        std::fs::read_to_string(dir.join(file))
+            .expect("cgroup file")
+            .trim()
+            .to_string()
+    };
+    let mut sandbox = fx.sandboxes().create(greedy).await.expect("create");
+    let dirs = sandbox.cgroup_dirs().to_vec();
+    assert_eq!(read(&dirs, "pids", "pids.max"), "8");
+    assert_eq!(
+        read(&dirs, "memory", "memory.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+    assert_eq!(read(&dirs, "cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(sandbox.memory_mb(), 96, "the pool reserved the ceiling");
+    let out = json(
+        sandbox
+            .invoke("call-1", b"", TIMEOUT)
+            .await
+            .expect("invoke"),
+    );
+    assert_eq!(out["error"], "BlockingIOError", "{out}");
+    assert!(out["forked"].as_u64().expect("count") < 8, "{out}");
+    sandbox.destroy().await;
+    drop(sandbox);
+    fx.finish();
+}
+
+#[tokio::test]
 async fn denied_syscalls_fail_with_eperm_inside_python() {
     // Raw syscalls through ctypes, with arguments that would succeed or
     // fail differently (EFAULT, EBADF, a new pid) without the filter.
@@ -749,7 +825,8 @@ def f(event):
     let mut second = fx.sandboxes().create(fx.spec()).await.expect("create");
     let dirs = second.cgroup_dirs().to_vec();
     assert_eq!(dirs, first_dirs, "the cgroup was reused");
-    assert_eq!(read(&dir_of(&dirs, "cpu"), "cpu.cfs_quota_us"), "-1");
+    // The default CPU quota: one CPU.
+    assert_eq!(read(&dir_of(&dirs, "cpu"), "cpu.cfs_quota_us"), "100000");
     assert_eq!(read(&dir_of(&dirs, "pids"), "pids.max"), "32");
     assert_eq!(
         read(&dir_of(&dirs, "memory"), "memory.limit_in_bytes"),

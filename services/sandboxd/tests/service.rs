@@ -121,6 +121,16 @@ fn assert_no_cgroups(instance: &str) {
 }
 
 async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
+    start_with(test, grace_ms, cache_up, |_| {}).await
+}
+
+/// A node whose config `adjust` changed first.
+async fn start_with(
+    test: &str,
+    grace_ms: u64,
+    cache_up: bool,
+    adjust: impl FnOnce(&mut Config),
+) -> Option<Node> {
     if !common::have_root(test) {
         return None;
     }
@@ -128,7 +138,7 @@ async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
     let cache_addr = start_cache(dir.path(), cache_up).await;
 
     let instance = format!("svc-{test}-{}", std::process::id());
-    let config = Config {
+    let mut config = Config {
         listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
         cache_addr,
         data_dir: dir.path().join("data"),
@@ -139,6 +149,7 @@ async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
         ..Config::default()
     };
+    adjust(&mut config);
     let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
     let addr = config.listen.clone();
     let shutdown = CancellationToken::new();
@@ -253,6 +264,28 @@ async fn invoke_runs_the_prepared_version_with_its_config() {
         "the warm sandbox and the zygote hold their memory"
     );
     assert!(matches!(status.cgroup_version, 1 | 2));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_over_the_ceiling_gets_the_ceiling() {
+    let Some(node) = start_with("timeout-ceiling", 10_000, true, |config| {
+        config.ceilings.max_timeout_ms = 500;
+    })
+    .await
+    else {
+        return;
+    };
+    // The caller asks 20 s; the operator allows half a second.
+    let response = node
+        .invoke("echo", r#"{"say": "hi", "sleep": 5}"#)
+        .await
+        .expect("invoke");
+    let Some(Outcome::Error(error)) = response.outcome else {
+        panic!("expected a timeout, got {response:?}");
+    };
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error:?}");
+    assert_eq!(error.message, "function exceeded its timeout of 500 ms");
     node.stop().await;
 }
 
