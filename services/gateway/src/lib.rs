@@ -58,9 +58,10 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let tokens = config.tokens();
     for (field, listener) in [("listen", &grpc), ("http_listen", &http)] {
         let addr = listener.local_addr().map_err(Error::ServeHttp)?;
-        sock_service::require_tokens("the gateway", addr, &config.tokens()).map_err(|reason| {
+        sock_service::require_tokens("the gateway", addr, &tokens).map_err(|reason| {
             Error::InvalidConfig {
                 field,
                 value: addr.to_string(),
@@ -111,7 +112,7 @@ pub async fn run(
         nodes: nodes.clone(),
     })
     .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
-    let auth = sock_service::AuthLayer::new(config.tokens(), access);
+    let auth = sock_service::AuthLayer::new(tokens, access);
     let mut server = Server::builder()
         .layer(ServerTraceLayer)
         .layer(auth.clone())

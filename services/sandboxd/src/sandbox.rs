@@ -86,8 +86,8 @@ pub(crate) struct Shared {
     pub mount_point: PathBuf,
     pub runtime_dir: PathBuf,
     /// `config.cache_data_dir`, absolute: code and package dirs below it
-    /// are opened beneath it.
-    pub cache_data_dir: Option<PathBuf>,
+    /// are opened beneath it, and the cache may name no other.
+    pub cache_data_dir: PathBuf,
     init_program: PathBuf,
     cgroup_version: u32,
     live: Mutex<HashMap<String, Arc<SandboxCgroup>>>,
@@ -250,7 +250,12 @@ impl Sandboxes {
         let seccomp = seccomp::compile()?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
-        let cache_data_dir = std::path::absolute(&config.cache_data_dir).ok();
+        let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
+            Error::InvalidConfig(format!(
+                "cache_data_dir {}: {e}",
+                config.cache_data_dir.display()
+            ))
+        })?;
         Ok(Sandboxes {
             shared: Arc::new(Shared {
                 config,
@@ -306,7 +311,7 @@ impl Sandboxes {
     /// the background; [`Sandbox::invoke`] waits for it.
     pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
         let shared = &self.shared;
-        check_spec(&spec, shared.cache_data_dir.as_deref())?;
+        check_spec(&spec, Some(&shared.cache_data_dir))?;
         let memory_mb = shared.memory_mb(&spec.limits);
         let limits = shared.cgroup_limits(&spec.limits);
         let function: Arc<str> = spec.function.as_str().into();
@@ -343,7 +348,7 @@ impl Sandboxes {
             zygote: None,
             command: None,
             extra_dirs: Vec::new(),
-            cache_data_dir: shared.cache_data_dir.clone(),
+            cache_data_dir: Some(shared.cache_data_dir.clone()),
         }
     }
 

@@ -52,8 +52,6 @@ struct SandboxdService {
     manager: Arc<Manager>,
     cache: CacheClient<AuthedChannel>,
     builds: Arc<BuildLocks>,
-    /// `cache_data_dir`, absolute: every dir the cache names lies below it.
-    cache_data_dir: PathBuf,
     default_timeout_ms: u32,
     max_timeout_ms: u32,
     /// `import_cache = "tree"`: cold starts fork from zygotes.
@@ -193,7 +191,7 @@ impl SandboxdService {
         )
         .await
         .expect("preparing does not panic")?;
-        let inside = |dir: String| inside_cache(dir, &self.cache_data_dir);
+        let inside = |dir: String| inside_cache(dir, self.manager.cache_data_dir());
         let code_dir = inside(prepared.code_dir)?;
         let package_dirs = prepared
             .package_dirs
@@ -359,12 +357,6 @@ pub async fn run(
     let peers = sock_service::PeerCredLayer::new(config.client_uid, config.client_gid);
     let default_timeout_ms = config.timeout_ms;
     let max_timeout_ms = config.ceilings.max_timeout_ms;
-    let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
-        Error::InvalidConfig(format!(
-            "cache_data_dir {}: {e}",
-            config.cache_data_dir.display()
-        ))
-    })?;
     let zygotes = config.import_cache == "tree";
     let metrics_listen = config.metrics_listen.clone();
     let manager = Manager::new(config)?;
@@ -383,7 +375,6 @@ pub async fn run(
         manager: manager.clone(),
         cache: CacheClient::new(cache),
         builds: Arc::default(),
-        cache_data_dir,
         default_timeout_ms,
         max_timeout_ms,
         zygotes,

@@ -17,6 +17,7 @@
 //! cannot fork, it starts a fresh sandbox.
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -231,6 +232,12 @@ impl Manager {
 
     pub fn cgroup_version(&self) -> u32 {
         self.sandboxes.cgroup_version()
+    }
+
+    /// The cache's data dir, absolute: the only place the dirs the cache
+    /// names may be.
+    pub fn cache_data_dir(&self) -> &Path {
+        &self.sandboxes.shared.cache_data_dir
     }
 
     /// Runs one call: warm if an idle sandbox of its version exists, else

@@ -93,7 +93,7 @@ impl Sandboxes {
         node: &ZygoteSpec,
         timeout: Duration,
     ) -> Result<Zygote, Error> {
-        check_dirs(&node.package_dirs, self.shared.cache_data_dir.as_deref())?;
+        check_dirs(&node.package_dirs, Some(&self.shared.cache_data_dir))?;
         let config = &self.shared.config;
         let memory_mb = config.zygote_memory_mb;
         let zygote_config = serde_json::json!({
@@ -256,7 +256,7 @@ impl Zygote {
     /// limits, and everything this zygote imported already imported.
     pub async fn fork(&self, spec: SandboxSpec) -> Result<Sandbox, Error> {
         let shared = &self.shared;
-        check_spec(&spec, shared.cache_data_dir.as_deref())?;
+        check_spec(&spec, Some(&shared.cache_data_dir))?;
         let memory_mb = shared.memory_mb(&spec.limits);
         let limits = shared.cgroup_limits(&spec.limits);
         let extra: Vec<PathBuf> = spec
@@ -299,7 +299,7 @@ impl Zygote {
     /// `timeout` for the imports.
     pub async fn fork_zygote(&self, node: &ZygoteSpec, timeout: Duration) -> Result<Zygote, Error> {
         let shared = &self.shared;
-        check_dirs(&node.package_dirs, shared.cache_data_dir.as_deref())?;
+        check_dirs(&node.package_dirs, Some(&shared.cache_data_dir))?;
         let request = ForkRequest {
             kind: ForkKind::Zygote,
             package_dirs: self.sandbox_paths(node.package_dirs.len()),
@@ -573,7 +573,7 @@ impl Zygote {
                 package_dirs: &package_dirs,
                 tmp_mb: shared.config.tmp_mb,
                 extra: &[],
-                cache_data_dir: shared.cache_data_dir.as_deref(),
+                cache_data_dir: Some(&shared.cache_data_dir),
             },
             &RealHost,
         );

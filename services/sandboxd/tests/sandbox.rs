@@ -480,9 +480,9 @@ async fn dropping_a_sandbox_mid_call_destroys_it() {
     fx.finish();
 }
 
-#[tokio::test]
-async fn fork_bombs_hit_the_pids_limit_and_die_with_the_sandbox() {
-    let f_py = r#"
+/// Forks up to 100 sleepers and says how many it got before the pids
+/// limit said no.
+const FORK_BOMB: &str = r#"
 import os, time
 
 def f(event):
@@ -497,7 +497,10 @@ def f(event):
         return {'forked': forked, 'error': type(e).__name__}
     return {'forked': forked, 'error': None}
 "#;
-    let Some(fx) = fixture("pids", f_py) else {
+
+#[tokio::test]
+async fn fork_bombs_hit_the_pids_limit_and_die_with_the_sandbox() {
+    let Some(fx) = fixture("pids", FORK_BOMB) else {
         return;
     };
     let spec = SandboxSpec {
@@ -518,22 +521,7 @@ def f(event):
 async fn limits_over_the_ceilings_get_the_ceilings() {
     // A spec that never passed the registry asks for far more than the
     // operator allows; the cgroup gets the ceilings and forks stop there.
-    let f_py = r#"
-import os, time
-
-def f(event):
-    forked = 0
-    try:
-        for _ in range(100):
-            if os.fork() == 0:
-                time.sleep(60)
-                os._exit(0)
-            forked += 1
-    except OSError as e:
-        return {'forked': forked, 'error': type(e).__name__}
-    return {'forked': forked, 'error': None}
-"#;
-    let Some(fx) = fixture_with("ceilings", f_py, |config| {
+    let Some(fx) = fixture_with("ceilings", FORK_BOMB, |config| {
         config.ceilings = sock_service::Ceilings {
             max_memory_mb: 96,
             max_pids: 8,
