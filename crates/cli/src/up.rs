@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::future::select_all;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -450,19 +453,44 @@ fn give_data_dirs(data_dir: &Path, run_as: RunAs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lchown` of `dir` and everything below it, never following a symlink:
-/// the cache's dirs hold what function bundles unpacked to.
+/// Hands `dir` and everything below it to `run_as`, by file descriptor:
+/// each dir is opened `O_NOFOLLOW` relative to the one above it, and every
+/// other entry is chowned without following it, so root touches nothing
+/// outside the tree, whatever links the cache's dirs (what bundles
+/// unpacked to) hold or are swapped for.
 fn chown_tree(dir: &Path, run_as: RunAs) -> std::io::Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.uid() != run_as.uid || meta.gid() != run_as.gid {
-            std::os::unix::fs::lchown(&path, Some(run_as.uid), Some(run_as.gid))?;
+    chown_below(nix::fcntl::open(dir, DIR_FLAGS, Mode::empty())?, run_as)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn chown_below(dir: std::os::fd::OwnedFd, run_as: RunAs) -> std::io::Result<()> {
+    let uid = Some(nix::unistd::Uid::from_raw(run_as.uid));
+    let gid = Some(nix::unistd::Gid::from_raw(run_as.gid));
+    nix::unistd::fchown(&dir, uid, gid)?;
+    let mut dir = nix::dir::Dir::from_fd(dir)?;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let name = entry?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
         }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                stack.push(entry?.path());
-            }
+    }
+    for name in names {
+        match nix::fcntl::openat(&dir, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(child) => chown_below(child, run_as)?,
+            // Not a dir, or a link (to one or not): the entry itself.
+            Err(Errno::ENOTDIR | Errno::ELOOP) => nix::unistd::fchownat(
+                &dir,
+                name.as_c_str(),
+                uid,
+                gid,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -687,6 +715,50 @@ mod tests {
             "SOCK_GATEWAY_SANDBOXD_ADDR",
             "unix:/data/sandboxd.sock"
         ));
+    }
+
+    /// Root hands the cache's dirs over; a link planted in them (to a file
+    /// or a dir outside) must never make root chown what it points at.
+    #[test]
+    fn handing_a_tree_over_never_follows_a_link_out_of_it() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("SOCK_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+                "chowning needs root; set SOCK_TEST_ALLOW_SKIP=1 to skip"
+            );
+            return;
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(outside.join("secret"), "s").expect("write");
+        let tree = root.path().join("cache");
+        std::fs::create_dir_all(tree.join("code/f/1")).expect("mkdir");
+        std::fs::write(tree.join("code/f/1/f.py"), "x").expect("write");
+        std::os::unix::fs::symlink(outside.join("secret"), tree.join("code/f/1/to-file"))
+            .expect("link");
+        std::os::unix::fs::symlink(&outside, tree.join("code/to-dir")).expect("link");
+        let run_as = RunAs {
+            uid: 4242,
+            gid: 4243,
+        };
+        chown_tree(&tree, run_as).expect("handed over");
+        let owner = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        for inside in [
+            "",
+            "code",
+            "code/f/1",
+            "code/f/1/f.py",
+            "code/f/1/to-file",
+            "code/to-dir",
+        ] {
+            assert_eq!(owner(&tree.join(inside)), (4242, 4243), "{inside}");
+        }
+        assert_eq!(owner(&outside), (0, 0));
+        assert_eq!(owner(&outside.join("secret")), (0, 0));
     }
 
     #[test]
