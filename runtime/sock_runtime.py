@@ -8,7 +8,9 @@ big-endian length and a JSON header, then a 4-byte length and a raw body.
 It imports the entry file once (or, with OL_WSGI_ENTRY "module:app" in
 its environment, the WSGI/ASGI app), says ready, then answers invoke and
 http frames until sandboxd closes the socket. Everything the function prints goes to
-stdout/stderr, which sandboxd logs; only frames go over fd 3.
+stdout/stderr, which sandboxd logs, tagging each line with the call it was
+serving when the line was read (it knows: it sends the calls); only frames
+go over fd 3.
 """
 
 import importlib
@@ -22,12 +24,10 @@ import sys
 import traceback
 
 SOCKET_FD = 3
-# Written to stdout and stderr before each call so sandboxd tags the lines
-# that follow with the call id. Must match CALL_MARKER in
-# services/sandboxd/src/logs.rs.
-CALL_MARKER = "\x1esock-call:"
-# Must match MAX_BODY_BYTES in services/sandboxd/src/protocol.rs.
-MAX_RESULT_BYTES = 32 << 20
+# The largest result (or HTTP response body) answered; sandboxd's limits
+# frame sets it before the first call, and sandboxd refuses larger replies
+# anyway. This default is sandboxd's default max_result_bytes.
+max_result_bytes = 6 << 20
 _LEN = struct.Struct(">I")
 
 
@@ -130,11 +130,11 @@ def http_error(exc):
 
 
 def check_body(status, headers, body):
-    if len(body) > MAX_RESULT_BYTES:
+    if len(body) > max_result_bytes:
         return (
             error_header(
                 "invalid_result",
-                f"response body is {len(body)} bytes, over the limit of {MAX_RESULT_BYTES} bytes",
+                f"response body is {len(body)} bytes, over the limit of {max_result_bytes} bytes",
             ),
             b"",
         )
@@ -260,28 +260,29 @@ def handle(f, load_error, body):
             error_header("invalid_result", f"result of f(event) is not JSON serializable: {describe(exc)}"),
             b"",
         )
-    if len(encoded) > MAX_RESULT_BYTES:
+    if len(encoded) > max_result_bytes:
         return (
             error_header(
                 "invalid_result",
-                f"result of f(event) is {len(encoded)} bytes, over the limit of {MAX_RESULT_BYTES} bytes",
+                f"result of f(event) is {len(encoded)} bytes, over the limit of {max_result_bytes} bytes",
             ),
             b"",
         )
     return {"type": "result"}, encoded
 
 
-def mark_call(call_id):
+def flush_output():
+    """Puts what the call printed in the pipes before its answer goes out:
+    sandboxd reads the pipes up to the answer as the call's output."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-            stream.write(f"{CALL_MARKER}{call_id}\n")
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed stream is the function's business
 
 
 def serve(sock, code_dir, entry_file, package_dirs):
+    global max_result_bytes
     sys.path[:0] = [code_dir, *package_dirs]
     wsgi_entry = os.environ.get("OL_WSGI_ENTRY", "")
     if wsgi_entry:
@@ -289,6 +290,8 @@ def serve(sock, code_dir, entry_file, package_dirs):
         asgi = app is not None and is_asgi(app)
     else:
         f, load_error = load_entry(code_dir, entry_file)
+    # What importing printed is no call's: out before sandboxd's first call.
+    flush_output()
     write_frame(sock, {"type": "ready"})
     while True:
         try:
@@ -296,7 +299,9 @@ def serve(sock, code_dir, entry_file, package_dirs):
         except Closed:
             return
         kind = header.get("type")
-        mark_call(header.get("call_id", ""))
+        if kind == "limits":
+            max_result_bytes = header["max_result_bytes"]
+            continue
         if kind == "invoke" and not wsgi_entry:
             answer, result = handle(f, load_error, body)
         elif kind == "http" and wsgi_entry:
@@ -314,9 +319,7 @@ def serve(sock, code_dir, entry_file, package_dirs):
         else:
             print(f"sock runtime: ignoring frame of type {kind!r}", file=sys.stderr)
             continue
-        # Whatever the call printed is in the pipes before its answer.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        flush_output()
         write_frame(sock, answer, result)
 
 

@@ -96,6 +96,25 @@ pub struct Config {
     pub installer_timeout_s: u64,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
+    /// Bytes of stdout+stderr one call may log; the rest is read and
+    /// dropped, and the call's log says how much. 1 MiB holds any honest
+    /// trace of a call while a flood costs the node little.
+    pub max_output_bytes_per_call: u64,
+    /// What a sandbox may log over time, as a token bucket of this rate
+    /// whose burst is `max_output_bytes_per_call`: one call can print its
+    /// whole allowance at once, but a function called in a tight loop
+    /// cannot turn the node's log into a firehose.
+    pub output_bytes_per_s: u64,
+    /// Bytes of log lines kept per function for `Logs`, and how many
+    /// functions keep theirs: the one written longest ago goes first, so
+    /// the kept lines stay bounded (at most their product) while a
+    /// function just called still has its lines.
+    pub log_ring_bytes: u64,
+    pub log_ring_functions: usize,
+    /// The largest result (JSON, or an HTTP response body) a function may
+    /// return; the runtime refuses larger ones with a clear error, and
+    /// sandboxd never reads a larger reply. 6 MiB, as AWS Lambda.
+    pub max_result_bytes: u32,
 }
 
 impl Default for Config {
@@ -134,6 +153,11 @@ impl Default for Config {
             installer_mem_mb: 512,
             installer_timeout_s: 300,
             metrics_listen: String::new(),
+            max_output_bytes_per_call: 1 << 20,
+            output_bytes_per_s: 256 << 10,
+            log_ring_bytes: 1 << 20,
+            log_ring_functions: 64,
+            max_result_bytes: 6 << 20,
         }
     }
 }

@@ -14,22 +14,32 @@ use prometheus_client::registry::Registry;
 
 use crate::warm::{Manager, NodeStatus};
 
-/// The registry that exposes `manager`'s state and the service's call count.
+/// The registry that exposes `manager`'s state, the service's call count
+/// and the output the node's sandboxes had dropped.
 pub(crate) fn registry(manager: Arc<Manager>, calls: Arc<AtomicU64>) -> Registry {
-    node_registry(Box::new(move || manager.status()), calls)
+    node_registry(Box::new(move || manager.status()), calls, || {
+        crate::logs::ring().dropped()
+    })
 }
 
 type Snapshot = Box<dyn Fn() -> NodeStatus + Send + Sync>;
+/// Output bytes dropped: (over the per-call limit, over the rate limit).
+type Dropped = fn() -> (u64, u64);
 
-fn node_registry(status: Snapshot, calls: Arc<AtomicU64>) -> Registry {
+fn node_registry(status: Snapshot, calls: Arc<AtomicU64>, dropped: Dropped) -> Registry {
     let mut registry = Registry::with_prefix("sock_sandboxd");
-    registry.register_collector(Box::new(Node { status, calls }));
+    registry.register_collector(Box::new(Node {
+        status,
+        calls,
+        dropped,
+    }));
     registry
 }
 
 struct Node {
     status: Snapshot,
     calls: Arc<AtomicU64>,
+    dropped: Dropped,
 }
 
 impl fmt::Debug for Node {
@@ -43,12 +53,18 @@ impl Collector for Node {
         encode(
             &(self.status)(),
             self.calls.load(Ordering::Relaxed),
+            (self.dropped)(),
             encoder,
         )
     }
 }
 
-fn encode(node: &NodeStatus, calls: u64, mut encoder: DescriptorEncoder) -> fmt::Result {
+fn encode(
+    node: &NodeStatus,
+    calls: u64,
+    (over_call, over_rate): (u64, u64),
+    mut encoder: DescriptorEncoder,
+) -> fmt::Result {
     const MB: u64 = 1 << 20;
     let total = node.pool.total_mb.saturating_mul(MB);
     let reserved = node.pool.reserved_mb.saturating_mul(MB);
@@ -110,7 +126,18 @@ fn encode(node: &NodeStatus, calls: u64, mut encoder: DescriptorEncoder) -> fmt:
         "zygotes",
         "Live zygotes",
         u64::try_from(node.zygotes.len()).unwrap_or(u64::MAX),
-    )
+    )?;
+    let mut family = encoder.encode_descriptor(
+        "output_dropped_bytes",
+        "Bytes sandboxes wrote to stdout and stderr that were read and not logged: \
+         over the per-call limit, or over the rate limit",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in [("call_limit", over_call), ("rate_limit", over_rate)] {
+        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    Ok(())
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
@@ -164,6 +191,7 @@ mod tests {
                 ..NodeStatus::default()
             }),
             calls.clone(),
+            || (3, 4),
         );
         calls.fetch_add(9, Ordering::Relaxed);
         let text = sock_service::render_metrics(&registry);
@@ -182,6 +210,8 @@ mod tests {
             "sock_sandboxd_zygote_forks_total 5",
             "sock_sandboxd_evictions_total 1",
             "sock_sandboxd_zygotes 0",
+            r#"sock_sandboxd_output_dropped_bytes_total{reason="call_limit"} 3"#,
+            r#"sock_sandboxd_output_dropped_bytes_total{reason="rate_limit"} 4"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -7,8 +7,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Headers are a few fields; anything longer is a broken peer.
 const MAX_HEADER_BYTES: u32 = 64 << 10;
-/// Payloads and results; the runtime refuses larger results itself with a
-/// clear error, so only a misbehaving sandbox ever reaches this.
+/// Payloads, and any frame but a reply to a call. Replies are bounded by
+/// `max_result_bytes` instead, which the runtime learns from a
+/// [`Header::Limits`] and keeps to itself with a clear error, so only a
+/// function that writes its own frames ever reaches that limit here.
 pub(crate) const MAX_BODY_BYTES: u32 = 32 << 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,6 +18,8 @@ pub(crate) const MAX_BODY_BYTES: u32 = 32 << 20;
 pub(crate) enum Header {
     /// runtime → sandboxd, once, after importing the entry file.
     Ready,
+    /// sandboxd → runtime, before a sandbox's first call; no answer.
+    Limits { max_result_bytes: u32 },
     /// sandboxd → runtime; the body is the payload.
     Invoke { call_id: String },
     /// runtime → sandboxd; the body is the JSON result.
@@ -136,6 +140,14 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<(Header, Vec<u8>), ProtocolError> {
+    read_frame_within(r, MAX_BODY_BYTES).await
+}
+
+/// A frame whose body is at most `max_body` bytes.
+pub(crate) async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_body: u32,
+) -> Result<(Header, Vec<u8>), ProtocolError> {
     let header_len = match r.read_u32().await {
         Ok(len) => len,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -146,7 +158,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     let header = read_part(r, "header", header_len, MAX_HEADER_BYTES).await?;
     let header: Header = serde_json::from_slice(&header)?;
     let body_len = r.read_u32().await.map_err(eof_is_closed)?;
-    let body = read_part(r, "body", body_len, MAX_BODY_BYTES).await?;
+    let body = read_part(r, "body", body_len, max_body).await?;
     Ok((header, body))
 }
 
@@ -200,6 +212,40 @@ mod tests {
                 traceback: String::new(),
             }
         );
+    }
+
+    #[test]
+    fn limits_match_the_documented_json() {
+        assert_eq!(
+            serde_json::to_string(&Header::Limits {
+                max_result_bytes: 6 << 20
+            })
+            .expect("encode"),
+            r#"{"type":"limits","max_result_bytes":6291456}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_over_its_limit_is_refused_before_allocating() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Header::Result, &[b'1'; 11])
+            .await
+            .expect("write");
+        let err = read_frame_within(&mut wire.as_slice(), 10)
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::TooLarge {
+                    part: "body",
+                    len: 11,
+                    limit: 10
+                }
+            ),
+            "{err}"
+        );
+        assert!(read_frame_within(&mut wire.as_slice(), 11).await.is_ok());
     }
 
     #[test]

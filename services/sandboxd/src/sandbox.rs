@@ -24,7 +24,7 @@ use crate::cgroups::{self, CgroupLimits, CgroupPool, SandboxCgroup};
 use crate::config::Config;
 use crate::error::Error;
 use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED, ZYGOTE_FILE};
-use crate::logs::{self, Origin};
+use crate::logs::{self, Calls, Origin};
 use crate::mounts;
 use crate::namespaces::{self, NetnsPool};
 use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
@@ -206,6 +206,7 @@ impl Sandboxes {
             return Err(Error::NotRoot { uid: uid.as_raw() });
         }
         check_config(&config)?;
+        logs::configure(&config);
         let init_program = match &config.init_program {
             Some(path) => {
                 std::fs::metadata(path).map_err(io("init program", path))?;
@@ -438,12 +439,15 @@ impl Sandboxes {
         // to the sandbox from the start.
         cgroup.add(pid)?;
 
-        forward_logs(
-            function,
-            id,
-            child.stdout.take().map(box_reader),
-            child.stderr.take().map(box_reader),
-        );
+        let pipe = |pipe: Option<std::io::Result<OwnedFd>>| {
+            pipe.transpose().map_err(|source| Error::Spawn {
+                program: "output pipe".into(),
+                source,
+            })
+        };
+        let stdout = pipe(child.stdout.take().map(|out| out.into_owned_fd()))?;
+        let stderr = pipe(child.stderr.take().map(|err| err.into_owned_fd()))?;
+        forward_logs(function, id, stdout, stderr);
         let json = serde_json::to_vec(&init_spec).expect("the init spec is plain data");
         let spec_err = |source| Error::Spec {
             id: id.to_string(),
@@ -462,32 +466,19 @@ impl Sandboxes {
     }
 }
 
-/// Logs what a sandbox prints, line by line.
+/// Logs what the sandbox `id` prints, line by line, each line tagged
+/// with the call it was serving (the [`Sandbox`] made with `id` says).
 pub(crate) fn forward_logs(
     function: &Arc<str>,
     id: &str,
-    stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
-    stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
 ) {
-    for (reader, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
-        if let Some(reader) = reader {
-            logs::forward(
-                reader,
-                Origin {
-                    function: function.clone(),
-                    sandbox: id.into(),
-                    stream,
-                },
-            );
-        }
-    }
-}
-
-pub(crate) fn box_reader<R>(r: R) -> Box<dyn tokio::io::AsyncRead + Unpin + Send>
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    Box::new(r)
+    let origin = Origin {
+        function: function.clone(),
+        sandbox: id.into(),
+    };
+    logs::forward(origin, stdout, stderr);
 }
 
 /// One sandbox. Dropping it destroys it (synchronously, in milliseconds);
@@ -499,6 +490,10 @@ pub struct Sandbox {
     dirs: Vec<PathBuf>,
     shared: Arc<Shared>,
     live: Option<Live>,
+    /// Tells the log forwarder which call the sandbox serves.
+    calls: Option<Calls>,
+    /// Whether the runtime was sent its limits (before the first call).
+    limits_sent: bool,
 }
 
 pub(crate) struct Live {
@@ -568,6 +563,12 @@ impl Drop for ChildOf {
 /// What the runtime answered to one invoke.
 enum Reply {
     Result(Vec<u8>),
+    /// A reply frame over `max_result_bytes`, left unread: only a function
+    /// writing its own frames sends one, the runtime refuses to.
+    TooLarge {
+        len: u32,
+        limit: u32,
+    },
     Http {
         status: u16,
         headers: Vec<(String, String)>,
@@ -591,6 +592,8 @@ impl Sandbox {
         Sandbox {
             dirs: live.cgroup.dirs(),
             live: Some(live),
+            calls: logs::take_calls(&id),
+            limits_sent: false,
             id,
             function,
             memory_mb,
@@ -761,9 +764,34 @@ impl Sandbox {
             },
             Some(http) => http_header(call_id, http),
         };
-        let exchanged = tokio::time::timeout(timeout, exchange(live, &request, payload)).await;
+        let max_result_bytes = self.shared.config.max_result_bytes;
+        let call = Call {
+            id: call_id,
+            limits: (!self.limits_sent).then_some(Header::Limits { max_result_bytes }),
+            request,
+            payload,
+            max_result_bytes,
+        };
+        let exchanged =
+            tokio::time::timeout(timeout, exchange(live, self.calls.as_ref(), call)).await;
+        if matches!(exchanged, Ok(Ok(_))) {
+            self.limits_sent = true;
+        }
         match exchanged {
             Ok(Ok(Reply::Result(body))) => Ok(Outcome::Returned(body)),
+            Ok(Ok(Reply::TooLarge { len, limit })) => {
+                tracing::warn!(sandbox = %self.id, len, limit, "reply over max_result_bytes");
+                // Its frame was not read: the stream cannot go on.
+                self.destroy().await;
+                Ok(Outcome::Failed(function_error(
+                    ErrorKind::Function,
+                    format!(
+                        "the function's reply is {len} bytes, over the limit of {limit} bytes; \
+                         its sandbox was destroyed"
+                    ),
+                    String::new(),
+                )))
+            }
             Ok(Ok(Reply::Http {
                 status,
                 headers,
@@ -943,10 +971,25 @@ fn http_header(call_id: &str, http: &HttpRequest) -> Header {
     }
 }
 
+/// One call as it goes over the socket.
+struct Call<'a> {
+    id: &'a str,
+    /// Sent first, to a runtime that has not had them yet.
+    limits: Option<Header>,
+    request: Header,
+    payload: &'a [u8],
+    max_result_bytes: u32,
+}
+
+/// Sends `call` once the runtime is ready and reads its reply. What the
+/// sandbox prints from the moment the request goes out until the reply is
+/// in is the call's (`calls` tags it): the runtime flushed everything the
+/// call printed before replying. What it printed while importing (the
+/// runtime flushes before ready) is no call's.
 async fn exchange(
     live: &mut Live,
-    request: &Header,
-    payload: &[u8],
+    calls: Option<&Calls>,
+    call: Call<'_>,
 ) -> Result<Reply, ProtocolError> {
     if !live.ready {
         match protocol::read_frame(&mut live.conn).await? {
@@ -954,8 +997,27 @@ async fn exchange(
             (other, _) => return Err(unexpected(&other)),
         }
     }
-    protocol::write_frame(&mut live.conn, request, payload).await?;
-    match protocol::read_frame(&mut live.conn).await? {
+    if let Some(limits) = &call.limits {
+        protocol::write_frame(&mut live.conn, limits, b"").await?;
+    }
+    if let Some(calls) = calls {
+        calls.begin(call.id).await;
+    }
+    protocol::write_frame(&mut live.conn, &call.request, call.payload).await?;
+    let reply = match protocol::read_frame_within(&mut live.conn, call.max_result_bytes).await {
+        Err(ProtocolError::TooLarge {
+            part: "body",
+            len,
+            limit,
+        }) => return Ok(Reply::TooLarge { len, limit }),
+        reply => reply?,
+    };
+    // Not on a failed read: the sandbox is then destroyed, and what it
+    // printed until its pipes close stays with the call.
+    if let Some(calls) = calls {
+        calls.end().await;
+    }
+    match reply {
         (Header::Result, body) => Ok(Reply::Result(body)),
         (Header::HttpResponse { status, headers }, body) => Ok(Reply::Http {
             status,

@@ -31,8 +31,8 @@ use crate::init::{ZygoteInit, envp};
 use crate::mounts::{self, RealHost, RootSpec};
 use crate::protocol::{self, ForkKind, ForkRequest, Header};
 use crate::sandbox::{
-    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, box_reader, check_dirs,
-    check_spec, forward_logs,
+    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, check_dirs, check_spec,
+    forward_logs,
 };
 
 /// How long a child may take to reach `forked`: setup only, no imports.
@@ -639,11 +639,9 @@ fn socketpair() -> Result<(UnixStream, OwnedFd), Error> {
     Ok((ours, theirs.into()))
 }
 
-type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-
 /// Pipes for the child's stdout and stderr: its ends, then ours.
 #[allow(clippy::type_complexity)]
-fn output_pipes() -> Result<((OwnedFd, OwnedFd), (Reader, Reader)), Error> {
+fn output_pipes() -> Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd)), Error> {
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Spawn {
             program: "pipe".into(),
@@ -652,12 +650,7 @@ fn output_pipes() -> Result<((OwnedFd, OwnedFd), (Reader, Reader)), Error> {
     };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let reader = |fd: OwnedFd| -> Result<Reader, Error> {
-        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-            .map(box_reader)
-            .map_err(spawn_err("pipe"))
-    };
-    Ok(((out_w, err_w), (reader(out_r)?, reader(err_r)?)))
+    Ok(((out_w, err_w), (out_r, err_r)))
 }
 
 /// One byte carrying `fds`, then `header`. Our copies of the fds close

@@ -1,0 +1,536 @@
+//! What functions print and return, bounded: floods of output, endless
+//! lines, forged call markers and oversized results, performed by real
+//! functions in real sandboxes through sandboxd's gRPC API and metrics.
+//! Needs root.
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::sandbox_invoke_response::Outcome;
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{
+    ErrorKind, FunctionConfig, FunctionError, FunctionRef, LogLine, LogsRequest, PrepareRequest,
+    PrepareResponse, SandboxInvokeRequest, StatusRequest,
+};
+use sock_sandboxd::Config;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+const MIB: usize = 1 << 20;
+
+/// Every function is version 1 of `<code>/<name>`.
+struct FakeCache {
+    code: PathBuf,
+}
+
+#[tonic::async_trait]
+impl Cache for FakeCache {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        let name = request.into_inner().function.unwrap_or_default().name;
+        Ok(Response::new(PrepareResponse {
+            function: Some(FunctionRef {
+                name: name.clone(),
+                version: 1,
+            }),
+            code_dir: self.code.join(&name).display().to_string(),
+            config: Some(FunctionConfig::default()),
+            ..PrepareResponse::default()
+        }))
+    }
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    client: SandboxdClient<Channel>,
+    metrics: String,
+    shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// sandboxd in this process, its config changed by `tune`.
+async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
+    if !common::have_root(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("code");
+    let cache = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
+    let cache_addr = format!("http://{}", cache.local_addr().expect("addr"));
+    tokio::spawn(
+        Server::builder()
+            .add_service(CacheServer::new(FakeCache { code }))
+            .serve_with_incoming(TcpListenerStream::new(cache)),
+    );
+    // A port nothing else took a moment ago: sandboxd does not say which
+    // one it bound.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let mut config = Config {
+        listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
+        cache_addr,
+        data_dir: dir.path().join("data"),
+        cache_data_dir: dir.path().to_path_buf(),
+        instance: format!("out-{test}-{}", std::process::id()),
+        shutdown_grace_ms: 100,
+        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
+        cgroup_pool_size: 4,
+        netns_pool_size: 2,
+        metrics_listen: metrics.clone(),
+        ..Config::default()
+    };
+    tune(&mut config);
+    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
+    let client = SandboxdClient::new(
+        tonic::transport::Endpoint::from_shared(config.listen.clone())
+            .expect("endpoint")
+            .connect_lazy(),
+    );
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
+    Some(Node {
+        dir,
+        client,
+        metrics,
+        shutdown,
+        served: Some(served),
+    })
+}
+
+impl Node {
+    fn publish(&self, name: &str, f_py: &str) {
+        let code = self.dir.path().join("code").join(name);
+        std::fs::create_dir_all(&code).expect("mkdir code");
+        std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+    }
+
+    async fn invoke(&self, name: &str, call_id: &str, payload: &str) -> Outcome {
+        self.client
+            .clone()
+            .invoke(SandboxInvokeRequest {
+                function: Some(FunctionRef {
+                    name: name.into(),
+                    version: 1,
+                }),
+                payload: payload.as_bytes().to_vec(),
+                call_id: call_id.into(),
+                timeout_ms: 30_000,
+                ..SandboxInvokeRequest::default()
+            })
+            .await
+            .expect("invoke")
+            .into_inner()
+            .outcome
+            .expect("an outcome")
+    }
+
+    /// The kept lines of `function`.
+    async fn logs(&self, function: &str) -> Vec<LogLine> {
+        let mut stream = self
+            .client
+            .clone()
+            .logs(LogsRequest {
+                function: function.into(),
+                follow: false,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(line) = stream.message().await.expect("a log line") {
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// The value of the metric line starting with `series`.
+    fn metric(&self, series: &str) -> u64 {
+        let mut conn = std::net::TcpStream::connect(&self.metrics).expect("connect to metrics");
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").expect("ask metrics");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+
+    async fn warm_starts(&self) -> u64 {
+        self.client
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .warm_starts_total
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let served = self.served.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(60), served)
+            .await
+            .expect("sandboxd stops")
+            .expect("run task")
+            .expect("run returns Ok");
+    }
+}
+
+fn returned(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Result(body) => serde_json::from_slice(body).expect("result is JSON"),
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+fn failed(outcome: &Outcome) -> &FunctionError {
+    match outcome {
+        Outcome::Error(error) => error,
+        other => panic!("expected a function error, got {other:?}"),
+    }
+}
+
+/// The lines of `call`, and the ones sandboxd added about it.
+fn of_call<'a>(lines: &'a [LogLine], call: &str) -> (Vec<&'a LogLine>, Vec<&'a LogLine>) {
+    lines
+        .iter()
+        .filter(|line| line.call_id == call)
+        .partition(|line| line.stream != "sandboxd")
+}
+
+/// Bytes the function printed that were logged (a newline per line).
+fn printed(lines: &[&LogLine]) -> usize {
+    lines.iter().map(|line| line.line.len() + 1).sum()
+}
+
+const FLOOD: &str = r#"
+import sys
+
+def f(event):
+    if event == "flood":
+        line = "x" * 1023 + "\n"
+        for _ in range(10 * 1024):
+            sys.stdout.write(line)
+        return "flooded"
+    if event == "endless":
+        sys.stdout.write("y" * (10 << 20))
+        return "endless"
+    print("after", event)
+    return event
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_is_read_and_dropped_and_the_calls_go_on() {
+    let Some(node) = start("flood", |_| {}).await else {
+        return;
+    };
+    node.publish("flood", FLOOD);
+    let started = Instant::now();
+    let outcome = node.invoke("flood", "flood-1", r#""flood""#).await;
+    let took = started.elapsed();
+    assert_eq!(returned(&outcome), "flooded");
+    eprintln!("a 10 MiB flood took {took:?} (cold start included)");
+
+    let lines = node.logs("flood").await;
+    let (kept, notices) = of_call(&lines, "flood-1");
+    // The ring keeps less than a call may log: its bytes count each
+    // line's overhead too.
+    assert!(printed(&kept) <= MIB, "{} bytes logged", printed(&kept));
+    assert!(kept.iter().all(|line| line.line == "x".repeat(1023)));
+    assert_eq!(notices.len(), 1, "one notice: {notices:?}");
+    let dropped = 10 * MIB - MIB;
+    assert_eq!(
+        notices[0].line,
+        format!(
+            "sock: dropped {dropped} bytes of this call's output \
+             ({dropped} over the limit of 1048576 bytes per call)"
+        )
+    );
+    assert_eq!(
+        node.metric(r#"sock_sandboxd_output_dropped_bytes_total{reason="call_limit"}"#),
+        dropped as u64
+    );
+
+    let outcome = node.invoke("flood", "flood-2", r#""calm""#).await;
+    assert_eq!(returned(&outcome), "calm");
+    assert_eq!(node.warm_starts().await, 1, "the flooded sandbox served it");
+    let lines = node.logs("flood").await;
+    let (kept, notices) = of_call(&lines, "flood-2");
+    let kept: Vec<&str> = kept.iter().map(|line| line.line.as_str()).collect();
+    assert_eq!(kept, ["after calm"]);
+    assert!(notices.is_empty(), "{notices:?}");
+
+    let started = Instant::now();
+    let outcome = node.invoke("flood", "flood-3", r#""flood""#).await;
+    let took = started.elapsed();
+    assert_eq!(returned(&outcome), "flooded");
+    eprintln!("a 10 MiB flood in a warm sandbox took {took:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mib_line_without_a_newline_is_logged_in_bounded_pieces() {
+    let Some(node) = start("endless", |_| {}).await else {
+        return;
+    };
+    node.publish("endless", FLOOD);
+    let outcome = node.invoke("endless", "endless-1", r#""endless""#).await;
+    assert_eq!(returned(&outcome), "endless");
+    let lines = node.logs("endless").await;
+    let (kept, notices) = of_call(&lines, "endless-1");
+    let bytes: usize = kept.iter().map(|line| line.line.len()).sum();
+    assert!(bytes <= MIB, "{bytes} bytes logged");
+    assert!(kept.iter().all(|line| line.line.len() == 8 << 10));
+    assert!(kept.iter().all(|line| line.line.bytes().all(|b| b == b'y')));
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0]
+            .line
+            .starts_with(&format!("sock: dropped {} bytes", 9 * MIB)),
+        "{}",
+        notices[0].line
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_over_the_rate_is_dropped_across_calls() {
+    let Some(node) = start("rate", |config| {
+        config.max_output_bytes_per_call = 256 << 10;
+        config.output_bytes_per_s = 16 << 10;
+    })
+    .await
+    else {
+        return;
+    };
+    node.publish(
+        "chatty",
+        "import sys\n\ndef f(event):\n    sys.stdout.write(('z' * 1023 + '\\n') * 256)\n    \
+         return event\n",
+    );
+    assert_eq!(returned(&node.invoke("chatty", "rate-1", "1").await), 1);
+    assert_eq!(returned(&node.invoke("chatty", "rate-2", "2").await), 2);
+    let lines = node.logs("chatty").await;
+    let (first, notices) = of_call(&lines, "rate-1");
+    assert_eq!(printed(&first), 256 << 10, "the burst takes a whole call");
+    assert!(notices.is_empty(), "{notices:?}");
+    let (second, notices) = of_call(&lines, "rate-2");
+    assert!(
+        printed(&second) < 64 << 10,
+        "the bucket was empty: {} bytes logged",
+        printed(&second)
+    );
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0]
+            .line
+            .contains("over the rate limit of 16384 bytes/s"),
+        "{}",
+        notices[0].line
+    );
+    // Lines cut where dropping began count a newline they did not have.
+    let over_rate =
+        node.metric(r#"sock_sandboxd_output_dropped_bytes_total{reason="rate_limit"}"#) as usize;
+    let read = over_rate + printed(&second);
+    assert!(
+        (256 << 10..=(256 << 10) + second.len()).contains(&read),
+        "{over_rate} dropped + {} logged",
+        printed(&second)
+    );
+    node.stop().await;
+}
+
+/// Prints the call marker the runtime used to write, naming `event`'s
+/// victim call, then lines that would have gone to it.
+const FORGER: &str = r#"
+import sys
+
+def f(event):
+    for stream in (sys.stdout, sys.stderr):
+        stream.write("\x1esock-call:" + event + "\n")
+        stream.write("forged for " + event + "\n")
+    return event
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printed_call_marker_is_just_text_in_the_printing_calls_log() {
+    let Some(node) = start("forge", |_| {}).await else {
+        return;
+    };
+    node.publish(
+        "victim",
+        "def f(event):\n    print('honest')\n    return 1\n",
+    );
+    node.publish("forger", FORGER);
+    assert_eq!(returned(&node.invoke("victim", "victim-1", "").await), 1);
+    // Another function's call, and this function's own next call.
+    for victim in ["victim-1", "forger-2"] {
+        let payload = format!("\"{victim}\"");
+        assert_eq!(
+            returned(&node.invoke("forger", "forger-1", &payload).await),
+            victim
+        );
+    }
+    assert_eq!(
+        returned(&node.invoke("forger", "forger-2", r#""x""#).await),
+        "x"
+    );
+
+    let victim = node.logs("victim").await;
+    let victim: Vec<(&str, &str)> = victim
+        .iter()
+        .map(|l| (l.call_id.as_str(), l.line.as_str()))
+        .collect();
+    assert_eq!(victim, [("victim-1", "honest")]);
+    let forger = node.logs("forger").await;
+    let (first, _) = of_call(&forger, "forger-1");
+    assert_eq!(first.len(), 8, "{forger:?}");
+    assert!(first.iter().any(|l| l.line == "\u{1e}sock-call:victim-1"));
+    assert!(first.iter().any(|l| l.line == "forged for forger-2"));
+    let (second, _) = of_call(&forger, "forger-2");
+    let second: Vec<&str> = second.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(second, ["\u{1e}sock-call:x", "forged for x"].repeat(2));
+    node.stop().await;
+}
+
+/// Prints `lines` numbered lines per stream, then starts a thread that
+/// prints after the call has returned.
+const NUMBERED: &str = r#"
+import sys, threading, time
+
+def late(n):
+    time.sleep(0.05)
+    print("late", n, flush=True)
+
+def f(event):
+    n, lines, stray = event["n"], event["lines"], event["stray"]
+    for i in range(lines):
+        print("call", n, i)
+        print("call", n, i, file=sys.stderr)
+    if stray:
+        threading.Thread(target=late, args=(n,)).start()
+    return n
+"#;
+
+async fn every_line_goes_to_the_call_that_printed_it(test: &str, import_cache: &str) {
+    let Some(node) = start(test, |config| config.import_cache = import_cache.into()).await else {
+        return;
+    };
+    node.publish("numbered", NUMBERED);
+    let calls = 10;
+    for n in 0..calls {
+        let payload = format!(r#"{{"n": {n}, "lines": 40, "stray": false}}"#);
+        let outcome = node
+            .invoke("numbered", &format!("call-{n}"), &payload)
+            .await;
+        assert_eq!(returned(&outcome), n);
+    }
+    let lines = node.logs("numbered").await;
+    assert_eq!(lines.len(), calls * 80);
+    for line in &lines {
+        let n = line.line.split(' ').nth(1).expect("numbered");
+        assert_eq!(line.call_id, format!("call-{n}"), "{line:?}");
+    }
+
+    // A thread still printing after its call answered.
+    let payload = r#"{"n": 99, "lines": 0, "stray": true}"#;
+    assert_eq!(
+        returned(&node.invoke("numbered", "stray-call", payload).await),
+        99
+    );
+    let mut late = None;
+    for _ in 0..500 {
+        late = node
+            .logs("numbered")
+            .await
+            .into_iter()
+            .find(|line| line.line == "late 99");
+        if late.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let late = late.expect("the stray thread's line is logged");
+    assert_eq!(late.call_id, "", "printed between calls: no call's");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_goes_to_the_call_that_printed_it_in_a_forked_sandbox() {
+    every_line_goes_to_the_call_that_printed_it("lines-tree", "tree").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_goes_to_the_call_that_printed_it_in_a_fresh_sandbox() {
+    every_line_goes_to_the_call_that_printed_it("lines-off", "off").await;
+}
+
+/// Returns `event` bytes of JSON; with a negative size, writes its own
+/// reply frame claiming that many bytes, past the runtime's check.
+const BIG: &str = r#"
+import json, os, struct
+
+def f(event):
+    if event < 0:
+        header = json.dumps({"type": "result"}).encode()
+        os.write(3, struct.pack(">I", len(header)) + header + struct.pack(">I", -event))
+        os._exit(0)
+    return "z" * (event - 2)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_limit_is_a_clear_error_and_the_node_goes_on() {
+    let Some(node) = start("result", |config| config.max_result_bytes = MIB as u32).await else {
+        return;
+    };
+    node.publish("big", BIG);
+    let fits = node.invoke("big", "fits", &MIB.to_string()).await;
+    assert_eq!(returned(&fits).as_str().map(str::len), Some(MIB - 2));
+
+    let over = node.invoke("big", "over", &(MIB + 1).to_string()).await;
+    let error = failed(&over);
+    assert_eq!(error.kind, ErrorKind::Function as i32);
+    assert_eq!(
+        error.message,
+        format!(
+            "result of f(event) is {} bytes, over the limit of {MIB} bytes",
+            MIB + 1
+        )
+    );
+    let again = node.invoke("big", "again", "10").await;
+    assert_eq!(returned(&again), "z".repeat(8));
+    assert_eq!(node.warm_starts().await, 2, "the same sandbox answered");
+
+    // A function that writes its own oversized reply frame.
+    let forged = node
+        .invoke("big", "forged", &format!("-{}", 32 * MIB))
+        .await;
+    let error = failed(&forged);
+    assert_eq!(error.kind, ErrorKind::Function as i32);
+    assert_eq!(
+        error.message,
+        format!(
+            "the function's reply is {} bytes, over the limit of {MIB} bytes; \
+             its sandbox was destroyed",
+            32 * MIB
+        )
+    );
+    let after = node.invoke("big", "after", "10").await;
+    assert_eq!(returned(&after), "z".repeat(8));
+    node.stop().await;
+}
