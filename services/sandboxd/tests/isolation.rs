@@ -1129,6 +1129,9 @@ struct Probe {
     name: &'static str,
     args: fn(&Ctx) -> Value,
     check: Check,
+    /// The table shows the answer of a pass too (the errnos the attacks
+    /// got), where it is short.
+    show: bool,
 }
 
 /// Every one-call probe, on every path (the build too).
@@ -1137,41 +1140,49 @@ const PROBES: &[Probe] = &[
         name: "identity",
         args: no_args,
         check: check_identity,
+        show: false,
     },
     Probe {
         name: "capabilities",
         args: no_args,
         check: check_capabilities,
+        show: false,
     },
     Probe {
         name: "proc",
         args: no_args,
         check: check_proc,
+        show: false,
     },
     Probe {
         name: "host_paths",
         args: host_paths_args,
         check: check_host_paths,
+        show: false,
     },
     Probe {
         name: "mounts",
         args: no_args,
         check: check_mounts,
+        show: true,
     },
     Probe {
         name: "network",
         args: network_args,
         check: check_network,
+        show: true,
     },
     Probe {
         name: "pids",
         args: pids_args,
         check: check_pids,
+        show: false,
     },
     Probe {
         name: "syscalls",
         args: no_args,
         check: check_syscalls,
+        show: true,
     },
 ];
 
@@ -1567,7 +1578,13 @@ async fn resist_every_probe(test: &str, birth: Birth) {
 fn checked(probe: &Probe, got: Result<Value, String>, ctx: &Ctx) -> Result<String, String> {
     let got = got?;
     (probe.check)(&got, ctx)
-        .map(|()| String::new())
+        .map(|()| {
+            if probe.show {
+                got.to_string()
+            } else {
+                String::new()
+            }
+        })
         .map_err(|what| format!("{what}\n        answer: {got}"))
 }
 
@@ -1805,7 +1822,13 @@ async fn at_fork_thread(node: &Node) -> Result<String, String> {
     let got = node
         .probe("forkhook", "forkhook-call", "at_fork", json!({}))
         .await?;
-    let forked = node.status().await.zygote_forks_total > before;
+    let status = node.status().await;
+    let forked = status.zygote_forks_total > before;
+    if !status.zygotes.iter().any(|z| z.id == FORKHOOK_ZYGOTE) {
+        return Err(format!(
+            "{FORKHOOK_ZYGOTE} never started, so nothing was tried: {status:?}"
+        ));
+    }
     let attempts = got["attempts"].as_array().cloned().unwrap_or_default();
     let through: Vec<&Value> = attempts
         .iter()
@@ -1819,14 +1842,17 @@ async fn at_fork_thread(node: &Node) -> Result<String, String> {
         ));
     }
     Err(format!(
-        "{} of {} attempts by the hook's thread got through (forked from {FORKHOOK_ZYGOTE}: {forked}; hook ran in pids {}); after the call: {:?}; first: {}",
+        "{} of {} attempts by the hook's thread got through (forked from {FORKHOOK_ZYGOTE}: {forked}; hook ran in pids {}); after the call: {}; first: {}",
         through.len(),
         attempts.len(),
         got["hooked"],
-        attempts
-            .iter()
-            .filter(|a| a["after_call"] == true)
-            .collect::<Vec<_>>(),
+        Value::from(
+            attempts
+                .iter()
+                .filter(|a| a["after_call"] == true)
+                .cloned()
+                .collect::<Vec<_>>()
+        ),
         through[0]
     ))
 }
