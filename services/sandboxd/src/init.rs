@@ -10,19 +10,20 @@
 //! before any runtime starts), which is what makes `fork` sound.
 use std::ffi::{CString, NulError};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sys::prctl;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, raise};
 use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid, execve, fork, setgroups, setresgid, setresuid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, execve, fork};
 use serde::{Deserialize, Serialize};
+use sock_sandbox::{Lockdown, LockdownError, Proc, mount_proc};
 
 use crate::mounts::{self, MountError, RealHost, RootSpec};
-use crate::namespaces::{self, SANDBOX_SOCKET_FD};
-use crate::seccomp::{self, Programs, SeccompError};
+use crate::namespaces::SANDBOX_SOCKET_FD;
+use crate::seccomp::Programs;
 
 /// `argv[1]` that makes `sock-sandboxd` run as a sandbox init.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -31,7 +32,6 @@ pub const INIT_ARG: &str = "__sandbox-init";
 pub(crate) const SETUP_FAILED: i32 = 125;
 const RUNTIME_FILE: &str = "sock_runtime.py";
 pub(crate) const ZYGOTE_FILE: &str = "sock_zygote.py";
-const NOFILE: u64 = 1024;
 
 /// Everything the init needs, sent by sandboxd as JSON on stdin. Host paths
 /// are only used before `pivot_root`.
@@ -151,7 +151,7 @@ enum InitError {
     #[error("argument or environment contains a NUL byte: {0}")]
     Nul(#[from] NulError),
     #[error(transparent)]
-    Seccomp(#[from] SeccompError),
+    Lockdown(#[from] LockdownError),
 }
 
 fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> InitError {
@@ -186,7 +186,7 @@ fn init() -> Result<i32, InitError> {
         &RealHost,
     );
     mounts::build_root(&spec.mount_point, &steps)?;
-    namespaces::set_hostname().map_err(sys("sethostname"))?;
+    sock_sandbox::set_hostname().map_err(sys("sethostname"))?;
 
     // A zygote's runtime unshares its user namespace; only the init, root
     // outside it, may then write its id maps.
@@ -261,8 +261,9 @@ fn close_socket() {
     drop(unsafe { OwnedFd::from_raw_fd(SANDBOX_SOCKET_FD) });
 }
 
-/// Becomes the unprivileged runtime (or a zygote, root of its own user
-/// namespace only). Returns only on failure.
+/// Becomes the unprivileged runtime through the one lockdown every
+/// sandbox goes through (or a zygote, root of its own user namespace
+/// only). Returns only on failure.
 fn exec_runtime(
     spec: &InitSpec,
     argv: &[CString],
@@ -270,53 +271,30 @@ fn exec_runtime(
     (to_init, from_init): (OwnedFd, OwnedFd),
 ) -> InitError {
     let run = || -> Result<std::convert::Infallible, InitError> {
-        mounts::mount_proc()?;
-        setrlimit(Resource::RLIMIT_NOFILE, NOFILE, NOFILE).map_err(sys("setrlimit NOFILE"))?;
-        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("setrlimit CORE"))?;
-        let (uid, gid) = if spec.zygote.is_some() {
-            // Root inside (the init maps it to an unprivileged host uid),
-            // with capabilities over the new user namespace only.
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
-                .map_err(sys("unshare user namespace"))?;
-            nix::unistd::write(&to_init, b"u").map_err(sys("write to init"))?;
-            let mut byte = [0u8; 1];
-            if nix::unistd::read(&from_init, &mut byte).map_err(sys("read from init"))? == 0 {
-                return Err(InitError::Sys {
-                    what: "wait for the user namespace's id maps",
-                    source: nix::errno::Errno::EPIPE,
-                });
-            }
-            (Uid::from_raw(0), Gid::from_raw(0))
+        if let Some(zygote) = &spec.zygote {
+            become_zygote(zygote, spec, (to_init, from_init))?;
         } else {
-            drop_bounding_set().map_err(sys("drop capability bounding set"))?;
-            (Uid::from_raw(spec.uid), Gid::from_raw(spec.gid))
-        };
-        drop((to_init, from_init));
-        setgroups(&[]).map_err(sys("setgroups"))?;
-        setresgid(gid, gid, gid).map_err(sys("setresgid"))?;
-        // Changing from uid 0 without keep-caps clears every capability.
-        setresuid(uid, uid, uid).map_err(sys("setresuid"))?;
-        // The credential change cleared the parent-death signal; set it
-        // again so the runtime dies with its init.
-        prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("set pdeathsig"))?;
-        prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
-        let cwd = match (&spec.code_dir, &spec.command) {
-            (Some(_), _) => mounts::CODE_DIR,
-            (None, Some(_)) => "/tmp",
-            (None, None) => "/",
-        };
-        nix::unistd::chdir(cwd).map_err(sys("chdir"))?;
-        close_inherited_fds().map_err(sys("close_range"))?;
-        if spec.command.is_some() {
-            // The installer's output is its answer: sandboxd reads it from
-            // the socket, in order, both streams together.
-            nix::unistd::dup2_stdout(socket_fd()).map_err(sys("dup2 stdout"))?;
-            nix::unistd::dup2_stderr(socket_fd()).map_err(sys("dup2 stderr"))?;
-        }
-        // Last, so none of the setup above runs under the filter. A zygote
-        // runs without: its children install it.
-        if spec.zygote.is_none() {
-            seccomp::install(&spec.seccomp)?;
+            drop((to_init, from_init));
+            mount_proc(Proc::Masked)?;
+            let cwd = match (&spec.code_dir, &spec.command) {
+                (Some(_), _) => mounts::CODE_DIR,
+                (None, Some(_)) => "/tmp",
+                (None, None) => "/",
+            };
+            if spec.command.is_some() {
+                // The installer's output is its answer: sandboxd reads it
+                // from the socket, in order, both streams together.
+                nix::unistd::dup2_stdout(socket_fd()).map_err(sys("dup2 stdout"))?;
+                nix::unistd::dup2_stderr(socket_fd()).map_err(sys("dup2 stderr"))?;
+            }
+            Lockdown {
+                uid: spec.uid,
+                gid: spec.gid,
+                cwd: Path::new(cwd),
+                die_with_parent: true,
+                seccomp: &spec.seccomp,
+            }
+            .apply()?;
         }
         execve(&argv[0], argv, envp).map_err(sys("execve"))
     };
@@ -326,48 +304,50 @@ fn exec_runtime(
     }
 }
 
+/// A zygote's runtime: it leaves host root for the zygote's host uid
+/// first, so the user namespace it then creates is owned by that uid and
+/// every per-user kernel count of its children (inotify instances, user
+/// namespaces, …) is charged there, never to host root. The init maps root
+/// inside to that uid; the zygote keeps an unmasked `/proc` (its children
+/// mount their own) and runs under the zygote filter.
+fn become_zygote(
+    zygote: &ZygoteInit,
+    spec: &InitSpec,
+    (to_init, from_init): (OwnedFd, OwnedFd),
+) -> Result<(), InitError> {
+    mount_proc(Proc::Unmasked)?;
+    sock_sandbox::limit_resources()?;
+    sock_sandbox::set_ids(
+        Uid::from_raw(zygote.host_uid),
+        Gid::from_raw(zygote.host_gid),
+    )?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(sys("unshare user namespace"))?;
+    nix::unistd::write(&to_init, b"u").map_err(sys("write to init"))?;
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(&from_init, &mut byte).map_err(sys("read from init"))? == 0 {
+        return Err(InitError::Sys {
+            what: "wait for the user namespace's id maps",
+            source: nix::errno::Errno::EPIPE,
+        });
+    }
+    drop((to_init, from_init));
+    // Root inside: capabilities over the new user namespace only.
+    sock_sandbox::set_ids(Uid::from_raw(0), Gid::from_raw(0))?;
+    // The credential changes cleared the parent-death signal.
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("set pdeathsig"))?;
+    prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir"))?;
+    sock_sandbox::close_fds_above(SANDBOX_SOCKET_FD).map_err(sys("close_range"))?;
+    sock_sandbox::seccomp::install(&spec.seccomp)?;
+    Ok(())
+}
+
 #[allow(unsafe_code)]
 fn socket_fd() -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: fd 3 is the socket sandboxd passed; it stays open for the
     // life of this process (until exec, which keeps it).
     unsafe { std::os::fd::BorrowedFd::borrow_raw(SANDBOX_SOCKET_FD) }
-}
-
-/// Drops every capability from the bounding set, so nothing the function
-/// execs can ever gain one back.
-#[allow(unsafe_code)]
-fn drop_bounding_set() -> nix::Result<()> {
-    for cap in 0..64 {
-        // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-        if rc < 0 {
-            return match nix::errno::Errno::last() {
-                // Past the last capability this kernel knows.
-                nix::errno::Errno::EINVAL if cap > 0 => Ok(()),
-                e => Err(e),
-            };
-        }
-    }
-    Ok(())
-}
-
-/// Leaves only stdin, stdout, stderr and the socket open.
-#[allow(unsafe_code)]
-fn close_inherited_fds() -> nix::Result<()> {
-    // SAFETY: close_range takes plain integers; every fd above the socket
-    // belongs to this process alone, which owns none of them any more.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            SANDBOX_SOCKET_FD + 1,
-            libc::c_uint::MAX,
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(())
 }
 
 /// Waits for the runtime and passes its fate on: the same exit code, or

@@ -593,18 +593,6 @@ fn pivot(new_root: &Path) -> Result<(), MountError> {
     nix::unistd::chdir("/").map_err(sys("chdir", Path::new("/")))
 }
 
-/// Mounts `/proc` for the pid namespace the caller is in.
-pub(crate) fn mount_proc() -> Result<(), MountError> {
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(sys("mount proc", Path::new("/proc")))
-}
-
 /// Detaches every mount at or below `dir` in sandboxd's own mount
 /// namespace (left by a crashed run); returns how many. Sandbox roots are
 /// normally private to each sandbox's namespace, so this finds nothing.

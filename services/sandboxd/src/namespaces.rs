@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 /// The fd the runtime finds its socket on (ARCHITECTURE.md).
 pub(crate) const SANDBOX_SOCKET_FD: RawFd = 3;
@@ -76,13 +75,6 @@ pub(crate) fn prepare_init(
     unsafe {
         cmd.pre_exec(hook);
     }
-}
-
-/// The sandbox's hostname, the same for every sandbox.
-const HOSTNAME: &str = "sandbox";
-
-pub(crate) fn set_hostname() -> nix::Result<()> {
-    nix::unistd::sethostname(HOSTNAME)
 }
 
 /// Ready, empty network namespaces (only `lo`, up), held as fds.
@@ -152,40 +144,9 @@ pub(crate) fn new_netns() -> std::io::Result<OwnedFd> {
         .name("sock-netns".into())
         .spawn(|| -> std::io::Result<OwnedFd> {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            bring_up_loopback()?;
+            sock_sandbox::bring_up_loopback()?;
             Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
         })?
         .join()
         .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
-}
-
-/// A new network namespace has only `lo`, and it is down: bring it up so
-/// functions can talk to themselves on 127.0.0.1 (and nothing else).
-#[allow(unsafe_code)]
-fn bring_up_loopback() -> nix::Result<()> {
-    let sock: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in `req`
-    // into `req`, a valid, live ifreq.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    }
-    // SAFETY: SIOCSIFFLAGS only reads `req`, a valid ifreq naming `lo`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(())
 }

@@ -230,6 +230,10 @@ impl Sandboxes {
         make_dir(&runtime_dir, 0o755)?;
         write_runtime(&runtime_dir, "sock_runtime.py", RUNTIME_PY)?;
         write_runtime(&runtime_dir, ZYGOTE_FILE, ZYGOTE_PY)?;
+        if config.import_cache != "off" {
+            let library = crate::zygote::library(&init_program)?;
+            write_runtime(&runtime_dir, sock_sandbox::LIBRARY_FILE, library)?;
+        }
 
         // A crashed run's sandboxes died with it (their inits have a
         // parent-death signal), but their cgroups and any mount it had
@@ -1093,10 +1097,10 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
 /// Written next to the final name and renamed, so a sandbox starting
 /// meanwhile (maybe of another instance sharing the data dir) never sees
 /// half a file.
-fn write_runtime(dir: &Path, name: &str, text: &str) -> Result<(), Error> {
+fn write_runtime(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<(), Error> {
     let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
     let path = dir.join(name);
-    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
+    std::fs::write(&tmp, contents).map_err(io("cannot write", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
         .map_err(io("cannot set permissions of", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("cannot write", &path))

@@ -1,9 +1,9 @@
 //! The seccomp filters of sandboxed processes, written as readable rules in
 //! seccompiler's JSON format and compiled to BPF once per sandboxd start.
-//! The programs travel to each sandbox init in its spec; the runtime's
-//! process installs them right after `no_new_privs`, just before it execs
-//! Python (zygote children install the same programs before their first
-//! call).
+//! The programs travel to each sandbox in its init spec or, for a zygote's
+//! child, over its own socket; `sock_sandbox::Lockdown` installs them last,
+//! on every thread, for every birth path. Zygotes install the zygote
+//! profile instead.
 //!
 //! An allow-list, modelled on Docker's default profile (moby's
 //! `profiles/seccomp/default.json`): `seccomp/sandbox.json` names every call
@@ -36,7 +36,6 @@
 //! [`Profile::Zygote`]: the same, plus exactly the calls it makes to set up
 //! its children (`seccomp/zygote.json`: chroot, unshare, setns, sethostname,
 //! mount and the new mount API), and clone with CLONE_NEW* flags.
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The function profile, a complete seccompiler document.
@@ -48,12 +47,9 @@ const ZYGOTE_RULES: &str = include_str!("../seccomp/zygote.json");
 /// Install order: `deny` after `allow`, so its EPERM wins over ENOSYS.
 const ORDER: [&str; 4] = ["allow", "families", "namespaces", "deny"];
 
-/// One BPF instruction (`struct sock_filter`), serializable for the spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Insn(u16, u8, u8, u32);
-
-/// The compiled filters, installed in order.
-pub(crate) type Programs = Vec<Vec<Insn>>;
+/// The compiled filters, installed in order, as the sandbox crate installs
+/// them (see `sock_sandbox::seccomp`).
+pub(crate) use sock_sandbox::seccomp::{Insn, Programs};
 
 #[derive(Debug, thiserror::Error)]
 #[error("seccomp rules: {0}")]
@@ -65,8 +61,7 @@ pub(crate) enum Profile {
     /// Function code, installers: unprivileged, no capabilities.
     Function,
     /// A zygote: root of its own user namespace, which chroots, unshares,
-    /// mounts and sets the hostname for each child it forks. Nobody installs
-    /// it yet (zygotes run without seccomp); the zygote will.
+    /// mounts and sets the hostname for each child it forks.
     Zygote,
 }
 
@@ -132,25 +127,6 @@ fn rules_mut<'a>(
         .and_then(|program| program.get_mut("filter"))
         .and_then(Value::as_array_mut)
         .ok_or_else(|| SeccompError(format!("no program {name:?} with a filter list")))
-}
-
-/// Installs the filters on every thread of the calling process (TSYNC), so
-/// a thread started before the call is no way around them. Needs
-/// `no_new_privs`.
-pub(crate) fn install(programs: &Programs) -> Result<(), SeccompError> {
-    for program in programs {
-        let bpf: seccompiler::BpfProgram = program
-            .iter()
-            .map(|Insn(code, jt, jf, k)| seccompiler::sock_filter {
-                code: *code,
-                jt: *jt,
-                jf: *jf,
-                k: *k,
-            })
-            .collect();
-        seccompiler::apply_filter_all_threads(&bpf).map_err(|e| SeccompError(e.to_string()))?;
-    }
-    Ok(())
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -18,7 +18,7 @@
 //! host root (cgroups, mounts) sandboxd does before the fork.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
@@ -34,6 +34,7 @@ use crate::sandbox::{
     ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, check_dirs, check_spec,
     forward_logs,
 };
+use crate::seccomp::{self, Profile, Programs};
 
 /// How long a child may take to reach `forked`: setup only, no imports.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +103,7 @@ impl Sandboxes {
         });
         let init_spec = crate::init::InitSpec {
             package_dirs: node.package_dirs.clone(),
+            seccomp: zygote_seccomp()?,
             zygote: Some(ZygoteInit {
                 host_uid: config.zygote_uid,
                 host_gid: config.zygote_gid,
@@ -128,6 +130,17 @@ impl Sandboxes {
             &self.shared,
         )
     }
+}
+
+/// The zygote filter (see `seccomp::Profile::Zygote`), compiled once: a
+/// zygote and each child zygote install it.
+fn zygote_seccomp() -> Result<Programs, Error> {
+    static PROGRAMS: OnceLock<Programs> = OnceLock::new();
+    if let Some(programs) = PROGRAMS.get() {
+        return Ok(programs.clone());
+    }
+    let programs = seccomp::compile_profile(Profile::Zygote)?;
+    Ok(PROGRAMS.get_or_init(|| programs).clone())
 }
 
 fn zygote_name(id: &str) -> Arc<str> {
@@ -281,17 +294,40 @@ impl Zygote {
             seccomp: shared.seccomp.clone(),
             cgroups: 0,
         };
-        self.fork_child(
-            ChildPlan {
-                function: spec.function.as_str().into(),
-                code_dir: Some(spec.code_dir),
-                extra,
-                memory_mb,
-                limits,
-            },
-            request,
-        )
-        .await
+        let plan = ChildPlan {
+            function: spec.function.as_str().into(),
+            code_dir: Some(spec.code_dir),
+            extra,
+            memory_mb,
+            limits,
+        };
+        let parent = self.enter_child()?;
+        let spare = self.spare.try_lock().ok().and_then(|mut slot| slot.take());
+        if let Some(spare) = spare {
+            match self.give(&parent, spare, &plan, &request).await {
+                Ok(sandbox) => return Ok(sandbox),
+                Err(e) => {
+                    tracing::warn!(zygote = %self.id, error = %e, "the parked child did not take the function");
+                }
+            }
+        }
+        // The long way is the same way: park a child, then give it the
+        // function over its own socket.
+        let cgroup = shared.take_spare_cgroup(limits)?;
+        let conn = match self.park(&cgroup).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                return Err(e);
+            }
+        };
+        let spare = Spare {
+            cgroup: Some(cgroup),
+            conn: Some(conn),
+            shared: shared.clone(),
+        };
+        self.give(&parent, spare, &plan, &request).await
     }
 
     /// Forks a child zygote for `node`: it imports `node.imports` from
@@ -308,7 +344,7 @@ impl Zygote {
             environment: Vec::new(),
             uid: shared.config.sandbox_uid,
             gid: shared.config.sandbox_gid,
-            seccomp: Vec::new(),
+            seccomp: zygote_seccomp()?,
             cgroups: 0,
         };
         let memory_mb = shared.config.zygote_memory_mb;
@@ -343,24 +379,26 @@ impl Zygote {
             .collect()
     }
 
+    /// Counts a child about to be made, before anything else, so eviction
+    /// cannot pick this zygote while the child is being made.
+    fn enter_child(&self) -> Result<ChildOf, Error> {
+        let parent = self.children.enter().ok_or_else(|| Error::Fork {
+            zygote: self.id.clone(),
+            why: "the zygote is being evicted".into(),
+        })?;
+        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        Ok(parent)
+    }
+
+    /// Forks a child zygote: it gets its root and output with the fork
+    /// request (no function's secrets are in either).
     async fn fork_child(
         &self,
         plan: ChildPlan,
         mut request: ForkRequest,
     ) -> Result<Sandbox, Error> {
         let shared = &self.shared;
-        // Counted before anything else, so eviction cannot pick this
-        // zygote while its child is being made.
-        let parent = self.children.enter().ok_or_else(|| Error::Fork {
-            zygote: self.id.clone(),
-            why: "the zygote is being evicted".into(),
-        })?;
-        *self.last_fork.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        if request.kind == ForkKind::Function
-            && let Some(sandbox) = self.take_over_spare(&parent, &plan, &request).await
-        {
-            return Ok(sandbox);
-        }
+        let parent = self.enter_child()?;
         let ChildPlan {
             function,
             code_dir,
@@ -393,7 +431,7 @@ impl Zygote {
             let mut control = self.control.lock().await;
             send(&mut control, fds, &Header::Fork(request)).await
         };
-        let mut sandbox = Sandbox::new(
+        let sandbox = Sandbox::new(
             id,
             function,
             memory_mb,
@@ -406,40 +444,50 @@ impl Zygote {
                 parent: Some(parent),
             },
         );
+        self.forked(sandbox, sent).await
+    }
+
+    /// Waits for a child to say `forked`; destroys it if it does not.
+    async fn forked(
+        &self,
+        mut sandbox: Sandbox,
+        sent: Result<(), String>,
+    ) -> Result<Sandbox, Error> {
         let forked = match sent {
             Ok(()) => sandbox.expect(Header::Forked, FORK_TIMEOUT).await,
             Err(e) => Err(format!("cannot send the fork request: {e}")),
         };
-        if let Err(why) = forked {
-            sandbox.destroy().await;
-            return Err(Error::Fork {
-                zygote: self.id.clone(),
-                why,
-            });
+        match forked {
+            Ok(()) => Ok(sandbox),
+            Err(why) => {
+                sandbox.destroy().await;
+                Err(Error::Fork {
+                    zygote: self.id.clone(),
+                    why,
+                })
+            }
         }
-        Ok(sandbox)
     }
 
-    /// A function sandbox made of the parked child, if there is one and it
-    /// takes the function on; None means: fork one the long way.
-    async fn take_over_spare(
+    /// Makes a function sandbox of a parked child: its root and output,
+    /// then the function's request (ids, environment, seccomp) over the
+    /// child's own socket, never through the zygote.
+    async fn give(
         &self,
         parent: &ChildOf,
+        mut spare: Spare,
         plan: &ChildPlan,
         request: &ForkRequest,
-    ) -> Option<Sandbox> {
+    ) -> Result<Sandbox, Error> {
         let (function, code_dir, extra) = (&plan.function, plan.code_dir.as_deref(), &plan.extra);
-        let (memory_mb, limits) = (plan.memory_mb, plan.limits);
-        let mut spare = self.spare.try_lock().ok()?.take()?;
         let mut cgroup = spare.cgroup.take().expect("a parked child has its cgroup");
         let mut conn = spare.conn.take().expect("a parked child has its socket");
         let shared = &self.shared;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        if let Err(e) = cgroup.set_limits(limits) {
-            tracing::warn!(zygote = %self.id, error = %e, "cannot reuse the parked child");
+        if let Err(e) = cgroup.set_limits(plan.limits) {
             let shared = shared.clone();
             let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
-            return None;
+            return Err(e);
         }
         let cgroup = shared.adopt(&id, cgroup);
         let prepared = async {
@@ -451,9 +499,8 @@ impl Zygote {
         let (root, (out, err), (out_r, err_r)) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
-                tracing::warn!(zygote = %self.id, error = %e, "cannot prepare the parked child");
                 shared.abandon(&id, cgroup).await;
-                return None;
+                return Err(e);
             }
         };
         forward_logs(function, &id, Some(out_r), Some(err_r));
@@ -463,10 +510,10 @@ impl Zygote {
             &Header::Fork(request.clone()),
         )
         .await;
-        let mut sandbox = Sandbox::new(
+        let sandbox = Sandbox::new(
             id,
             function.clone(),
-            memory_mb,
+            plan.memory_mb,
             shared.clone(),
             Live {
                 cgroup,
@@ -476,18 +523,7 @@ impl Zygote {
                 parent: Some(parent.sibling()),
             },
         );
-        let forked = match sent {
-            Ok(()) => sandbox.expect(Header::Forked, FORK_TIMEOUT).await,
-            Err(e) => Err(e),
-        };
-        match forked {
-            Ok(()) => Some(sandbox),
-            Err(why) => {
-                tracing::warn!(zygote = %self.id, why, "the parked child did not take the function");
-                sandbox.destroy().await;
-                None
-            }
-        }
+        self.forked(sandbox, sent).await
     }
 
     /// Forks a child ahead of need and parks it: in its own cgroup (the
@@ -504,41 +540,7 @@ impl Zygote {
         }
         let shared = &self.shared;
         let cgroup = shared.take_spare_cgroup(shared.cgroup_limits(&Default::default()))?;
-        let parked = async {
-            let files = cgroup_files(&cgroup)?;
-            let (mut ours, theirs) = socketpair()?;
-            let request = ForkRequest {
-                kind: ForkKind::Spare,
-                package_dirs: Vec::new(),
-                imports: Vec::new(),
-                entry_file: String::new(),
-                environment: Vec::new(),
-                uid: shared.config.sandbox_uid,
-                gid: shared.config.sandbox_gid,
-                seccomp: shared.seccomp.clone(),
-                cgroups: files.len(),
-            };
-            let mut fds = vec![theirs];
-            fds.extend(files);
-            let fork = |why| Error::Fork {
-                zygote: self.id.clone(),
-                why,
-            };
-            {
-                let mut control = self.control.lock().await;
-                send(&mut control, fds, &Header::Fork(request))
-                    .await
-                    .map_err(fork)?;
-            }
-            match tokio::time::timeout(FORK_TIMEOUT, protocol::read_frame(&mut ours)).await {
-                Ok(Ok((Header::Parked, _))) => Ok(ours),
-                Ok(Ok((other, _))) => Err(fork(format!("sent {other:?} instead of Parked"))),
-                Ok(Err(e)) => Err(fork(e.to_string())),
-                Err(_) => Err(fork(format!("not parked within {FORK_TIMEOUT:?}"))),
-            }
-        }
-        .await;
-        match parked {
+        match self.park(&cgroup).await {
             Ok(conn) => {
                 *slot = Some(Spare {
                     cgroup: Some(cgroup),
@@ -552,6 +554,43 @@ impl Zygote {
                 let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Forks a child into `cgroup` and its own namespaces, and waits until
+    /// it is parked; returns its socket.
+    async fn park(&self, cgroup: &SandboxCgroup) -> Result<UnixStream, Error> {
+        let shared = &self.shared;
+        let files = cgroup_files(cgroup)?;
+        let (mut ours, theirs) = socketpair()?;
+        let request = ForkRequest {
+            kind: ForkKind::Spare,
+            package_dirs: Vec::new(),
+            imports: Vec::new(),
+            entry_file: String::new(),
+            environment: Vec::new(),
+            uid: shared.config.sandbox_uid,
+            gid: shared.config.sandbox_gid,
+            seccomp: Vec::new(),
+            cgroups: files.len(),
+        };
+        let mut fds = vec![theirs];
+        fds.extend(files);
+        let fork = |why| Error::Fork {
+            zygote: self.id.clone(),
+            why,
+        };
+        {
+            let mut control = self.control.lock().await;
+            send(&mut control, fds, &Header::Fork(request))
+                .await
+                .map_err(fork)?;
+        }
+        match tokio::time::timeout(FORK_TIMEOUT, protocol::read_frame(&mut ours)).await {
+            Ok(Ok((Header::Parked, _))) => Ok(ours),
+            Ok(Ok((other, _))) => Err(fork(format!("sent {other:?} instead of Parked"))),
+            Ok(Err(e)) => Err(fork(e.to_string())),
+            Err(_) => Err(fork(format!("not parked within {FORK_TIMEOUT:?}"))),
         }
     }
 
@@ -589,6 +628,44 @@ impl Zygote {
                 why: e.to_string(),
             })
     }
+}
+
+/// `libsock_sandbox.so` (the zygote's fork and lockdown, built from the
+/// `sock-sandbox` crate): beside the sandboxd binary, as `cargo build` of
+/// the workspace and the release images put it, or in cargo's `deps/`
+/// beside it when only sandboxd was built. Only a library built from the
+/// same sources as this sandboxd is taken; returns its bytes.
+pub(crate) fn library(init_program: &Path) -> Result<Vec<u8>, Error> {
+    let program = match init_program == Path::new("/proc/self/exe") {
+        true => std::env::current_exe().unwrap_or_else(|_| init_program.to_path_buf()),
+        false => init_program.to_path_buf(),
+    };
+    let dir = program.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join(sock_sandbox::LIBRARY_FILE),
+        dir.join("deps").join(sock_sandbox::LIBRARY_FILE),
+    ];
+    let mut found = Vec::new();
+    for path in &candidates {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        if sock_sandbox::same_build(&bytes) {
+            return Ok(bytes);
+        }
+        found.push(path.display().to_string());
+    }
+    let why = match found.is_empty() {
+        true => "found none".to_string(),
+        false => format!("{} built from other sources", found.join(" and ")),
+    };
+    Err(Error::InvalidConfig(format!(
+        "zygotes need the {} built with this sock-sandboxd beside it ({}, or {}): {why}; \
+         build the workspace again (cargo build), or set import_cache = \"off\" to run without zygotes",
+        sock_sandbox::LIBRARY_FILE,
+        candidates[0].display(),
+        candidates[1].display(),
+    )))
 }
 
 /// A child forked ahead of need, parked until a function comes.

@@ -22,6 +22,11 @@ fn fixture(test: &str) -> Option<Fixture> {
     if !common::have_root(test) {
         return None;
     }
+    // What the sandboxes print (the zygote's and its children's setup
+    // errors among it) shows with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let instance = format!("zyg-{test}-{}", std::process::id());
     let config = Config {
@@ -262,7 +267,20 @@ def f(event):
             errors[str(pid)] = "killed"
         except OSError as e:
             errors[str(pid)] = e.errno
-    return {"errors": errors, "proc": os.listdir("/proc"), "pid": os.getpid()}
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    # /proc/interrupts and /proc/keys exist on every kernel here (kcore
+    # and sched_debug do not); masked, they read as /dev/null.
+    masked_bytes = 0
+    for path in ("/proc/interrupts", "/proc/keys"):
+        with open(path, "rb") as masked:
+            masked_bytes += len(masked.read(16))
+    try:
+        with open("/proc/sys/kernel/hostname", "w") as knob:
+            knob.write("escaped")
+        sys_write = "written"
+    except OSError as e:
+        sys_write = e.errno
+    return {"errors": errors, "proc_pids": pids, "masked_bytes": masked_bytes, "sys_write": sys_write, "pid": os.getpid()}
 "#;
 
 #[tokio::test]
@@ -307,8 +325,18 @@ async fn children_cannot_see_or_signal_the_zygote_or_each_other_and_have_their_o
         assert_eq!(got["errors"][pid.to_string()], 3, "pid {pid}: {got}");
     }
     assert_eq!(got["pid"], 1, "{got}");
-    // Only its own /proc-less view: nothing of the host or the zygote.
-    assert_eq!(got["proc"], serde_json::json!([]), "{got}");
+    // Its own /proc: only its pid namespace, nothing of the host or the
+    // zygote; the host's secrets masked and the knobs read-only.
+    assert_eq!(got["proc_pids"], serde_json::json!([1]), "{got}");
+    assert_eq!(
+        got["masked_bytes"], 0,
+        "/proc's host files are masked: {got}"
+    );
+    assert_eq!(
+        got["sys_write"],
+        libc::EROFS,
+        "/proc/sys is read-only: {got}"
+    );
     // b and the zygote are still there.
     json(call(&mut b, r#"{"pids": []}"#).await);
 

@@ -1,0 +1,318 @@
+//! The zygote's fork, as a C function (`sock_zygote_fork`) the Python
+//! zygote calls through ctypes, so that its children are set up and locked
+//! down by the same Rust as every other sandbox, and no Python (no package
+//! code, no at-fork hook) runs in a child before its lockdown is complete.
+//!
+//! The zygote gets a `fork` frame and fds from sandboxd and hands both over
+//! unchanged. The child (ARCHITECTURE.md, "Zygotes"):
+//! 1. joins its cgroups (sandboxd opened their `cgroup.procs`), unshares
+//!    pid, network, ipc, uts and mount namespaces (owned by the zygote's
+//!    user namespace) and forks once more, so it is pid 1 there;
+//! 2. a `spare` says `parked` and waits on its own socket for its root,
+//!    stdout and stderr and then the function's `fork` frame: the
+//!    function's environment and ids reach the child only, never the
+//!    zygote's memory; a `zygote` child got its root and output already;
+//! 3. attaches its root (a detached mount tree sandboxd built) to its own
+//!    mount namespace, chroots into it and mounts `/proc`;
+//! 4. is locked down: a function child by [`Lockdown`] (its uid, no
+//!    capabilities, `no_new_privs`, its seccomp filter on every thread); a
+//!    zygote child stays root of the user namespace under the zygote's
+//!    filter;
+//! 5. says `forked` and returns to Python with the request it serves.
+//!
+//! Any failure in the child is written to its stderr and ends it with
+//! status 125; it never returns to Python unlocked.
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{ForkResult, fork};
+use serde::Deserialize;
+
+use crate::frame::{self, FrameError, MAX_HEADER_BYTES};
+use crate::lockdown::{Lockdown, LockdownError, SOCKET_FD, close_fds_above, single_threaded};
+use crate::namespaces::{bring_up_loopback, set_hostname};
+use crate::proc::{Proc, mount_proc};
+use crate::seccomp::{self, Programs};
+
+/// Exit status of a child whose setup failed, as sandboxd's init uses.
+const SETUP_FAILED: i32 = 125;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    /// A child that will serve a function: parked until one comes.
+    Spare,
+    /// A child zygote, with its root and output from the start.
+    Zygote,
+    /// The frame a parked child gets: the function it serves.
+    Function,
+}
+
+/// The parts of a `fork` frame (sandboxd's `ForkRequest`) the child acts
+/// on; the rest is Python's.
+#[derive(Debug, Deserialize)]
+struct ForkFrame {
+    kind: Kind,
+    #[serde(default)]
+    cgroups: usize,
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default)]
+    seccomp: Programs,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ChildError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Lockdown(#[from] LockdownError),
+    #[error("talking to sandboxd: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the request is not valid: {0}")]
+    Request(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ChildError {
+    move |source| ChildError::Sys { what, source }
+}
+
+/// Forks a child of the zygote; see the module docs.
+///
+/// `request` is the `fork` frame's header (JSON), `fds` the fds that came
+/// with it: the child's socket, then for a `zygote` child its root, stdout
+/// and stderr, then one open `cgroup.procs` per cgroup. The caller keeps
+/// its fds and closes them after.
+///
+/// Returns, in the zygote, the child's pid, or a negative errno (EINVAL: a
+/// request that is not valid; then nothing was forked). Returns 0 in the
+/// child once it is locked down, with the JSON request it is to serve in
+/// `out` and its length in `*out_len`.
+///
+/// # Safety
+/// `request` must point to `request_len` readable bytes, `fds` to `nfds`
+/// open fds, `out` to `out_cap` writable bytes and `out_len` to a writable
+/// `usize`. The caller must hold what keeps its runtime consistent across
+/// a fork (Python: call it between `PyOS_BeforeFork` and the
+/// `PyOS_AfterFork_*` of the side it finds itself on, holding the GIL).
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sock_zygote_fork(
+    request: *const u8,
+    request_len: usize,
+    fds: *const libc::c_int,
+    nfds: usize,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> libc::c_long {
+    // SAFETY: the caller passes valid pointers and lengths (see above).
+    let (request, fds, out, out_len) = unsafe {
+        (
+            std::slice::from_raw_parts(request, request_len),
+            std::slice::from_raw_parts(fds, nfds),
+            std::slice::from_raw_parts_mut(out, out_cap),
+            &mut *out_len,
+        )
+    };
+    let Ok(frame) = serde_json::from_slice::<ForkFrame>(request) else {
+        return -libc::c_long::from(libc::EINVAL);
+    };
+    let expected = match frame.kind {
+        Kind::Spare => 1 + frame.cgroups,
+        Kind::Zygote => 4 + frame.cgroups,
+        Kind::Function => return -libc::c_long::from(libc::EINVAL),
+    };
+    if fds.len() != expected || out.len() < MAX_HEADER_BYTES {
+        return -libc::c_long::from(libc::EINVAL);
+    }
+    // SAFETY: the caller holds the runtime's fork locks (see above); the
+    // child runs only the code below, which takes no lock another thread
+    // of the zygote could hold (no stdio locks: errors go out by write(2)).
+    match unsafe { fork() } {
+        Err(e) => -libc::c_long::from(e as i32),
+        Ok(ForkResult::Parent { child }) => libc::c_long::from(child.as_raw()),
+        Ok(ForkResult::Child) => {
+            // SAFETY: in the child these fds are this process's own copies,
+            // and Python's objects for them are never used here again.
+            let fds = fds.iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
+            match child(frame, request, fds.collect()) {
+                Ok(served) if served.len() <= out.len() => {
+                    out[..served.len()].copy_from_slice(&served);
+                    *out_len = served.len();
+                    0
+                }
+                Ok(served) => fail(&ChildError::Refused(format!(
+                    "a request of {} bytes is over the limit",
+                    served.len()
+                ))),
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+/// Ends a child whose setup failed, saying why on its stderr.
+#[allow(unsafe_code)]
+fn fail(error: &ChildError) -> ! {
+    let line = format!("sock zygote: child setup failed: {error}\n");
+    let _ = nix::unistd::write(std::io::stderr().as_fd(), line.as_bytes());
+    // SAFETY: _exit ends the process at once: nothing of the zygote's
+    // (Python's atexit, buffered output) runs in the child.
+    unsafe { libc::_exit(SETUP_FAILED) }
+}
+
+/// The child's whole setup; returns the request it serves.
+fn child(frame: ForkFrame, request: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>, ChildError> {
+    let mut fds = fds.into_iter();
+    let conn = fds.next().ok_or(ChildError::Refused("no socket".into()))?;
+    let output = match frame.kind {
+        Kind::Zygote => Some([fds.next(), fds.next(), fds.next()]),
+        _ => None,
+    };
+    enter(conn, fds.collect())?;
+    // Python serves on fd 3 after this returns: borrowed, never closed here.
+    let mut sock = std::mem::ManuallyDrop::new(socket());
+    match (frame.kind, output) {
+        (Kind::Zygote, Some([Some(root), Some(out), Some(err)])) => {
+            settle(root, out, err, Proc::Unmasked)?;
+            single_threaded()?;
+            close_fds_above(SOCKET_FD).map_err(sys("close_range"))?;
+            nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
+            seccomp::install(&frame.seccomp)?;
+            frame::write_header(&mut sock, br#"{"type":"forked"}"#)?;
+            Ok(request.to_vec())
+        }
+        (Kind::Spare, None) => {
+            frame::write_header(&mut sock, br#"{"type":"parked"}"#)?;
+            let [root, out, err]: [OwnedFd; 3] = frame::recv_fds(&sock, 3)?
+                .try_into()
+                .map_err(|_| ChildError::Refused("expected 3 fds".into()))?;
+            let served = frame::read_header(&mut sock)?;
+            let function: ForkFrame = serde_json::from_slice(&served)?;
+            if function.kind != Kind::Function {
+                return Err(ChildError::Refused(format!(
+                    "a parked child got a {:?} request",
+                    function.kind
+                )));
+            }
+            settle(root, out, err, Proc::Masked)?;
+            Lockdown {
+                uid: function.uid,
+                gid: function.gid,
+                cwd: Path::new("/code"),
+                die_with_parent: false,
+                seccomp: &function.seccomp,
+            }
+            .apply()?;
+            frame::write_header(&mut sock, br#"{"type":"forked"}"#)?;
+            Ok(served)
+        }
+        _ => Err(ChildError::Refused("missing fds".into())),
+    }
+}
+
+/// Joins the cgroups, enters new namespaces and becomes their pid 1, with
+/// `conn` as fd 3.
+#[allow(unsafe_code)]
+fn enter(conn: OwnedFd, cgroups: Vec<OwnedFd>) -> Result<(), ChildError> {
+    // The zygote's own socket is fd 3; the child's takes its place below.
+    let _ = nix::unistd::close(SOCKET_FD);
+    for cgroup in cgroups {
+        // "0": the writing process.
+        nix::unistd::write(&cgroup, b"0").map_err(sys("join cgroup"))?;
+    }
+    unshare(
+        CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWNS,
+    )
+    .map_err(sys("unshare"))?;
+    // SAFETY: this process runs only this code (see sock_zygote_fork).
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        // The zygote reaps the new pid 1's parent once it is gone.
+        // SAFETY: _exit, as in `fail`: nothing of the zygote's runs here.
+        ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
+        ForkResult::Child => {}
+    }
+    // Nothing mounted here reaches the zygote's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make mounts private"))?;
+    set_hostname().map_err(sys("sethostname"))?;
+    bring_up_loopback().map_err(sys("bring up lo"))?;
+    // SAFETY: fd 3 was closed above and nothing in this process owns it:
+    // dup2 makes it the child's socket, which `socket()` then owns.
+    let socket = unsafe { nix::unistd::dup2_raw(&conn, SOCKET_FD) };
+    // The new fd stays open as fd 3 (`socket()` takes it), not as an OwnedFd.
+    std::mem::forget(socket.map_err(sys("dup2 socket"))?);
+    Ok(())
+}
+
+/// The child's socket, fd 3.
+#[allow(unsafe_code)]
+fn socket() -> UnixStream {
+    // SAFETY: `enter` made fd 3 the child's socket, owned by nothing else.
+    unsafe { UnixStream::from_raw_fd(SOCKET_FD) }
+}
+
+/// Its output, its root (with `/proc`) and stdin from `/dev/null`.
+fn settle(root: OwnedFd, out: OwnedFd, err: OwnedFd, proc: Proc) -> Result<(), ChildError> {
+    nix::unistd::dup2_stdout(&out).map_err(sys("dup2 stdout"))?;
+    nix::unistd::dup2_stderr(&err).map_err(sys("dup2 stderr"))?;
+    drop((out, err));
+    // The root is a detached tree; attached to this mount namespace (over
+    // the zygote's root, which the child then never sees again), it can
+    // take the child's own mounts.
+    move_mount(&root).map_err(sys("attach root"))?;
+    nix::unistd::fchdir(&root).map_err(sys("fchdir root"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    drop(root);
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open /dev/null"))?;
+    nix::unistd::dup2_stdin(&null).map_err(sys("dup2 stdin"))?;
+    mount_proc(proc)?;
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn move_mount(tree: &OwnedFd) -> nix::Result<()> {
+    // SAFETY: move_mount takes an fd we own, two NUL-terminated strings
+    // that outlive the call and flags; no other pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
