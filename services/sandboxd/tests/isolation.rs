@@ -834,32 +834,35 @@ impl Node {
         })
     }
 
-    /// Host pids of the zygote processes: they run as the zygote uid. With
-    /// `depth`, only those that many pid namespaces below the host (a root
-    /// zygote is 2; its parked child, not yet a function, 3).
-    fn zygote_uid_pids(&self, depth: Option<usize>) -> Vec<i32> {
-        let zygote_uid = Config::default().zygote_uid.to_string();
+    /// Host pids of processes that run no function: zygotes, inits,
+    /// parked children.
+    fn non_function_pids(&self) -> Vec<i32> {
         self.pids()
             .into_iter()
             .filter(|pid| {
-                let status = host_status(*pid);
-                status
-                    .get("Uid")
-                    .is_some_and(|uid| uid.split('\t').next() == Some(&zygote_uid))
-                    && depth.is_none_or(|depth| {
-                        status
-                            .get("NSpid")
-                            .is_some_and(|ids| ids.split_whitespace().count() == depth)
-                    })
+                let code = std::fs::read_dir(format!("/proc/{pid}/root/code"));
+                !code
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".isolation-"))
             })
             .collect()
     }
 
-    /// Waits (bounded) for the root zygote's parked child; its pid.
+    /// Waits (bounded) for the root zygote's parked child; its pid. It is
+    /// pid 1 of a namespace of its own below the zygote's (three pids, the
+    /// host's first), and runs no function yet. (The root zygote is the
+    /// only zygote on these nodes.)
     async fn parked_child(&self) -> Option<i32> {
         for _ in 0..1000 {
-            if let Some(pid) = self.zygote_uid_pids(Some(3)).first() {
-                return Some(*pid);
+            let parked = self.non_function_pids().into_iter().find(|pid| {
+                host_status(*pid)
+                    .get("NSpid")
+                    .is_some_and(|ids| ids.split_whitespace().count() == 3)
+            });
+            if parked.is_some() {
+                return parked;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1109,9 +1112,10 @@ struct Ctx {
     /// Its `/proc/<pid>/status` taken while it ran, for a process gone by
     /// the time the answers are checked (the build's).
     host: Option<HashMap<String, String>>,
-    /// Another sandbox's runtime, and the zygotes.
+    /// Another sandbox's runtime, and the node's processes that run no
+    /// function (zygotes, inits, parked children).
     victim_pid: i32,
-    zygote_pids: Vec<i32>,
+    others: Vec<i32>,
     cache_port: u16,
     dir: PathBuf,
     data_dir: PathBuf,
@@ -1176,7 +1180,7 @@ const PROBES: &[Probe] = &[
         name: "pids",
         args: pids_args,
         check: check_pids,
-        show: false,
+        show: true,
     },
     Probe {
         name: "syscalls",
@@ -1355,7 +1359,8 @@ fn pids_args(ctx: &Ctx) -> Value {
         ctx.victim_pid,
         i32::try_from(std::process::id()).expect("pid"),
     ];
-    targets.extend(&ctx.zygote_pids);
+    // Host pids this low could be the sandbox's own pid numbers.
+    targets.extend(ctx.others.iter().filter(|pid| **pid > 64));
     json!({ "targets": targets })
 }
 
@@ -1369,7 +1374,7 @@ fn check_pids(got: &Value, ctx: &Ctx) -> Result<(), String> {
         if outcome != "ESRCH" {
             let whose = match pid.parse::<i32>() {
                 Ok(p) if p == ctx.victim_pid => "another sandbox's runtime",
-                Ok(p) if ctx.zygote_pids.contains(&p) => "a zygote",
+                Ok(p) if ctx.others.contains(&p) => "a zygote, init or parked child",
                 _ => "sandboxd",
             };
             wrong.push(format!("kill({pid}, 0) of {whose}: {outcome}"));
@@ -1539,7 +1544,7 @@ async fn resist_every_probe(test: &str, birth: Birth) {
     let ctx = Ctx {
         pid,
         victim_pid,
-        zygote_pids: node.zygote_uid_pids(None),
+        others: node.non_function_pids(),
         cache_port: node.cache_port,
         dir: node.dir.path().to_path_buf(),
         data_dir: node.dir.path().join("data"),
@@ -1907,7 +1912,7 @@ async fn source_builds_resist_every_probe() {
     let mut ctx = Ctx {
         pid: 0,
         victim_pid: node.runtime_pid("victim").expect("the victim's runtime"),
-        zygote_pids: Vec::new(),
+        others: node.non_function_pids(),
         cache_port: node.cache_port,
         dir: node.dir.path().to_path_buf(),
         data_dir: node.dir.path().join("data"),
