@@ -5,6 +5,9 @@
 //! backend). Each probe is a small piece of Python that performs an attack
 //! and reports what happened as JSON; the Rust side checks that the attack
 //! failed and that the daemon still answers an ordinary call after it.
+//! A path's probes run in one sandbox born that way: its first call is a
+//! cold start whose path is asserted (Status counters, and for a parked
+//! spare the very process that was parked), the probes are warm calls.
 //! Every probe runs on every path even when an earlier one fails, and the
 //! test prints a table of them all before it fails, so one run says which
 //! escape is open on which path. Needs root.
@@ -43,8 +46,8 @@ const MAX_PIDS: u32 = 8;
 const MAX_CPU_PERCENT: u32 = 50;
 
 /// What the flood probe writes, and the most of it the node may keep: a
-/// tenth. (Today's only bound is the ring of 1000 lines per function,
-/// which keeps 8 MiB of 8 KiB lines.)
+/// tenth, sandboxd's default per-call cap (`max_output_bytes_per_call`).
+/// Without a cap the ring of 1000 lines per function keeps 8 MiB of it.
 const FLOOD_BYTES: u64 = 10 << 20;
 const FLOOD_KEPT_MAX: u64 = 1 << 20;
 /// inotify instances the sandbox opens: more than the per-user limit of
