@@ -1843,10 +1843,15 @@ async fn at_fork_thread(node: &Node) -> Result<String, String> {
         .filter(|a| a["io_uring_setup"] == "allowed" || a["socket_vsock"] == "allowed")
         .collect();
     if through.is_empty() {
+        // Which uid each attempt ran as says whether the hook's thread ran
+        // before the lockdown (0: still root of the zygote's namespace).
+        let uids: std::collections::BTreeSet<String> =
+            attempts.iter().map(|a| a["uid"].to_string()).collect();
         return Ok(format!(
-            "forked from {FORKHOOK_ZYGOTE}: {forked}; hook ran in pids {}; {} attempts, none through",
+            "forked from {FORKHOOK_ZYGOTE}: {forked}; hook ran in pids {}; {} attempts as uids {uids:?}, none through; first: {}",
             got["hooked"],
-            attempts.len()
+            attempts.len(),
+            attempts.first().unwrap_or(&Value::Null)
         ));
     }
     Err(format!(
