@@ -112,7 +112,14 @@ pub(crate) async fn build(
     tracing::info!(function, requirement = %build.requirement, "building a package from source");
     // `true`: a network namespace from the pool, which has only `lo`.
     let mut sandbox = sandboxes
-        .start("source-build".into(), memory_mb, limits, init_spec, true)
+        .start(
+            "source-build".into(),
+            memory_mb,
+            limits,
+            init_spec,
+            true,
+            None,
+        )
         .await?;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let outcome = sandbox.output(left, LOG_TAIL_BYTES).await;

@@ -33,8 +33,16 @@ pub struct Config {
     /// Python interpreter, as a path that also exists inside the sandbox
     /// (the host's `/usr` is mounted there).
     pub python: PathBuf,
+    /// The ids a source build runs as (`pip wheel` of an sdist).
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
+    /// Each function sandbox runs as a uid of its own, with a gid of the
+    /// same number, from `function_uid_base .. function_uid_base +
+    /// function_uids`: host ids nothing else uses (the default sits above
+    /// the ranges systemd hands to containers), as many as sandboxes may
+    /// live at once.
+    pub function_uid_base: u32,
+    pub function_uids: u32,
     /// Defaults for a function whose limits say 0. `cpu_percent` is a
     /// CFS quota in percent of one CPU (100 = one CPU), so a function that
     /// asks nothing cannot take the whole machine.
@@ -131,6 +139,8 @@ impl Default for Config {
             python: "/usr/bin/python3".into(),
             sandbox_uid: 65534,
             sandbox_gid: 65534,
+            function_uid_base: 1_879_048_192,
+            function_uids: 65_536,
             memory_mb: 128,
             pids: 32,
             timeout_ms: 30_000,

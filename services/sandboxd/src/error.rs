@@ -72,6 +72,10 @@ pub enum Error {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
+    #[error(
+        "all {count} function uids from {base} are in use by live sandboxes; raise function_uids"
+    )]
+    Uids { base: u32, count: u32 },
     #[error("cache: {}", .0.message())]
     Cache(Status),
     #[error("grpc server: {0}")]
@@ -87,6 +91,7 @@ impl From<Error> for Status {
             // Its reason is the build's own output: the function author's.
             build @ Error::Build { .. } => Status::failed_precondition(build.to_string()),
             Error::Pool(e) => Status::resource_exhausted(e.to_string()),
+            uids @ Error::Uids { .. } => Status::resource_exhausted(uids.to_string()),
             Error::Cache(status) => match status.code() {
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
                     Status::unavailable(format!("code cache unavailable: {}", status.message()))

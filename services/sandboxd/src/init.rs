@@ -70,13 +70,18 @@ pub(crate) struct InitSpec {
 
 /// A zygote's runtime becomes root of a user namespace of its own: root
 /// inside is `host_uid`/`host_gid` outside (unprivileged), and the
-/// function uid/gid map to themselves. That root can chroot and unshare
-/// for its children, and nothing on the host. It runs without the seccomp
-/// filter, which denies exactly those calls; its children install it.
+/// function uids/gids map to themselves. That root can chroot and unshare
+/// for its children, and nothing on the host. It runs under the zygote
+/// seccomp profile, which allows exactly those calls besides a function's;
+/// its function children install the function filter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ZygoteInit {
     pub host_uid: u32,
     pub host_gid: u32,
+    /// The ids its function children take (each its own), mapped to
+    /// themselves.
+    pub function_uid_base: u32,
+    pub function_uids: u32,
     /// `sock_zygote.py`'s argument: JSON with `package_dirs` (sandbox
     /// paths) and `imports`.
     pub config: String,
@@ -207,7 +212,7 @@ fn init() -> Result<i32, InitError> {
         ForkResult::Parent { child } => {
             drop((to_init, from_init));
             if let Some(zygote) = &spec.zygote {
-                map_user_namespace(zygote, &spec, from_runtime, to_runtime)?;
+                map_user_namespace(zygote, from_runtime, to_runtime)?;
             }
             close_socket();
             wait_for(child)
@@ -220,7 +225,6 @@ fn init() -> Result<i32, InitError> {
 /// nothing written; its exit status tells sandboxd.
 fn map_user_namespace(
     zygote: &ZygoteInit,
-    spec: &InitSpec,
     from_runtime: OwnedFd,
     to_runtime: OwnedFd,
 ) -> Result<(), InitError> {
@@ -236,13 +240,14 @@ fn map_user_namespace(
             source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })
     };
+    let (base, count) = (zygote.function_uid_base, zygote.function_uids);
     write(
         "uid_map",
-        format!("0 {} 1\n{u} {u} 1\n", zygote.host_uid, u = spec.uid),
+        format!("0 {} 1\n{base} {base} {count}\n", zygote.host_uid),
     )?;
     write(
         "gid_map",
-        format!("0 {} 1\n{g} {g} 1\n", zygote.host_gid, g = spec.gid),
+        format!("0 {} 1\n{base} {base} {count}\n", zygote.host_gid),
     )?;
     nix::unistd::write(&to_runtime, b"m").map_err(sys("write to runtime"))?;
     Ok(())

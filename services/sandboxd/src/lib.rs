@@ -34,6 +34,7 @@ mod sandbox;
 mod seccomp;
 mod service;
 mod tree;
+mod uids;
 mod warm;
 mod zygote;
 

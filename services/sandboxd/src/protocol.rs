@@ -72,7 +72,9 @@ pub(crate) struct ForkRequest {
     pub entry_file: String,
     /// A function's whole environment, `KEY=value`.
     pub environment: Vec<String>,
-    /// The unprivileged ids a function runs as (inside the user namespace).
+    /// The unprivileged ids a function runs as (inside the user namespace),
+    /// its sandbox's own; only the function's frame, sent to the parked
+    /// child itself, carries them (0 in the zygote's frames).
     pub uid: u32,
     pub gid: u32,
     pub seccomp: crate::seccomp::Programs,

@@ -29,6 +29,7 @@ use crate::mounts;
 use crate::namespaces::{self, NetnsPool};
 use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
 use crate::seccomp::{self, Programs};
+use crate::uids::{SandboxUid, UidPool};
 
 /// The runtime and the zygote, embedded so sandboxd and its runtime always
 /// match.
@@ -95,6 +96,7 @@ pub(crate) struct Shared {
     refilling_cgroups: AtomicBool,
     netns: Arc<NetnsPool>,
     pub seccomp: Programs,
+    pub uids: Arc<UidPool>,
 }
 
 impl Drop for Shared {
@@ -255,6 +257,7 @@ impl Sandboxes {
         let seccomp = seccomp::compile()?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
+        let uids = UidPool::new(config.function_uid_base, config.function_uids);
         let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
             Error::InvalidConfig(format!(
                 "cache_data_dir {}: {e}",
@@ -274,6 +277,7 @@ impl Sandboxes {
                 refilling_cgroups: AtomicBool::new(false),
                 netns,
                 seccomp,
+                uids,
             }),
         })
     }
@@ -320,6 +324,7 @@ impl Sandboxes {
         let memory_mb = shared.memory_mb(&spec.limits);
         let limits = shared.cgroup_limits(&spec.limits);
         let function: Arc<str> = spec.function.as_str().into();
+        let uid = shared.uids.take()?;
         let init_spec = InitSpec {
             code_dir: Some(spec.code_dir),
             package_dirs: spec.package_dirs,
@@ -329,9 +334,11 @@ impl Sandboxes {
                 spec.entry_file
             },
             environment: spec.environment,
+            uid: uid.get(),
+            gid: uid.get(),
             ..self.init_spec()
         };
-        self.start(function, memory_mb, limits, init_spec, true)
+        self.start(function, memory_mb, limits, init_spec, true, Some(uid))
             .await
     }
 
@@ -366,6 +373,7 @@ impl Sandboxes {
         limits: CgroupLimits,
         init_spec: InitSpec,
         network: bool,
+        uid: Option<SandboxUid>,
     ) -> Result<Sandbox, Error> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = self.shared.take_cgroup(&id, limits)?;
@@ -384,6 +392,7 @@ impl Sandboxes {
                     conn,
                     ready: false,
                     parent: None,
+                    uid,
                 },
             )),
             Err(e) => {
@@ -508,6 +517,8 @@ pub(crate) struct Live {
     pub ready: bool,
     /// Counts this sandbox among its zygote's live children.
     pub parent: Option<ChildOf>,
+    /// The function sandbox's own uid; None for a zygote.
+    pub uid: Option<SandboxUid>,
 }
 
 /// A zygote's live children, and whether it is retired: an evicted zygote
@@ -932,11 +943,14 @@ fn teardown(shared: &Shared, id: &str, function: &str, live: Live) {
         child,
         conn,
         parent,
+        uid,
         ..
     } = live;
     drop(conn);
     shared.live().remove(id);
     shared.cgroups.recycle(&cgroup);
+    // Every process of the sandbox is dead: its uid may serve another.
+    drop(uid);
     // The init was in the cgroup, so it is dead now; reap it here, or let
     // tokio's orphan reaper do it if the kernel is slow to report it.
     if let Some(mut child) = child {
@@ -1144,6 +1158,27 @@ fn check_config(config: &Config) -> Result<(), Error> {
         return Err(Error::InvalidConfig(
             "sandbox_uid and sandbox_gid must not be 0: functions never run as root".into(),
         ));
+    }
+    let function_ids = u64::from(config.function_uid_base)
+        ..u64::from(config.function_uid_base) + u64::from(config.function_uids);
+    let taken = [
+        config.sandbox_uid,
+        config.sandbox_gid,
+        config.zygote_uid,
+        config.zygote_gid,
+    ];
+    if config.function_uid_base == 0
+        || config.function_uids == 0
+        || function_ids.end > u64::from(u32::MAX)
+        || taken
+            .iter()
+            .any(|id| function_ids.contains(&u64::from(*id)))
+    {
+        return Err(Error::InvalidConfig(format!(
+            "function_uid_base {} and function_uids {} must make a range of ids above 0, below 2^32-1, \
+             holding neither the sandbox nor the zygote ids",
+            config.function_uid_base, config.function_uids
+        )));
     }
     Ok(())
 }

@@ -107,13 +107,22 @@ impl Sandboxes {
             zygote: Some(ZygoteInit {
                 host_uid: config.zygote_uid,
                 host_gid: config.zygote_gid,
+                function_uid_base: config.function_uid_base,
+                function_uids: config.function_uids,
                 config: zygote_config.to_string(),
             }),
             ..self.init_spec()
         };
         let limits = zygote_limits(&self.shared);
         let mut sandbox = self
-            .start(zygote_name(&node.id), memory_mb, limits, init_spec, true)
+            .start(
+                zygote_name(&node.id),
+                memory_mb,
+                limits,
+                init_spec,
+                true,
+                None,
+            )
             .await?;
         if let Err(why) = sandbox.expect(Header::Ready, timeout).await {
             sandbox.destroy().await;
@@ -289,8 +298,9 @@ impl Zygote {
             imports: Vec::new(),
             entry_file,
             environment: envp(&spec.environment),
-            uid: shared.config.sandbox_uid,
-            gid: shared.config.sandbox_gid,
+            // A function's own ids come with its frame, in `give`.
+            uid: 0,
+            gid: 0,
             seccomp: shared.seccomp.clone(),
             cgroups: 0,
         };
@@ -342,8 +352,9 @@ impl Zygote {
             imports: node.imports.clone(),
             entry_file: String::new(),
             environment: Vec::new(),
-            uid: shared.config.sandbox_uid,
-            gid: shared.config.sandbox_gid,
+            // A function's own ids come with its frame, in `give`.
+            uid: 0,
+            gid: 0,
             seccomp: zygote_seccomp()?,
             cgroups: 0,
         };
@@ -442,6 +453,7 @@ impl Zygote {
                 conn: ours,
                 ready: false,
                 parent: Some(parent),
+                uid: None,
             },
         );
         self.forked(sandbox, sent).await
@@ -484,6 +496,19 @@ impl Zygote {
         let mut conn = spare.conn.take().expect("a parked child has its socket");
         let shared = &self.shared;
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let uid = match shared.uids.take() {
+            Ok(uid) => uid,
+            Err(e) => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                return Err(e);
+            }
+        };
+        let request = ForkRequest {
+            uid: uid.get(),
+            gid: uid.get(),
+            ..request.clone()
+        };
         if let Err(e) = cgroup.set_limits(plan.limits) {
             let shared = shared.clone();
             let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
@@ -504,12 +529,7 @@ impl Zygote {
             }
         };
         forward_logs(function, &id, Some(out_r), Some(err_r));
-        let sent = send(
-            &mut conn,
-            vec![root, out, err],
-            &Header::Fork(request.clone()),
-        )
-        .await;
+        let sent = send(&mut conn, vec![root, out, err], &Header::Fork(request)).await;
         let sandbox = Sandbox::new(
             id,
             function.clone(),
@@ -521,6 +541,7 @@ impl Zygote {
                 conn,
                 ready: false,
                 parent: Some(parent.sibling()),
+                uid: Some(uid),
             },
         );
         self.forked(sandbox, sent).await
@@ -560,7 +581,6 @@ impl Zygote {
     /// Forks a child into `cgroup` and its own namespaces, and waits until
     /// it is parked; returns its socket.
     async fn park(&self, cgroup: &SandboxCgroup) -> Result<UnixStream, Error> {
-        let shared = &self.shared;
         let files = cgroup_files(cgroup)?;
         let (mut ours, theirs) = socketpair()?;
         let request = ForkRequest {
@@ -569,8 +589,9 @@ impl Zygote {
             imports: Vec::new(),
             entry_file: String::new(),
             environment: Vec::new(),
-            uid: shared.config.sandbox_uid,
-            gid: shared.config.sandbox_gid,
+            // A function's own ids come with its frame, in `give`.
+            uid: 0,
+            gid: 0,
             seccomp: Vec::new(),
             cgroups: files.len(),
         };

@@ -298,10 +298,16 @@ def f(event):
         return;
     };
     let out = json(fx.call(b"").await);
-    assert_ne!(out["uid"], 0, "{out}");
-    assert_eq!(out["uid"], 65534, "{out}");
-    assert_eq!(out["euid"], 65534, "{out}");
-    assert_eq!(out["gid"], 65534, "{out}");
+    // A uid of its own, from the function range, with the same gid.
+    let config = Config::default();
+    let uid = out["uid"].as_u64().expect("uid");
+    let first = u64::from(config.function_uid_base);
+    assert!(
+        (first..first + u64::from(config.function_uids)).contains(&uid),
+        "{out}"
+    );
+    assert_eq!(out["euid"], uid, "{out}");
+    assert_eq!(out["gid"], uid, "{out}");
     assert_eq!(out["groups"], serde_json::json!([]), "{out}");
     assert_eq!(out["CapEff"], "0000000000000000", "{out}");
     assert_eq!(out["CapBnd"], "0000000000000000", "{out}");

@@ -143,12 +143,20 @@ async fn a_child_of_the_root_zygote_runs_the_function_as_a_fresh_sandbox_would()
     let zygote = fx.root().await;
     let mut spec = fx.spec(fx.code("who", WHO_AM_I));
     spec.environment = vec![("GREETING".into(), "hi".into())];
-    let mut child = zygote.fork(spec).await.expect("fork");
-    assert_eq!(zygote.children(), 1);
+    let mut child = zygote.fork(spec.clone()).await.expect("fork");
+    let mut sibling = zygote.fork(spec).await.expect("fork a sibling");
+    assert_eq!(zygote.children(), 2);
     let got = json(call(&mut child, "{}").await);
     assert_eq!(got["pid"], 1, "{got}");
     assert_eq!(got["ppid"], 0, "{got}");
-    assert_eq!(got["uid"], 65534, "{got}");
+    // Each child a uid of its own from the function range: siblings share
+    // no per-user quota and cannot signal each other.
+    let first = u64::from(Config::default().function_uid_base);
+    let uid = got["uid"].as_u64().expect("uid");
+    assert!((first..first + 65_536).contains(&uid), "{got}");
+    let sibling_uid = json(call(&mut sibling, "{}").await)["uid"].clone();
+    assert_ne!(sibling_uid, got["uid"], "siblings share a uid: {got}");
+    drop(sibling);
     assert_eq!(got["cwd"], "/code", "{got}");
     assert_eq!(got["env"], "hi", "{got}");
     assert_eq!(got["hostname"], "sandbox", "{got}");
@@ -436,8 +444,8 @@ async fn a_parked_child_becomes_the_next_function_with_its_limits() {
     assert_eq!(zygote.children(), 1);
     let got = json(call(&mut child, "{}").await);
     assert_eq!(
-        (&got["pid"], &got["uid"], &got["cwd"], &got["env"]),
-        (&1.into(), &65534.into(), &"/code".into(), &"parked".into()),
+        (&got["pid"], &got["cwd"], &got["env"]),
+        (&1.into(), &"/code".into(), &"parked".into()),
         "{got}"
     );
     let memory = child
