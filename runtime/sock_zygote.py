@@ -7,7 +7,7 @@ paths, added to sys.path) and `imports` (modules imported once, here, so
 every child has them already).
 
 It says ready, then serves fork requests: one byte carrying the child's
-fds (SCM_RIGHTS), then a `fork` frame (ARCHITECTURE.md, "Zygotes"). The
+fds (SCM_RIGHTS), then a `fork` frame (ARCHITECTURE.md, "crates/sandbox"). The
 fork itself, and everything the child does up to its lockdown, is sock's
 Rust (`libsock_sandbox.so`, loaded here with ctypes): no Python runs in a
 child, at-fork hooks included, until it is in its cgroup, root and

@@ -1,8 +1,8 @@
 //! The child's side of the sandbox protocol while it is still in the
-//! zygote's code (ARCHITECTURE.md, "Protocol"): blocking, since nothing
-//! else runs in the child yet. A frame is a 4-byte big-endian length and
-//! a JSON header, then a 4-byte length and a body; the child only ever
-//! sends and takes headers with empty bodies here.
+//! zygote's code (ARCHITECTURE.md, "Sandbox ⇄ runtime protocol"):
+//! blocking, since nothing else runs in the child yet. A frame is a 4-byte
+//! big-endian length and a JSON header, then a 4-byte length and a body;
+//! the child only ever sends and takes headers with empty bodies here.
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

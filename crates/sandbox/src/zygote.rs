@@ -4,7 +4,7 @@
 //! code, no at-fork hook) runs in a child before its lockdown is complete.
 //!
 //! The zygote gets a `fork` frame and fds from sandboxd and hands both over
-//! unchanged. The child (ARCHITECTURE.md, "Zygotes"):
+//! unchanged. The child (ARCHITECTURE.md, "crates/sandbox"):
 //! 1. joins its cgroups (sandboxd opened their `cgroup.procs`), unshares
 //!    pid, network, ipc, uts and mount namespaces (owned by the zygote's
 //!    user namespace) and forks once more, so it is pid 1 there;
