@@ -105,8 +105,10 @@ pub struct Config {
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
     /// Bytes of stdout+stderr one call may log; the rest is read and
-    /// dropped, and the call's log says how much. 1 MiB holds any honest
-    /// trace of a call while a flood costs the node little.
+    /// dropped, and the call's log says how much. Each line counts 128
+    /// bytes besides its text (what keeping it costs), so empty lines
+    /// flood no more than text. 1 MiB holds any honest trace of a call
+    /// while a flood costs the node little.
     pub max_output_bytes_per_call: u64,
     /// What a sandbox may log over time, as a token bucket of this rate
     /// whose burst is `max_output_bytes_per_call`: one call can print its

@@ -32,6 +32,10 @@ const MAX_LINE: usize = 8 << 10;
 /// One read from a pipe: its default capacity, so a flood is read (and
 /// dropped) in few syscalls.
 const READ_CHUNK: usize = 64 << 10;
+/// What a line costs against the output budget besides its bytes: about
+/// what sandboxd spends on each (a `LogLine`, a tracing event), so a flood
+/// of empty lines is bounded like a flood of text.
+const LINE_COST: u64 = 128;
 /// The stream of the lines sandboxd itself adds to a call's log.
 const NOTICE_STREAM: &str = "sandboxd";
 
@@ -430,17 +434,28 @@ impl Forwarder {
         }
     }
 
-    /// Logs what the budget admits of `bytes` and drops the rest.
-    fn take(&mut self, pipe: &mut Pipe, bytes: &[u8]) {
-        let kept = self.budget.admit(bytes.len());
-        for line in pipe.lines.push(&bytes[..kept]) {
-            self.emit(pipe.stream, line);
-        }
-        if kept < bytes.len() {
-            // What is logged after the gap is not the rest of this line.
-            if let Some(line) = pipe.lines.take() {
+    /// Logs what the budget admits of `bytes`, line by line, and drops
+    /// the rest of them from the first line it does not admit whole.
+    fn take(&mut self, pipe: &mut Pipe, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let end = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            let kept = self.budget.admit(end);
+            for line in pipe.lines.push(&bytes[..kept]) {
                 self.emit(pipe.stream, line);
+                self.budget.charge(LINE_COST);
             }
+            if kept < end {
+                self.budget.refuse(bytes.len() - end);
+                // What is logged after the gap is not the rest of this line.
+                if let Some(line) = pipe.lines.take() {
+                    self.emit(pipe.stream, line);
+                }
+                return;
+            }
+            bytes = &bytes[end..];
         }
     }
 
@@ -518,9 +533,28 @@ impl Budget {
         let within_call = n.min(self.call_left);
         // Whole bytes only: a fraction of a token waits for the next read.
         let kept = within_call.min(self.tokens as u64);
-        self.call_left -= kept;
-        self.tokens -= kept as f64;
-        let (over_call, over_rate) = (n - within_call, within_call - kept);
+        self.charge(kept);
+        self.dropped(n - within_call, within_call - kept);
+        usize::try_from(kept).expect("kept is at most n")
+    }
+
+    /// Takes `n` from what is left, as far as there is.
+    fn charge(&mut self, n: u64) {
+        self.call_left = self.call_left.saturating_sub(n);
+        self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+
+    /// Counts `n` bytes dropped because the budget just ran out.
+    fn refuse(&mut self, n: usize) {
+        let n = n as u64;
+        if self.call_left == 0 {
+            self.dropped(n, 0);
+        } else {
+            self.dropped(0, n);
+        }
+    }
+
+    fn dropped(&mut self, over_call: u64, over_rate: u64) {
         self.over_call += over_call;
         self.over_rate += over_rate;
         let ring = ring();
@@ -528,7 +562,6 @@ impl Budget {
             .fetch_add(over_call, Ordering::Relaxed);
         ring.dropped_over_rate
             .fetch_add(over_rate, Ordering::Relaxed);
-        usize::try_from(kept).expect("kept is at most n")
     }
 
     /// Starts the next call's allowance; the line that says what the one
@@ -758,6 +791,33 @@ mod tests {
         assert_eq!(budget.notice(true), None, "one notice per call");
         std::thread::sleep(std::time::Duration::from_millis(1));
         assert_eq!(budget.admit(100), 100, "a new call, a refilled bucket");
+    }
+
+    #[tokio::test]
+    async fn empty_lines_cost_like_text() {
+        let (read, _write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let mut pipe = Pipe::new(read, "stdout").expect("a pipe");
+        let mut forwarder = Forwarder {
+            origin: Origin {
+                function: "logs-empty-fn".into(),
+                sandbox: "s".into(),
+            },
+            call_id: Some("c".into()),
+            budget: Budget::new(Limits {
+                call_bytes: 10 * (LINE_COST + 1),
+                bytes_per_s: 1 << 30,
+                ..limits()
+            }),
+        };
+        forwarder.take(&mut pipe, &[b'\n'; 1000]);
+        assert_eq!(ring().read("logs-empty-fn").0.len(), 10);
+        assert_eq!(
+            forwarder.budget.notice(true).as_deref(),
+            Some(
+                "sock: dropped 990 bytes of this call's output \
+                 (990 over the limit of 1290 bytes per call)"
+            )
+        );
     }
 
     #[test]
