@@ -13,6 +13,9 @@ fn main() {
         .collect();
     files.push(Path::new("build.rs").to_path_buf());
     files.push(Path::new("Cargo.toml").to_path_buf());
+    // The seccomp rules are compiled in (include_str! in src/seccomp.rs).
+    files.push(Path::new("seccomp/sandbox.json").to_path_buf());
+    files.push(Path::new("seccomp/zygote.json").to_path_buf());
     files.sort();
     let mut hasher = DefaultHasher::new();
     for file in &files {

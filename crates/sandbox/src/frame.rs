@@ -10,8 +10,9 @@ use std::os::unix::net::UnixStream;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
 /// A function's request is a few fields and its environment; anything
-/// longer is a broken peer (sandboxd's limit for headers is the same).
-pub(crate) const MAX_HEADER_BYTES: usize = 64 << 10;
+/// longer is a broken peer (the same limit as [`crate::protocol`]'s for
+/// headers).
+pub(crate) const MAX_HEADER_BYTES: usize = crate::protocol::MAX_HEADER_BYTES as usize;
 /// The fds one message may carry.
 const MAX_FDS: usize = 16;
 

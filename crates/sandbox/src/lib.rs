@@ -1,21 +1,36 @@
-//! sock's sandbox mechanics that every birth path shares, with no RPC in
-//! them: the lockdown a process goes through to become a sandboxed one
-//! ([`Lockdown`]), the seccomp programs it installs, `/proc` with its
-//! masks, and, built as `libsock_sandbox.so`, the C entry point the Python
-//! zygote forks its children with (`sock_zygote_fork`), so that they are
-//! set up and locked down by this same code before any Python runs in them.
+//! sock's sandbox mechanics, with no RPC in them: sandboxd's service sits
+//! on top. Its two halves:
+//!
+//! - make a sandbox with this spec: the sandbox init ([`init`]: an
+//!   [`InitSpec`] in, a sandboxed runtime out) with its root file system
+//!   ([`mounts`]), its namespaces and the pool of network namespaces
+//!   ([`namespaces`]), and its cgroup ([`cgroups`]);
+//! - lock down this process: the one lockdown every sandbox process goes
+//!   through, for every birth path ([`Lockdown`]), with the seccomp
+//!   programs it installs ([`seccomp`]: the rules, their compilation and
+//!   their installation) and `/proc` with its masks.
+//!
+//! Besides, the sandbox ⇄ runtime frame protocol ([`protocol`]) and, built
+//! as `libsock_sandbox.so`, the C entry point the Python zygote forks its
+//! children with (`sock_zygote_fork`), so that they are set up and locked
+//! down by this same code before any Python runs in them.
+//!
+//! A program that uses [`init`] must hand a re-execution with `argv[1]`
+//! equal to [`INIT_ARG`] to [`sandbox_init`] before it starts any thread,
+//! as `sock-sandboxd`'s main does.
+pub mod cgroups;
 mod frame;
+pub mod init;
 mod lockdown;
-mod namespaces;
+pub mod mounts;
+pub mod namespaces;
 mod proc;
+pub mod protocol;
 pub mod seccomp;
 mod zygote;
 
-pub use lockdown::{
-    Lockdown, LockdownError, NOFILE, SOCKET_FD, close_fds_above, limit_resources, set_ids,
-};
-pub use namespaces::{HOSTNAME, bring_up_loopback, set_hostname};
-pub use proc::{Proc, mount_proc};
+pub use init::{INIT_ARG, InitSpec, sandbox_init};
+pub use lockdown::{Lockdown, LockdownError};
 
 /// The file name of the C library the zygote loads.
 pub const LIBRARY_FILE: &str = "libsock_sandbox.so";

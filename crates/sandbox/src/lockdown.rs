@@ -20,10 +20,10 @@ use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
 use crate::seccomp::{self, Programs};
 
 /// Open files a sandbox process may hold.
-pub const NOFILE: u64 = 1024;
+pub(crate) const NOFILE: u64 = 1024;
 /// The fd a sandbox process finds its socket on; every fd above it is
 /// closed by the lockdown.
-pub const SOCKET_FD: i32 = 3;
+pub(crate) const SOCKET_FD: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockdownError {
@@ -79,14 +79,14 @@ impl Lockdown<'_> {
 }
 
 /// The rlimits every sandbox process has: few open files, no core dumps.
-pub fn limit_resources() -> Result<(), LockdownError> {
+pub(crate) fn limit_resources() -> Result<(), LockdownError> {
     setrlimit(Resource::RLIMIT_NOFILE, NOFILE, NOFILE).map_err(sys("setrlimit NOFILE"))?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("setrlimit CORE"))
 }
 
 /// No supplementary groups, then `gid` and `uid` (real, effective, saved).
 /// Changing from uid 0 without keep-caps clears every capability.
-pub fn set_ids(uid: Uid, gid: Gid) -> Result<(), LockdownError> {
+pub(crate) fn set_ids(uid: Uid, gid: Gid) -> Result<(), LockdownError> {
     setgroups(&[]).map_err(sys("setgroups"))?;
     setresgid(gid, gid, gid).map_err(sys("setresgid"))?;
     setresuid(uid, uid, uid).map_err(sys("setresuid"))
@@ -96,7 +96,7 @@ pub fn set_ids(uid: Uid, gid: Gid) -> Result<(), LockdownError> {
 /// thread (glibc broadcasts them), but `no_new_privs` and the bounding set
 /// are per thread, so another thread could keep what this one drops.
 /// Needs `/proc`; a process without it cannot be checked and is refused.
-pub fn single_threaded() -> Result<(), LockdownError> {
+pub(crate) fn single_threaded() -> Result<(), LockdownError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| LockdownError::Sys {
         what: "read /proc/self/status to count threads",
         source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -118,7 +118,7 @@ pub fn single_threaded() -> Result<(), LockdownError> {
 /// Drops every capability from the bounding set, so nothing the process
 /// execs can ever gain one back.
 #[allow(unsafe_code)]
-pub fn drop_bounding_set() -> nix::Result<()> {
+pub(crate) fn drop_bounding_set() -> nix::Result<()> {
     for cap in 0..64 {
         // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -135,7 +135,7 @@ pub fn drop_bounding_set() -> nix::Result<()> {
 
 /// Closes every fd above `fd`: nothing the sandbox's maker held stays open.
 #[allow(unsafe_code)]
-pub fn close_fds_above(fd: i32) -> nix::Result<()> {
+pub(crate) fn close_fds_above(fd: i32) -> nix::Result<()> {
     // SAFETY: close_range takes plain integers; every fd above `fd` belongs
     // to this process alone, and no Rust owner of one is used again (the
     // callers exec or return to code that never saw them).

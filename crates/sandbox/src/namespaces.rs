@@ -1,20 +1,165 @@
-//! What a sandbox's new namespaces need set up from inside: the hostname
-//! of its UTS namespace and the loopback device of its network namespace.
+//! Namespaces: the `pre_exec` hook that puts a new sandbox init into its own
+//! mount, pid, ipc and uts namespaces and into a network namespace from the
+//! pool, the pool of ready network namespaces itself, and what a sandbox's
+//! new namespaces need set up from inside: the hostname of its UTS
+//! namespace and the loopback device of its network namespace.
+//!
+//! A new network namespace is the slowest part of a container start (the
+//! kernel sets up and later tears down a whole network stack), so it is
+//! made ahead of time: a short-lived thread unshares its own network
+//! namespace, brings `lo` up, opens `/proc/thread-self/ns/net` and exits;
+//! the fd keeps the namespace alive until the sandbox init `setns`es into
+//! it. Each namespace serves one sandbox only.
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
-/// The sandbox's hostname, the same for every sandbox.
-pub const HOSTNAME: &str = "sandbox";
+use crate::lockdown::SOCKET_FD;
 
-pub fn set_hostname() -> nix::Result<()> {
+/// The sandbox's hostname, the same for every sandbox.
+pub(crate) const HOSTNAME: &str = "sandbox";
+
+pub(crate) fn set_hostname() -> nix::Result<()> {
     nix::unistd::sethostname(HOSTNAME)
+}
+
+/// The namespaces every sandbox gets new; the network namespace comes from
+/// the pool. The pid namespace applies to the init's children: the runtime
+/// it forks is pid 1 there.
+fn sandbox_namespaces() -> CloneFlags {
+    CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+}
+
+/// Arranges for the spawned init to join `netns` (None: keep the host's
+/// network, for the installer), enter new namespaces, to die with
+/// sandboxd, and to find `socket` as fd 3.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so spawn
+/// only from a thread that lives as long as sandboxd (a runtime worker,
+/// never a `spawn_blocking` thread).
+#[allow(unsafe_code)]
+pub fn prepare_init(cmd: &mut tokio::process::Command, socket: &OwnedFd, netns: Option<&OwnedFd>) {
+    let fd = socket.as_raw_fd();
+    let netns = netns.map(AsRawFd::as_raw_fd);
+    let hook = move || -> std::io::Result<()> {
+        if let Some(netns) = netns {
+            // SAFETY: setns takes an fd that stays open until spawn returns
+            // (the parent holds it) and a namespace type; no pointers.
+            if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        unshare(sandbox_namespaces())?;
+        prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if fd == SOCKET_FD {
+            // dup2 onto itself keeps FD_CLOEXEC, so clear it by hand.
+            // SAFETY: fcntl on an fd we own; F_SETFD takes an int flag set.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        // SAFETY: dup2 only replaces fd 3 in the child, which holds nothing
+        // else of ours after stdio was set up; `fd` is open (the parent
+        // keeps `socket` alive until spawn returns).
+        } else if unsafe { libc::dup2(fd, SOCKET_FD) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec in a copy of a
+    // multi-threaded process, so it must be async-signal-safe: it only
+    // makes raw syscalls (setns, unshare, prctl, fcntl, dup2) and allocates
+    // nothing (io::Error from an errno does not allocate).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Ready, empty network namespaces (only `lo`, up), held as fds.
+#[derive(Debug)]
+pub struct NetnsPool {
+    free: Mutex<Vec<OwnedFd>>,
+    spares: usize,
+    refilling: AtomicBool,
+}
+
+impl NetnsPool {
+    /// Fills the pool before returning.
+    pub fn new(spares: usize) -> Arc<NetnsPool> {
+        let pool = Arc::new(NetnsPool {
+            free: Mutex::new(Vec::with_capacity(spares)),
+            spares,
+            refilling: AtomicBool::new(false),
+        });
+        pool.refill();
+        pool
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<OwnedFd>> {
+        // Pushes and pops only: poisoning cannot leave the list broken.
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn spare(&self) -> usize {
+        self.free().len()
+    }
+
+    fn refill(&self) {
+        while self.spare() < self.spares {
+            match new_netns() {
+                Ok(fd) => self.free().push(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pre-create a network namespace");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A ready namespace; made on the spot when the pool ran dry. Refills
+    /// in the background (call from within a tokio runtime).
+    pub fn take(self: &Arc<Self>) -> std::io::Result<OwnedFd> {
+        let ready = self.free().pop();
+        if self.spare() < self.spares && !self.refilling.swap(true, Ordering::AcqRel) {
+            let pool = self.clone();
+            tokio::task::spawn_blocking(move || {
+                pool.refill();
+                pool.refilling.store(false, Ordering::Release);
+            });
+        }
+        match ready {
+            Some(fd) => Ok(fd),
+            None => new_netns(),
+        }
+    }
+}
+
+/// Makes a network namespace on a thread of its own, which exits right
+/// after: unsharing changes the namespace of the calling thread only, and
+/// no other work must ever run in it.
+fn new_netns() -> std::io::Result<OwnedFd> {
+    std::thread::Builder::new()
+        .name("sock-netns".into())
+        .spawn(|| -> std::io::Result<OwnedFd> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            bring_up_loopback()?;
+            Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
 }
 
 /// A new network namespace has only `lo`, and it is down: bring it up so
 /// functions can talk to themselves on 127.0.0.1 (and nothing else).
 #[allow(unsafe_code)]
-pub fn bring_up_loopback() -> nix::Result<()> {
+pub(crate) fn bring_up_loopback() -> nix::Result<()> {
     let sock: OwnedFd = socket(
         AddressFamily::Inet,
         SockType::Datagram,

@@ -48,13 +48,13 @@ fn proc_flags() -> MsFlags {
 /// Whether the function may see everything in `/proc` (a zygote, whose
 /// children mount their own) or only what is safe (a function).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proc {
+pub(crate) enum Proc {
     Unmasked,
     Masked,
 }
 
 /// Mounts `/proc` for the pid namespace the caller is pid 1 of.
-pub fn mount_proc(view: Proc) -> Result<(), LockdownError> {
+pub(crate) fn mount_proc(view: Proc) -> Result<(), LockdownError> {
     mount(
         Some("proc"),
         "/proc",

@@ -32,13 +32,11 @@ use nix::unistd::{ForkResult, fork};
 use serde::Deserialize;
 
 use crate::frame::{self, FrameError, MAX_HEADER_BYTES};
+use crate::init::SETUP_FAILED;
 use crate::lockdown::{Lockdown, LockdownError, SOCKET_FD, close_fds_above, single_threaded};
 use crate::namespaces::{bring_up_loopback, set_hostname};
 use crate::proc::{Proc, mount_proc};
 use crate::seccomp::{self, Programs};
-
-/// Exit status of a child whose setup failed, as sandboxd's init uses.
-const SETUP_FAILED: i32 = 125;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,8 +49,8 @@ enum Kind {
     Function,
 }
 
-/// The parts of a `fork` frame (sandboxd's `ForkRequest`) the child acts
-/// on; the rest is Python's.
+/// The parts of a `fork` frame ([`crate::protocol::ForkRequest`]) the
+/// child acts on; the rest is Python's.
 #[derive(Debug, Deserialize)]
 struct ForkFrame {
     kind: Kind,

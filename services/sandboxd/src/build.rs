@@ -24,8 +24,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use sock_proto::v1::{BuiltWheel, SourceBuild};
+use sock_sandbox::cgroups::CgroupLimits;
 
-use crate::cgroups::CgroupLimits;
 use crate::error::Error;
 use crate::pool::MemoryPool;
 use crate::sandbox::Sandboxes;
@@ -93,7 +93,7 @@ pub(crate) async fn build(
         format!("{IN_DIR}/{}", build.file_name),
     ]
     .into();
-    let init_spec = crate::init::InitSpec {
+    let init_spec = sock_sandbox::init::InitSpec {
         command: Some(argv),
         extra_dirs: vec![
             (sdist_dir.to_path_buf(), IN_DIR.into(), false),

@@ -19,22 +19,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
-    #[error("cgroup {path}: cannot {op}: {source}")]
-    Cgroup {
-        op: &'static str,
-        path: String,
-        source: cgroups_rs::fs::error::Error,
-    },
-    #[error("cgroup {path}: cannot {op}: {source}", path = path.display())]
-    Leaf {
-        op: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cgroup {path}: its processes did not freeze within 1 s")]
-    Freeze { path: String },
-    #[error("the {controller} cgroup controller is not available on this machine")]
-    CgroupMissing { controller: &'static str },
+    #[error(transparent)]
+    Cgroup(#[from] sock_sandbox::cgroups::CgroupError),
     #[error("code or package dir {path} is not an absolute path to a directory")]
     CodeDir { path: String },
     /// A dir that a symlink (or `..`) could redirect: root mounts none.
@@ -69,7 +55,7 @@ pub enum Error {
         reason: String,
     },
     #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
+    Seccomp(#[from] sock_sandbox::seccomp::SeccompError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(
@@ -103,10 +89,7 @@ impl From<Error> for Status {
             other => {
                 tracing::error!(error = %other, "sandbox platform failure");
                 let what = match other {
-                    Error::Cgroup { .. }
-                    | Error::Leaf { .. }
-                    | Error::CgroupMissing { .. }
-                    | Error::Freeze { .. } => "cannot set up the sandbox's cgroup",
+                    Error::Cgroup(_) => "cannot set up the sandbox's cgroup",
                     Error::Spawn { .. }
                     | Error::Spec { .. }
                     | Error::Zygote { .. }

@@ -11,27 +11,27 @@
 //! as `sock-sandboxd`'s main does, or point `Config::init_program` at
 //! `sock-sandboxd`.
 //!
-//! This is the only sock crate with unsafe code: each use is a function
-//! marked `#[allow(unsafe_code)]` with a `// SAFETY:` comment per block.
+//! The privileged mechanics (init, mounts, namespaces, cgroups, seccomp,
+//! the lockdown and the frame protocol) are `sock-sandbox`'s
+//! (crates/sandbox); this crate is the service on top: RPC, pool, evictor
+//! and zygote tree.
+//!
+//! Besides sock-sandbox, this is the only sock crate with unsafe code: each
+//! use is a function marked `#[allow(unsafe_code)]` with a `// SAFETY:`
+//! comment per block.
 #![deny(unsafe_code)]
 
 mod build;
-mod cgroups;
 mod config;
 mod error;
-mod init;
 mod listener;
 mod logs;
 mod metrics;
-mod mounts;
-mod namespaces;
 mod pool;
-mod protocol;
 #[cfg(test)]
 mod runtime_tests;
 mod safe;
 mod sandbox;
-mod seccomp;
 mod service;
 mod tree;
 mod uids;
@@ -40,8 +40,8 @@ mod zygote;
 
 pub use config::Config;
 pub use error::Error;
-pub use init::{INIT_ARG, sandbox_init};
 pub use listener::{Listener, bind};
 pub use sandbox::{Limits, Outcome, Sandbox, SandboxSpec, Sandboxes};
 pub use service::run;
+pub use sock_sandbox::{INIT_ARG, sandbox_init};
 pub use zygote::{Zygote, ZygoteSpec};

@@ -3,10 +3,9 @@
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
+use sock_sandbox::protocol::{Header, RuntimeErrorKind, read_frame, write_frame};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-
-use crate::protocol::{Header, RuntimeErrorKind, read_frame, write_frame};
 
 const RUNTIME_PY: &str = include_str!("../../../runtime/sock_runtime.py");
 

@@ -7,10 +7,10 @@
 //! is a harmless [`Error::Destroyed`]. Each transition is told to the
 //! listeners (metrics, logs); the memory reservation is released only once
 //! the sandbox's processes are gone.
+use sock_sandbox::cgroups::SandboxCgroup;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::cgroups::SandboxCgroup;
 use crate::error::Error;
 use crate::pool::Reservation;
 use crate::sandbox::Sandbox;

@@ -16,19 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sock_proto::v1::{ErrorKind, FunctionError, HttpHeader, HttpRequest, HttpResponse};
+use sock_sandbox::cgroups::{self, CgroupLimits, CgroupPool, SandboxCgroup};
+use sock_sandbox::init::{INIT_ARG, InitSpec, SETUP_FAILED, ZYGOTE_FILE};
+use sock_sandbox::mounts;
+use sock_sandbox::namespaces::{self, NetnsPool};
+use sock_sandbox::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
+use sock_sandbox::seccomp::{self, Programs};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use crate::cgroups::{self, CgroupLimits, CgroupPool, SandboxCgroup};
 use crate::config::Config;
 use crate::error::Error;
-use crate::init::{INIT_ARG, InitSpec, SETUP_FAILED, ZYGOTE_FILE};
 use crate::logs::{self, Calls, Origin};
-use crate::mounts;
-use crate::namespaces::{self, NetnsPool};
-use crate::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
-use crate::seccomp::{self, Programs};
 use crate::uids::{SandboxUid, UidPool};
 
 /// The runtime and the zygote, embedded so sandboxd and its runtime always
@@ -719,7 +719,7 @@ impl Sandbox {
 
     pub(crate) fn pause(&self) -> Result<(), Error> {
         match &self.live {
-            Some(live) => live.cgroup.pause(),
+            Some(live) => Ok(live.cgroup.pause()?),
             None => Err(Error::Destroyed {
                 id: self.id.clone(),
             }),
@@ -728,7 +728,7 @@ impl Sandbox {
 
     pub(crate) fn unpause(&self) -> Result<(), Error> {
         match &self.live {
-            Some(live) => live.cgroup.unpause(),
+            Some(live) => Ok(live.cgroup.unpause()?),
             None => Err(Error::Destroyed {
                 id: self.id.clone(),
             }),

@@ -22,19 +22,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+use sock_sandbox::cgroups::{CgroupLimits, SandboxCgroup};
+use sock_sandbox::init::{ZygoteInit, envp};
+use sock_sandbox::mounts::{self, RealHost, RootSpec};
+use sock_sandbox::protocol::{self, ForkKind, ForkRequest, Header};
+use sock_sandbox::seccomp::{self, Profile, Programs};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::cgroups::{CgroupLimits, SandboxCgroup};
 use crate::error::Error;
-use crate::init::{ZygoteInit, envp};
-use crate::mounts::{self, RealHost, RootSpec};
-use crate::protocol::{self, ForkKind, ForkRequest, Header};
 use crate::sandbox::{
     ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, check_dirs, check_spec,
     forward_logs,
 };
-use crate::seccomp::{self, Profile, Programs};
 
 /// How long a child may take to reach `forked`: setup only, no imports.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +101,7 @@ impl Sandboxes {
             "package_dirs": (0..node.package_dirs.len()).map(mounts::package_dir).collect::<Vec<_>>(),
             "imports": node.imports,
         });
-        let init_spec = crate::init::InitSpec {
+        let init_spec = sock_sandbox::init::InitSpec {
             package_dirs: node.package_dirs.clone(),
             seccomp: zygote_seccomp()?,
             zygote: Some(ZygoteInit {
@@ -512,7 +512,7 @@ impl Zygote {
         if let Err(e) = cgroup.set_limits(plan.limits) {
             let shared = shared.clone();
             let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
-            return Err(e);
+            return Err(e.into());
         }
         let cgroup = shared.adopt(&id, cgroup);
         let prepared = async {

@@ -19,24 +19,27 @@ use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, execve, fork};
 use serde::{Deserialize, Serialize};
-use sock_sandbox::{Lockdown, LockdownError, Proc, mount_proc};
 
+use crate::lockdown::{
+    Lockdown, LockdownError, SOCKET_FD, close_fds_above, limit_resources, set_ids,
+};
 use crate::mounts::{self, MountError, RealHost, RootSpec};
-use crate::namespaces::SANDBOX_SOCKET_FD;
-use crate::seccomp::Programs;
+use crate::namespaces::set_hostname;
+use crate::proc::{Proc, mount_proc};
+use crate::seccomp::{self, Programs};
 
 /// `argv[1]` that makes `sock-sandboxd` run as a sandbox init.
 pub const INIT_ARG: &str = "__sandbox-init";
 /// Exit status of an init whose setup failed (as `docker run` uses 125 for
 /// its own failures), so sandboxd can tell it from the function's exit.
-pub(crate) const SETUP_FAILED: i32 = 125;
+pub const SETUP_FAILED: i32 = 125;
 const RUNTIME_FILE: &str = "sock_runtime.py";
-pub(crate) const ZYGOTE_FILE: &str = "sock_zygote.py";
+pub const ZYGOTE_FILE: &str = "sock_zygote.py";
 
 /// Everything the init needs, sent by sandboxd as JSON on stdin. Host paths
 /// are only used before `pivot_root`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct InitSpec {
+pub struct InitSpec {
     /// Empty directory the root tmpfs is mounted on.
     pub mount_point: PathBuf,
     /// None for a zygote or the installer, which serve no function.
@@ -75,7 +78,7 @@ pub(crate) struct InitSpec {
 /// seccomp profile, which allows exactly those calls besides a function's;
 /// its function children install the function filter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ZygoteInit {
+pub struct ZygoteInit {
     pub host_uid: u32,
     pub host_gid: u32,
     /// The ids its function children take (each its own), mapped to
@@ -89,7 +92,7 @@ pub(crate) struct ZygoteInit {
 
 impl InitSpec {
     /// The runtime's command line, with paths as the sandbox sees them.
-    pub fn argv(&self) -> Vec<String> {
+    pub(crate) fn argv(&self) -> Vec<String> {
         if let Some(command) = &self.command {
             return command.clone();
         }
@@ -119,13 +122,13 @@ impl InitSpec {
     }
 
     /// A clean environment: the defaults, then the function's own.
-    pub fn envp(&self) -> Vec<String> {
+    pub(crate) fn envp(&self) -> Vec<String> {
         envp(&self.environment)
     }
 }
 
 /// A clean environment: the defaults, then `environment` over them.
-pub(crate) fn envp(environment: &[(String, String)]) -> Vec<String> {
+pub fn envp(environment: &[(String, String)]) -> Vec<String> {
     let mut env: Vec<(String, String)> = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", "/tmp"),
@@ -191,7 +194,7 @@ fn init() -> Result<i32, InitError> {
         &RealHost,
     );
     mounts::build_root(&spec.mount_point, &steps)?;
-    sock_sandbox::set_hostname().map_err(sys("sethostname"))?;
+    set_hostname().map_err(sys("sethostname"))?;
 
     // A zygote's runtime unshares its user namespace; only the init, root
     // outside it, may then write its id maps.
@@ -263,7 +266,7 @@ fn cstrings(strings: Vec<String>) -> Result<Vec<CString>, NulError> {
 fn close_socket() {
     // SAFETY: fd 3 is the socket sandboxd passed, owned by nothing else in
     // this process; wrapping it once and dropping it closes it once.
-    drop(unsafe { OwnedFd::from_raw_fd(SANDBOX_SOCKET_FD) });
+    drop(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) });
 }
 
 /// Becomes the unprivileged runtime through the one lockdown every
@@ -321,8 +324,8 @@ fn become_zygote(
     (to_init, from_init): (OwnedFd, OwnedFd),
 ) -> Result<(), InitError> {
     mount_proc(Proc::Unmasked)?;
-    sock_sandbox::limit_resources()?;
-    sock_sandbox::set_ids(
+    limit_resources()?;
+    set_ids(
         Uid::from_raw(zygote.host_uid),
         Gid::from_raw(zygote.host_gid),
     )?;
@@ -338,13 +341,13 @@ fn become_zygote(
     }
     drop((to_init, from_init));
     // Root inside: capabilities over the new user namespace only.
-    sock_sandbox::set_ids(Uid::from_raw(0), Gid::from_raw(0))?;
+    set_ids(Uid::from_raw(0), Gid::from_raw(0))?;
     // The credential changes cleared the parent-death signal.
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("set pdeathsig"))?;
     prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
     nix::unistd::chdir("/").map_err(sys("chdir"))?;
-    sock_sandbox::close_fds_above(SANDBOX_SOCKET_FD).map_err(sys("close_range"))?;
-    sock_sandbox::seccomp::install(&spec.seccomp)?;
+    close_fds_above(SOCKET_FD).map_err(sys("close_range"))?;
+    seccomp::install(&spec.seccomp)?;
     Ok(())
 }
 
@@ -352,7 +355,7 @@ fn become_zygote(
 fn socket_fd() -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: fd 3 is the socket sandboxd passed; it stays open for the
     // life of this process (until exec, which keeps it).
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(SANDBOX_SOCKET_FD) }
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(SOCKET_FD) }
 }
 
 /// Waits for the runtime and passes its fate on: the same exit code, or

@@ -56,7 +56,7 @@ pub(crate) const PACKAGES_DIR: &str = "/packages";
 
 /// What the root holds, from the sandbox's point of view.
 #[derive(Debug)]
-pub(crate) struct RootSpec<'a> {
+pub struct RootSpec<'a> {
     /// None for a zygote, which serves no function.
     pub code_dir: Option<&'a Path>,
     pub runtime_dir: &'a Path,
@@ -71,14 +71,14 @@ pub(crate) struct RootSpec<'a> {
 
 /// A host entry as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Entry {
+pub enum Entry {
     Dir,
     File,
     Symlink(PathBuf),
 }
 
 /// What the planner may ask about the host.
-pub(crate) trait HostView {
+pub trait HostView {
     /// The entry at `path`, not following a final symlink.
     fn entry(&self, path: &Path) -> Option<Entry>;
     /// Names in a directory.
@@ -86,7 +86,7 @@ pub(crate) trait HostView {
 }
 
 /// The real host.
-pub(crate) struct RealHost;
+pub struct RealHost;
 
 impl HostView for RealHost {
     fn entry(&self, path: &Path) -> Option<Entry> {
@@ -117,7 +117,7 @@ impl HostView for RealHost {
 
 /// One step of building the root; `dest` paths are relative to it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Step {
+pub enum Step {
     Dir {
         dest: PathBuf,
         mode: u32,
@@ -183,7 +183,7 @@ fn mirror(host: &dyn HostView, rel: &str) -> Option<Step> {
     })
 }
 
-pub(crate) fn plan(spec: &RootSpec<'_>, host: &dyn HostView) -> Vec<Step> {
+pub fn plan(spec: &RootSpec<'_>, host: &dyn HostView) -> Vec<Step> {
     let mut steps = Vec::new();
     steps.extend(SYSTEM_DIRS.iter().filter_map(|d| mirror(host, d)));
 
@@ -276,12 +276,12 @@ pub(crate) fn plan(spec: &RootSpec<'_>, host: &dyn HostView) -> Vec<Step> {
 }
 
 /// Where the i-th package dir appears inside the sandbox.
-pub(crate) fn package_dir(i: usize) -> String {
+pub fn package_dir(i: usize) -> String {
     format!("{PACKAGES_DIR}/{i}")
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum MountError {
+pub enum MountError {
     #[error("{syscall} {path}: {source}")]
     Sys {
         syscall: &'static str,
@@ -303,7 +303,7 @@ pub(crate) enum MountError {
 impl MountError {
     /// Whether the path was refused as unsafe to mount, rather than
     /// missing or failing.
-    pub(crate) fn is_unsafe_path(&self) -> bool {
+    pub fn is_unsafe_path(&self) -> bool {
         matches!(
             self,
             MountError::Symlink { .. } | MountError::Escapes { .. }
@@ -357,7 +357,7 @@ fn remount(dest: &Path, flags: MsFlags) -> Result<(), MountError> {
 /// root resolves such a path once, here, and mounts from the fd. If it is
 /// below `base` (trusted, opened as configured), the rest resolves beneath
 /// it, so no `..` leaves it either.
-pub(crate) fn open_untrusted_dir(path: &Path, base: Option<&Path>) -> Result<OwnedFd, MountError> {
+pub fn open_untrusted_dir(path: &Path, base: Option<&Path>) -> Result<OwnedFd, MountError> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -527,7 +527,7 @@ fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Builds a root like [`build_root`] but leaves it detached: a mount tree
+/// Builds a root like `build_root` but leaves it detached: a mount tree
 /// of its own (`open_tree(OPEN_TREE_CLONE)`), attached to no mount
 /// namespace, held by the returned fd. A zygote's child `fchdir`s into it
 /// and `chroot`s; `..` stops at its top, so the fd leads nowhere else on
@@ -535,7 +535,7 @@ fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
 ///
 /// The mounts are made in a private mount namespace of a short-lived
 /// thread, so the host's table never sees them and a crash leaves nothing.
-pub(crate) fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<OwnedFd, MountError> {
+pub fn detached_root(mount_point: &Path, steps: Vec<Step>) -> Result<OwnedFd, MountError> {
     let mount_point = mount_point.to_path_buf();
     std::thread::Builder::new()
         .name("sock-root".into())
@@ -596,7 +596,7 @@ fn pivot(new_root: &Path) -> Result<(), MountError> {
 /// Detaches every mount at or below `dir` in sandboxd's own mount
 /// namespace (left by a crashed run); returns how many. Sandbox roots are
 /// normally private to each sandbox's namespace, so this finds nothing.
-pub(crate) fn unmount_below(dir: &Path) -> usize {
+pub fn unmount_below(dir: &Path) -> usize {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return 0;
     };

@@ -6,16 +6,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Headers are a few fields; anything longer is a broken peer.
-const MAX_HEADER_BYTES: u32 = 64 << 10;
+pub(crate) const MAX_HEADER_BYTES: u32 = 64 << 10;
 /// Payloads, and any frame but a reply to a call. Replies are bounded by
 /// `max_result_bytes` instead, which the runtime learns from a
 /// [`Header::Limits`] and keeps to itself with a clear error, so only a
 /// function that writes its own frames ever reaches that limit here.
-pub(crate) const MAX_BODY_BYTES: u32 = 32 << 20;
+pub const MAX_BODY_BYTES: u32 = 32 << 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum Header {
+pub enum Header {
     /// runtime → sandboxd, once, after importing the entry file.
     Ready,
     /// sandboxd → runtime, before a sandbox's first call; no answer.
@@ -61,7 +61,7 @@ pub(crate) enum Header {
 /// child's socket, its root (a detached mount tree), stdout, stderr, then
 /// `cgroups` open `cgroup.procs` files it joins.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ForkRequest {
+pub struct ForkRequest {
     pub kind: ForkKind,
     /// Sandbox paths the child adds to `sys.path` (after `/code` for a
     /// function).
@@ -83,7 +83,7 @@ pub(crate) struct ForkRequest {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum ForkKind {
+pub enum ForkKind {
     Function,
     Zygote,
     /// A child forked ahead of need (its fds: socket, cgroup files only).
@@ -92,14 +92,14 @@ pub(crate) enum ForkKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum RuntimeErrorKind {
+pub enum RuntimeErrorKind {
     Function,
     InvalidPayload,
     InvalidResult,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProtocolError {
+pub enum ProtocolError {
     #[error("connection closed")]
     Closed,
     #[error("connection failed: {0}")]
@@ -114,7 +114,7 @@ pub(crate) enum ProtocolError {
     BadHeader(#[from] serde_json::Error),
 }
 
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     header: &Header,
     body: &[u8],
@@ -139,14 +139,14 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<(Header, Vec<u8>), ProtocolError> {
     read_frame_within(r, MAX_BODY_BYTES).await
 }
 
 /// A frame whose body is at most `max_body` bytes.
-pub(crate) async fn read_frame_within<R: AsyncRead + Unpin>(
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
     r: &mut R,
     max_body: u32,
 ) -> Result<(Header, Vec<u8>), ProtocolError> {

@@ -30,8 +30,6 @@ use cgroups_rs::{CgroupPid, FreezerState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::error::Error;
-
 /// The v1 controllers a sandbox joins; the freezer only where no cgroup2
 /// mount offers a killable one. cpuset is left out on purpose: a new v1
 /// cpuset cgroup has no cpus until configured, so joining it fails.
@@ -45,16 +43,38 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long pausing waits for every process of a sandbox to freeze.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What can go wrong with a sandbox's cgroup. sandboxd reports each as
+/// "cannot set up the sandbox's cgroup" to its callers.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: cannot {op}: {source}")]
+    Cgroup {
+        op: &'static str,
+        path: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("cgroup {path}: cannot {op}: {source}", path = path.display())]
+    Leaf {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}: its processes did not freeze within 1 s")]
+    Freeze { path: String },
+    #[error("the {controller} cgroup controller is not available on this machine")]
+    CgroupMissing { controller: &'static str },
+}
+
 /// Limits written into a sandbox's cgroup. Zero means "no limit".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct CgroupLimits {
+pub struct CgroupLimits {
     pub memory_bytes: u64,
     pub pids: u32,
     pub cpu_percent: u32,
 }
 
 /// Which cgroup hierarchy this machine uses.
-pub(crate) fn version() -> u32 {
+pub fn version() -> u32 {
     if hierarchies::is_cgroup2_unified_mode() {
         2
     } else {
@@ -149,7 +169,7 @@ fn dirs_of(cg: &Cgroup) -> Vec<PathBuf> {
 /// give back, so that starting a sandbox creates no cgroup: a recycled one
 /// is emptied and gets the next sandbox's limits written over the old.
 #[derive(Debug)]
-pub(crate) struct CgroupPool {
+pub struct CgroupPool {
     instance: String,
     free: Mutex<Vec<String>>,
     next: AtomicU64,
@@ -179,7 +199,7 @@ impl CgroupPool {
         self.free().len()
     }
 
-    fn create(&self) -> Result<String, Error> {
+    fn create(&self) -> Result<String, CgroupError> {
         let name = format!("pool-{}", self.next.fetch_add(1, Ordering::Relaxed));
         let path = relative_path(&self.instance, Some(&name));
         let cg = load(&self.instance, Some(&name));
@@ -189,7 +209,7 @@ impl CgroupPool {
             && let Err(source) = std::fs::create_dir_all(&leaf.0)
         {
             let _ = cg.delete();
-            return Err(Error::Leaf {
+            return Err(CgroupError::Leaf {
                 op: "create",
                 path: leaf.0,
                 source,
@@ -215,7 +235,7 @@ impl CgroupPool {
     }
 
     /// A cgroup with `limits` written, from the pool when it has one.
-    pub fn take(&self, limits: CgroupLimits) -> Result<SandboxCgroup, Error> {
+    pub fn take(&self, limits: CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
         let recycled = self.free().pop();
         let name = match recycled {
             Some(name) => name,
@@ -257,7 +277,7 @@ impl CgroupPool {
 /// A sandbox's cgroup. Every method is safe to call after the processes
 /// are gone.
 #[derive(Debug)]
-pub(crate) struct SandboxCgroup {
+pub struct SandboxCgroup {
     cg: Cgroup,
     name: String,
     limits: CgroupLimits,
@@ -283,20 +303,20 @@ impl SandboxCgroup {
         self.leaf.as_ref().filter(|_| !self.cg.v2())
     }
 
-    fn err(&self, op: &'static str) -> impl FnOnce(cgroups_rs::fs::error::Error) -> Error {
+    fn err(&self, op: &'static str) -> impl FnOnce(cgroups_rs::fs::error::Error) -> CgroupError {
         let path = self.name.clone();
-        move |source| Error::Cgroup { op, path, source }
+        move |source| CgroupError::Cgroup { op, path, source }
     }
 
-    fn memory(&self) -> Result<&MemController, Error> {
-        self.cg.controller_of().ok_or(Error::CgroupMissing {
+    fn memory(&self) -> Result<&MemController, CgroupError> {
+        self.cg.controller_of().ok_or(CgroupError::CgroupMissing {
             controller: "memory",
         })
     }
 
     /// Writes every limit, also the unlimited ones, as the cgroup may hold
     /// an earlier sandbox's.
-    fn apply(&self) -> Result<(), Error> {
+    fn apply(&self) -> Result<(), CgroupError> {
         let limits = self.limits;
         let memory = self.memory()?;
         let bytes = if limits.memory_bytes > 0 {
@@ -323,7 +343,7 @@ impl SandboxCgroup {
         let pids: &PidController = self
             .cg
             .controller_of()
-            .ok_or(Error::CgroupMissing { controller: "pids" })?;
+            .ok_or(CgroupError::CgroupMissing { controller: "pids" })?;
         let max = match limits.pids {
             0 => MaxValue::Max,
             n => MaxValue::Value(i64::from(n)),
@@ -332,7 +352,7 @@ impl SandboxCgroup {
         let cpu: &cgroups_rs::fs::cpu::CpuController = self
             .cg
             .controller_of()
-            .ok_or(Error::CgroupMissing { controller: "cpu" })?;
+            .ok_or(CgroupError::CgroupMissing { controller: "cpu" })?;
         let quota = match limits.cpu_percent {
             0 => -1,
             n => i64::try_from(CPU_PERIOD_US * u64::from(n) / 100).unwrap_or(i64::MAX),
@@ -344,7 +364,7 @@ impl SandboxCgroup {
 
     /// Writes `limits` over the ones the cgroup has (a parked child taking
     /// on the limits of the function it becomes).
-    pub fn set_limits(&mut self, limits: CgroupLimits) -> Result<(), Error> {
+    pub fn set_limits(&mut self, limits: CgroupLimits) -> Result<(), CgroupError> {
         self.limits = limits;
         self.apply()
     }
@@ -367,13 +387,13 @@ impl SandboxCgroup {
 
     /// Freezes every process and shrinks the memory limit to what the
     /// cgroup uses, so a paused sandbox can neither run nor grow.
-    pub fn pause(&self) -> Result<(), Error> {
+    pub fn pause(&self) -> Result<(), CgroupError> {
         let freezer = self.freezer()?;
         freezer.set(true)?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
         while !freezer.is_frozen() {
             if Instant::now() >= deadline {
-                return Err(Error::Freeze {
+                return Err(CgroupError::Freeze {
                     path: self.name.clone(),
                 });
             }
@@ -395,7 +415,7 @@ impl SandboxCgroup {
     }
 
     /// Restores the memory limit, then thaws.
-    pub fn unpause(&self) -> Result<(), Error> {
+    pub fn unpause(&self) -> Result<(), CgroupError> {
         if self.limits.memory_bytes > 0 {
             let bytes = i64::try_from(self.limits.memory_bytes).unwrap_or(i64::MAX);
             self.memory()?
@@ -405,14 +425,14 @@ impl SandboxCgroup {
         self.freezer()?.set(false)
     }
 
-    fn freezer(&self) -> Result<Freezer<'_>, Error> {
+    fn freezer(&self) -> Result<Freezer<'_>, CgroupError> {
         match &self.leaf {
             Some(leaf) => Ok(Freezer::V2(leaf)),
             None => self
                 .cg
                 .controller_of()
                 .map(Freezer::V1)
-                .ok_or(Error::CgroupMissing {
+                .ok_or(CgroupError::CgroupMissing {
                     controller: "freezer",
                 }),
         }
@@ -429,17 +449,17 @@ impl SandboxCgroup {
     }
 
     /// Moves a process (and so everything it forks later) into the cgroup.
-    pub fn add(&self, pid: u32) -> Result<(), Error> {
+    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         self.cg
             .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(|source| Error::Cgroup {
+            .map_err(|source| CgroupError::Cgroup {
                 op: "add process",
                 path: self.name.clone(),
                 source,
             })?;
         if let Some(leaf) = self.hybrid_leaf() {
             leaf.write("cgroup.procs", &pid.to_string())
-                .map_err(|source| Error::Leaf {
+                .map_err(|source| CgroupError::Leaf {
                     op: "add process",
                     path: leaf.0.clone(),
                     source,
@@ -539,17 +559,17 @@ enum Freezer<'a> {
 
 impl Freezer<'_> {
     /// Freezes (true) or thaws (false).
-    fn set(self, frozen: bool) -> Result<(), Error> {
+    fn set(self, frozen: bool) -> Result<(), CgroupError> {
         let op = if frozen { "freeze" } else { "thaw" };
         match self {
             Freezer::V1(f) => {
-                if frozen { f.freeze() } else { f.thaw() }.map_err(|source| Error::Cgroup {
+                if frozen { f.freeze() } else { f.thaw() }.map_err(|source| CgroupError::Cgroup {
                     op,
                     path: f.path().display().to_string(),
                     source,
                 })
             }
-            Freezer::V2(leaf) => leaf.freeze(frozen).map_err(|source| Error::Leaf {
+            Freezer::V2(leaf) => leaf.freeze(frozen).map_err(|source| CgroupError::Leaf {
                 op,
                 path: leaf.0.clone(),
                 source,
@@ -568,7 +588,7 @@ impl Freezer<'_> {
 
 /// A concurrent `remove_parents` may delete `sock/<instance>` between the
 /// creation of the parents and of the leaf; trying again recreates them.
-fn create_with_retry(cg: &Cgroup, name: &str) -> Result<(), Error> {
+fn create_with_retry(cg: &Cgroup, name: &str) -> Result<(), CgroupError> {
     let mut last = None;
     for _ in 0..3 {
         match cg.create() {
@@ -578,7 +598,7 @@ fn create_with_retry(cg: &Cgroup, name: &str) -> Result<(), Error> {
     }
     // Leave no half-created directories behind.
     let _ = cg.delete();
-    Err(Error::Cgroup {
+    Err(CgroupError::Cgroup {
         op: "create",
         path: name.to_string(),
         source: last.expect("the loop ran at least once"),
@@ -685,7 +705,7 @@ fn wait_empty(cg: &Cgroup, deadline: Instant) -> Result<(), KillError> {
 
 /// Turns on `favordynmods` on the machine's cgroup2 mount (the flag is
 /// global: it speeds up task migration in the v1 hierarchies too).
-pub(crate) fn favor_dynmods() -> Result<(), String> {
+pub fn favor_dynmods() -> Result<(), String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let (point, options) = cgroup2_mount(&table).ok_or("no cgroup2 mount")?;
     if options.split(',').any(|o| o == "favordynmods") {
@@ -720,7 +740,7 @@ fn cgroup2_mount(mountinfo: &str) -> Option<(String, String)> {
 /// Removes what an earlier run of this instance left: kills the processes
 /// of every `sock/<instance>/*` cgroup and removes them. Returns how many
 /// it removed.
-pub(crate) fn remove_leftovers(instance: &str) -> usize {
+pub fn remove_leftovers(instance: &str) -> usize {
     let mut ids: Vec<String> = parent_dirs(instance)
         .iter()
         .flat_map(|dir| child_dirs(dir))
@@ -758,7 +778,7 @@ fn child_dirs(dir: &Path) -> Vec<String> {
 
 /// Removes `sock/<instance>` and, when no other instance uses it, `sock`.
 /// Directories that still have children stay (rmdir refuses them).
-pub(crate) fn remove_parents(instance: &str) {
+pub fn remove_parents(instance: &str) {
     for dir in parent_dirs(instance) {
         let _ = std::fs::remove_dir(&dir);
         if let Some(root) = dir.parent() {
