@@ -500,11 +500,10 @@ pub(crate) fn build_root(mount_point: &Path, steps: &[Step]) -> Result<(), Mount
     remount(Path::new("/"), ro())
 }
 
-/// Makes `/` rprivate in the caller's (fresh) mount namespace, mounts the
-/// root tmpfs on `mount_point` and carries out `steps` in it: the part that
-/// attached and detached roots share.
-fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
-    // Nothing below may propagate back to the host's mounts.
+/// Makes every mount of the caller's (new) mount namespace private, so
+/// nothing mounted in it propagates back to the namespace it was copied
+/// from.
+pub(crate) fn make_private() -> nix::Result<()> {
     mount(
         None::<&str>,
         "/",
@@ -512,7 +511,14 @@ fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(sys("make rprivate", Path::new("/")))?;
+}
+
+/// Makes `/` rprivate in the caller's (fresh) mount namespace, mounts the
+/// root tmpfs on `mount_point` and carries out `steps` in it: the part that
+/// attached and detached roots share.
+fn populate_root(mount_point: &Path, steps: &[Step]) -> Result<(), MountError> {
+    // Nothing below may propagate back to the host's mounts.
+    make_private().map_err(sys("make rprivate", Path::new("/")))?;
     mount(
         Some("tmpfs"),
         mount_point,

@@ -26,7 +26,6 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{ForkResult, fork};
 use serde::Deserialize;
@@ -246,14 +245,7 @@ fn enter(conn: OwnedFd, cgroups: Vec<OwnedFd>) -> Result<(), ChildError> {
         ForkResult::Child => {}
     }
     // Nothing mounted here reaches the zygote's namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("make mounts private"))?;
+    crate::mounts::make_private().map_err(sys("make mounts private"))?;
     set_hostname().map_err(sys("sethostname"))?;
     bring_up_loopback().map_err(sys("bring up lo"))?;
     // SAFETY: fd 3 was closed above and nothing in this process owns it:
