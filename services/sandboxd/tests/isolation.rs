@@ -12,31 +12,22 @@
 //! test prints a table of them all before it fails, so one run says which
 //! escape is open on which path. Needs root.
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
+#[path = "common/node.rs"]
+mod node;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use node::{Function, Node, pids_below, request};
 use serde_json::{Value, json};
-use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{
-    FunctionConfig, FunctionRef, Limits, LogLine, LogsRequest, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, SourceBuild, StatusRequest, StatusResponse,
-    ZygoteNode,
-};
+use sock_proto::v1::{FunctionConfig, Limits, SandboxInvokeResponse, SourceBuild, ZygoteNode};
 use sock_sandboxd::Config;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
-/// Every hierarchy a sandbox may join (as node.rs): v1 controllers and the
-/// cgroup2 leaf.
-const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "unified"];
 const CALL_MS: u32 = 30_000;
 
 /// The operator's ceilings on every node of this suite: the `greedy`
@@ -383,13 +374,10 @@ def f(event):
     return PROBES[event["probe"]](event.get("args") or {})
 "#;
 
-/// The hostile package: its import runs in the zygote that imports it, as
-/// root of the zygote's user namespace. It tries what the zygote's own
-/// filter must forbid and writes outside /tmp, from its import code and
-/// from a thread it starts (and leaves running, so the zygote forks with
-/// two threads); children inherit `AT_IMPORT` with what happened.
-const HOSTILE_PY: &str = r#"
-import ctypes, errno, os, socket, threading, time
+/// The start of both hostile packages below: `forbidden()` tries what the
+/// seccomp filter forbids and says what happened to each attempt.
+const FORBIDDEN_PY: &str = r#"
+import ctypes, errno, os, socket
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -418,6 +406,15 @@ def forbidden():
     except OSError as e:
         out["socket_vsock"] = _name(e.errno)
     return out
+"#;
+
+/// The hostile package: its import runs in the zygote that imports it, as
+/// root of the zygote's user namespace. It tries what the zygote's own
+/// filter must forbid and writes outside /tmp, from its import code and
+/// from a thread it starts (and leaves running, so the zygote forks with
+/// two threads); children inherit `AT_IMPORT` with what happened.
+const HOSTILE_PY: &str = r#"
+import os, threading, time
 
 
 def _writes():
@@ -451,39 +448,16 @@ _first.wait(10)
 /// forks, before the child's lockdown; the thread tries what the seccomp
 /// filter forbids until the function asks, then once more.
 const FORKHOOK_PY: &str = r#"
-import ctypes, errno, os, socket, threading, time
+import os, threading, time
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 HOOKED = []
 ATTEMPTS = []
 _asked = threading.Event()
 _answered = threading.Event()
 
 
-def _name(code):
-    return errno.errorcode.get(code, str(code))
-
-
 def _forbidden():
-    out = {"uid": os.getuid()}
-    params = ctypes.create_string_buffer(120)
-    ctypes.set_errno(0)
-    fd = _libc.syscall(ctypes.c_long(425), ctypes.c_long(1), ctypes.c_long(ctypes.addressof(params)))
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        out["io_uring_setup"] = "allowed"
-    else:
-        out["io_uring_setup"] = _name(ctypes.get_errno())
-    try:
-        socket.socket(40, socket.SOCK_STREAM).close()
-        out["socket_vsock"] = "allowed"
-    except OSError as e:
-        out["socket_vsock"] = _name(e.errno)
-    return out
+    return {"uid": os.getuid(), **forbidden()}
 
 
 def _attack():
@@ -565,161 +539,23 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 "#;
 
 // ---------------------------------------------------------------------------
-// A node: sandboxd in this process, with a fake cache whose catalog the
-// test writes (node.rs's harness, which is private to that file, in brief).
-
-#[derive(Clone, Default)]
-struct Function {
-    version: u64,
-    limits: Limits,
-    package_dirs: Vec<String>,
-    chain: Vec<ZygoteNode>,
-    /// A source build the first Prepare asks for.
-    build: Option<SourceBuild>,
-}
-
-#[derive(Default)]
-struct Catalog {
-    functions: Mutex<HashMap<String, Function>>,
-    /// The wheels sandboxd built and sent back, by requirement.
-    wheels: Mutex<HashMap<String, Vec<u8>>>,
-}
-
-struct FakeCache {
-    code: PathBuf,
-    catalog: Arc<Catalog>,
-}
-
-#[tonic::async_trait]
-impl Cache for FakeCache {
-    async fn prepare(
-        &self,
-        request: Request<PrepareRequest>,
-    ) -> Result<Response<PrepareResponse>, Status> {
-        let request = request.into_inner();
-        let name = request.function.unwrap_or_default().name;
-        let function = self
-            .catalog
-            .functions
-            .lock()
-            .expect("catalog")
-            .get(&name)
-            .cloned();
-        let Some(function) = function else {
-            return Err(Status::not_found(format!("no function {name}")));
-        };
-        for wheel in request.built {
-            self.catalog
-                .wheels
-                .lock()
-                .expect("catalog")
-                .insert(wheel.requirement, wheel.wheel);
-        }
-        if let Some(build) = &function.build
-            && !self
-                .catalog
-                .wheels
-                .lock()
-                .expect("catalog")
-                .contains_key(&build.requirement)
-        {
-            return Ok(Response::new(PrepareResponse {
-                builds: vec![build.clone()],
-                ..PrepareResponse::default()
-            }));
-        }
-        Ok(Response::new(PrepareResponse {
-            function: Some(FunctionRef {
-                name: name.clone(),
-                version: function.version,
-            }),
-            code_dir: self.code.join(&name).display().to_string(),
-            package_dirs: function.package_dirs,
-            config: Some(FunctionConfig {
-                limits: Some(function.limits),
-                ..FunctionConfig::default()
-            }),
-            zygote_chain: function.chain,
-            ..PrepareResponse::default()
-        }))
-    }
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-    instance: String,
-    cache_port: u16,
-    catalog: Arc<Catalog>,
-    client: SandboxdClient<Channel>,
-    shutdown: CancellationToken,
-    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
-    /// Dropped last: what a failed test's sandboxd had no time to destroy.
-    _leftovers: Leftovers,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+// A node: sandboxd in this process, never pausing, with the suite's
+// ceilings and a package every function mounts.
 
 async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
-    if !common::have_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = Arc::new(Catalog::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
-    let cache_port = listener.local_addr().expect("addr").port();
-    tokio::spawn(
-        Server::builder()
-            .add_service(CacheServer::new(FakeCache {
-                code: dir.path().join("code"),
-                catalog: catalog.clone(),
-            }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let instance = format!("iso-{test}-{}", std::process::id());
-    let mut config = Config {
-        cache_addr: format!("http://127.0.0.1:{cache_port}"),
-        data_dir: dir.path().join("data"),
-        instance: instance.clone(),
-        shutdown_grace_ms: 100,
-        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
-        cgroup_pool_size: 4,
-        netns_pool_size: 2,
-        cache_data_dir: dir.path().to_path_buf(),
+    let node = node::start(test, |config| {
         // Never paused: a paused sandbox's memory limit is shrunk, and the
         // ceilings probe reads it.
-        pause_after_ms: 600_000,
-        ceilings: sock_service::Ceilings {
+        config.pause_after_ms = 600_000;
+        config.ceilings = sock_service::Ceilings {
             max_memory_mb: MAX_MEMORY_MB,
             max_pids: MAX_PIDS,
             max_cpu_percent: MAX_CPU_PERCENT,
             ..sock_service::Ceilings::default()
-        },
-        ..Config::default()
-    };
-    config.listen = format!("unix:{}", dir.path().join("sandboxd.sock").display());
-    tune(&mut config);
-    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
-    let client = SandboxdClient::new(
-        tonic::transport::Endpoint::from_shared(config.listen.clone())
-            .expect("endpoint")
-            .connect_lazy(),
-    );
-    let shutdown = CancellationToken::new();
-    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
-    let node = Node {
-        dir,
-        _leftovers: Leftovers(instance.clone()),
-        instance,
-        cache_port,
-        catalog,
-        client,
-        shutdown,
-        served: Some(served),
-    };
+        };
+        tune(config);
+    })
+    .await?;
     node.package("plain", "plain_mod", "VALUE = 1\n");
     Some(node)
 }
@@ -733,22 +569,15 @@ impl Node {
         dir
     }
 
-    /// Publishes the probes as function `name`; a file named after it in
-    /// its code dir lets the host find its runtime (`runtime_pid`).
-    fn publish(&self, name: &str, mut function: Function) {
-        let code = self.dir.path().join("code").join(name);
-        std::fs::create_dir_all(&code).expect("mkdir code");
-        std::fs::write(code.join("f.py"), PROBES_PY).expect("write f.py");
-        std::fs::write(code.join(marker(name)), "").expect("write marker");
-        function.version = 1;
+    /// Publishes the probes as version 1 of function `name`; a file named
+    /// after it in its code dir lets the host find its runtime
+    /// (`runtime_pid`).
+    fn publish_probes(&self, name: &str, mut function: Function) {
         function
             .package_dirs
             .push(self.dir.path().join("packages/plain").display().to_string());
-        self.catalog
-            .functions
-            .lock()
-            .expect("catalog")
-            .insert(name.into(), function);
+        self.publish(name, 1, PROBES_PY, function);
+        std::fs::write(self.code_dir(name, 1).join(marker(name)), "").expect("write marker");
     }
 
     async fn invoke(
@@ -760,16 +589,7 @@ impl Node {
     ) -> Result<SandboxInvokeResponse, Status> {
         self.client
             .clone()
-            .invoke(SandboxInvokeRequest {
-                function: Some(FunctionRef {
-                    name: name.into(),
-                    version: 1,
-                }),
-                payload: payload.to_string().into_bytes(),
-                call_id: call_id.into(),
-                timeout_ms,
-                ..SandboxInvokeRequest::default()
-            })
+            .invoke(request(name, 1, call_id, payload.to_string(), timeout_ms))
             .await
             .map(Response::into_inner)
     }
@@ -790,40 +610,18 @@ impl Node {
         }
     }
 
-    async fn status(&self) -> StatusResponse {
-        self.client
-            .clone()
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-    }
-
-    async fn logs(&self, function: &str) -> Vec<LogLine> {
-        let mut stream = self
-            .client
-            .clone()
-            .logs(LogsRequest {
-                function: function.into(),
-                follow: false,
-            })
-            .await
-            .expect("logs")
-            .into_inner();
-        let mut lines = Vec::new();
-        while let Some(line) = stream.message().await.expect("log line") {
-            lines.push(line);
-        }
-        lines
+    /// The port of the node's cache.
+    fn cache_port(&self) -> u16 {
+        self.config
+            .cache_addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("the cache's port")
     }
 
     /// The pids in every cgroup of this instance.
     fn pids(&self) -> Vec<i32> {
-        pids_below(
-            &Path::new("/sys/fs/cgroup/pids")
-                .join("sock")
-                .join(&self.instance),
-        )
+        pids_below(&node::cgroup_dir("pids", &self.config.instance))
     }
 
     /// The host pid of function `name`'s runtime: the process of this
@@ -871,29 +669,6 @@ impl Node {
         }
         None
     }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        let served = self.served.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(60), served)
-            .await
-            .expect("sandboxd stops")
-            .expect("run task")
-            .expect("run returns Ok");
-        for controller in CONTROLLERS {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join("sock")
-                .join(&self.instance);
-            assert!(!dir.exists(), "{} was left behind", dir.display());
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let data_dir = self.dir.path().join("data").display().to_string();
-        assert!(
-            !mounts.contains(&data_dir),
-            "mounts under {data_dir} were left behind"
-        );
-    }
 }
 
 fn marker(name: &str) -> String {
@@ -915,18 +690,6 @@ fn answer(response: &SandboxInvokeResponse) -> Result<Value, String> {
     }
 }
 
-fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
-            let procs =
-                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
-            pids.extend(procs.lines().filter_map(|l| l.parse::<i32>().ok()));
-        }
-    }
-    pids
-}
-
 /// `/proc/<pid>/status` as the host sees it: field → value.
 fn host_status(pid: i32) -> HashMap<String, String> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -935,42 +698,6 @@ fn host_status(pid: i32) -> HashMap<String, String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))
         .collect()
-}
-
-/// Kills what is left in an instance's cgroups and removes them: after a
-/// test that failed before its sandboxd cleaned up.
-struct Leftovers(String);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for controller in CONTROLLERS {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join("sock")
-                .join(&self.0);
-            for pid in pids_below(&dir) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    // A frozen task dies of its SIGKILL only once thawed.
-                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
-                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
-                    for _ in 0..100 {
-                        if std::fs::remove_dir(entry.path()).is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
-            let _ = std::fs::remove_dir(dir.parent().expect("sock dir"));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1011,10 +738,11 @@ impl Birth {
     fn function(self, node: &Node) -> Function {
         match self {
             Birth::HostileZygote => {
-                let dir = node.package("hostile", "hostile", HOSTILE_PY);
+                let dir =
+                    node.package("hostile", "hostile", &format!("{FORBIDDEN_PY}{HOSTILE_PY}"));
                 Function {
                     package_dirs: vec![dir.display().to_string()],
-                    chain: chain(HOSTILE_ZYGOTE, &dir, "hostile"),
+                    zygote: Some(importing(HOSTILE_ZYGOTE, &dir, "hostile")),
                     ..Function::default()
                 }
             }
@@ -1091,18 +819,13 @@ impl Birth {
     }
 }
 
-fn chain(id: &str, dir: &Path, module: &str) -> Vec<ZygoteNode> {
-    vec![
-        ZygoteNode {
-            id: "root".into(),
-            ..ZygoteNode::default()
-        },
-        ZygoteNode {
-            id: id.into(),
-            package_dirs: vec![dir.display().to_string()],
-            imports: vec![module.into()],
-        },
-    ]
+/// The zygote `id`, which imports `module` from package dir `dir`.
+fn importing(id: &str, dir: &Path, module: &str) -> ZygoteNode {
+    ZygoteNode {
+        id: id.into(),
+        package_dirs: vec![dir.display().to_string()],
+        imports: vec![module.into()],
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1524,7 +1247,7 @@ async fn resist_every_probe(test: &str, birth: Birth) {
     let base = birth.function(&node);
     // The victim: another sandbox (and, on zygote paths, the call that makes
     // the zygote, which may or may not take a parked child).
-    node.publish("victim", base.clone());
+    node.publish_probes("victim", base.clone());
     let victim_call = "victim-call";
     let victim = node.probe("victim", victim_call, "birth", json!({})).await;
     let Some(victim_pid) = node.runtime_pid("victim") else {
@@ -1534,7 +1257,7 @@ async fn resist_every_probe(test: &str, birth: Birth) {
         return;
     };
 
-    node.publish("probe", base.clone());
+    node.publish_probes("probe", base.clone());
     let pid = match birth.cold_start(&node, "probe").await {
         Ok(pid) => pid,
         Err(why) => {
@@ -1548,7 +1271,7 @@ async fn resist_every_probe(test: &str, birth: Birth) {
         pid,
         victim_pid,
         others: node.non_function_pids(),
-        cache_port: node.cache_port,
+        cache_port: node.cache_port(),
         dir: node.dir.path().to_path_buf(),
         data_dir: node.dir.path().join("data"),
         read_only: Vec::new(),
@@ -1718,14 +1441,17 @@ async fn flood(node: &Node) -> Result<String, String> {
 /// A function asking far more than the ceilings gets the ceilings: in its
 /// cgroup files, and its fork bomb stops there.
 async fn ceilings(node: &Node, birth: Birth, base: &Function) -> Result<String, String> {
-    node.publish(
+    node.publish_probes(
         "greedy",
         Function {
-            limits: Limits {
-                memory_mb: 4096,
-                pids: 100_000,
-                cpu_percent: 400,
-                timeout_ms: 0,
+            config: FunctionConfig {
+                limits: Some(Limits {
+                    memory_mb: 4096,
+                    pids: 100_000,
+                    cpu_percent: 400,
+                    timeout_ms: 0,
+                }),
+                ..FunctionConfig::default()
             },
             ..base.clone()
         },
@@ -1817,12 +1543,16 @@ async fn hostile_import(node: &Node) -> Result<String, String> {
 /// the child was refused (the call ran fresh and the hook never ran) or
 /// its lockdown covers that thread.
 async fn at_fork_thread(node: &Node) -> Result<String, String> {
-    let dir = node.package("forkhook", "forkhook", FORKHOOK_PY);
-    node.publish(
+    let dir = node.package(
+        "forkhook",
+        "forkhook",
+        &format!("{FORBIDDEN_PY}{FORKHOOK_PY}"),
+    );
+    node.publish_probes(
         "forkhook",
         Function {
             package_dirs: vec![dir.display().to_string()],
-            chain: chain(FORKHOOK_ZYGOTE, &dir, "forkhook"),
+            zygote: Some(importing(FORKHOOK_ZYGOTE, &dir, "forkhook")),
             ..Function::default()
         },
     );
@@ -1913,7 +1643,7 @@ async fn source_builds_resist_every_probe() {
         birth: "source build",
         rows: Vec::new(),
     };
-    node.publish("victim", Function::default());
+    node.publish_probes("victim", Function::default());
     node.probe("victim", "victim-call", "birth", json!({}))
         .await
         .expect("the victim answers");
@@ -1921,7 +1651,7 @@ async fn source_builds_resist_every_probe() {
         pid: 0,
         victim_pid: node.runtime_pid("victim").expect("the victim's runtime"),
         others: node.non_function_pids(),
-        cache_port: node.cache_port,
+        cache_port: node.cache_port(),
         dir: node.dir.path().to_path_buf(),
         data_dir: node.dir.path().join("data"),
         read_only: vec!["/in"],
@@ -1936,7 +1666,7 @@ async fn source_builds_resist_every_probe() {
     let backend = BACKEND_PY.replace("__ARGS__", &Value::from(args).to_string());
     let sdists = node.dir.path().join("sdists").join(REQUIREMENT);
     let file_name = sdist(&sdists, &backend);
-    node.publish(
+    node.publish_probes(
         "built",
         Function {
             build: Some(SourceBuild {
@@ -1951,7 +1681,7 @@ async fn source_builds_resist_every_probe() {
     // While the backend holds its inotify instances: the host's check, and
     // the build's pid for the host's view of it.
     let builds = node.dir.path().join("data/builds");
-    let instance = node.instance.clone();
+    let instance = node.config.instance.clone();
     let held = tokio::task::spawn_blocking(move || {
         let _lock = inotify_lock();
         for _ in 0..6000 {

@@ -2,178 +2,24 @@
 //! abuse and crash cleanup, through its gRPC API with real sandboxes and a
 //! fake cache whose functions each test writes. Needs root.
 mod common;
+#[path = "common/node.rs"]
+mod node;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sock_proto::v1::cache_server::{Cache, CacheServer};
+use node::{Function, Node, assert_nothing_left, cgroup_dir, pids_below, request, start};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
-    ErrorKind, FunctionConfig, FunctionError, FunctionRef, Limits, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, ZygoteNode,
+    ErrorKind, FunctionConfig, FunctionError, Limits, SandboxInvokeResponse, StatusRequest,
+    StatusResponse, ZygoteNode,
 };
 use sock_sandboxd::Config;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
-use tonic::{Code, Request, Response, Status};
-
-/// Every hierarchy a sandbox may join: v1 controllers, and the cgroup2
-/// leaf that freezes and kills where the machine mounts cgroup2 (then the
-/// v1 freezer is not used).
-const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "unified"];
-
-/// The functions the fake cache knows: name → current version, config.
-#[derive(Default)]
-struct Catalog {
-    functions: Mutex<HashMap<String, (u64, FunctionConfig)>>,
-    /// Import-cache chains per function; none: the cache names no chain.
-    chains: Mutex<HashMap<String, Vec<ZygoteNode>>>,
-    prepares: AtomicUsize,
-}
-
-struct FakeCache {
-    code: PathBuf,
-    catalog: Arc<Catalog>,
-}
-
-fn code_dir(root: &Path, name: &str, version: u64) -> PathBuf {
-    root.join(name).join(version.to_string())
-}
-
-#[tonic::async_trait]
-impl Cache for FakeCache {
-    async fn prepare(
-        &self,
-        request: Request<PrepareRequest>,
-    ) -> Result<Response<PrepareResponse>, Status> {
-        self.catalog.prepares.fetch_add(1, Ordering::Relaxed);
-        let name = request.into_inner().function.unwrap_or_default().name;
-        let functions = self.catalog.functions.lock().expect("catalog lock").clone();
-        let Some((version, config)) = functions.get(&name).cloned() else {
-            return Err(Status::not_found(format!(
-                "function '{name}' does not exist"
-            )));
-        };
-        let zygote_chain = self
-            .catalog
-            .chains
-            .lock()
-            .expect("catalog lock")
-            .get(&name)
-            .cloned()
-            .unwrap_or_default();
-        Ok(Response::new(PrepareResponse {
-            function: Some(FunctionRef {
-                name: name.clone(),
-                version,
-            }),
-            code_dir: code_dir(&self.code, &name, version).display().to_string(),
-            config: Some(config),
-            zygote_chain,
-            ..PrepareResponse::default()
-        }))
-    }
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-    instance: String,
-    catalog: Arc<Catalog>,
-    client: SandboxdClient<Channel>,
-    shutdown: CancellationToken,
-    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
-    /// Dropped last: what a failed test's sandboxd had no time to destroy.
-    _leftovers: Leftovers,
-}
-
-impl Drop for Node {
-    /// A failed test still stops its sandboxd; a panic may end the runtime
-    /// before sandboxd has destroyed everything, so `_leftovers` goes next.
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn start_cache(code: PathBuf, catalog: Arc<Catalog>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        Server::builder()
-            .add_service(CacheServer::new(FakeCache { code, catalog }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
-}
-
-fn client(addr: String) -> SandboxdClient<Channel> {
-    SandboxdClient::new(
-        tonic::transport::Endpoint::from_shared(addr)
-            .expect("endpoint")
-            .connect_lazy(),
-    )
-}
-
-/// Starts sandboxd in this process with `tune` applied to a test config.
-async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
-    if !common::have_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = Arc::new(Catalog::default());
-    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
-    let instance = format!("node-{test}-{}", std::process::id());
-    let mut config = Config {
-        cache_addr,
-        data_dir: dir.path().join("data"),
-        instance: instance.clone(),
-        shutdown_grace_ms: 100,
-        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
-        cgroup_pool_size: 4,
-        netns_pool_size: 2,
-        // The fake cache answers dirs below the test's dir.
-        cache_data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.listen = format!("unix:{}", socket(dir.path()).display());
-    tune(&mut config);
-    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
-    let addr = config.listen.clone();
-    let shutdown = CancellationToken::new();
-    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
-    Some(Node {
-        dir,
-        _leftovers: Leftovers(instance.clone()),
-        instance,
-        catalog,
-        client: client(addr),
-        shutdown,
-        served: Some(served),
-    })
-}
+use tonic::{Code, Response, Status};
 
 impl Node {
-    /// Publishes `f_py` as `version` of `name`: the cache now prepares it.
-    fn publish(&self, name: &str, version: u64, f_py: &str, limits: Limits) {
-        let code = code_dir(&self.dir.path().join("code"), name, version);
-        std::fs::create_dir_all(&code).expect("mkdir code");
-        std::fs::write(code.join("f.py"), f_py).expect("write f.py");
-        let config = FunctionConfig {
-            limits: Some(limits),
-            ..FunctionConfig::default()
-        };
-        self.catalog
-            .functions
-            .lock()
-            .expect("catalog lock")
-            .insert(name.into(), (version, config));
-    }
-
     async fn invoke(
         &self,
         name: &str,
@@ -183,27 +29,15 @@ impl Node {
     ) -> Result<SandboxInvokeResponse, Status> {
         self.client
             .clone()
-            .invoke(SandboxInvokeRequest {
-                function: Some(FunctionRef {
-                    name: name.into(),
-                    version,
-                }),
-                payload: payload.as_bytes().to_vec(),
-                call_id: format!("{name}-call"),
+            .invoke(request(
+                name,
+                version,
+                &format!("{name}-call"),
+                payload,
                 timeout_ms,
-                ..SandboxInvokeRequest::default()
-            })
+            ))
             .await
             .map(Response::into_inner)
-    }
-
-    async fn status(&self) -> StatusResponse {
-        self.client
-            .clone()
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
     }
 
     /// Polls Status (bounded) until `ready` holds; returns that Status.
@@ -228,56 +62,13 @@ impl Node {
     }
 
     fn cgroup_root(&self, controller: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("sock")
-            .join(&self.instance)
+        cgroup_dir(controller, &self.config.instance)
     }
 
     /// The pids in every cgroup of this instance.
     fn sandbox_pids(&self) -> Vec<i32> {
         pids_below(&self.cgroup_root("pids"))
     }
-
-    /// Stops sandboxd and checks that nothing of it remains.
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        let served = self.served.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(60), served)
-            .await
-            .expect("sandboxd stops")
-            .expect("run task")
-            .expect("run returns Ok");
-        assert_nothing_left(&self.instance, &self.dir.path().join("data"));
-    }
-}
-
-fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
-            let procs =
-                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
-            pids.extend(procs.lines().filter_map(|l| l.parse::<i32>().ok()));
-        }
-    }
-    pids
-}
-
-fn assert_nothing_left(instance: &str, data_dir: &Path) {
-    for controller in CONTROLLERS {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("sock")
-            .join(instance);
-        assert!(!dir.exists(), "{} was left behind", dir.display());
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let data_dir = data_dir.display().to_string();
-    assert!(
-        !mounts.contains(&data_dir),
-        "mounts under {data_dir} were left behind"
-    );
 }
 
 /// Memory the live zygotes hold from the pool.
@@ -328,7 +119,7 @@ async fn warm_calls_reuse_the_sandbox_and_a_new_version_does_not() {
     let Some(node) = start("warm", |_| {}).await else {
         return;
     };
-    node.publish("counter", 1, COUNTER, Limits::default());
+    node.publish("counter", 1, COUNTER, Function::default());
     assert_eq!(
         result(&node.invoke("counter", 1, "", 20_000).await.expect("first")),
         1
@@ -343,7 +134,7 @@ async fn warm_calls_reuse_the_sandbox_and_a_new_version_does_not() {
         "a warm call never asks the cache"
     );
 
-    node.publish("counter", 2, COUNTER, Limits::default());
+    node.publish("counter", 2, COUNTER, Function::default());
     let response = node
         .invoke("counter", 2, "", 20_000)
         .await
@@ -390,7 +181,7 @@ def f(event):
         threading.Thread(target=spin, daemon=True).start()
     return n
 "#;
-    node.publish("spinner", 1, spinner, Limits::default());
+    node.publish("spinner", 1, spinner, Function::default());
     assert_eq!(
         result(&node.invoke("spinner", 1, "", 20_000).await.expect("first")),
         1
@@ -458,22 +249,14 @@ async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
     let Some(node) = start("poolwait", |c| c.mem_pool_mb = 256).await else {
         return;
     };
-    node.publish("slow", 1, SLEEPER, Limits::default());
+    node.publish("slow", 1, SLEEPER, Function::default());
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let client = node.client.clone();
             tokio::spawn(async move {
                 let mut client = client;
                 client
-                    .invoke(SandboxInvokeRequest {
-                        function: Some(FunctionRef {
-                            name: "slow".into(),
-                            version: 1,
-                        }),
-                        payload: br#"{"sleep": 1.5}"#.to_vec(),
-                        timeout_ms: 30_000,
-                        ..SandboxInvokeRequest::default()
-                    })
+                    .invoke(request("slow", 1, "", br#"{"sleep": 1.5}"#, 30_000))
                     .await
                     .map(Response::into_inner)
             })
@@ -514,22 +297,14 @@ async fn a_call_that_cannot_wait_long_enough_is_refused_clearly() {
     let Some(node) = start("poolfull", |c| c.mem_pool_mb = 256).await else {
         return;
     };
-    node.publish("slow", 1, SLEEPER, Limits::default());
+    node.publish("slow", 1, SLEEPER, Function::default());
     let busy: Vec<_> = (0..2)
         .map(|_| {
             let client = node.client.clone();
             tokio::spawn(async move {
                 let mut client = client;
                 client
-                    .invoke(SandboxInvokeRequest {
-                        function: Some(FunctionRef {
-                            name: "slow".into(),
-                            version: 1,
-                        }),
-                        payload: br#"{"sleep": 3}"#.to_vec(),
-                        timeout_ms: 30_000,
-                        ..SandboxInvokeRequest::default()
-                    })
+                    .invoke(request("slow", 1, "", br#"{"sleep": 3}"#, 30_000))
                     .await
             })
         })
@@ -560,7 +335,7 @@ async fn eviction_makes_room_and_the_pool_returns_to_zero() {
         return;
     };
     for name in ["a", "b", "c"] {
-        node.publish(name, 1, COUNTER, Limits::default());
+        node.publish(name, 1, COUNTER, Function::default());
     }
     node.invoke("a", 1, "", 20_000).await.expect("a");
     node.invoke("b", 1, "", 20_000).await.expect("b");
@@ -583,7 +358,7 @@ async fn eviction_makes_room_and_the_pool_returns_to_zero() {
             name,
             2,
             "import os\n\ndef f(event):\n    os._exit(3)\n",
-            Limits::default(),
+            Function::default(),
         );
         let error = failure(&node.invoke(name, 2, "", 20_000).await.expect(name));
         assert_eq!(error.kind(), ErrorKind::Killed);
@@ -605,7 +380,7 @@ async fn abusive_functions_are_stopped_and_the_daemon_keeps_serving() {
         "echo",
         1,
         "def f(event):\n    return event\n",
-        Limits::default(),
+        Function::default(),
     );
     let fork_bomb = r#"
 import os, time
@@ -628,22 +403,28 @@ def f(event):
         "bomb",
         1,
         fork_bomb,
-        Limits {
-            pids: 32,
-            ..Limits::default()
+        Function {
+            config: FunctionConfig {
+                limits: Some(Limits {
+                    pids: 32,
+                    ..Limits::default()
+                }),
+                ..FunctionConfig::default()
+            },
+            ..Function::default()
         },
     );
     node.publish(
         "hog",
         1,
         "def f(event):\n    hog = b'x' * (512 << 20)\n    return len(hog)\n",
-        Limits::default(),
+        Function::default(),
     );
     node.publish(
         "loop",
         1,
         "def f(event):\n    while True:\n        pass\n",
-        Limits::default(),
+        Function::default(),
     );
 
     let out = result(&node.invoke("bomb", 1, "", 20_000).await.expect("bomb"));
@@ -700,7 +481,7 @@ async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
     };
     let names: Vec<String> = (0..10).map(|i| format!("fn{i}")).collect();
     for name in &names {
-        node.publish(name, 1, SLEEPER, Limits::default());
+        node.publish(name, 1, SLEEPER, Function::default());
     }
     let node = Arc::new(node);
     let next = Arc::new(AtomicUsize::new(0));
@@ -780,42 +561,6 @@ async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
         .await;
 }
 
-/// Kills what is left in a sandboxd instance's cgroups and removes them:
-/// after a test that failed before its sandboxd cleaned up.
-struct Leftovers(String);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for controller in CONTROLLERS {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join("sock")
-                .join(&self.0);
-            for pid in pids_below(&dir) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    // A frozen task dies of its SIGKILL only once thawed.
-                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
-                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
-                    for _ in 0..100 {
-                        if std::fs::remove_dir(entry.path()).is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
-            let _ = std::fs::remove_dir(dir.parent().expect("sock dir"));
-        }
-    }
-}
-
 /// Kills the daemon if a test fails before it stopped it.
 struct Daemon(std::process::Child);
 
@@ -826,76 +571,50 @@ impl Drop for Daemon {
     }
 }
 
-fn daemon(dir: &Path, cache_addr: &str, instance: &str) -> Daemon {
+fn daemon(config: &Config) -> Daemon {
     daemon_via(
         std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd")),
-        dir,
-        cache_addr,
-        instance,
+        config,
     )
 }
 
 /// Runs sock-sandboxd through `command` (the binary itself, or a wrapper
-/// whose last argument it is).
-fn daemon_via(
-    mut command: std::process::Command,
-    dir: &Path,
-    cache_addr: &str,
-    instance: &str,
-) -> Daemon {
+/// whose last argument it is) with `config` in its environment.
+fn daemon_via(mut command: std::process::Command, config: &Config) -> Daemon {
     Daemon(
         command
+            .env("SOCK_SANDBOXD_LISTEN", &config.listen)
+            .env("SOCK_SANDBOXD_CACHE_ADDR", &config.cache_addr)
+            .env("SOCK_SANDBOXD_DATA_DIR", &config.data_dir)
+            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", &config.cache_data_dir)
+            .env("SOCK_SANDBOXD_INSTANCE", &config.instance)
             .env(
-                "SOCK_SANDBOXD_LISTEN",
-                format!("unix:{}", socket(dir).display()),
+                "SOCK_SANDBOXD_CGROUP_POOL_SIZE",
+                config.cgroup_pool_size.to_string(),
             )
-            .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
-            .env("SOCK_SANDBOXD_DATA_DIR", dir.join("data"))
-            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", dir)
-            .env("SOCK_SANDBOXD_INSTANCE", instance)
-            .env("SOCK_SANDBOXD_CGROUP_POOL_SIZE", "2")
-            .env("SOCK_SANDBOXD_NETNS_POOL_SIZE", "2")
+            .env(
+                "SOCK_SANDBOXD_NETNS_POOL_SIZE",
+                config.netns_pool_size.to_string(),
+            )
             .spawn()
             .expect("start sock-sandboxd"),
     )
 }
 
-/// Where a node's sandboxd listens: a unix socket in its test dir.
-fn socket(dir: &Path) -> PathBuf {
-    dir.join("sandboxd.sock")
-}
-
 /// A node for a sandboxd run as a process of its own (which a test may
-/// kill), with its fake cache's address; the node removes what a failed
-/// test leaves.
-async fn daemon_node(what: &str) -> (Node, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = Arc::new(Catalog::default());
-    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
-    let instance = format!("node-{what}-{}", std::process::id());
-    let client = client(format!("unix:{}", socket(dir.path()).display()));
-    let node = Node {
-        dir,
-        instance: instance.clone(),
-        catalog,
-        client,
-        shutdown: CancellationToken::new(),
-        served: None,
-        _leftovers: Leftovers(instance),
-    };
-    (node, cache_addr)
+/// kill); the node removes what a failed test leaves.
+async fn daemon_node(test: &str) -> Option<Node> {
+    node::set_up(test, |config| config.cgroup_pool_size = 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
-    if !common::have_root("crash") {
+    let Some(node) = daemon_node("crash").await else {
         return;
-    }
-    let (node, cache_addr) = daemon_node("crash").await;
-    let instance = node.instance.clone();
-    node.publish("counter", 1, COUNTER, Limits::default());
-    node.publish("slow", 1, SLEEPER, Limits::default());
-    let mut first = daemon(node.dir.path(), &cache_addr, &instance);
+    };
+    node.publish("counter", 1, COUNTER, Function::default());
+    node.publish("slow", 1, SLEEPER, Function::default());
+    let mut first = daemon(&node.config);
     node.wait_for("the first run serves", |_| true).await;
     node.invoke("counter", 1, "", 20_000)
         .await
@@ -904,15 +623,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         let mut client = node.client.clone();
         async move {
             client
-                .invoke(SandboxInvokeRequest {
-                    function: Some(FunctionRef {
-                        name: "slow".into(),
-                        version: 1,
-                    }),
-                    payload: br#"{"sleep": 600}"#.to_vec(),
-                    timeout_ms: 600_000,
-                    ..SandboxInvokeRequest::default()
-                })
+                .invoke(request("slow", 1, "", br#"{"sleep": 600}"#, 600_000))
                 .await
         }
     });
@@ -939,7 +650,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         "the call died with the daemon"
     );
 
-    let second = daemon(node.dir.path(), &cache_addr, &instance);
+    let second = daemon(&node.config);
     let status = node.wait_for("the second run serves", |_| true).await;
     assert_eq!(status.sandboxes, 0);
     for pid in &old_pids {
@@ -963,7 +674,7 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
         .expect("wait task")
         .expect("wait");
     assert!(status.success(), "sock-sandboxd exited with {status}");
-    assert_nothing_left(&instance, &node.dir.path().join("data"));
+    assert_nothing_left(&node.config.instance, &node.config.data_dir);
 }
 
 /// sandboxd as pid 1 of its own pid namespace, as in a container, killed
@@ -973,18 +684,16 @@ async fn a_restart_after_kill_9_removes_everything_of_the_old_run() {
 /// restart its container.) Nothing waits for a successor to clean up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_it() {
-    if !common::have_root("crash in a pid namespace") {
+    let Some(node) = daemon_node("pid1").await else {
         return;
-    }
-    let (node, cache_addr) = daemon_node("pid1").await;
-    let instance = node.instance.clone();
-    node.publish("counter", 1, COUNTER, Limits::default());
+    };
+    node.publish("counter", 1, COUNTER, Function::default());
     let mut unshare = std::process::Command::new("unshare");
     unshare
         .args(["--pid", "--fork", "--"])
         .arg(env!("CARGO_BIN_EXE_sock-sandboxd"))
         .env("SOCK_SANDBOXD_PAUSE_AFTER_MS", "10");
-    let mut container = daemon_via(unshare, node.dir.path(), &cache_addr, &instance);
+    let mut container = daemon_via(unshare, &node.config);
     node.wait_for("the daemon serves", |_| true).await;
     node.invoke("counter", 1, "", 20_000)
         .await
@@ -1046,7 +755,7 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
         return;
     };
     for name in ["a", "b"] {
-        node.publish(name, 1, COUNTER, Limits::default());
+        node.publish(name, 1, COUNTER, Function::default());
     }
     node.invoke("a", 1, "", 20_000).await.expect("a");
     let status = node.status().await;
@@ -1060,26 +769,25 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
 
     // A function whose chain cannot be made runs in a fresh sandbox; its
     // chain's root, made for it, stays childless.
-    node.publish("fresh", 1, COUNTER, Limits::default());
     let missing = node
         .dir
         .path()
         .join("packages/missing")
         .display()
         .to_string();
-    node.catalog.chains.lock().expect("lock").insert(
-        "fresh".into(),
-        vec![
-            ZygoteNode {
-                id: "root".into(),
-                ..ZygoteNode::default()
-            },
-            ZygoteNode {
-                id: "root/missing==1".into(),
-                package_dirs: vec![missing],
-                imports: vec!["missing".into()],
-            },
-        ],
+    let zygote = ZygoteNode {
+        id: "root/missing==1".into(),
+        package_dirs: vec![missing],
+        imports: vec!["missing".into()],
+    };
+    node.publish(
+        "fresh",
+        1,
+        COUNTER,
+        Function {
+            zygote: Some(zygote),
+            ..Function::default()
+        },
     );
     // b's idle sandbox makes room, then the root (childless now) is older
     // than the fresh sandbox: it goes before any idle function sandbox.
@@ -1092,7 +800,7 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
     assert_eq!(status.zygote_forks_total, 2, "{status:?}");
     assert_eq!(status.evictions_total, 2, "{status:?}");
     assert_eq!(zygotes(&status), [("root".to_string(), 0)], "{status:?}");
-    node.publish("c", 1, COUNTER, Limits::default());
+    node.publish("c", 1, COUNTER, Function::default());
     node.invoke("c", 1, "", 20_000).await.expect("c");
     let status = node.status().await;
     let names: Vec<String> = status
@@ -1135,7 +843,7 @@ async fn a_dead_zygote_is_made_anew_and_its_dead_children_are_not_reused() {
         return;
     };
     for name in ["a", "b"] {
-        node.publish(name, 1, COUNTER, Limits::default());
+        node.publish(name, 1, COUNTER, Function::default());
     }
     node.invoke("a", 1, "", 20_000).await.expect("a");
     let pids = zygote_pids(&node);
@@ -1177,7 +885,7 @@ async fn with_the_import_cache_off_every_cold_start_is_fresh() {
     let Some(node) = start("zygoff", |c| c.import_cache = "off".into()).await else {
         return;
     };
-    node.publish("a", 1, COUNTER, Limits::default());
+    node.publish("a", 1, COUNTER, Function::default());
     assert_eq!(
         result(&node.invoke("a", 1, "", 20_000).await.expect("a")),
         1
@@ -1202,24 +910,21 @@ async fn a_call_does_not_wait_for_a_slow_zygote_and_later_calls_fork_from_it() {
     std::fs::write(package.join("slowpkg.py"), "import time\ntime.sleep(6)\n")
         .expect("write module");
     let seen = "import sys\nSEEN = 'slowpkg' in sys.modules\n\ndef f(event):\n    return SEEN\n";
-    let chain = vec![
-        ZygoteNode {
-            id: "root".into(),
-            ..ZygoteNode::default()
-        },
-        ZygoteNode {
-            id: "root/slowpkg==1".into(),
-            package_dirs: vec![package.display().to_string()],
-            imports: vec!["slowpkg".into()],
-        },
-    ];
+    let zygote = ZygoteNode {
+        id: "root/slowpkg==1".into(),
+        package_dirs: vec![package.display().to_string()],
+        imports: vec!["slowpkg".into()],
+    };
     for name in ["first", "second"] {
-        node.publish(name, 1, seen, Limits::default());
-        node.catalog
-            .chains
-            .lock()
-            .expect("lock")
-            .insert(name.into(), chain.clone());
+        node.publish(
+            name,
+            1,
+            seen,
+            Function {
+                zygote: Some(zygote.clone()),
+                ..Function::default()
+            },
+        );
     }
     let first = node.invoke("first", 1, "", 4_000).await.expect("first");
     assert_eq!(

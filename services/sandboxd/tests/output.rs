@@ -3,136 +3,45 @@
 //! functions in real sandboxes through sandboxd's gRPC API and metrics.
 //! Needs root.
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
+#[path = "common/node.rs"]
+mod node;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sock_proto::v1::cache_server::{Cache, CacheServer};
+use node::{Function, Node, request};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
-use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{
-    ErrorKind, FunctionConfig, FunctionError, FunctionRef, LogLine, LogsRequest, PrepareRequest,
-    PrepareResponse, SandboxInvokeRequest, StatusRequest,
-};
+use sock_proto::v1::{ErrorKind, FunctionError, LogLine};
 use sock_sandboxd::Config;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
-use tonic::{Request, Response, Status};
 
 const MIB: usize = 1 << 20;
 
-/// Every function is version 1 of `<code>/<name>`.
-struct FakeCache {
-    code: PathBuf,
-}
-
-#[tonic::async_trait]
-impl Cache for FakeCache {
-    async fn prepare(
-        &self,
-        request: Request<PrepareRequest>,
-    ) -> Result<Response<PrepareResponse>, Status> {
-        let name = request.into_inner().function.unwrap_or_default().name;
-        Ok(Response::new(PrepareResponse {
-            function: Some(FunctionRef {
-                name: name.clone(),
-                version: 1,
-            }),
-            code_dir: self.code.join(&name).display().to_string(),
-            config: Some(FunctionConfig::default()),
-            ..PrepareResponse::default()
-        }))
-    }
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-    client: SandboxdClient<Channel>,
-    metrics: String,
-    shutdown: CancellationToken,
-    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// sandboxd in this process, its config changed by `tune`.
+/// sandboxd in this process, serving metrics, its config changed by `tune`.
 async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
-    if !common::have_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let code = dir.path().join("code");
-    let cache = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
-    let cache_addr = format!("http://{}", cache.local_addr().expect("addr"));
-    tokio::spawn(
-        Server::builder()
-            .add_service(CacheServer::new(FakeCache { code }))
-            .serve_with_incoming(TcpListenerStream::new(cache)),
-    );
-    // A port nothing else took a moment ago: sandboxd does not say which
-    // one it bound.
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .to_string();
-    let mut config = Config {
-        listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
-        cache_addr,
-        data_dir: dir.path().join("data"),
-        cache_data_dir: dir.path().to_path_buf(),
-        instance: format!("out-{test}-{}", std::process::id()),
-        shutdown_grace_ms: 100,
-        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
-        cgroup_pool_size: 4,
-        netns_pool_size: 2,
-        metrics_listen: metrics.clone(),
-        ..Config::default()
-    };
-    tune(&mut config);
-    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
-    let client = SandboxdClient::new(
-        tonic::transport::Endpoint::from_shared(config.listen.clone())
-            .expect("endpoint")
-            .connect_lazy(),
-    );
-    let shutdown = CancellationToken::new();
-    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
-    Some(Node {
-        dir,
-        client,
-        metrics,
-        shutdown,
-        served: Some(served),
+    node::start(test, |config| {
+        // A port nothing else took a moment ago: sandboxd does not say which
+        // one it bound.
+        config.metrics_listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .to_string();
+        tune(config);
     })
+    .await
 }
 
 impl Node {
-    fn publish(&self, name: &str, f_py: &str) {
-        let code = self.dir.path().join("code").join(name);
-        std::fs::create_dir_all(&code).expect("mkdir code");
-        std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+    /// Publishes `f_py` as version 1 of `name`.
+    fn publish_v1(&self, name: &str, f_py: &str) {
+        self.publish(name, 1, f_py, Function::default());
     }
 
     async fn invoke(&self, name: &str, call_id: &str, payload: &str) -> Outcome {
         self.client
             .clone()
-            .invoke(SandboxInvokeRequest {
-                function: Some(FunctionRef {
-                    name: name.into(),
-                    version: 1,
-                }),
-                payload: payload.as_bytes().to_vec(),
-                call_id: call_id.into(),
-                timeout_ms: 30_000,
-                ..SandboxInvokeRequest::default()
-            })
+            .invoke(request(name, 1, call_id, payload, 30_000))
             .await
             .expect("invoke")
             .into_inner()
@@ -140,28 +49,10 @@ impl Node {
             .expect("an outcome")
     }
 
-    /// The kept lines of `function`.
-    async fn logs(&self, function: &str) -> Vec<LogLine> {
-        let mut stream = self
-            .client
-            .clone()
-            .logs(LogsRequest {
-                function: function.into(),
-                follow: false,
-            })
-            .await
-            .expect("logs")
-            .into_inner();
-        let mut lines = Vec::new();
-        while let Some(line) = stream.message().await.expect("a log line") {
-            lines.push(line);
-        }
-        lines
-    }
-
     /// The value of the metric line starting with `series`.
     fn metric(&self, series: &str) -> u64 {
-        let mut conn = std::net::TcpStream::connect(&self.metrics).expect("connect to metrics");
+        let mut conn =
+            std::net::TcpStream::connect(&self.config.metrics_listen).expect("connect to metrics");
         write!(conn, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").expect("ask metrics");
         let mut text = String::new();
         conn.read_to_string(&mut text).expect("read metrics");
@@ -171,23 +62,7 @@ impl Node {
     }
 
     async fn warm_starts(&self) -> u64 {
-        self.client
-            .clone()
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-            .warm_starts_total
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        let served = self.served.take().expect("stopped once");
-        tokio::time::timeout(Duration::from_secs(60), served)
-            .await
-            .expect("sandboxd stops")
-            .expect("run task")
-            .expect("run returns Ok");
+        self.status().await.warm_starts_total
     }
 }
 
@@ -246,7 +121,7 @@ async fn a_flood_of_output_is_read_and_dropped_and_the_calls_go_on() {
     let Some(node) = start("flood", |_| {}).await else {
         return;
     };
-    node.publish("flood", FLOOD);
+    node.publish_v1("flood", FLOOD);
     let started = Instant::now();
     let outcome = node.invoke("flood", "flood-1", r#""flood""#).await;
     let took = started.elapsed();
@@ -303,7 +178,7 @@ async fn a_flood_of_empty_lines_is_bounded_like_text() {
     let Some(node) = start("newlines", |_| {}).await else {
         return;
     };
-    node.publish(
+    node.publish_v1(
         "newlines",
         "import sys\n\ndef f(event):\n    sys.stdout.write('\\n' * (10 << 20))\n    return 1\n",
     );
@@ -330,7 +205,7 @@ async fn a_10_mib_line_without_a_newline_is_logged_in_bounded_pieces() {
     let Some(node) = start("endless", |_| {}).await else {
         return;
     };
-    node.publish("endless", FLOOD);
+    node.publish_v1("endless", FLOOD);
     let outcome = node.invoke("endless", "endless-1", r#""endless""#).await;
     assert_eq!(returned(&outcome), "endless");
     let lines = node.logs("endless").await;
@@ -354,7 +229,7 @@ async fn output_over_the_rate_is_dropped_across_calls() {
     else {
         return;
     };
-    node.publish(
+    node.publish_v1(
         "chatty",
         "import sys\n\ndef f(event):\n    sys.stdout.write(('z' * 1023 + '\\n') * event)\n    \
          return event\n",
@@ -407,11 +282,11 @@ async fn a_printed_call_marker_is_just_text_in_the_printing_calls_log() {
     let Some(node) = start("forge", |_| {}).await else {
         return;
     };
-    node.publish(
+    node.publish_v1(
         "victim",
         "def f(event):\n    print('honest')\n    return 1\n",
     );
-    node.publish("forger", FORGER);
+    node.publish_v1("forger", FORGER);
     assert_eq!(returned(&node.invoke("victim", "victim-1", "").await), 1);
     // Another function's call, and this function's own next call.
     for victim in ["victim-1", "forger-2"] {
@@ -466,7 +341,7 @@ async fn every_line_goes_to_the_call_that_printed_it(test: &str, import_cache: &
     let Some(node) = start(test, |config| config.import_cache = import_cache.into()).await else {
         return;
     };
-    node.publish("numbered", NUMBERED);
+    node.publish_v1("numbered", NUMBERED);
     let calls = 10;
     for n in 0..calls {
         let payload = format!(r#"{{"n": {n}, "lines": 40, "stray": false}}"#);
@@ -533,7 +408,7 @@ async fn a_result_over_the_limit_is_a_clear_error_and_the_node_goes_on() {
     let Some(node) = start("result", |config| config.max_result_bytes = MIB as u32).await else {
         return;
     };
-    node.publish("big", BIG);
+    node.publish_v1("big", BIG);
     let fits = node.invoke("big", "fits", &MIB.to_string()).await;
     assert_eq!(returned(&fits).as_str().map(str::len), Some(MIB - 2));
 

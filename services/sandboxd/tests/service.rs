@@ -2,71 +2,18 @@
 //! real one is tested in its own crate and end to end), the real sandboxd
 //! `run` with real sandboxes. Needs root.
 mod common;
+#[path = "common/node.rs"]
+mod node;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sock_proto::v1::cache_server::{Cache, CacheServer};
+use node::{Function, Node, assert_nothing_left, request};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{
-    ErrorKind, FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
-    SandboxInvokeResponse, StatusRequest,
-};
+use sock_proto::v1::{ErrorKind, FunctionConfig, SandboxInvokeResponse, StatusRequest};
 use sock_sandboxd::Config;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
-use tonic::{Code, Request, Response, Status};
-
-/// Serves one function, "echo" (version 3), from a code dir, and
-/// "escape", whose code dir a compromised cache points at the host's
-/// `/etc`; everything else does not exist.
-struct FakeCache {
-    code_dir: PathBuf,
-}
-
-#[tonic::async_trait]
-impl Cache for FakeCache {
-    async fn prepare(
-        &self,
-        request: Request<PrepareRequest>,
-    ) -> Result<Response<PrepareResponse>, Status> {
-        let function = request.into_inner().function.unwrap_or_default();
-        if function.name == "escape" {
-            return Ok(Response::new(PrepareResponse {
-                function: Some(FunctionRef {
-                    name: "escape".into(),
-                    version: 1,
-                }),
-                code_dir: "/etc".into(),
-                package_dirs: vec!["/root".into()],
-                config: Some(FunctionConfig::default()),
-                ..PrepareResponse::default()
-            }));
-        }
-        if function.name != "echo" {
-            return Err(Status::not_found(format!(
-                "function '{}' does not exist; push it with `sock push`",
-                function.name
-            )));
-        }
-        Ok(Response::new(PrepareResponse {
-            function: Some(FunctionRef {
-                name: "echo".into(),
-                version: 3,
-            }),
-            code_dir: self.code_dir.display().to_string(),
-            config: Some(FunctionConfig {
-                entry_file: "main.py".into(),
-                environment: [("SUFFIX".to_string(), "!".to_string())].into(),
-                ..FunctionConfig::default()
-            }),
-            ..PrepareResponse::default()
-        }))
-    }
-}
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
 
 const MAIN_PY: &str = r#"
 import os, time
@@ -76,107 +23,66 @@ def f(event):
     return event['say'] + os.environ['SUFFIX']
 "#;
 
-struct Node {
-    _dir: tempfile::TempDir,
-    instance: String,
-    client: SandboxdClient<Channel>,
-    shutdown: CancellationToken,
-    served: tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>,
-}
-
-/// Starts the fake cache (or, when `up` is false, reserves an address
-/// nothing listens on); returns its address.
-async fn start_cache(dir: &Path, up: bool) -> String {
-    let code_dir = dir.join("code");
-    std::fs::create_dir(&code_dir).expect("mkdir code");
-    std::fs::write(code_dir.join("main.py"), MAIN_PY).expect("write main.py");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    if up {
-        tokio::spawn(
-            Server::builder()
-                .add_service(CacheServer::new(FakeCache { code_dir }))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-    }
-    addr
-}
-
-fn client(addr: String) -> SandboxdClient<Channel> {
-    SandboxdClient::new(
-        tonic::transport::Endpoint::from_shared(addr)
-            .expect("endpoint")
-            .connect_lazy(),
-    )
-}
-
-fn assert_no_cgroups(instance: &str) {
-    for controller in ["memory", "pids", "cpu", "freezer", "unified"] {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("sock")
-            .join(instance);
-        assert!(!dir.exists(), "{} was left behind", dir.display());
-    }
+/// Publishes "echo" (version 3), and "escape", whose code dir a
+/// compromised cache points at the host's `/etc`; the cache knows no other
+/// function.
+fn publish_functions(node: &Node) {
+    node.publish(
+        "echo",
+        3,
+        MAIN_PY,
+        Function {
+            config: FunctionConfig {
+                entry_file: "main.py".into(),
+                environment: [("SUFFIX".to_string(), "!".to_string())].into(),
+                ..FunctionConfig::default()
+            },
+            ..Function::default()
+        },
+    );
+    node.publish(
+        "escape",
+        1,
+        "",
+        Function {
+            code_dir: Some("/etc".into()),
+            package_dirs: vec!["/root".into()],
+            ..Function::default()
+        },
+    );
 }
 
 async fn start(test: &str, grace_ms: u64, cache_up: bool) -> Option<Node> {
     start_with(test, grace_ms, cache_up, |_| {}).await
 }
 
-/// A node whose config `adjust` changed first.
+/// A node whose config `adjust` changed first; when `cache_up` is false,
+/// its cache address is one nothing listens on.
 async fn start_with(
     test: &str,
     grace_ms: u64,
     cache_up: bool,
     adjust: impl FnOnce(&mut Config),
 ) -> Option<Node> {
-    if !common::have_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cache_addr = start_cache(dir.path(), cache_up).await;
-
-    let instance = format!("svc-{test}-{}", std::process::id());
-    let mut config = Config {
-        listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
-        cache_addr,
-        data_dir: dir.path().join("data"),
-        // The fake cache answers dirs below the test's dir.
-        cache_data_dir: dir.path().to_path_buf(),
-        instance: instance.clone(),
-        shutdown_grace_ms: grace_ms,
-        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
-        ..Config::default()
-    };
-    adjust(&mut config);
-    let listener = sock_sandboxd::bind(&config).await.expect("bind sandboxd");
-    let addr = config.listen.clone();
-    let shutdown = CancellationToken::new();
-    let served = tokio::spawn(sock_sandboxd::run(config, listener, shutdown.clone()));
-    Some(Node {
-        _dir: dir,
-        instance,
-        client: client(addr),
-        shutdown,
-        served,
+    let node = node::start(test, |config| {
+        config.shutdown_grace_ms = grace_ms;
+        if !cache_up {
+            // A port nothing else took a moment ago.
+            config.cache_addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|addr| format!("http://{addr}"))
+                .expect("free port");
+        }
+        adjust(config);
     })
+    .await?;
+    publish_functions(&node);
+    Some(node)
 }
 
 impl Node {
     async fn invoke(&self, name: &str, payload: &str) -> Result<SandboxInvokeResponse, Status> {
         invoke(self.client.clone(), name, payload).await
-    }
-
-    /// Stops sandboxd and checks it left no cgroup of its instance.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.served)
-            .await
-            .expect("sandboxd stops")
-            .expect("run task")
-            .expect("run returns Ok");
-        assert_no_cgroups(&self.instance);
     }
 }
 
@@ -186,17 +92,7 @@ async fn invoke(
     payload: &str,
 ) -> Result<SandboxInvokeResponse, Status> {
     client
-        .invoke(SandboxInvokeRequest {
-            function: Some(FunctionRef {
-                name: name.into(),
-                version: 1,
-            }),
-            config: None,
-            payload: payload.as_bytes().to_vec(),
-            call_id: "call-1".into(),
-            timeout_ms: 20_000,
-            ..SandboxInvokeRequest::default()
-        })
+        .invoke(request(name, 1, "call-1", payload, 20_000))
         .await
         .map(Response::into_inner)
 }
@@ -235,13 +131,7 @@ async fn invoke_runs_the_prepared_version_with_its_config() {
     assert_eq!(error.kind(), ErrorKind::Function);
     assert_eq!(error.message, "KeyError: 'say'");
 
-    let status = node
-        .client
-        .clone()
-        .status(StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = node.status().await;
     assert_eq!(status.calls_total, 2);
     assert_eq!(
         status.sandboxes, 1,
@@ -314,14 +204,7 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         "{}",
         status.message()
     );
-    let alive = node
-        .client
-        .clone()
-        .status(StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .sandboxes;
+    let alive = node.status().await.sandboxes;
     assert_eq!(alive, 0);
     node.stop().await;
 
@@ -392,27 +275,25 @@ impl Drop for Daemon {
 /// the sandbox init, and SIGTERM for a clean stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
-    if !common::have_root("binary") {
+    let Some(node) = node::set_up("binary", |_| {}).await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cache_addr = start_cache(dir.path(), true).await;
-    let listen = format!("unix:{}", dir.path().join("sandboxd.sock").display());
-    let instance = format!("svc-binary-{}", std::process::id());
+    };
+    publish_functions(&node);
+    let config = &node.config;
     let mut daemon = Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_sock-sandboxd"))
-            .env("SOCK_SANDBOXD_LISTEN", &listen)
-            .env("SOCK_SANDBOXD_CACHE_ADDR", cache_addr)
-            .env("SOCK_SANDBOXD_DATA_DIR", dir.path().join("data"))
-            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", dir.path())
-            .env("SOCK_SANDBOXD_INSTANCE", &instance)
+            .env("SOCK_SANDBOXD_LISTEN", &config.listen)
+            .env("SOCK_SANDBOXD_CACHE_ADDR", &config.cache_addr)
+            .env("SOCK_SANDBOXD_DATA_DIR", &config.data_dir)
+            .env("SOCK_SANDBOXD_CACHE_DATA_DIR", &config.cache_data_dir)
+            .env("SOCK_SANDBOXD_INSTANCE", &config.instance)
             .spawn()
             .expect("start sock-sandboxd"),
     );
-    let client = client(listen);
-    wait_for_sandboxes(&client, 0).await;
+    wait_for_sandboxes(&node.client, 0).await;
 
-    let response = invoke(client, "echo", r#"{"say": "from the binary"}"#)
+    let response = node
+        .invoke("echo", r#"{"say": "from the binary"}"#)
         .await
         .expect("invoke");
     assert_eq!(
@@ -427,5 +308,5 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .expect("wait task")
         .expect("wait");
     assert!(status.success(), "sock-sandboxd exited with {status}");
-    assert_no_cgroups(&instance);
+    assert_nothing_left(&config.instance, &config.data_dir);
 }

@@ -1,0 +1,338 @@
+//! A sandboxd node for one test: its dir, a fake cache whose catalog the
+//! test writes, sandboxd in this process (or, for a test that kills it, a
+//! process the test runs), and the checks that it left nothing behind.
+//!
+//! The tests that run a node declare this file with `#[path]`; common/mod.rs
+//! does not, so that the tests that run none do not compile it unused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sock_proto::v1::cache_server::{Cache, CacheServer};
+use sock_proto::v1::sandboxd_client::SandboxdClient;
+use sock_proto::v1::{
+    FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
+    SourceBuild, StatusRequest, StatusResponse, ZygoteNode,
+};
+use sock_sandboxd::Config;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+/// Every hierarchy a sandbox may join: v1 controllers, and the cgroup2
+/// leaf that freezes and kills where the machine mounts cgroup2 (then the
+/// v1 freezer is not used).
+const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "unified"];
+
+/// What the fake cache answers for a published function, besides its name
+/// and version.
+#[derive(Clone, Default)]
+pub struct Function {
+    pub config: FunctionConfig,
+    pub package_dirs: Vec<String>,
+    /// The zygote whose children run the function: the cache names the
+    /// chain from the root zygote to it. None: the cache names no chain.
+    pub zygote: Option<ZygoteNode>,
+    /// A source build Prepare asks for until sandboxd sends back its wheel.
+    pub build: Option<SourceBuild>,
+    /// The code dir a compromised cache names instead of the one `publish`
+    /// wrote.
+    pub code_dir: Option<String>,
+}
+
+/// The functions the fake cache knows, and what sandboxd sent it.
+#[derive(Default)]
+pub struct Catalog {
+    /// Name → current version, and what Prepare answers for it.
+    functions: Mutex<HashMap<String, (u64, Function)>>,
+    /// The wheels sandboxd built and sent back, by requirement.
+    pub wheels: Mutex<HashMap<String, Vec<u8>>>,
+    /// Prepare calls so far.
+    pub prepares: AtomicUsize,
+}
+
+struct FakeCache {
+    code: PathBuf,
+    catalog: Arc<Catalog>,
+}
+
+/// Where version `version` of `name`'s code is below the cache's code dir.
+fn code_dir(code: &Path, name: &str, version: u64) -> PathBuf {
+    code.join(name).join(version.to_string())
+}
+
+#[tonic::async_trait]
+impl Cache for FakeCache {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
+        self.catalog.prepares.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        let name = request.function.unwrap_or_default().name;
+        let mut wheels = self.catalog.wheels.lock().expect("catalog lock");
+        for wheel in request.built {
+            wheels.insert(wheel.requirement, wheel.wheel);
+        }
+        let functions = self.catalog.functions.lock().expect("catalog lock");
+        let Some((version, function)) = functions.get(&name).cloned() else {
+            return Err(Status::not_found(format!(
+                "function '{name}' does not exist; push it with `sock push`"
+            )));
+        };
+        if let Some(build) = function.build
+            && !wheels.contains_key(&build.requirement)
+        {
+            return Ok(Response::new(PrepareResponse {
+                builds: vec![build],
+                ..PrepareResponse::default()
+            }));
+        }
+        let code = function
+            .code_dir
+            .unwrap_or_else(|| code_dir(&self.code, &name, version).display().to_string());
+        Ok(Response::new(PrepareResponse {
+            function: Some(FunctionRef { name, version }),
+            code_dir: code,
+            package_dirs: function.package_dirs,
+            config: Some(function.config),
+            zygote_chain: function.zygote.map_or_else(Vec::new, |zygote| {
+                let root = ZygoteNode {
+                    id: "root".into(),
+                    ..ZygoteNode::default()
+                };
+                vec![root, zygote]
+            }),
+            ..PrepareResponse::default()
+        }))
+    }
+}
+
+async fn start_cache(code: PathBuf, catalog: Arc<Catalog>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        Server::builder()
+            .add_service(CacheServer::new(FakeCache { code, catalog }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// One test's node; dropped, it stops its sandboxd and removes what that
+/// left behind.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    /// What sandboxd runs with; a test that runs the binary passes it on.
+    pub config: Config,
+    pub catalog: Arc<Catalog>,
+    pub client: SandboxdClient<Channel>,
+    /// Cancelled: the sandboxd in this process shuts down.
+    pub shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
+    /// Dropped last: what a failed test's sandboxd had no time to destroy.
+    _leftovers: Leftovers,
+}
+
+impl Drop for Node {
+    /// A failed test still stops its sandboxd; a panic may end the runtime
+    /// before sandboxd has destroyed everything, so `_leftovers` goes next.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A node with its dir, fake cache and config (`tune` applied) but no
+/// sandboxd yet; `None` where the test may not run (see `have_root`).
+pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
+    if !crate::common::have_root(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(Catalog::default());
+    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
+    let mut config = Config {
+        listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
+        cache_addr,
+        data_dir: dir.path().join("data"),
+        // The fake cache answers dirs below the test's dir.
+        cache_data_dir: dir.path().to_path_buf(),
+        instance: format!("{}-{test}-{}", env!("CARGO_CRATE_NAME"), std::process::id()),
+        shutdown_grace_ms: 100,
+        init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
+        // A test starts a few sandboxes: no need to make many spares.
+        cgroup_pool_size: 4,
+        netns_pool_size: 2,
+        ..Config::default()
+    };
+    tune(&mut config);
+    let client = SandboxdClient::new(
+        tonic::transport::Endpoint::from_shared(config.listen.clone())
+            .expect("endpoint")
+            .connect_lazy(),
+    );
+    Some(Node {
+        dir,
+        _leftovers: Leftovers(config.instance.clone()),
+        config,
+        catalog,
+        client,
+        shutdown: CancellationToken::new(),
+        served: None,
+    })
+}
+
+/// A node with sandboxd running in this process, its config changed by
+/// `tune`.
+pub async fn start(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
+    let mut node = set_up(test, tune).await?;
+    let listener = sock_sandboxd::bind(&node.config)
+        .await
+        .expect("bind sandboxd");
+    node.served = Some(tokio::spawn(sock_sandboxd::run(
+        node.config.clone(),
+        listener,
+        node.shutdown.clone(),
+    )));
+    Some(node)
+}
+
+/// A call of version `version` of `name`.
+pub fn request(
+    name: &str,
+    version: u64,
+    call_id: &str,
+    payload: impl Into<Vec<u8>>,
+    timeout_ms: u32,
+) -> SandboxInvokeRequest {
+    SandboxInvokeRequest {
+        function: Some(FunctionRef {
+            name: name.into(),
+            version,
+        }),
+        payload: payload.into(),
+        call_id: call_id.into(),
+        timeout_ms,
+        ..SandboxInvokeRequest::default()
+    }
+}
+
+impl Node {
+    /// Where `publish` writes version `version` of `name`'s code.
+    pub fn code_dir(&self, name: &str, version: u64) -> PathBuf {
+        code_dir(&self.dir.path().join("code"), name, version)
+    }
+
+    /// Publishes `source` as the entry file (`f.py` unless the config names
+    /// another) of version `version` of `name`: the cache now prepares it.
+    pub fn publish(&self, name: &str, version: u64, source: &str, function: Function) {
+        let code = self.code_dir(name, version);
+        std::fs::create_dir_all(&code).expect("mkdir code");
+        let entry = match function.config.entry_file.as_str() {
+            "" => "f.py",
+            entry => entry,
+        };
+        std::fs::write(code.join(entry), source).expect("write the entry file");
+        self.catalog
+            .functions
+            .lock()
+            .expect("catalog lock")
+            .insert(name.into(), (version, function));
+    }
+
+    pub async fn status(&self) -> StatusResponse {
+        self.client
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// Stops the sandboxd in this process and checks that nothing of it
+    /// remains.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let served = self.served.take().expect("started, and stopped once");
+        tokio::time::timeout(Duration::from_secs(60), served)
+            .await
+            .expect("sandboxd stops")
+            .expect("run task")
+            .expect("run returns Ok");
+        assert_nothing_left(&self.config.instance, &self.config.data_dir);
+    }
+}
+
+/// The cgroup dir of sandboxd instance `instance` in hierarchy `controller`.
+pub fn cgroup_dir(controller: &str, instance: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join("sock")
+        .join(instance)
+}
+
+/// The pids in the cgroups below `dir`.
+pub fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            let procs =
+                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.parse::<i32>().ok()));
+        }
+    }
+    pids
+}
+
+/// Checks that sandboxd instance `instance` left no cgroup, and no mount
+/// under its data dir.
+pub fn assert_nothing_left(instance: &str, data_dir: &Path) {
+    for controller in CONTROLLERS {
+        let dir = cgroup_dir(controller, instance);
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let data_dir = data_dir.display().to_string();
+    assert!(
+        !mounts.contains(&data_dir),
+        "mounts under {data_dir} were left behind"
+    );
+}
+
+/// Kills what is left in a sandboxd instance's cgroups and removes them:
+/// after a test that failed before its sandboxd cleaned up.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for controller in CONTROLLERS {
+            let dir = cgroup_dir(controller, &self.0);
+            for pid in pids_below(&dir) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    // A frozen task dies of its SIGKILL only once thawed.
+                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
+                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
+                    for _ in 0..100 {
+                        if std::fs::remove_dir(entry.path()).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+            let _ = std::fs::remove_dir(dir.parent().expect("sock dir"));
+        }
+    }
+}
