@@ -12,6 +12,7 @@ use crate::tree::normalize;
 pub(crate) const DEFAULT_ENTRY_FILE: &str = "f.py";
 const ENTRY_FILE_VAR: &str = "OL_ENTRY_FILE";
 pub(crate) const WSGI_ENTRY_VAR: &str = "OL_WSGI_ENTRY";
+const ASGI_ENTRY_VAR: &str = "OL_ASGI_ENTRY";
 const ISOLATIONS: [&str; 2] = ["sock", "gvisor"];
 
 /// ol.yaml as written. Unknown top-level keys and triggers are ignored so
@@ -24,6 +25,9 @@ struct OlYaml {
     environment: BTreeMap<String, Value>,
     limits: Option<LimitsYaml>,
     isolation: Option<String>,
+    /// OpenLambda's spelling; false = a fresh sandbox for every call.
+    #[serde(rename = "reuse-sandbox")]
+    reuse_sandbox: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +63,13 @@ pub(crate) fn function_config(
     };
     let environment = environment(ol.environment)?;
     let entry_file = match environment.get(ENTRY_FILE_VAR) {
+        // OpenLambda imports the entry file as a module, so it must be one.
+        Some(file) if !file.ends_with(".py") => {
+            return Err(invalid(format!(
+                "{ENTRY_FILE_VAR} '{}' must name a Python file ending in .py",
+                shown(file)
+            )));
+        }
         Some(file) => match normalize(file) {
             Ok(Some(path)) => path,
             _ => {
@@ -70,9 +81,13 @@ pub(crate) fn function_config(
         },
         None => DEFAULT_ENTRY_FILE.to_string(),
     };
-    let wsgi_entry = match environment.get(WSGI_ENTRY_VAR) {
-        Some(entry) => {
-            wsgi_module_file(entry)?;
+    // OpenLambda's runtime looks at OL_WSGI_ENTRY first, then OL_ASGI_ENTRY.
+    let wsgi_entry = match [WSGI_ENTRY_VAR, ASGI_ENTRY_VAR]
+        .into_iter()
+        .find_map(|var| Some((var, environment.get(var)?)))
+    {
+        Some((var, entry)) => {
+            app_module_files(var, entry)?;
             entry.clone()
         }
         None => String::new(),
@@ -104,6 +119,7 @@ pub(crate) fn function_config(
             None => Vec::new(),
         },
         isolation,
+        fresh_sandbox_per_call: ol.reuse_sandbox == Some(false),
     })
 }
 
@@ -174,9 +190,12 @@ fn http_methods(raw: Vec<Value>) -> Result<Vec<String>, BundleError> {
     Ok(methods)
 }
 
-/// The files a WSGI entry `package.module:app` may import, either of
-/// which satisfies it: `package/module.py`, `package/module/__init__.py`.
-pub(crate) fn wsgi_module_file(entry: &str) -> Result<[String; 2], BundleError> {
+/// Checks an app entry (`OL_WSGI_ENTRY` or `OL_ASGI_ENTRY`): either an
+/// attribute of the entry file's module (OpenLambda's form, `my_app`),
+/// which needs no other file, or sock's `package.module:app`, which needs
+/// `package/module.py` or `package/module/__init__.py`: those two are
+/// returned.
+pub(crate) fn app_module_files(var: &str, entry: &str) -> Result<Option<[String; 2]>, BundleError> {
     let is_ident = |s: &str| {
         let mut chars = s.chars();
         chars
@@ -185,15 +204,27 @@ pub(crate) fn wsgi_module_file(entry: &str) -> Result<[String; 2], BundleError> 
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     match entry.split_once(':') {
-        Some((module, app)) if module.split('.').all(is_ident) && app.split('.').all(is_ident) => {
-            let base = module.replace('.', "/");
-            Ok([format!("{base}.py"), format!("{base}/__init__.py")])
+        None if var == WSGI_ENTRY_VAR || var == ASGI_ENTRY_VAR => {
+            if is_ident(entry) {
+                return Ok(None);
+            }
         }
-        _ => Err(invalid(format!(
-            "{WSGI_ENTRY_VAR} '{}' must look like 'module:app'",
-            shown(entry)
-        ))),
+        Some((module, app))
+            if var == WSGI_ENTRY_VAR
+                && module.split('.').all(is_ident)
+                && app.split('.').all(is_ident) =>
+        {
+            let base = module.replace('.', "/");
+            return Ok(Some([format!("{base}.py"), format!("{base}/__init__.py")]));
+        }
+        _ => {}
     }
+    let forms = if var == WSGI_ENTRY_VAR {
+        "a Python name such as 'app', or 'module:app'"
+    } else {
+        "a Python name such as 'app'"
+    };
+    Err(invalid(format!("{var} '{}' must be {forms}", shown(entry))))
 }
 
 /// Requirement lines as pip reads them: continuation lines joined,
@@ -296,9 +327,44 @@ mod tests {
         let c = config("environment:\n  OL_WSGI_ENTRY: web.app:application\n").expect("valid");
         assert_eq!(c.wsgi_entry, "web.app:application");
         assert_eq!(
-            wsgi_module_file(&c.wsgi_entry).expect("valid"),
-            ["web/app.py".to_string(), "web/app/__init__.py".to_string()]
+            app_module_files(WSGI_ENTRY_VAR, &c.wsgi_entry).expect("valid"),
+            Some(["web/app.py".to_string(), "web/app/__init__.py".to_string()])
         );
+    }
+
+    #[test]
+    fn openlambda_app_entries_name_an_attribute_of_the_entry_file() {
+        let c = config("environment:\n  OL_ENTRY_FILE: web.py\n  OL_WSGI_ENTRY: my_wsgi_app\n")
+            .expect("valid");
+        assert_eq!(
+            (c.entry_file.as_str(), c.wsgi_entry.as_str()),
+            ("web.py", "my_wsgi_app")
+        );
+        let c = config("environment:\n  OL_ASGI_ENTRY: api\n").expect("valid");
+        assert_eq!(c.wsgi_entry, "api");
+        // OpenLambda's runtime takes OL_WSGI_ENTRY when both are set.
+        let c =
+            config("environment:\n  OL_ASGI_ENTRY: api\n  OL_WSGI_ENTRY: web\n").expect("valid");
+        assert_eq!(c.wsgi_entry, "web");
+        assert_eq!(
+            app_module_files(ASGI_ENTRY_VAR, "api").expect("valid"),
+            None
+        );
+    }
+
+    #[test]
+    fn reuse_sandbox_false_asks_for_a_fresh_sandbox_per_call() {
+        assert!(
+            config("reuse-sandbox: false\n")
+                .expect("valid")
+                .fresh_sandbox_per_call
+        );
+        assert!(
+            !config("reuse-sandbox: true\n")
+                .expect("valid")
+                .fresh_sandbox_per_call
+        );
+        assert!(!config("other: 1\n").expect("valid").fresh_sandbox_per_call);
     }
 
     #[test]
@@ -319,9 +385,18 @@ mod tests {
                 "OL_ENTRY_FILE '/x.py'",
             ),
             (
-                "environment:\n  OL_WSGI_ENTRY: app\n",
-                "must look like 'module:app'",
+                "environment:\n  OL_WSGI_ENTRY: my-app\n",
+                "OL_WSGI_ENTRY 'my-app' must be a Python name such as 'app', or 'module:app'",
             ),
+            (
+                "environment:\n  OL_ASGI_ENTRY: m:app\n",
+                "OL_ASGI_ENTRY 'm:app' must be a Python name such as 'app'",
+            ),
+            (
+                "environment:\n  OL_ENTRY_FILE: main.txt\n",
+                "OL_ENTRY_FILE 'main.txt' must name a Python file ending in .py",
+            ),
+            ("reuse-sandbox: maybe\n", "reuse-sandbox"),
             (
                 "environment:\n  X: [1]\n",
                 "environment variable 'X' must be a string",

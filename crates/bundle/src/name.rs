@@ -1,10 +1,13 @@
 //! Function names. They appear in URLs, sled keys, directory names and
-//! cgroup names, so they are kept to a small, boring alphabet.
+//! cgroup names, so they are kept to a small, boring alphabet: OpenLambda's
+//! (letters of both cases, digits, `-`, `_`) without its `.`, which could
+//! make a path (`..`). Names are case-sensitive: `L0` and `l0` are two
+//! functions (Linux file names are too).
 use crate::error::{BundleError, shown};
 
 const MAX_LEN: usize = 63;
 
-/// Checks a function name: `[a-z0-9][a-z0-9_-]{0,62}`.
+/// Checks a function name: `[A-Za-z0-9][A-Za-z0-9_-]{0,62}`.
 pub fn validate_name(name: &str) -> Result<(), BundleError> {
     let invalid = |reason| {
         Err(BundleError::InvalidName {
@@ -18,12 +21,12 @@ pub fn validate_name(name: &str) -> Result<(), BundleError> {
     if name.len() > MAX_LEN {
         return invalid("it is longer than 63 characters");
     }
-    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return invalid("it must start with a lowercase letter or a digit");
+    if !(first.is_ascii_alphanumeric()) {
+        return invalid("it must start with a letter or a digit");
     }
-    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     if !name.bytes().all(allowed) {
-        return invalid("use only lowercase letters, digits, '-' and '_'");
+        return invalid("use only letters, digits, '-' and '_'");
     }
     Ok(())
 }
@@ -34,7 +37,7 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for name in ["f", "0", "hello-world_2", &"a".repeat(63)] {
+        for name in ["f", "0", "L0", "Hello-World_2", &"a".repeat(63)] {
             validate_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
@@ -45,9 +48,10 @@ mod tests {
             ("", "empty"),
             ("-x", "must start"),
             ("_x", "must start"),
-            ("Hello", "must start"),
-            ("hello World", "only lowercase"),
-            ("a/b", "only lowercase"),
+            ("hello World", "only letters"),
+            ("a/b", "only letters"),
+            ("a.b", "only letters"),
+            ("a\r\nx-evil: 1", "only letters"),
             ("..", "must start"),
             ("é", "must start"),
             (&"a".repeat(64), "longer than 63"),

@@ -505,19 +505,26 @@ impl Reader<'_> {
         self.tree.check_symlinks()?;
         let config =
             config::function_config(self.ol_yaml.as_deref(), self.requirements.as_deref())?;
-        if config.wsgi_entry.is_empty() {
-            if !self.tree.is_file(&config.entry_file) {
-                return Err(BundleError::NoEntryFile {
-                    file: shown(&config.entry_file),
-                });
+        let module_files = match config.wsgi_entry.as_str() {
+            "" => None,
+            entry => config::app_module_files(config::WSGI_ENTRY_VAR, entry)?,
+        };
+        match module_files {
+            // sock's `module:app` imports that module, not the entry file.
+            Some([module, package]) => {
+                if !self.tree.is_file(&module) && !self.tree.is_file(&package) {
+                    return Err(BundleError::NoWsgiModule {
+                        entry: shown(&config.wsgi_entry),
+                        file: module,
+                    });
+                }
             }
-        } else {
-            let [module, package] = config::wsgi_module_file(&config.wsgi_entry)?;
-            if !self.tree.is_file(&module) && !self.tree.is_file(&package) {
-                return Err(BundleError::NoWsgiModule {
-                    entry: shown(&config.wsgi_entry),
-                    file: module,
-                });
+            None => {
+                if !self.tree.is_file(&config.entry_file) {
+                    return Err(BundleError::NoEntryFile {
+                        file: shown(&config.entry_file),
+                    });
+                }
             }
         }
         for (path, target) in self.tree.symlinks() {

@@ -326,13 +326,13 @@ mod tests {
 
     #[test]
     fn bad_names_are_invalid_arguments_with_the_reason() {
-        let err = sock_bundle::validate_name("Hello").expect_err("uppercase is refused");
+        let err = sock_bundle::validate_name("Hel lo").expect_err("a space is refused");
         let status: Status = Error::from(err).into();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
             status
                 .message()
-                .starts_with("invalid function name 'Hello'"),
+                .starts_with("invalid function name 'Hel lo'"),
             "{}",
             status.message()
         );
