@@ -5,9 +5,10 @@ with one end of a socketpair as fd 3. It speaks the protocol of
 ARCHITECTURE.md ("Sandbox ⇄ runtime protocol"): a frame is a 4-byte
 big-endian length and a JSON header, then a 4-byte length and a raw body.
 
-It imports the entry file once (or, with OL_WSGI_ENTRY "module:app" in
-its environment, the WSGI/ASGI app), says ready, then answers invoke and
-http frames until sandboxd closes the socket. Everything the function prints goes to
+It imports the entry file once and finds its entry point as OpenLambda's
+runtime does (see discover: f(event), or a WSGI/ASGI app), says ready,
+then answers invoke and http frames until sandboxd closes the socket; an
+http frame of an f(event) function calls f with the body as the event. Everything the function prints goes to
 stdout/stderr, which sandboxd logs, tagging each line with the call it was
 serving when the line was read (it knows: it sends the calls); only frames
 go over fd 3.
@@ -74,8 +75,8 @@ def user_traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def load_entry(code_dir, entry_file):
-    """Imports the entry file; returns (f, None) or (None, error header)."""
+def import_entry(code_dir, entry_file):
+    """Imports the entry file; returns (module, None) or (None, error header)."""
     path = os.path.join(code_dir, entry_file)
     name = os.path.splitext(os.path.basename(entry_file))[0]
     if not os.path.isfile(path):
@@ -93,25 +94,63 @@ def load_entry(code_dir, entry_file):
         return None, error_header(
             "function", f"importing {entry_file} failed: {describe(exc)}", user_traceback(exc)
         )
-    f = getattr(module, "f", None)
-    if not callable(f):
-        return None, error_header("function", f"{entry_file} defines no function f(event)")
-    return f, None
+    return module, None
 
 
-def load_app(entry):
-    """Imports "module:app"; returns (app, None) or (None, error header)."""
-    module_name, _, attr = entry.partition(":")
+def import_module(module_name):
+    """Imports sock's "module:app" module by name, as the entry file."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name), None
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported
         return None, error_header(
             "function", f"importing {module_name} failed: {describe(exc)}", user_traceback(exc)
         )
-    app = getattr(module, attr, None)
-    if not callable(app):
-        return None, error_header("function", f"{module_name} defines no callable {attr}")
-    return app, None
+
+
+# What the entry point is, as OpenLambda's runtime names them.
+FUNC, WSGI, ASGI = "func", "wsgi", "asgi"
+
+
+def discover(code_dir, entry_file, environ):
+    """Finds the entry point as OpenLambda's Python runtime does.
+
+    OL_WSGI_ENTRY, else OL_ASGI_ENTRY, names an attribute of the entry
+    file's module (sock also takes OL_WSGI_ENTRY "module:app", which
+    imports that module instead, WSGI or ASGI by its signature); else f
+    (f(event)) if the module defines it; else app, ASGI when it (or its
+    __call__) is a coroutine function, WSGI otherwise. Returns
+    (kind, entry, None) or (None, None, error header).
+    """
+    wsgi_entry = environ.get("OL_WSGI_ENTRY", "")
+    asgi_entry = environ.get("OL_ASGI_ENTRY", "")
+    module_name, colon, attr = wsgi_entry.partition(":")
+    if colon:
+        module, load_error = import_module(module_name)
+        where = module_name
+    else:
+        module, load_error = import_entry(code_dir, entry_file)
+        where = entry_file
+    if load_error is not None:
+        return None, None, load_error
+    if colon or wsgi_entry or asgi_entry:
+        name = attr if colon else wsgi_entry or asgi_entry
+        app = getattr(module, name, None)
+        if not callable(app):
+            return None, None, error_header("function", f"{where} defines no callable {name}")
+        if colon:
+            return (ASGI if is_asgi(app) else WSGI), app, None
+        return (WSGI if wsgi_entry else ASGI), app, None
+    f = getattr(module, "f", None)
+    if callable(f):
+        return FUNC, f, None
+    app = getattr(module, "app", None)
+    if callable(app):
+        return (ASGI if is_asgi(app) else WSGI), app, None
+    return None, None, error_header(
+        "function",
+        f"{entry_file} defines neither a function f(event) nor a WSGI/ASGI app named app "
+        "(or name another with OL_WSGI_ENTRY or OL_ASGI_ENTRY in ol.yaml)",
+    )
 
 
 def is_asgi(app):
@@ -141,14 +180,27 @@ def check_body(status, headers, body):
     return {"type": "http_response", "status": status, "headers": headers}, body
 
 
+# OpenLambda's worker re-sends each request to its sandbox as
+# http://root/run/<name>/…, so apps see the host "root" (Flask's
+# request.url_root is http://root/run/<name>/): sock answers the same.
+APP_HOST = "root"
+
+
+def app_headers(req):
+    """The request's headers as an app sees them: the client's Host
+    replaced by OpenLambda's."""
+    headers = [(k, v) for k, v in req["headers"] if k.lower() != "host"]
+    return [("host", APP_HOST), *headers]
+
+
 def call_wsgi(app, req, body):
     environ = {
         "REQUEST_METHOD": req["method"],
         "SCRIPT_NAME": req.get("root_path", ""),
         "PATH_INFO": req["path"],
         "QUERY_STRING": req["query"],
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
+        "SERVER_NAME": APP_HOST,
+        "SERVER_PORT": "",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.version": (1, 0),
@@ -156,10 +208,10 @@ def call_wsgi(app, req, body):
         "wsgi.input": io.BytesIO(body),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
+        "wsgi.multiprocess": False,
         "wsgi.run_once": False,
     }
-    for name, value in req["headers"]:
+    for name, value in app_headers(req):
         key = name.upper().replace("-", "_")
         if key == "CONTENT_LENGTH":
             continue
@@ -204,7 +256,7 @@ def call_asgi(app, req, body):
         "raw_path": req["path"].encode(),
         "query_string": req["query"].encode(),
         "root_path": req.get("root_path", ""),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in req["headers"]],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in app_headers(req)],
         "client": None,
         "server": None,
     }
@@ -238,8 +290,8 @@ def call_asgi(app, req, body):
     return check_body(answer["status"], answer["headers"], b"".join(answer["body"]))
 
 
-def handle(f, load_error, body):
-    """Runs one call; returns (header, body) of the answer."""
+def handle(f, body):
+    """Runs one call of f(event); returns (header, body) of the answer."""
     if body.strip():
         try:
             event = json.loads(body)
@@ -247,8 +299,6 @@ def handle(f, load_error, body):
             return error_header("invalid_payload", f"payload is not valid JSON: {exc}"), b""
     else:
         event = None
-    if load_error is not None:
-        return load_error, b""
     try:
         result = f(event)
     except BaseException as exc:  # noqa: BLE001 - SystemExit too: the call failed
@@ -271,6 +321,34 @@ def handle(f, load_error, body):
     return {"type": "result"}, encoded
 
 
+def handle_http(f, body):
+    """An HTTP call of f(event): the body is the event and the JSON result
+    the 200 answer, as OpenLambda's /run/<name> does it."""
+    answer, result = handle(f, body)
+    if answer["type"] != "result":
+        return answer, result
+    return {
+        "type": "http_response",
+        "status": 200,
+        "headers": [["content-type", "application/json"]],
+    }, result
+
+
+def answer(kind, entry, frame, body):
+    """The answer to an invoke or http frame, whatever the entry point is:
+    the caller need not know (only importing the module tells)."""
+    if frame["type"] == "http":
+        if kind == FUNC:
+            return handle_http(entry, body)
+        return (call_asgi if kind == ASGI else call_wsgi)(entry, frame, body)
+    if kind == FUNC:
+        return handle(entry, body)
+    return error_header(
+        "invalid_payload",
+        f"this function serves a {kind.upper()} app; call it over HTTP at /run/<name>",
+    ), b""
+
+
 def flush_output():
     """Puts what the call printed in the pipes before its answer goes out:
     sandboxd reads the pipes up to the answer as the call's output."""
@@ -284,12 +362,7 @@ def flush_output():
 def serve(sock, code_dir, entry_file, package_dirs):
     global max_result_bytes
     sys.path[:0] = [code_dir, *package_dirs]
-    wsgi_entry = os.environ.get("OL_WSGI_ENTRY", "")
-    if wsgi_entry:
-        app, load_error = load_app(wsgi_entry)
-        asgi = app is not None and is_asgi(app)
-    else:
-        f, load_error = load_entry(code_dir, entry_file)
+    kind, entry, load_error = discover(code_dir, entry_file, os.environ)
     # What importing printed is no call's: out before sandboxd's first call.
     flush_output()
     write_frame(sock, {"type": "ready"})
@@ -298,29 +371,19 @@ def serve(sock, code_dir, entry_file, package_dirs):
             header, body = read_frame(sock)
         except Closed:
             return
-        kind = header.get("type")
-        if kind == "limits":
+        frame = header.get("type")
+        if frame == "limits":
             max_result_bytes = header["max_result_bytes"]
             continue
-        if kind == "invoke" and not wsgi_entry:
-            answer, result = handle(f, load_error, body)
-        elif kind == "http" and wsgi_entry:
-            if load_error is not None:
-                answer, result = load_error, b""
-            elif asgi:
-                answer, result = call_asgi(app, header, body)
-            else:
-                answer, result = call_wsgi(app, header, body)
-        elif kind in ("invoke", "http"):
-            serves = f"a WSGI/ASGI app ({wsgi_entry})" if wsgi_entry else "f(event)"
-            how = "over HTTP" if wsgi_entry else "with a JSON event"
-            answer = error_header("invalid_payload", f"this function serves {serves}; call it {how}")
-            result = b""
-        else:
-            print(f"sock runtime: ignoring frame of type {kind!r}", file=sys.stderr)
+        if frame not in ("invoke", "http"):
+            print(f"sock runtime: ignoring frame of type {frame!r}", file=sys.stderr)
             continue
+        if load_error is not None:
+            reply, result = load_error, b""
+        else:
+            reply, result = answer(kind, entry, header, body)
         flush_output()
-        write_frame(sock, answer, result)
+        write_frame(sock, reply, result)
 
 
 def main(argv):

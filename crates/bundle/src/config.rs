@@ -204,11 +204,7 @@ pub(crate) fn app_module_files(var: &str, entry: &str) -> Result<Option<[String;
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     match entry.split_once(':') {
-        None if var == WSGI_ENTRY_VAR || var == ASGI_ENTRY_VAR => {
-            if is_ident(entry) {
-                return Ok(None);
-            }
-        }
+        None if is_ident(entry) => return Ok(None),
         Some((module, app))
             if var == WSGI_ENTRY_VAR
                 && module.split('.').all(is_ident)

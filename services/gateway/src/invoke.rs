@@ -42,8 +42,8 @@ pub(crate) struct Invocation {
     pub timeout_ms: Option<u32>,
     /// What is left of the caller's gRPC deadline.
     pub deadline_left: Option<Duration>,
-    /// Set for HTTP calls: the request for a WSGI/ASGI app (f(event)
-    /// functions get the body as their event).
+    /// Set for HTTP calls: the request, which a WSGI/ASGI app gets whole
+    /// and an f(event) function as its body, the event.
     pub http: Option<HttpRequest>,
 }
 
@@ -136,6 +136,12 @@ impl Invoker {
         self.max_payload_bytes
     }
 
+    /// Forgets `function`'s cached version and config: it was just pushed
+    /// or deleted through this gateway, and its next call must see that.
+    pub fn invalidate(&self, function: &str) {
+        self.functions.invalidate(function);
+    }
+
     /// Runs one call; `method` is the HTTP method of an HTTP call, checked
     /// against the function's `triggers.http`.
     pub async fn invoke(
@@ -182,18 +188,16 @@ impl Invoker {
         if let Some(method) = method {
             check_method(&function, &config, method)?;
         }
-        let is_app = !config.wsgi_entry.is_empty();
-        let http = match (http, is_app) {
-            (Some(http), true) => Some(http),
-            // An f(event) function called over HTTP gets the body as its event.
-            (Some(_), false) => None,
-            (None, true) => {
-                return Err(Error::InvalidRequest(format!(
-                    "function '{function}' is a WSGI/ASGI app; call it over HTTP at /run/{function}"
-                )));
-            }
-            (None, false) => None,
-        };
+        // Whether a function serves f(event) or an app is known for sure
+        // only once its module is imported (OpenLambda's discovery), so an
+        // HTTP call always goes as HTTP and the runtime answers it either
+        // way. A call without HTTP is refused here only when ol.yaml
+        // already says the function is an app; else the runtime says so.
+        if http.is_none() && !config.wsgi_entry.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "function '{function}' is a WSGI/ASGI app; call it over HTTP at /run/{function}"
+            )));
+        }
 
         // The budget runs from here: what the lookup took is the
         // platform's time, but waiting in the queue is the call's.

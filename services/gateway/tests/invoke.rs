@@ -147,7 +147,13 @@ impl Sandboxd for FakeSandboxdService {
             .push(request.clone());
         self.0.arrived.notify_one();
         let version = request.function.as_ref().map_or(0, |f| f.version);
-        if let Some(http) = &request.http {
+        // An app as ol.yaml names it; any other function is f(event), whose
+        // answer to an HTTP call is the result of f(body).
+        let is_app = request
+            .config
+            .as_ref()
+            .is_some_and(|c| !c.wsgi_entry.is_empty());
+        if let Some(http) = request.http.as_ref().filter(|_| is_app) {
             // An app that shows what it got and answers like a teapot.
             let mut headers = vec![
                 header("x-method", &http.method),
@@ -733,8 +739,8 @@ async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
     let call = sandboxd.last_call();
     assert_eq!(call.call_id, call_id);
     assert!(
-        call.http.is_none(),
-        "f(event) gets an invoke, not a request"
+        call.http.is_some(),
+        "an HTTP call goes as one: only the runtime knows whether f or an app answers"
     );
 
     let raised = reqwest::Client::new()

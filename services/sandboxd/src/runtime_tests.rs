@@ -17,10 +17,18 @@ struct Runtime {
 
 /// Starts the runtime on a code dir holding `f_py` and waits for ready.
 async fn start(f_py: &str) -> Runtime {
+    start_with(&[("f.py", f_py)], "f.py", &[]).await
+}
+
+/// Starts the runtime on a code dir holding `files`, with `entry_file` and
+/// the environment `env`, and waits for ready.
+async fn start_with(files: &[(&str, &str)], entry_file: &str, env: &[(&str, &str)]) -> Runtime {
     let dir = tempfile::tempdir().expect("tempdir");
     let code = dir.path().join("code");
     std::fs::create_dir(&code).expect("mkdir code");
-    std::fs::write(code.join("f.py"), f_py).expect("write f.py");
+    for (name, text) in files {
+        std::fs::write(code.join(name), text).expect("write code");
+    }
     let runtime = dir.path().join("sock_runtime.py");
     std::fs::write(&runtime, RUNTIME_PY).expect("write runtime");
 
@@ -37,7 +45,8 @@ async fn start(f_py: &str) -> Runtime {
         .args(["-I", "-S", "-B"])
         .arg(&runtime)
         .arg(&code)
-        .arg("f.py")
+        .arg(entry_file)
+        .envs(env.iter().copied())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .kill_on_drop(true)
         .spawn()
@@ -127,10 +136,6 @@ async fn import_errors_are_reported_on_the_call() {
         "{message}"
     );
     assert!(traceback.contains("no_such_module_anywhere"), "{traceback}");
-
-    let mut rt = start("x = 1\n").await;
-    let (_, message, _) = error_of(rt.call(b"").await.0);
-    assert_eq!(message, "f.py defines no function f(event)");
 }
 
 #[tokio::test]
@@ -143,38 +148,12 @@ async fn runtime_exits_when_sandboxd_closes_the_socket() {
 
 /// Starts the runtime on `app.py` served as `OL_WSGI_ENTRY=app:app`.
 async fn start_app(app_py: &str) -> Runtime {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let code = dir.path().join("code");
-    std::fs::create_dir(&code).expect("mkdir code");
-    std::fs::write(code.join("app.py"), app_py).expect("write app.py");
-    let runtime = dir.path().join("sock_runtime.py");
-    std::fs::write(&runtime, RUNTIME_PY).expect("write runtime");
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    let child = Command::new("/bin/sh")
-        .args([
-            "-c",
-            "exec \"$@\" 3<&0 0</dev/null",
-            "sh",
-            "/usr/bin/python3",
-        ])
-        .args(["-I", "-S", "-B"])
-        .arg(&runtime)
-        .arg(&code)
-        .arg("f.py")
-        .env("OL_WSGI_ENTRY", "app:app")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python3");
-    ours.set_nonblocking(true).expect("nonblocking");
-    let mut conn = UnixStream::from_std(ours).expect("tokio socket");
-    let (header, _) = read_frame(&mut conn).await.expect("ready frame");
-    assert_eq!(header, Header::Ready);
-    Runtime {
-        child,
-        conn,
-        _dir: dir,
-    }
+    start_with(
+        &[("app.py", app_py)],
+        "f.py",
+        &[("OL_WSGI_ENTRY", "app:app")],
+    )
+    .await
 }
 
 impl Runtime {
@@ -185,6 +164,7 @@ impl Runtime {
             path: path.into(),
             query: "q=1".into(),
             headers: vec![
+                ("host".into(), "127.0.0.1:7075".into()),
                 ("content-type".into(), "text/plain".into()),
                 ("x-custom".into(), "yes".into()),
             ],
@@ -264,4 +244,97 @@ async fn a_failing_app_is_a_function_error_with_its_traceback() {
     assert_eq!(kind, RuntimeErrorKind::Function);
     assert_eq!(message, "KeyError: 'nope'");
     assert!(traceback.contains("app.py"), "{traceback}");
+}
+
+/// Echoes what OpenLambda's runtime puts in a WSGI environ.
+const WSGI_ECHO: &str = r#"
+def {name}(environ, start_response):
+    seen = ",".join([environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["SERVER_NAME"],
+                     environ["HTTP_HOST"]])
+    start_response("200 OK", [("X-Seen", seen)])
+    return [environ["wsgi.input"].read()]
+"#;
+
+fn wsgi_echo(name: &str) -> String {
+    WSGI_ECHO.replace("{name}", name)
+}
+
+fn seen(header: &Header) -> &str {
+    match header {
+        Header::HttpResponse { headers, .. } => &headers[0].1,
+        other => panic!("expected an http_response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_app_named_app_is_found_without_config_and_sees_openlambdas_host() {
+    let mut rt = start_with(&[("f.py", &wsgi_echo("app"))], "f.py", &[]).await;
+    let (header, body) = rt.http("POST", "/x", b"plain text").await;
+    assert_eq!(seen(&header), "/run/app,/x,root,root");
+    assert_eq!(body, b"plain text");
+}
+
+#[tokio::test]
+async fn an_async_app_is_served_as_asgi() {
+    let app = r#"
+class App:
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-root", scope["root_path"].encode())]})
+        await send({"type": "http.response.body", "body": b"asgi"})
+app = App()
+"#;
+    let mut rt = start_with(&[("f.py", app)], "f.py", &[]).await;
+    let (header, body) = rt.http("GET", "/", b"").await;
+    assert_eq!(seen(&header), "/run/app");
+    assert_eq!(body, b"asgi");
+}
+
+#[tokio::test]
+async fn ol_wsgi_entry_names_an_attribute_of_ol_entry_file() {
+    let files = [
+        ("web.py", wsgi_echo("my_wsgi_app")),
+        ("f.py", "x = 1/0".into()),
+    ];
+    let files: Vec<_> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let mut rt = start_with(&files, "web.py", &[("OL_WSGI_ENTRY", "my_wsgi_app")]).await;
+    let (header, body) = rt.http("GET", "/", b"hi").await;
+    assert_eq!(seen(&header), "/run/app,/,root,root");
+    assert_eq!(body, b"hi");
+}
+
+#[tokio::test]
+async fn f_wins_over_app_and_answers_http_with_its_json() {
+    let f_py = format!(
+        "{}\ndef f(event):\n    return {{'got': event}}\n",
+        wsgi_echo("app")
+    );
+    let mut rt = start_with(&[("f.py", &f_py)], "f.py", &[]).await;
+    let (header, body) = rt.http("POST", "/", br#"{"n": 1}"#).await;
+    assert_eq!(
+        header,
+        Header::HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+        }
+    );
+    assert_eq!(body, br#"{"got": {"n": 1}}"#);
+    let (header, body) = rt.call(b"2").await;
+    assert_eq!((header, body), (Header::Result, br#"{"got": 2}"#.to_vec()));
+}
+
+#[tokio::test]
+async fn a_module_with_neither_f_nor_app_fails_every_call_saying_so() {
+    let mut rt = start("def g(event):\n    return 1\n").await;
+    for _ in 0..2 {
+        let (header, _) = rt.call(b"{}").await;
+        let (kind, message, _) = error_of(header);
+        assert_eq!(kind, RuntimeErrorKind::Function);
+        assert!(
+            message.starts_with("f.py defines neither a function f(event) nor a WSGI/ASGI app"),
+            "{message}"
+        );
+    }
+    let (header, _) = rt.http("GET", "/", b"").await;
+    assert!(error_of(header).1.contains("defines neither"));
 }

@@ -42,6 +42,8 @@ pub(crate) enum Why {
     Evicted,
     /// A newer version of the function exists.
     Retired,
+    /// Its one call is over (`reuse-sandbox: false`).
+    OneCall,
     Shutdown,
     /// Pausing or unpausing failed.
     Broken,

@@ -155,6 +155,7 @@ impl SandboxdService {
             call_id: &req.call_id,
             payload: &req.payload,
             http: req.http.as_ref(),
+            one_call: caller_config.fresh_sandbox_per_call,
             timeout: Duration::from_millis(u64::from(timeout_ms)),
         };
         let (version, outcome) = self

@@ -5,7 +5,9 @@
 //! version, touching no other service; only on a miss does it prepare the
 //! code, reserve memory (waiting in line, bounded by its deadline) and
 //! create a sandbox. Afterwards a healthy sandbox goes back idle, and is
-//! paused once idle for `pause_after_ms`. A newer version retires the idle
+//! paused once idle for `pause_after_ms` (unless its function says
+//! `reuse-sandbox: false`: then each call gets a sandbox of its own, forked
+//! from a zygote when one fits, destroyed after it). A newer version retires the idle
 //! sandboxes of older ones. The evictor frees memory for waiting calls, or
 //! when the machine runs low, by destroying paused sandboxes first, then
 //! idle ones and childless zygotes, least recently used first (a zygote
@@ -56,8 +58,10 @@ pub(crate) struct Call<'a> {
     pub version: u64,
     pub call_id: &'a str,
     pub payload: &'a [u8],
-    /// Set for an HTTP call of a WSGI/ASGI app.
+    /// Set for an HTTP call.
     pub http: Option<&'a HttpRequest>,
+    /// `reuse-sandbox: false`: a sandbox of its own, destroyed after it.
+    pub one_call: bool,
     /// The call's wall-clock limit: the memory wait and the run together.
     pub timeout: Duration,
 }
@@ -253,7 +257,10 @@ impl Manager {
             name: call.name.into(),
             version: call.version,
         };
-        let lease = match self.take_idle(&key) {
+        // One-call sandboxes are never parked, so there is no idle one of
+        // such a function to look for.
+        let idle = (!call.one_call).then(|| self.take_idle(&key)).flatten();
+        let lease = match idle {
             Some(lease) => {
                 self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
                 lease
@@ -415,15 +422,15 @@ impl Manager {
             Err(_) => false,
         };
         let safe = lease.safe().clone();
-        if reusable && self.is_latest(safe.key()) {
+        if reusable && !call.one_call && self.is_latest(safe.key()) {
             if let Some(epoch) = lease.keep() {
                 self.park(safe, epoch);
             }
         } else {
-            let why = if reusable {
-                Why::Retired
-            } else {
-                Why::CallFailed
+            let why = match (reusable, call.one_call) {
+                (false, _) => Why::CallFailed,
+                (true, true) => Why::OneCall,
+                (true, false) => Why::Retired,
             };
             let _ = tokio::task::spawn_blocking(move || lease.discard(why)).await;
         }
