@@ -7,7 +7,8 @@ use sock_service::Secret;
 pub struct Config {
     /// gRPC address the public API listens on.
     pub listen: String,
-    /// HTTP address: OpenLambda's `/run/<name>[/<path>]` and `/metrics`.
+    /// HTTP address: OpenLambda's `/run/<name>[/<path>]`, `/status` and
+    /// `/registry`, and `/metrics`.
     pub http_listen: String,
     /// The registry's gRPC endpoint, for function metadata.
     pub registry_addr: String,
@@ -30,6 +31,9 @@ pub struct Config {
     pub max_queue: usize,
     /// Largest payload (or HTTP request body) accepted.
     pub max_payload_bytes: u64,
+    /// Largest bundle `POST /registry/<name>` accepts, compressed, in MiB;
+    /// the registry checks its own `max_bundle_mb` again (keep them equal).
+    pub max_bundle_mb: u64,
     /// Calls one node runs at once before new calls spill to the next node.
     pub max_concurrency_per_node: usize,
     /// How often every node's health is checked.
@@ -38,7 +42,7 @@ pub struct Config {
     pub dns_refresh_ms: u64,
     /// Bearer token callers must present to invoke functions; none = open.
     pub invoke_token: Option<Secret>,
-    /// Bearer token for `Logs` and `/metrics`; none = open.
+    /// Bearer token for `Logs`, `/registry` and `/metrics`; none = open.
     pub admin_token: Option<Secret>,
     /// The token sock's services show each other: sent to the registry
     /// and to sandboxd nodes reached over TCP.
@@ -59,6 +63,7 @@ impl Default for Config {
             max_concurrency_per_function: 16,
             max_queue: 256,
             max_payload_bytes: 6 << 20,
+            max_bundle_mb: 32,
             max_concurrency_per_node: 32,
             health_interval_ms: 1000,
             dns_refresh_ms: 5000,

@@ -130,6 +130,10 @@ pub enum Error {
     /// sandboxd answered the call with a status of its own.
     #[error("{}", .0.message())]
     Sandboxd(Status),
+    /// The registry refused an operator's request (`/registry/…`): a bad
+    /// bundle, an unknown function, a wrong token.
+    #[error("{}", .0.message())]
+    Registry(Status),
     #[error("function '{function}' did not answer within its budget of {budget_ms} ms")]
     DeadlineExceeded { function: String, budget_ms: u64 },
     #[error(
@@ -165,6 +169,15 @@ impl Error {
         }
     }
 
+    /// Classifies a failed registry admin call, as [`Error::from_sandboxd`]
+    /// does a sandboxd call.
+    pub(crate) fn from_registry(status: Status) -> Error {
+        match status.source() {
+            Some(_) => Error::RegistryUnavailable(reason(&status)),
+            None => Error::Registry(status),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Error::InvalidName(_) | Error::ZeroTimeout | Error::InvalidRequest(_) => {
@@ -181,6 +194,14 @@ impl Error {
                 Code::NotFound => Kind::NotFound,
                 Code::ResourceExhausted => Kind::Overloaded,
                 Code::DeadlineExceeded => Kind::Timeout,
+                _ => Kind::Platform,
+            },
+            Error::Registry(status) => match status.code() {
+                Code::InvalidArgument => Kind::InvalidRequest,
+                Code::NotFound => Kind::NotFound,
+                // The registry's code for a bundle far over its limit.
+                Code::ResourceExhausted => Kind::PayloadTooLarge,
+                Code::Unauthenticated => Kind::Unauthenticated,
                 _ => Kind::Platform,
             },
             Error::RegistryUnavailable(_)
@@ -201,7 +222,8 @@ impl Error {
                 | Error::SandboxdUnreachable(_)
                 | Error::DeadlineExceeded { .. }
                 | Error::EmptyAnswer(_)
-        ) || matches!(self, Error::Sandboxd(_)) && self.kind() == Kind::Platform
+        ) || matches!(self, Error::Sandboxd(_) | Error::Registry(_))
+            && self.kind() == Kind::Platform
     }
 
     fn grpc_code(&self) -> Code {
@@ -312,6 +334,46 @@ mod tests {
             status.metadata().get(ERROR_HEADER).map(|v| v.as_bytes()),
             Some(&b"platform"[..])
         );
+    }
+
+    #[test]
+    fn registry_refusals_keep_their_message_and_get_the_kind_of_their_code() {
+        let cases = [
+            (
+                Status::invalid_argument("bundle is not a gzip-compressed tar archive"),
+                Kind::InvalidRequest,
+            ),
+            (
+                Status::not_found("function 'f' does not exist"),
+                Kind::NotFound,
+            ),
+            (
+                Status::resource_exhausted("bundle is far over the limit of 32 MiB"),
+                Kind::PayloadTooLarge,
+            ),
+            (
+                Status::unauthenticated("missing or wrong admin token"),
+                Kind::Unauthenticated,
+            ),
+            (Status::internal("the registry failed"), Kind::Platform),
+        ];
+        for (status, kind) in cases {
+            let message = status.message().to_string();
+            let error = Error::from_registry(status);
+            assert_eq!(error.kind(), kind, "{message}");
+            assert_eq!(error.to_string(), message);
+        }
+        let mut made_up = Status::unavailable("tcp connect error");
+        made_up.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )));
+        let error = Error::from_registry(made_up);
+        assert_eq!(
+            error.to_string(),
+            "registry unavailable: Connection refused (os error 111)"
+        );
+        assert_eq!(error.kind(), Kind::Platform);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! OpenLambda-compatible HTTP: `ANY /run/<name>[/<path>]`, and `/metrics`.
+//! OpenLambda-compatible HTTP: `ANY /run/<name>[/<path>]`, OpenLambda's
+//! `/status` and `/registry` (in `openlambda`), and `/metrics`.
 //!
 //! For an f(event) function the body is the JSON event and the JSON result
 //! is the answer (200, `application/json`). A WSGI/ASGI app gets the
@@ -22,6 +23,7 @@ use crate::grpc::{call_span, log_failure};
 use crate::invoke::{Invocation, Invoker, Outcome};
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
+use crate::openlambda::{self, OpenLambda};
 
 /// Request header with the caller's budget in milliseconds (the HTTP
 /// counterpart of a gRPC deadline).
@@ -36,13 +38,14 @@ pub(crate) struct HttpState {
     pub strip_authorization: bool,
 }
 
-pub(crate) fn router(state: Arc<HttpState>) -> Router {
+pub(crate) fn router(state: Arc<HttpState>, openlambda: Arc<OpenLambda>) -> Router {
     Router::new()
         .route("/run/{name}", any(run_root))
         .route("/run/{name}/", any(run_root))
         .route("/run/{name}/{*path}", any(run_path))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(openlambda::router(openlambda))
 }
 
 async fn run_root(
@@ -137,7 +140,11 @@ fn timeout_header(headers: &HeaderMap) -> Result<Option<u32>, Error> {
 }
 
 /// The body, refused (413) once it is over `limit` without reading more.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Error> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Vec<u8>, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -1,12 +1,13 @@
 //! The gateway: sock's public API, over gRPC (`sock.v1.Gateway`) and
-//! OpenLambda-style HTTP (`/run/<name>[/<path>]`).
+//! OpenLambda-style HTTP (`/run/<name>[/<path>]`, `/status`, `/registry`).
 //!
 //! A call looks the function's current version and config up in a cache
 //! of the registry's answers (`metadata`), is checked against the function
 //! (method, kind, size) and bounded in time (`deadline`), passes admission
 //! control (`admission`: concurrency limits and a bounded queue), and runs
 //! on the sandbox node its function hashes to (`nodes`). `invoke` holds
-//! that path; `grpc` and `http` are its two doors. Errors become gRPC
+//! that path; `grpc` and `http` are its two doors. `openlambda` passes
+//! OpenLambda's registry API on to the registry. Errors become gRPC
 //! statuses and HTTP responses in one place (`error`).
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod invoke;
 mod metadata;
 mod metrics;
 mod nodes;
+mod openlambda;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,7 @@ pub use config::Config;
 pub use error::{ERROR_HEADER, Error, Kind};
 pub use http::TIMEOUT_HEADER;
 pub use invoke::CALL_ID_HEADER;
+pub use openlambda::VERSION_HEADER;
 
 use grpc::GatewayService;
 use invoke::{Invoker, Limits};
@@ -44,6 +47,10 @@ use nodes::Nodes;
 
 /// Bound on one registry lookup; past it the last known version is served.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound on one `/registry` operation: a push sends and validates a whole
+/// bundle.
+const REGISTRY_ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Room for the rest of an InvokeRequest beside its payload.
 const REQUEST_OVERHEAD: u64 = 64 << 10;
@@ -69,9 +76,15 @@ pub async fn run(
             }
         })?;
     }
-    let registry =
-        nodes::endpoint("registry_addr", &config.registry_addr)?.timeout(REGISTRY_TIMEOUT);
-    let registry = RegistryClient::new(nodes::with_token(registry, config.node_token.as_ref())?);
+    let registry = nodes::endpoint("registry_addr", &config.registry_addr)?;
+    let registry_admin = RegistryClient::new(nodes::with_token(
+        registry.clone().timeout(REGISTRY_ADMIN_TIMEOUT),
+        None,
+    )?);
+    let registry = RegistryClient::new(nodes::with_token(
+        registry.timeout(REGISTRY_TIMEOUT),
+        config.node_token.as_ref(),
+    )?);
     let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
     // Background tasks stop with the servers, however they end.
     let stop = shutdown.child_token();
@@ -123,13 +136,19 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.clone().cancelled_owned());
 
+    let openlambda = Arc::new(openlambda::OpenLambda {
+        registry: registry_admin,
+        invoker: invoker.clone(),
+        nodes: nodes.clone(),
+        max_bundle_bytes: config.max_bundle_mb.saturating_mul(1 << 20),
+    });
     let state = Arc::new(http::HttpState {
         invoker,
         nodes,
         metrics,
         strip_authorization: config.invoke_token.is_some(),
     });
-    let app = http::router(state)
+    let app = http::router(state, openlambda)
         .layer(auth)
         .layer(sock_telemetry::http::ServerTraceLayer);
     let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -159,6 +178,10 @@ fn access(path: &str) -> sock_service::Access {
         "/sock.v1.Gateway/Invoke" => Access::Invoke,
         "/sock.v1.Gateway/Logs" | "/metrics" => Access::Admin,
         p if p.starts_with("/run/") => Access::Invoke,
+        // Changing or listing what is deployed; any path under it, so a
+        // route added later is not open by mistake.
+        p if p.starts_with("/registry") => Access::Admin,
+        // OpenLambda's `/status`, health and reflection: probes.
         _ => Access::Open,
     }
 }
@@ -180,5 +203,26 @@ fn too_large_is_resource_exhausted<B: Default>(
             limit,
         })
         .into_http()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sock_service::Access;
+
+    use super::access;
+
+    #[test]
+    fn registry_routes_are_the_operators_and_status_is_a_probe() {
+        for path in [
+            "/registry",
+            "/registry/",
+            "/registry/echo",
+            "/registry/echo/config",
+        ] {
+            assert_eq!(access(path), Access::Admin, "{path}");
+        }
+        assert_eq!(access("/status"), Access::Open);
+        assert_eq!(access("/run/echo"), Access::Invoke);
     }
 }

@@ -121,6 +121,13 @@ impl<S: FunctionSource> MetadataCache<S> {
         outcome.into_result(name)
     }
 
+    /// Drops what is known of `name`, so its next call asks the registry:
+    /// after a push or delete through this gateway, the entry is stale.
+    /// Callers already waiting on the old entry still get its outcome.
+    pub fn invalidate(&self, name: &str) {
+        self.slots.lock().expect("metadata cache lock").remove(name);
+    }
+
     fn slot(&self, name: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().expect("metadata cache lock");
         Arc::clone(slots.entry(name.to_string()).or_default())
@@ -283,6 +290,17 @@ mod tests {
             Err(Error::RegistryUnavailable(reason)) => assert_eq!(reason, "connection refused"),
             other => panic!("expected RegistryUnavailable, got {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalidated_function_is_asked_for_again_at_once() {
+        let registry = FakeRegistry::with_version(1);
+        let cache = MetadataCache::new(&registry, TTL);
+        assert_eq!(version(&cache).await.expect("found"), 1);
+        registry.version.store(0, Ordering::SeqCst);
+        cache.invalidate("f");
+        assert!(matches!(version(&cache).await, Err(Error::NotFound(_))));
+        assert_eq!(registry.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
