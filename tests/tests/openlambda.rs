@@ -1,0 +1,304 @@
+//! OpenLambda's function directories run unchanged: entry discovery as its
+//! Python runtime does it (f, else an `app`, WSGI or ASGI; OL_ENTRY_FILE,
+//! OL_WSGI_ENTRY naming an attribute), the WSGI environ it builds for
+//! `/run/<name>/<path>`, names of both cases, and `reuse-sandbox: false`.
+//! The functions are our own, written to behave like OpenLambda's examples.
+use sock_cli::tokens::Kind;
+use sock_e2e::cluster::{Cluster, have_root};
+use sock_proto::v1::StatusRequest;
+use sock_proto::v1::invoke_response::Outcome;
+use tonic::Code;
+
+/// An HTTP client that sends the cluster's invoke token.
+fn http(cluster: &Cluster) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = format!("Bearer {}", cluster.token(Kind::Invoke));
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        token.parse().expect("tokens are ASCII"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+fn url(cluster: &Cluster, path: &str) -> String {
+    format!("{}{path}", cluster.endpoints.gateway_http)
+}
+
+async fn push(cluster: &Cluster, name: &str, files: &[(&str, &str)]) {
+    cluster
+        .push(name, files)
+        .await
+        .unwrap_or_else(|e| panic!("push {name}: {e}"));
+}
+
+/// A plain WSGI app named `app`, shaped like OpenLambda's flask-test: `/`
+/// is a teapot with a custom header, any other path a 404 naming the
+/// request's base URL and URL root as Flask computes them; POST echoes.
+const WSGI_APP: &str = r#"
+def app(environ, start_response):
+    if environ["REQUEST_METHOD"] == "POST":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["wsgi.input"].read()]
+    if environ["PATH_INFO"] == "/":
+        start_response("418 I'm a teapot", [("A", "B")])
+        return [b"hi\n"]
+    host = environ["wsgi.url_scheme"] + "://" + environ["HTTP_HOST"]
+    base_url = host + environ["SCRIPT_NAME"] + environ["PATH_INFO"]
+    url_root = host + environ["SCRIPT_NAME"] + "/"
+    start_response("404 Not Found", [])
+    return [f"{base_url}, {url_root}\n".encode()]
+"#;
+
+const ASGI_APP: &str = r#"
+class App:
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        await send({"type": "http.response.start", "status": 202,
+                    "headers": [(b"x-root", scope["root_path"].encode()),
+                                (b"x-path", scope["path"].encode())]})
+        await send({"type": "http.response.body", "body": b"asgi got " + message["body"]})
+
+app = App()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openlambda_function_dirs_are_discovered_and_served_as_openlambda_serves_them() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let http = http(&cluster);
+
+    // A WSGI `app` with no ol.yaml.
+    push(&cluster, "wsgi-app", &[("f.py", WSGI_APP)]).await;
+    let teapot = http
+        .get(url(&cluster, "/run/wsgi-app"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(teapot.status(), 418);
+    assert_eq!(teapot.headers()["a"], "B");
+    assert_eq!(teapot.text().await.expect("body"), "hi\n");
+    let missing = http
+        .get(url(&cluster, "/run/wsgi-app/missing"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.text().await.expect("body"),
+        "http://root/run/wsgi-app/missing, http://root/run/wsgi-app/\n",
+        "OpenLambda's worker sends each request to http://root/run/<name>/…"
+    );
+    // A text body is the app's, not a JSON event.
+    let echoed = http
+        .post(url(&cluster, "/run/wsgi-app/echo"))
+        .body("just text, not JSON")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(echoed.status(), 200);
+    assert_eq!(echoed.text().await.expect("body"), "just text, not JSON");
+
+    // An ASGI `app` (its __call__ is a coroutine function), no ol.yaml.
+    push(&cluster, "asgi-app", &[("f.py", ASGI_APP)]).await;
+    let response = http
+        .post(url(&cluster, "/run/asgi-app/items?x=1"))
+        .body("tea")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-root"], "/run/asgi-app");
+    assert_eq!(response.headers()["x-path"], "/items");
+    assert_eq!(response.text().await.expect("body"), "asgi got tea");
+
+    // OL_ENTRY_FILE + OL_WSGI_ENTRY naming an attribute that is not `app`.
+    push(
+        &cluster,
+        "wsgi-entry",
+        &[
+            ("web.py", &WSGI_APP.replace("def app(", "def my_wsgi_app(")),
+            (
+                "ol.yaml",
+                "environment:\n  OL_ENTRY_FILE: web.py\n  OL_WSGI_ENTRY: my_wsgi_app\n",
+            ),
+        ],
+    )
+    .await;
+    let response = http
+        .get(url(&cluster, "/run/wsgi-entry/"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 418);
+    // An app answers HTTP only.
+    let answer = cluster.invoke("wsgi-entry", b"{}", None).await;
+    let status = answer.expect_err("an app over gRPC is refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("call it over HTTP"), "{status:?}");
+
+    // f(event) wins over app, as in OpenLambda.
+    let both = format!("{WSGI_APP}\ndef f(event):\n    return {{'event': event}}\n");
+    push(&cluster, "both", &[("f.py", &both)]).await;
+    let response = http
+        .post(url(&cluster, "/run/both"))
+        .body(r#"{"n": 1}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(
+        response.text().await.expect("body"),
+        r#"{"event": {"n": 1}}"#
+    );
+
+    // Neither f nor app: a clear error at the first call, both doors.
+    push(
+        &cluster,
+        "neither",
+        &[("f.py", "def handler(event):\n    return 1\n")],
+    )
+    .await;
+    let response = http
+        .post(url(&cluster, "/run/neither"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("f.py defines neither a function f(event) nor a WSGI/ASGI app named app"),
+        "{body}"
+    );
+    match cluster
+        .invoke("neither", b"{}", None)
+        .await
+        .expect("answer")
+        .outcome
+    {
+        Some(Outcome::Error(e)) => assert!(e.message.contains("defines neither"), "{e:?}"),
+        other => panic!("expected the function's error, got {other:?}"),
+    }
+
+    // Entry files that cannot be imported are refused at push.
+    for (ol_yaml, message) in [
+        (
+            "environment:\n  OL_ENTRY_FILE: main.txt\n",
+            "OL_ENTRY_FILE 'main.txt' must name a Python file ending in .py",
+        ),
+        (
+            "environment:\n  OL_ENTRY_FILE: main.py\n",
+            "bundle has no entry file 'main.py'",
+        ),
+        (
+            "environment:\n  OL_WSGI_ENTRY: my-app\n",
+            "OL_WSGI_ENTRY 'my-app' must be a Python name",
+        ),
+    ] {
+        let refused = cluster
+            .push("bad-entry", &[("f.py", WSGI_APP), ("ol.yaml", ol_yaml)])
+            .await
+            .expect_err(ol_yaml);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(message), "{refused:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_are_case_sensitive_like_openlambdas() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let http = http(&cluster);
+    for name in ["L0", "l0"] {
+        let f = format!("def f(event):\n    return '{name}'\n");
+        push(&cluster, name, &[("f.py", &f)]).await;
+    }
+    for name in ["L0", "l0"] {
+        let answer = cluster.invoke(name, b"{}", None).await.expect("invoke");
+        assert_eq!(
+            answer.outcome,
+            Some(Outcome::Result(format!("\"{name}\"").into_bytes()))
+        );
+        let response = http
+            .post(url(&cluster, &format!("/run/{name}")))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.text().await.expect("body"), format!("\"{name}\""));
+    }
+    let listed: Vec<String> = cluster
+        .registry()
+        .await
+        .list_functions(sock_proto::v1::ListFunctionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .functions
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(
+        listed.contains(&"L0".into()) && listed.contains(&"l0".into()),
+        "{listed:?}"
+    );
+    // What could be a path or a header is still refused.
+    for name in ["a.b", "a/b", "-x"] {
+        let refused = cluster
+            .push(name, &[("f.py", "def f(e):\n    return 1\n")])
+            .await;
+        assert_eq!(refused.expect_err(name).code(), Code::InvalidArgument);
+    }
+}
+
+/// Counts its calls and names the module instance that served them.
+const COUNTER: &str = "import os\n\
+INSTANCE = os.urandom(8).hex()\n\
+CALLS = 0\n\
+def f(event):\n    global CALLS\n    CALLS += 1\n    return [INSTANCE, CALLS]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_sandbox_false_gives_every_call_a_fresh_sandbox_and_keeps_none() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    push(
+        &cluster,
+        "fresh",
+        &[("f.py", COUNTER), ("ol.yaml", "reuse-sandbox: false\n")],
+    )
+    .await;
+    push(&cluster, "reused", &[("f.py", COUNTER)]).await;
+    let mut sandboxd = cluster.sandboxd().await;
+
+    let first = cluster.call_json("fresh", 30_000).await.expect("call");
+    let second = cluster.call_json("fresh", 30_000).await.expect("call");
+    assert_eq!(first[1], 1, "a fresh sandbox has served no call before");
+    assert_eq!(second[1], 1, "a fresh sandbox has served no call before");
+    assert_ne!(first[0], second[0], "two calls, two sandboxes");
+    let status = sandboxd
+        .status(StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(
+        status.sandboxes, 0,
+        "nothing kept after the calls: {status:?}"
+    );
+
+    // Without the key, the sandbox stays for the next call.
+    let first = cluster.call_json("reused", 30_000).await.expect("call");
+    let second = cluster.call_json("reused", 30_000).await.expect("call");
+    assert_eq!((&first[0], &second[1]), (&second[0], &serde_json::json!(2)));
+}
