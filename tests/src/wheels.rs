@@ -137,3 +137,37 @@ print(path)
         .expect("make the sdist readable");
     path
 }
+
+/// `requirement` and its dependencies as wheels for CPython
+/// `python_version` (e.g. "3.11"), downloaded from PyPI once into
+/// `target/pypi-wheels/` and reused: caches install from them with no
+/// index. Tests that call this need PyPI on their first run, and say
+/// `pypi` in their names.
+pub fn pypi_wheels(requirement: &str, python_version: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .join("target/pypi-wheels");
+    let dir = target.join(format!("{requirement}-py{python_version}"));
+    if dir.is_dir() {
+        return dir;
+    }
+    // Downloaded beside it and renamed when complete, so a failed run
+    // leaves no half-filled dir to be reused.
+    let partial = target.join(format!("{requirement}-py{python_version}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let status = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "download", "--quiet", "--only-binary", ":all:"])
+        .args(["--python-version", python_version, "--dest"])
+        .arg(&partial)
+        .arg(requirement)
+        .status()
+        .expect("run python3 -m pip");
+    assert!(
+        status.success(),
+        "pip download {requirement} failed (it needs PyPI once; {} is reused after)",
+        dir.display()
+    );
+    std::fs::rename(&partial, &dir).expect("move the wheels into place");
+    dir
+}

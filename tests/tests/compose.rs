@@ -15,6 +15,7 @@ use serde_yaml::Value;
 use sock_e2e::cluster::{Authed, have_root, leftover_cgroups};
 use sock_e2e::functions::example;
 use sock_e2e::otlp::{OtlpReceiver, Span};
+use sock_e2e::wheels::pypi_wheels;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
@@ -1438,34 +1439,6 @@ async fn flask(stack: &Stack) {
     );
 }
 
-/// Flask and its dependencies as wheels for the image's Python (Debian
-/// bookworm's 3.11), downloaded from PyPI once into target/ and reused:
-/// the caches install from them with no index.
-fn flask_wheels() -> PathBuf {
-    let dir = repo().join(format!("target/compose-wheels/flask-{FLASK}"));
-    if dir.is_dir() {
-        return dir;
-    }
-    // Downloaded beside it and renamed when complete, so a failed run
-    // leaves no half-filled dir to be reused.
-    let partial = repo().join(format!("target/compose-wheels/flask-{FLASK}.partial"));
-    let _ = std::fs::remove_dir_all(&partial);
-    let status = Command::new("/usr/bin/python3")
-        .args(["-m", "pip", "download", "--quiet", "--only-binary", ":all:"])
-        .args(["--python-version", "3.11", "--dest"])
-        .arg(&partial)
-        .arg(format!("flask=={FLASK}"))
-        .status()
-        .expect("run python3 -m pip");
-    assert!(
-        status.success(),
-        "pip download flask=={FLASK} failed (it needs PyPI once; {} is reused after)",
-        dir.display()
-    );
-    std::fs::rename(&partial, &dir).expect("move the wheels into place");
-    dir
-}
-
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).expect("JSON")
 }
@@ -1491,7 +1464,8 @@ async fn the_compose_stack_serves_calls_and_a_pypi_flask_app_with_traces_and_lea
     let mut project = Project::new(
         &format!("http://{}", relay.addr),
         tokens_dir.path(),
-        &flask_wheels(),
+        // The image's Python: Debian bookworm's 3.11.
+        &pypi_wheels(&format!("flask=={FLASK}"), "3.11"),
     );
 
     let services = [

@@ -5,6 +5,7 @@
 //! The functions are our own, written to behave like OpenLambda's examples.
 use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
+use sock_e2e::wheels::{pypi_wheels, wheel_dir};
 use sock_proto::v1::StatusRequest;
 use sock_proto::v1::invoke_response::Outcome;
 use tonic::Code;
@@ -301,4 +302,74 @@ async fn reuse_sandbox_false_gives_every_call_a_fresh_sandbox_and_keeps_none() {
     let first = cluster.call_json("reused", 30_000).await.expect("call");
     let second = cluster.call_json("reused", 30_000).await.expect("call");
     assert_eq!((&first[0], &second[1]), (&second[0], &serde_json::json!(2)));
+}
+
+/// The Flask the PyPI test installs.
+const FLASK: &str = "3.0.3";
+
+/// A Flask app named `app`, shaped like OpenLambda's flask-test.
+const FLASK_APP: &str = r#"
+from flask import Flask, Response, request
+
+def not_found(e):
+    return f"{request.base_url}, {request.url_root}\n", 404
+
+app = Flask(__name__)
+app.register_error_handler(404, not_found)
+
+@app.route("/")
+def teapot():
+    return Response("hi\n", status=418, headers={"A": "B"})
+"#;
+
+/// The Python of the sandboxes (the host's /usr/bin/python3), as "3.11".
+fn sandbox_python() -> String {
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("run /usr/bin/python3");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pypi_flask_app_with_no_ol_yaml_answers_as_on_openlambda() {
+    if !have_root() {
+        return;
+    }
+    // Copied where the cache's unprivileged user can read them.
+    let wheels = wheel_dir();
+    let downloaded = pypi_wheels(&format!("flask=={FLASK}"), &sandbox_python());
+    for entry in std::fs::read_dir(&downloaded).expect("wheels") {
+        let path = entry.expect("wheel").path();
+        let copy = wheels.path().join(path.file_name().expect("a file"));
+        std::fs::copy(&path, copy).expect("copy the wheel");
+    }
+    let links = wheels.path().display().to_string();
+    let cluster = Cluster::start_with_env(&[("SOCK_CACHE_FIND_LINKS", &links)]);
+    let http = http(&cluster);
+    let requirements = format!("flask=={FLASK}\n");
+    push(
+        &cluster,
+        "flask-test",
+        &[("f.py", FLASK_APP), ("requirements.txt", &requirements)],
+    )
+    .await;
+    let teapot = http
+        .get(url(&cluster, "/run/flask-test"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(teapot.status(), 418);
+    assert_eq!(teapot.headers()["a"], "B");
+    assert_eq!(teapot.text().await.expect("body"), "hi\n");
+    let missing = http
+        .get(url(&cluster, "/run/flask-test/missing"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.text().await.expect("body"),
+        "http://root/run/flask-test/missing, http://root/run/flask-test/\n"
+    );
 }
