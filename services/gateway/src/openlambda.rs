@@ -63,7 +63,11 @@ pub(crate) fn router(state: Arc<OpenLambda>) -> Router {
 /// OpenLambda's worker answers `ready` once it can take calls; the
 /// gateway can while one of its sandbox nodes is healthy.
 async fn status(State(state): State<Arc<OpenLambda>>) -> Response {
-    if state.nodes.all().iter().any(|node| node.is_healthy()) {
+    readiness(&state.nodes)
+}
+
+fn readiness(nodes: &Nodes) -> Response {
+    if nodes.all().iter().any(|node| node.is_healthy()) {
         "ready\n".into_response()
     } else {
         (
@@ -211,7 +215,10 @@ fn openlambda_config(config: &FunctionConfig) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use sock_bundle::testing::TarBuilder;
+    use tokio::time::Instant;
 
     use super::*;
 
@@ -242,6 +249,41 @@ mod tests {
         let config = openlambda_config(&config);
         assert_eq!(config["Environment"], json!({"GREETING": "hi"}));
         assert_eq!(config["ReuseSandbox"], false);
+    }
+
+    #[tokio::test]
+    async fn status_is_not_ready_once_no_node_is_healthy() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = closed.local_addr().expect("address");
+        drop(closed);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        let nodes = Nodes::start(
+            vec![format!("http://{addr}")],
+            None,
+            1,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+            stop,
+        )
+        .await
+        .expect("nodes");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while readiness(&nodes).status() == StatusCode::OK {
+            assert!(
+                Instant::now() < deadline,
+                "a node nothing listens for stays healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let response = readiness(&nodes);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 10)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"not ready: no sandbox node is healthy\n");
     }
 
     #[test]
