@@ -28,6 +28,10 @@ fn url(cluster: &Cluster, path: &str) -> String {
     format!("{}{path}", cluster.endpoints.gateway_http)
 }
 
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).expect("JSON")
+}
+
 async fn push(cluster: &Cluster, name: &str, files: &[(&str, &str)]) {
     cluster
         .push(name, files)
@@ -171,8 +175,7 @@ async fn openlambda_function_dirs_are_discovered_and_served_as_openlambda_serves
         .await
         .expect("POST");
     assert_eq!(response.status(), 500);
-    let body: serde_json::Value =
-        serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON");
+    let body = json(&response.bytes().await.expect("body"));
     assert!(
         body["message"]
             .as_str()
@@ -331,21 +334,27 @@ fn sandbox_python() -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pypi_flask_app_with_no_ol_yaml_answers_as_on_openlambda() {
-    if !have_root() {
-        return;
-    }
+/// A cluster whose caches install `requirement` from wheels downloaded
+/// from PyPI once; the wheel dir lives as long as the cluster needs it.
+fn cluster_with_pypi(requirement: &str) -> (Cluster, tempfile::TempDir) {
     // Copied where the cache's unprivileged user can read them.
     let wheels = wheel_dir();
-    let downloaded = pypi_wheels(&format!("flask=={FLASK}"), &sandbox_python());
-    for entry in std::fs::read_dir(&downloaded).expect("wheels") {
+    for entry in std::fs::read_dir(pypi_wheels(requirement, &sandbox_python())).expect("wheels") {
         let path = entry.expect("wheel").path();
         let copy = wheels.path().join(path.file_name().expect("a file"));
         std::fs::copy(&path, copy).expect("copy the wheel");
     }
     let links = wheels.path().display().to_string();
     let cluster = Cluster::start_with_env(&[("SOCK_CACHE_FIND_LINKS", &links)]);
+    (cluster, wheels)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pypi_flask_app_with_no_ol_yaml_answers_as_on_openlambda() {
+    if !have_root() {
+        return;
+    }
+    let (cluster, _wheels) = cluster_with_pypi(&format!("flask=={FLASK}"));
     let http = http(&cluster);
     let requirements = format!("flask=={FLASK}\n");
     push(
@@ -371,5 +380,59 @@ async fn a_pypi_flask_app_with_no_ol_yaml_answers_as_on_openlambda() {
     assert_eq!(
         missing.text().await.expect("body"),
         "http://root/run/flask-test/missing, http://root/run/flask-test/\n"
+    );
+}
+
+/// The FastAPI the PyPI test installs.
+const FASTAPI: &str = "0.115.0";
+
+/// A FastAPI app named `app` (ASGI), like OpenLambda's fastapi-test.
+const FASTAPI_APP: &str = r#"
+from fastapi import FastAPI, Request
+
+app = FastAPI()
+
+@app.get("/items/{item}")
+async def item(item: str, q: str = ""):
+    return {"item": item, "q": q}
+
+@app.post("/echo")
+async def echo(request: Request):
+    return {"root_path": request.scope["root_path"], "body": (await request.body()).decode()}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pypi_fastapi_app_with_no_ol_yaml_is_served_as_asgi() {
+    if !have_root() {
+        return;
+    }
+    let (cluster, _wheels) = cluster_with_pypi(&format!("fastapi=={FASTAPI}"));
+    let http = http(&cluster);
+    let requirements = format!("fastapi=={FASTAPI}\n");
+    push(
+        &cluster,
+        "fastapi-test",
+        &[("f.py", FASTAPI_APP), ("requirements.txt", &requirements)],
+    )
+    .await;
+    let item = http
+        .get(url(&cluster, "/run/fastapi-test/items/tea?q=green"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(item.status(), 200);
+    let body = json(&item.bytes().await.expect("body"));
+    assert_eq!(body, serde_json::json!({"item": "tea", "q": "green"}));
+    let echo = http
+        .post(url(&cluster, "/run/fastapi-test/echo"))
+        .body("plain text")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(echo.status(), 200);
+    let body = json(&echo.bytes().await.expect("body"));
+    assert_eq!(
+        body,
+        serde_json::json!({"root_path": "/run/fastapi-test", "body": "plain text"})
     );
 }
