@@ -24,8 +24,8 @@ pub enum Header {
     Invoke { call_id: String },
     /// runtime → sandboxd; the body is the JSON result.
     Result,
-    /// sandboxd → runtime: an HTTP request for the function's WSGI/ASGI
-    /// app; the body is the request body.
+    /// sandboxd → runtime: an HTTP request, for the function's WSGI/ASGI
+    /// app or its f(event); the body is the request body.
     Http {
         call_id: String,
         method: String,

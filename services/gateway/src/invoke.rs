@@ -54,7 +54,7 @@ pub(crate) enum Outcome {
     Result(Vec<u8>),
     /// The function raised, timed out, ran out of memory or died.
     Error(FunctionError),
-    /// The WSGI/ASGI app's answer.
+    /// An HTTP call's answer: the app's, or f(event)'s JSON.
     Http(HttpResponse),
 }
 

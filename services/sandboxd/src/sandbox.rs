@@ -72,7 +72,7 @@ pub enum Outcome {
     Returned(Vec<u8>),
     /// The function raised, timed out, ran out of memory or died.
     Failed(FunctionError),
-    /// The WSGI/ASGI app answered an HTTP call.
+    /// An HTTP call's answer (the app's, or f(event)'s JSON).
     Http(HttpResponse),
 }
 
@@ -751,8 +751,8 @@ impl Sandbox {
 
     /// [`invoke`](Self::invoke) with `timeout` left of a call whose limit
     /// is `limit` (the rest went waiting for memory); a timeout names the
-    /// limit. With `http`, the call goes to the function's WSGI/ASGI app
-    /// and `payload` is the request body.
+    /// limit. With `http`, the call goes as an HTTP request, `payload` its
+    /// body; the runtime serves it to the app or to f(event).
     pub(crate) async fn invoke_within(
         &mut self,
         call_id: &str,
