@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -56,6 +57,24 @@ fn function(tag: &str) -> Vec<u8> {
         ),
         ("ol.yaml", "triggers:\n  http:\n    - method: \"POST\"\n"),
     ]);
+    tar_gz(dir.path())
+}
+
+/// A function whose bundle is about `size` bytes: a file gzip cannot
+/// shrink.
+fn big_function(size: usize) -> Vec<u8> {
+    let dir = function_dir(&[("f.py", "def f(event):\n    return event\n")]);
+    // xorshift: bytes without a pattern gzip could use.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(dir.path().join("data.bin"), noise).expect("write data.bin");
     tar_gz(dir.path())
 }
 
@@ -169,6 +188,20 @@ async fn an_openlambda_client_uploads_lists_reads_runs_and_deletes_a_function() 
         "Lambda echo uploaded successfully"
     );
 
+    // A bundle of a few MiB passes every layer on the way (HTTP body,
+    // gRPC message) under the default limit of 32 MiB.
+    let response = http.upload("big", big_function(3 << 20)).await;
+    assert_eq!(response.status(), StatusCode::CREATED, "{response:?}");
+    let response = http
+        .send(
+            reqwest::Method::DELETE,
+            "/registry/big",
+            Some(Kind::Admin),
+            None,
+        )
+        .await;
+    assert_eq!(response.0, StatusCode::OK, "{response:?}");
+
     let (status, body) = http.admin_get("/registry").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(names(&body), ["echo"]);
@@ -256,9 +289,20 @@ async fn registry_routes_want_the_admin_token_and_refuse_bad_input_clearly() {
     let http = Http::new(&cluster);
     use reqwest::Method;
 
-    // /status is a probe, as OpenLambda's worker's: no token.
-    let (status, body) = http.send(Method::GET, "/status", None, None).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "ready\n"));
+    // /status is a probe, as OpenLambda's worker's: no token. Its clients
+    // poll it until the worker is ready (sandboxd's first health check may
+    // come before sandboxd serves).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http.send(Method::GET, "/status", None, None).await;
+        if status == StatusCode::OK {
+            assert_eq!(body, "ready\n");
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(Instant::now() < deadline, "not ready after 30 s: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let routes = [
         (Method::GET, "/registry"),

@@ -273,6 +273,15 @@ impl Error {
                     HeaderValue::from(RETRY_AFTER_SECS),
                 );
             }
+            // The rest of the body is left unread on the connection, so
+            // it cannot carry another request; saying so keeps a client
+            // from sending its next one there.
+            Error::PayloadTooLarge { .. } => {
+                headers.insert(
+                    axum::http::header::CONNECTION,
+                    HeaderValue::from_static("close"),
+                );
+            }
             _ => {}
         }
         response
@@ -473,6 +482,10 @@ mod tests {
         let response = Error::Overloaded("too many calls".into()).into_http(None);
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()["retry-after"], "1");
+
+        let response = Error::PayloadTooLarge { size: 2, limit: 1 }.into_http(None);
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()["connection"], "close");
 
         let raised = Error::Function(FunctionError {
             kind: ErrorKind::Function.into(),
