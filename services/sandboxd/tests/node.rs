@@ -159,6 +159,37 @@ async fn warm_calls_reuse_the_sandbox_and_a_new_version_does_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_sandbox_false_starts_a_sandbox_per_call_and_keeps_none() {
+    let Some(node) = start("one-call", |_| {}).await else {
+        return;
+    };
+    node.publish("once", 1, COUNTER, Function::default());
+    for call in 0..2 {
+        let mut request = request("once", 1, &format!("once-{call}"), "", 20_000);
+        request.config = Some(FunctionConfig {
+            fresh_sandbox_per_call: true,
+            ..FunctionConfig::default()
+        });
+        let response = node
+            .client
+            .clone()
+            .invoke(request)
+            .await
+            .expect("call")
+            .into_inner();
+        assert_eq!(result(&response), 1, "every call has a fresh sandbox");
+        let status = node.status().await;
+        assert_eq!(
+            status.sandboxes, 0,
+            "destroyed before the answer: {status:?}"
+        );
+    }
+    let status = node.status().await;
+    assert_eq!((status.cold_starts_total, status.warm_starts_total), (2, 0));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sandboxes_are_frozen_and_a_call_wakes_them() {
     let Some(node) = start("pause", |c| c.pause_after_ms = 100).await else {
         return;
