@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_yaml::Value;
-use sock_proto::v1::{FunctionConfig, Limits};
+use sock_proto::v1::{CronTrigger, FunctionConfig, Limits};
 
+use crate::cron::Schedule;
 use crate::error::{BundleError, shown};
 use crate::tree::normalize;
 
@@ -15,8 +16,9 @@ pub(crate) const WSGI_ENTRY_VAR: &str = "OL_WSGI_ENTRY";
 const ASGI_ENTRY_VAR: &str = "OL_ASGI_ENTRY";
 const ISOLATIONS: [&str; 2] = ["sock", "gvisor"];
 
-/// ol.yaml as written. Unknown top-level keys and triggers are ignored so
-/// OpenLambda bundles with features sock lacks still load; `limits` is ours,
+/// ol.yaml as written. Unknown top-level keys and triggers (`kafka`) are
+/// ignored so OpenLambda bundles with features sock lacks still load;
+/// `limits` is ours,
 /// so a typo there is an error rather than a silently ignored limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -34,6 +36,7 @@ struct OlYaml {
 #[serde(default)]
 struct Triggers {
     http: Vec<Value>,
+    cron: Vec<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +123,7 @@ pub(crate) fn function_config(
         },
         isolation,
         fresh_sandbox_per_call: ol.reuse_sandbox == Some(false),
+        cron: cron_triggers(ol.triggers.cron)?,
     })
 }
 
@@ -166,20 +170,27 @@ fn environment(raw: BTreeMap<String, Value>) -> Result<BTreeMap<String, String>,
 }
 
 /// Methods of `triggers.http`, either `- method: GET` (OpenLambda) or a
-/// plain `[GET, POST]`; upper-cased, without repeats.
+/// plain `[GET, POST]`; upper-cased, without repeats. OpenLambda's `*`
+/// allows every method, which sock keeps as no methods at all.
 fn http_methods(raw: Vec<Value>) -> Result<Vec<String>, BundleError> {
     let mut methods: Vec<String> = Vec::new();
+    let mut every = false;
     for trigger in raw {
         let method = match &trigger {
             Value::String(m) => Some(m.as_str()),
             Value::Mapping(map) => map.get("method").and_then(Value::as_str),
             _ => None,
         };
+        if method == Some("*") {
+            every = true;
+            continue;
+        }
         let Some(method) =
             method.filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()))
         else {
             return Err(invalid(
-                "each triggers.http entry must be an HTTP method such as GET, or `method: GET`",
+                "each triggers.http entry must be an HTTP method such as GET, `*` for \
+                 every method, or `method: GET`",
             ));
         };
         let method = method.to_ascii_uppercase();
@@ -187,7 +198,36 @@ fn http_methods(raw: Vec<Value>) -> Result<Vec<String>, BundleError> {
             methods.push(method);
         }
     }
+    if every {
+        methods.clear();
+    }
     Ok(methods)
+}
+
+/// Schedules of `triggers.cron`, `- schedule: "*/5 * * * *"` as OpenLambda
+/// writes them, each checked (see `cron`), without repeats: a repeat would
+/// claim the same firings and fire nothing more.
+fn cron_triggers(raw: Vec<Value>) -> Result<Vec<CronTrigger>, BundleError> {
+    let mut triggers: Vec<CronTrigger> = Vec::new();
+    for trigger in raw {
+        let Some(schedule) = trigger.get("schedule").and_then(Value::as_str) else {
+            return Err(invalid(
+                "each triggers.cron entry must be `schedule: \"<cron fields>\"`, \
+                 e.g. `- schedule: \"*/5 * * * *\"`",
+            ));
+        };
+        Schedule::parse(schedule).map_err(|why| {
+            invalid(format!(
+                "triggers.cron schedule '{}' is not a cron schedule: {why}",
+                shown(schedule)
+            ))
+        })?;
+        let schedule = schedule.trim().to_string();
+        if !triggers.iter().any(|t| t.schedule == schedule) {
+            triggers.push(CronTrigger { schedule });
+        }
+    }
+    Ok(triggers)
 }
 
 /// Checks an app entry (`OL_WSGI_ENTRY` or `OL_ASGI_ENTRY`): either an
@@ -312,10 +352,31 @@ mod tests {
 
     #[test]
     fn methods_may_be_plain_strings_and_unknown_triggers_are_ignored() {
-        let c =
-            config("triggers:\n  http: [get, Post]\n  cron: [{schedule: '* * * * *'}]\nother: 1\n")
-                .expect("valid");
+        let c = config("triggers:\n  http: [get, Post]\n  kafka: [{topics: [t]}]\nother: 1\n")
+            .expect("valid");
         assert_eq!(c.http_methods, ["GET", "POST"]);
+    }
+
+    #[test]
+    fn method_star_is_every_method() {
+        // OpenLambda's default when ol.yaml names no HTTP trigger.
+        let c = config("triggers:\n  http:\n    - method: \"*\"\n").expect("valid");
+        assert!(c.http_methods.is_empty());
+        let c = config("triggers:\n  http: [GET, '*']\n").expect("valid");
+        assert!(c.http_methods.is_empty(), "{:?}", c.http_methods);
+        assert!(config("triggers:\n  http: ['**']\n").is_err());
+    }
+
+    #[test]
+    fn cron_triggers_are_read_and_checked() {
+        let c = config(
+            "triggers:\n  cron:\n    - schedule: \"*/5 * * * *\"\n    - schedule: ' */2 * * * * * '\n\
+             \x20   - schedule: \"*/5 * * * *\"\n",
+        )
+        .expect("valid");
+        let schedules: Vec<&str> = c.cron.iter().map(|t| t.schedule.as_str()).collect();
+        assert_eq!(schedules, ["*/5 * * * *", "*/2 * * * * *"]);
+        assert!(config("other: 1\n").expect("valid").cron.is_empty());
     }
 
     #[test]
@@ -398,6 +459,38 @@ mod tests {
                 "environment variable 'X' must be a string",
             ),
             ("triggers:\n  http: [{verb: GET}]\n", "triggers.http entry"),
+            (
+                "triggers:\n  cron: ['* * * * *']\n",
+                "triggers.cron entry must be",
+            ),
+            (
+                "triggers:\n  cron: [{every: 5m}]\n",
+                "triggers.cron entry must be",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: 5}]\n",
+                "triggers.cron entry must be",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: ''}]\n",
+                "triggers.cron schedule '' is not a cron schedule: it is empty",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: '* * *'}]\n",
+                "triggers.cron schedule '* * *' is not a cron schedule: it has 3 fields",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: '@every 1m'}]\n",
+                "schedule '@every 1m' is not a cron schedule: @every is not supported",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: '*/5 25 * * *'}]\n",
+                "schedule '*/5 25 * * *' is not a cron schedule",
+            ),
+            (
+                "triggers:\n  cron: [{schedule: '0 0 31 2 *'}]\n",
+                "schedule '0 0 31 2 *' is not a cron schedule: it never fires",
+            ),
             ("triggers: [oops\n", "invalid ol.yaml"),
         ] {
             let err = config(yaml).expect_err(yaml).to_string();

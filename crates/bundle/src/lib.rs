@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod cron;
 mod error;
 mod name;
 mod pack;
@@ -25,6 +26,7 @@ use std::path::Path;
 
 use sock_proto::v1::FunctionConfig;
 
+pub use cron::Schedule;
 pub use error::{BundleError, Size};
 pub use name::validate_name;
 

@@ -73,6 +73,22 @@ impl Functions {
         Ok(())
     }
 
+    /// Claims one firing of a cron trigger for `holder` (see
+    /// `Store::claim_firing`): the gateways' way to fire each fire time
+    /// once across the cluster.
+    pub(crate) async fn claim_firing(
+        &self,
+        name: String,
+        schedule: String,
+        fire_at_unix_ms: i64,
+        holder: String,
+    ) -> Result<bool, Error> {
+        self.blocking(name, move |store, name| {
+            store.claim_firing(name, &schedule, fire_at_unix_ms, &holder, now_unix_ms())
+        })
+        .await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         name: String,

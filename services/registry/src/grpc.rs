@@ -4,8 +4,9 @@ use std::sync::Arc;
 use sock_bundle::Size;
 use sock_proto::v1::registry_server::{Registry, RegistryServer};
 use sock_proto::v1::{
-    DeleteFunctionRequest, DeleteFunctionResponse, FunctionInfo, GetFunctionRequest,
-    ListFunctionsRequest, ListFunctionsResponse, PushFunctionRequest,
+    ClaimFiringRequest, ClaimFiringResponse, DeleteFunctionRequest, DeleteFunctionResponse,
+    FunctionInfo, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse,
+    PushFunctionRequest,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -63,6 +64,28 @@ impl Registry for RegistryService {
         self.functions.delete(request.into_inner().name).await?;
         Ok(Response::new(DeleteFunctionResponse {}))
     }
+
+    async fn claim_firing(
+        &self,
+        request: Request<ClaimFiringRequest>,
+    ) -> Result<Response<ClaimFiringResponse>, Status> {
+        let ClaimFiringRequest {
+            name,
+            schedule,
+            fire_at_unix_ms,
+            holder,
+        } = request.into_inner();
+        if holder.is_empty() {
+            return Err(Status::invalid_argument(
+                "a claim needs a holder: who fires the function",
+            ));
+        }
+        let claimed = self
+            .functions
+            .claim_firing(name, schedule, fire_at_unix_ms, holder)
+            .await?;
+        Ok(Response::new(ClaimFiringResponse { claimed }))
+    }
 }
 
 /// Room in a push request for what is not the bundle (the name, framing).
@@ -100,12 +123,16 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Changing or listing what is deployed is the operator's; reading one
-/// function is also what the gateway does, with the node token.
+/// Changing what is deployed is the operator's. Reading functions is
+/// also what the gateways do with the node token: one to call it, all to
+/// find their cron triggers (a list shows nothing that reading each one
+/// does not), and claiming cron firings is theirs alone.
 fn access(path: &str) -> sock_service::Access {
     use sock_service::Access;
     match path {
-        "/sock.v1.Registry/GetFunction" => Access::Node,
+        "/sock.v1.Registry/GetFunction"
+        | "/sock.v1.Registry/ListFunctions"
+        | "/sock.v1.Registry/ClaimFiring" => Access::Node,
         p if p.starts_with("/sock.v1.Registry/") => Access::Admin,
         _ => Access::Open,
     }

@@ -6,7 +6,10 @@
 //! - `bundles`: `name \0 version(u64 BE)` → bundle bytes, for those two
 //!   versions only;
 //! - `counters`: the last version ever given out, kept across deletes so
-//!   a version number (and so an ETag) is never reused.
+//!   a version number (and so an ETag) is never reused;
+//! - `firings`: `fire time(i64 BE, ms) name \0 schedule` → holder, one
+//!   claim per firing of a cron trigger, kept for `CLAIM_RETENTION_MS`
+//!   (keyed by time first, so pruning reads only what it removes).
 //!
 //! Every change is one transaction over the trees, flushed to disk before
 //! the method returns. Methods block; callers run them off the runtime.
@@ -26,7 +29,14 @@ pub(crate) struct Store {
     previous: sled::Tree,
     bundles: sled::Tree,
     counters: sled::Tree,
+    firings: sled::Tree,
 }
+
+/// How long a claim is kept. A claim of a fire time older than this is
+/// refused, since its record may be gone: a gateway that slept through
+/// it must not fire it a second time. Gateways fire within moments of a
+/// fire time, so an hour leaves room for slow calls and clock skew.
+pub(crate) const CLAIM_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
 
@@ -48,6 +58,7 @@ impl Store {
             previous: tree("previous")?,
             bundles: tree("bundles")?,
             counters: tree("counters")?,
+            firings: tree("firings")?,
             db,
         })
     }
@@ -154,6 +165,65 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Claims the firing of `name`'s `schedule` at `fire_at_unix_ms` for
+    /// `holder`: true for the first holder to ask (and for it again), false
+    /// for every other, and for a fire time past `CLAIM_RETENTION_MS`
+    /// before `now_unix_ms`. One compare-and-swap, so of two concurrent
+    /// claimants exactly one wins; flushed before the answer, so a
+    /// restarted registry does not give the same firing out again.
+    /// Claims past the retention are pruned on the way.
+    pub(crate) fn claim_firing(
+        &self,
+        name: &str,
+        schedule: &str,
+        fire_at_unix_ms: i64,
+        holder: &str,
+        now_unix_ms: i64,
+    ) -> Result<bool, Error> {
+        let oldest = now_unix_ms.saturating_sub(CLAIM_RETENTION_MS);
+        self.prune_firings(oldest)?;
+        if fire_at_unix_ms < oldest {
+            return Ok(false);
+        }
+        let key = firing_key(name, schedule, fire_at_unix_ms);
+        let claimed =
+            match self
+                .firings
+                .compare_and_swap(&key, None::<&[u8]>, Some(holder.as_bytes()))?
+            {
+                Ok(()) => true,
+                Err(held) => held.current.is_some_and(|h| h == holder.as_bytes()),
+            };
+        self.db.flush()?;
+        Ok(claimed)
+    }
+
+    /// Drops claims of fire times before `oldest`.
+    fn prune_firings(&self, oldest: i64) -> Result<(), Error> {
+        for key in self.firings.range(..time_key(oldest).to_vec()).keys() {
+            self.firings.remove(key?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fire times sort as their keys do: the sign bit flipped makes a signed
+/// big-endian number order as unsigned bytes.
+fn time_key(unix_ms: i64) -> [u8; 8] {
+    (u64::from_be_bytes(unix_ms.to_be_bytes()) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Names hold no NUL; a schedule is the rest of the key, so two
+/// schedules of one name cannot collide either.
+fn firing_key(name: &str, schedule: &str, fire_at_unix_ms: i64) -> Vec<u8> {
+    let mut key = time_key(fire_at_unix_ms).to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(schedule.as_bytes());
+    key
 }
 
 fn remove_bundle_of(bundles: &TransactionalTree, name: &str, info: &[u8]) -> TxResult<()> {
@@ -293,6 +363,118 @@ mod tests {
             .map(|i| i.name)
             .collect();
         assert_eq!(names, ["f", "g"]);
+    }
+
+    const NOW: i64 = 1_764_558_000_000;
+
+    #[test]
+    fn a_firing_is_claimed_once() {
+        let (_dir, store) = store();
+        let claim = |holder: &str, schedule: &str, at: i64| {
+            store
+                .claim_firing("f", schedule, at, holder, NOW)
+                .expect("claim")
+        };
+        assert!(claim("a", "* * * * *", NOW));
+        assert!(!claim("b", "* * * * *", NOW), "the second claimant loses");
+        assert!(claim("a", "* * * * *", NOW), "the winner asking again wins");
+        assert!(
+            claim("b", "* * * * *", NOW + 60_000),
+            "the next fire time is free"
+        );
+        assert!(
+            claim("b", "*/2 * * * *", NOW),
+            "another schedule is another firing"
+        );
+        assert!(
+            store
+                .claim_firing("g", "* * * * *", NOW, "b", NOW)
+                .expect("claim"),
+            "another function's firing is its own"
+        );
+    }
+
+    #[test]
+    fn concurrent_claimants_have_one_winner() {
+        let (_dir, store) = store();
+        for at in 0..20 {
+            let fire_at = NOW + at * 1000;
+            let winners = std::thread::scope(|scope| {
+                let claims: Vec<_> = (0..4)
+                    .map(|holder| {
+                        let store = &store;
+                        scope.spawn(move || {
+                            store
+                                .claim_firing("f", "* * * * * *", fire_at, &holder.to_string(), NOW)
+                                .expect("claim")
+                        })
+                    })
+                    .collect();
+                claims
+                    .into_iter()
+                    .map(|c| c.join().expect("claimant"))
+                    .filter(|won| *won)
+                    .count()
+            });
+            assert_eq!(winners, 1, "fire time {fire_at}");
+        }
+    }
+
+    #[test]
+    fn old_claims_are_pruned_and_old_fire_times_refused() {
+        let (_dir, store) = store();
+        let old = NOW - CLAIM_RETENTION_MS;
+        assert!(
+            store
+                .claim_firing("f", "s", old - 1, "a", old + 1)
+                .expect("claim")
+        );
+        assert!(
+            store
+                .claim_firing("f", "s", old, "a", old + 1)
+                .expect("claim")
+        );
+        assert_eq!(store.firings.len(), 2);
+        // An hour later the first is past the retention, the second not.
+        assert!(store.claim_firing("f", "s", NOW, "a", NOW).expect("claim"));
+        assert_eq!(store.firings.len(), 2, "one pruned, one added");
+        assert!(
+            !store
+                .claim_firing("f", "s", old - 1, "b", NOW)
+                .expect("claim"),
+            "a pruned firing is not given out again"
+        );
+        assert!(!store.claim_firing("f", "s", old, "b", NOW).expect("claim"));
+    }
+
+    #[test]
+    fn fire_times_before_1970_sort_before_later_ones() {
+        let (_dir, store) = store();
+        for at in [5, -5, 0] {
+            assert!(store.claim_firing("f", "s", at, "a", 0).expect("claim"));
+        }
+        store.prune_firings(0).expect("prune");
+        assert!(
+            store
+                .firings
+                .get(firing_key("f", "s", -5))
+                .expect("get")
+                .is_none()
+        );
+        assert!(
+            store
+                .firings
+                .get(firing_key("f", "s", 0))
+                .expect("get")
+                .is_some()
+        );
+        assert!(
+            store
+                .firings
+                .get(firing_key("f", "s", 5))
+                .expect("get")
+                .is_some()
+        );
     }
 
     #[test]

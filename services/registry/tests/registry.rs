@@ -11,8 +11,8 @@ use reqwest::header::{
 use sock_bundle::testing::{TarBuilder, hostile_bundles, incompressible};
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{
-    DeleteFunctionRequest, FunctionInfo, GetFunctionRequest, ListFunctionsRequest,
-    PushFunctionRequest,
+    ClaimFiringRequest, DeleteFunctionRequest, FunctionInfo, GetFunctionRequest,
+    ListFunctionsRequest, PushFunctionRequest,
 };
 use sock_registry::{Config, Error};
 use tokio::net::TcpListener;
@@ -582,7 +582,8 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
         .await
         .expect("with the admin token");
 
-    // Reads: listing is the operator's, one function is also the nodes'.
+    // Reads: listing and one function are the operator's and the nodes'
+    // (gateways list functions to find their cron triggers).
     let list = registry
         .grpc
         .list_functions(ListFunctionsRequest {})
@@ -603,6 +604,43 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
             .await
             .expect("a node reads one function");
         assert_eq!(info.into_inner().version, 1);
+        let listed = registry
+            .grpc
+            .list_functions(with_token(ListFunctionsRequest {}, token))
+            .await
+            .expect("a node lists functions");
+        assert_eq!(listed.into_inner().functions.len(), 1);
+    }
+
+    // Cron firings are claimed by gateways, with the node token: the
+    // first claimant of a fire time wins it.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let claim = |holder: &str| ClaimFiringRequest {
+        name: "hello".into(),
+        schedule: "* * * * *".into(),
+        fire_at_unix_ms: i64::try_from(now_ms).expect("fits"),
+        holder: holder.into(),
+    };
+    let refused = registry
+        .grpc
+        .claim_firing(claim("gateway-1"))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    for (holder, won) in [
+        ("gateway-1", true),
+        ("gateway-2", false),
+        ("gateway-1", true),
+    ] {
+        let answer = registry
+            .grpc
+            .claim_firing(with_token(claim(holder), "node-s3cret"))
+            .await
+            .expect("a node claims a firing");
+        assert_eq!(answer.into_inner().claimed, won, "{holder}");
     }
 
     // Bundles hold code and ol.yaml: the cache's, with the node token.
