@@ -46,7 +46,7 @@ impl Schedule {
             _ => trimmed,
         };
         let fields = trimmed.split_whitespace().count();
-        if !trimmed.starts_with('@') && !(fields == 5 || fields == 6) {
+        if !(trimmed.starts_with('@') || fields == 5 || fields == 6) {
             return Err(format!(
                 "it has {fields} fields; a schedule has 5 (minute hour day-of-month month \
                  day-of-week) or 6 with a leading seconds field"

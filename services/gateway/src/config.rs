@@ -36,6 +36,9 @@ pub struct Config {
     pub max_bundle_mb: u64,
     /// Calls one node runs at once before new calls spill to the next node.
     pub max_concurrency_per_node: usize,
+    /// How often the registry is asked for every function's cron triggers
+    /// (a push or delete through this gateway's `/registry` asks at once).
+    pub cron_refresh_ms: u64,
     /// How often every node's health is checked.
     pub health_interval_ms: u64,
     /// How often `dns:` node names are resolved again.
@@ -65,6 +68,7 @@ impl Default for Config {
             max_payload_bytes: 6 << 20,
             max_bundle_mb: 32,
             max_concurrency_per_node: 32,
+            cron_refresh_ms: 10_000,
             health_interval_ms: 1000,
             dns_refresh_ms: 5000,
             invoke_token: None,

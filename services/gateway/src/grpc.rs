@@ -22,13 +22,15 @@ pub(crate) struct GatewayService {
 
 type LogStream = std::pin::Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
 
-/// A new call id and the span every call runs in.
-pub(crate) fn call_span(function: &str) -> (String, tracing::Span) {
+/// A new call id and the span every call runs in; `trigger` says what
+/// made the call: "grpc", "http" or "cron".
+pub(crate) fn call_span(function: &str, trigger: &'static str) -> (String, tracing::Span) {
     let call_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!(
         "invoke",
         sock.function = %function,
         sock.call_id = %call_id,
+        sock.trigger = trigger,
         sock.version = tracing::field::Empty,
     );
     (call_id, span)
@@ -105,7 +107,7 @@ impl Gateway for GatewayService {
         let deadline_left = grpc_timeout(request.metadata());
         let arrived = Instant::now();
         let request = request.into_inner();
-        let (call_id, span) = call_span(&request.function);
+        let (call_id, span) = call_span(&request.function, "grpc");
         let invocation = Invocation {
             function: request.function,
             payload: request.payload,

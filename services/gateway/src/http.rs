@@ -79,7 +79,7 @@ async fn run(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (call_id, span) = call_span(&function);
+    let (call_id, span) = call_span(&function, "http");
     let result = async {
         let timeout_ms = timeout_header(&headers)?;
         let body = read_body(&headers, body, state.invoker.max_payload_bytes()).await?;

@@ -6,13 +6,15 @@
 //! (method, kind, size) and bounded in time (`deadline`), passes admission
 //! control (`admission`: concurrency limits and a bounded queue), and runs
 //! on the sandbox node its function hashes to (`nodes`). `invoke` holds
-//! that path; `grpc` and `http` are its two doors. `openlambda` passes
-//! OpenLambda's registry API on to the registry. Errors become gRPC
+//! that path; `grpc` and `http` are its two doors, and `cron` fires the
+//! functions' cron triggers through it. `openlambda` passes OpenLambda's
+//! registry API on to the registry. Errors become gRPC
 //! statuses and HTTP responses in one place (`error`).
 #![forbid(unsafe_code)]
 
 mod admission;
 mod config;
+mod cron;
 mod deadline;
 mod error;
 mod grpc;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 pub use config::Config;
+pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
 pub use error::{ERROR_HEADER, Error, Kind};
 pub use http::TIMEOUT_HEADER;
 pub use invoke::CALL_ID_HEADER;
@@ -76,6 +79,13 @@ pub async fn run(
             }
         })?;
     }
+    if config.cron_refresh_ms == 0 {
+        return Err(Error::InvalidConfig {
+            field: "cron_refresh_ms",
+            value: "0".into(),
+            reason: "the registry would be asked without pause; give milliseconds".into(),
+        });
+    }
     let registry = nodes::endpoint("registry_addr", &config.registry_addr)?;
     let registry_admin = RegistryClient::new(nodes::with_token(
         registry.clone().timeout(REGISTRY_ADMIN_TIMEOUT),
@@ -85,7 +95,10 @@ pub async fn run(
         registry.timeout(REGISTRY_TIMEOUT),
         config.node_token.as_ref(),
     )?);
-    let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
+    let functions = MetadataCache::new(
+        registry.clone(),
+        Duration::from_millis(config.registry_cache_ms),
+    );
     // Background tasks stop with the servers, however they end.
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
@@ -111,6 +124,14 @@ pub async fn run(
         },
         metrics.clone(),
     ));
+    let cron = Arc::new(cron::Scheduler {
+        registry,
+        invoker: invoker.clone(),
+        metrics: metrics.clone(),
+        refresh_every: Duration::from_millis(config.cron_refresh_ms),
+        refresh: cron::Refresh::default(),
+        holder: format!("gateway-{}", uuid::Uuid::new_v4()),
+    });
 
     let (health, _) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
@@ -139,6 +160,7 @@ pub async fn run(
     let openlambda = Arc::new(openlambda::OpenLambda {
         registry: registry_admin,
         invoker: invoker.clone(),
+        cron: cron.refresh.clone(),
         nodes: nodes.clone(),
         max_bundle_bytes: config.max_bundle_mb.saturating_mul(1 << 20),
     });
@@ -153,10 +175,16 @@ pub async fn run(
         .layer(sock_telemetry::http::ServerTraceLayer);
     let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
 
-    // One server failing stops the other rather than leaving half a gateway.
+    // One server failing stops the other rather than leaving half a
+    // gateway; the scheduler stops with them and lets its firings finish.
     let stop_grpc = stop.clone();
     let stop_http = stop.clone();
+    let scheduler = cron.run(stop.clone());
     tokio::try_join!(
+        async move {
+            scheduler.await;
+            Ok(())
+        },
         async move {
             let served = grpc_server.await.map_err(Error::Serve);
             stop_grpc.cancel();

@@ -17,6 +17,7 @@ type Labels = Vec<(&'static str, String)>;
 pub(crate) struct Metrics {
     registry: Registry,
     calls: Family<Labels, Counter>,
+    cron_firings: Family<Labels, Counter>,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
     queue_depth: Gauge<i64, AtomicI64>,
     nodes_healthy: Gauge<i64, AtomicI64>,
@@ -36,6 +37,14 @@ impl Metrics {
             "calls",
             "Calls by function and outcome (ok or the error kind)",
             calls.clone(),
+        );
+        let cron_firings = Family::<Labels, Counter>::default();
+        registry.register(
+            "cron_firings",
+            "Cron fire times this gateway met, by function and outcome: ok or failed \
+             (it fired), lost (another gateway claimed it), claim_failed (the registry \
+             could not be asked, so nothing fired)",
+            cron_firings.clone(),
         );
         let duration =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
@@ -61,6 +70,7 @@ impl Metrics {
         Metrics {
             registry,
             calls,
+            cron_firings,
             duration,
             queue_depth,
             nodes_healthy,
@@ -94,6 +104,15 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    pub fn cron_firing(&self, function: &str, outcome: &'static str) {
+        self.cron_firings
+            .get_or_create(&vec![
+                ("function", function.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
     /// The text exposition, with the gauges read now.
     pub fn render(&self, queue_depth: usize, nodes: usize, healthy: usize) -> String {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -123,6 +142,9 @@ mod tests {
             Duration::ZERO,
         );
         metrics.record_call("nope", &Err(Error::NotFound("nope".into())), Duration::ZERO);
+        metrics.cron_firing("tick", "lost");
+        metrics.cron_firing("tick", "ok");
+        metrics.cron_firing("tick", "ok");
         let text = metrics.render(7, 2, 1);
         assert!(
             text.contains(r#"sock_gateway_calls_total{function="echo",outcome="ok"} 2"#),
@@ -137,6 +159,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sock_gateway_queue_depth 7"), "{text}");
+        assert!(
+            text.contains(r#"sock_gateway_cron_firings_total{function="tick",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sock_gateway_cron_firings_total{function="tick",outcome="lost"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("sock_gateway_nodes_healthy 1"), "{text}");
         assert!(
             text.contains(r#"sock_gateway_call_duration_seconds_count{function="echo"} 3"#),

@@ -31,6 +31,7 @@ use sock_proto::v1::{
 };
 use sock_service::AuthedChannel;
 
+use crate::cron::Refresh;
 use crate::error::Error;
 use crate::http::read_body;
 use crate::invoke::Invoker;
@@ -46,6 +47,8 @@ pub(crate) struct OpenLambda {
     pub registry: RegistryClient<AuthedChannel>,
     /// Forgets a function's cached version after a push or delete.
     pub invoker: Arc<Invoker>,
+    /// Tells the cron scheduler its schedules changed.
+    pub cron: Refresh,
     pub nodes: Arc<Nodes>,
     pub max_bundle_bytes: u64,
 }
@@ -115,6 +118,7 @@ async fn upload(
             .map_err(Error::from_registry)?
             .into_inner();
         state.invoker.invalidate(&name);
+        state.cron.now();
         let mut response = (
             StatusCode::CREATED,
             format!("Lambda {name} uploaded successfully"),
@@ -143,6 +147,7 @@ async fn remove(
             .await
             .map_err(Error::from_registry)?;
         state.invoker.invalidate(&name);
+        state.cron.now();
         Ok(format!("Lambda {name} deleted successfully").into_response())
     })
     .await
@@ -201,11 +206,18 @@ fn openlambda_config(config: &FunctionConfig) -> Value {
     } else {
         config.http_methods.iter().map(String::as_str).collect()
     };
+    // Go's JSON of an empty slice field is null.
+    let cron = (!config.cron.is_empty()).then(|| {
+        config
+            .cron
+            .iter()
+            .map(|c| json!({"Schedule": c.schedule}))
+            .collect::<Vec<_>>()
+    });
     json!({
         "Triggers": {
             "HTTP": methods.iter().map(|m| json!({"Method": m})).collect::<Vec<_>>(),
-            // sock runs functions over HTTP and gRPC only.
-            "Cron": null,
+            "Cron": cron,
             "Kafka": null,
         },
         "Environment": config.environment,
@@ -249,6 +261,13 @@ mod tests {
         let config = openlambda_config(&config);
         assert_eq!(config["Environment"], json!({"GREETING": "hi"}));
         assert_eq!(config["ReuseSandbox"], false);
+        let config = config_of(Some(
+            "triggers:\n  cron:\n    - schedule: \"*/5 * * * *\"\n",
+        ));
+        assert_eq!(
+            openlambda_config(&config)["Triggers"]["Cron"],
+            json!([{"Schedule": "*/5 * * * *"}])
+        );
     }
 
     #[tokio::test]
