@@ -6,4 +6,5 @@
 pub mod cluster;
 pub mod functions;
 pub mod otlp;
+pub mod process;
 pub mod wheels;

@@ -1,74 +1,16 @@
 //! Two sandbox nodes behind one gateway, with real processes: calls spread
 //! by function, a node killed mid-load, and its return.
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
+use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::functions::bundle;
+use sock_e2e::process::{free_addr, start, wait_for};
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{InvokeRequest, PushFunctionRequest, StatusRequest};
 use tonic::Code;
-
-/// A process of ours, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Process(Child);
-
-impl Process {
-    fn stop(&mut self, signal: Signal) {
-        if self.0.try_wait().expect("poll").is_none() {
-            let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid"));
-            let _ = kill(pid, signal);
-            let started = Instant::now();
-            while self.0.try_wait().expect("poll").is_none() {
-                if started.elapsed() > Duration::from_secs(20) {
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.stop(Signal::SIGTERM);
-    }
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-fn start(binary: &str, env: &[(&str, String)]) -> Process {
-    Process(
-        Command::new(bin_dir().join(binary))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start service"),
-    )
-}
-
-async fn wait_for(addr: &str) {
-    let started = Instant::now();
-    loop {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string()).expect("url");
-        if endpoint.connect().await.is_ok() {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{addr} never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A node on TCP answers no caller without the node token.
 async fn assert_wants_the_node_token(addr: &str) {
