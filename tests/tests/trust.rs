@@ -13,8 +13,8 @@ use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{
-    DeleteFunctionRequest, FunctionRef, GetFunctionRequest, InvokeRequest, ListFunctionsRequest,
-    PrepareRequest, PushFunctionRequest,
+    ClaimFiringRequest, DeleteFunctionRequest, FunctionRef, GetFunctionRequest, InvokeRequest,
+    ListFunctionsRequest, PrepareRequest, PushFunctionRequest,
 };
 use tonic::Code;
 
@@ -102,11 +102,23 @@ async fn outsiders_are_turned_away_everywhere_and_only_sandboxd_is_root() {
         .await
         .expect_err("anonymous delete");
     assert_refused(&delete, "delete", "tokens/admin");
+    // Listing is also the gateways' (their cron schedulers), with the
+    // node token.
     let list = registry
         .list_functions(ListFunctionsRequest {})
         .await
         .expect_err("anonymous list");
-    assert_refused(&list, "list", "tokens/admin");
+    assert_refused(&list, "list", "tokens/node");
+    let claim = registry
+        .claim_firing(ClaimFiringRequest {
+            name: "secretive".into(),
+            schedule: "* * * * *".into(),
+            fire_at_unix_ms: 0,
+            holder: "evil".into(),
+        })
+        .await
+        .expect_err("anonymous claim");
+    assert_refused(&claim, "claim", "tokens/node");
     let get = registry
         .get_function(GetFunctionRequest {
             name: "secretive".into(),
