@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::functions::bundle;
+use sock_e2e::otlp::OtlpReceiver;
 use sock_e2e::process::{free_addr, start, wait_for};
 use sock_proto::v1::LogsRequest;
 use sock_proto::v1::gateway_client::GatewayClient;
@@ -86,7 +87,13 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
     if !have_root() {
         return;
     }
-    let cluster = Cluster::start_with_env(&[("SOCK_GATEWAY_CRON_REFRESH_MS", REFRESH_MS)]);
+    let receiver = OtlpReceiver::start().await;
+    let otlp = receiver.endpoint();
+    let cluster = Cluster::start_with_env(&[
+        ("SOCK_GATEWAY_CRON_REFRESH_MS", REFRESH_MS),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
     // A second gateway on the same registry and node, on loopback with no
     // tokens of its own (its /metrics is open).
     let second_grpc = format!("http://{}", free_addr());
@@ -112,6 +119,8 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
             ),
             ("SOCK_GATEWAY_NODE_TOKEN", cluster.token(Kind::Node)),
             ("SOCK_GATEWAY_CRON_REFRESH_MS", REFRESH_MS.into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ],
     );
     wait_for(&second_grpc).await;
@@ -187,5 +196,37 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
     assert!(
         count("lost") >= 1,
         "the gateways competed for the firings: first {first:?}, second {second:?}"
+    );
+
+    // Each firing is a call of its own, traced like any other and marked
+    // as the cron trigger's.
+    let is_cron_call = |span: &sock_e2e::otlp::Span| {
+        span.name == "invoke"
+            && span.attribute("sock.function") == Some("tick")
+            && span.attribute("sock.trigger") == Some("cron")
+    };
+    let spans = receiver
+        .wait_for(
+            |spans| spans.iter().filter(|s| is_cron_call(s)).count() >= after.len(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|timeout| {
+            panic!(
+                "one invoke span with sock.trigger=cron per firing; saw {:#?}",
+                timeout
+                    .seen
+                    .iter()
+                    .filter(|s| s.name == "invoke")
+                    .collect::<Vec<_>>()
+            )
+        });
+    let traced: Vec<_> = spans.iter().filter(|s| is_cron_call(s)).collect();
+    assert_eq!(traced.len(), after.len(), "{traced:#?}");
+    assert!(
+        traced
+            .iter()
+            .all(|s| s.parent_id.is_none() && s.service == "sock-gateway"),
+        "a firing starts its own trace at a gateway: {traced:#?}"
     );
 }
