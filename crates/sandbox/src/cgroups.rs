@@ -171,17 +171,28 @@ fn dirs_of(cg: &Cgroup) -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct CgroupPool {
     instance: String,
-    free: Mutex<Vec<String>>,
+    free: Mutex<Free>,
+    /// Held while refilling, so that close waits for a refill under way.
+    refilling: Mutex<()>,
     next: AtomicU64,
     /// How many empty cgroups to keep ready.
     spares: usize,
+}
+
+#[derive(Debug, Default)]
+struct Free {
+    names: Vec<String>,
+    /// Set by [`CgroupPool::close`]: nothing is kept or made ready any
+    /// more, so a sandbox that ends after it leaves nothing behind.
+    closed: bool,
 }
 
 impl CgroupPool {
     pub fn new(instance: &str, spares: usize) -> CgroupPool {
         let pool = CgroupPool {
             instance: instance.to_string(),
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(Free::default()),
+            refilling: Mutex::new(()),
             next: AtomicU64::new(0),
             spares,
         };
@@ -189,14 +200,14 @@ impl CgroupPool {
         pool
     }
 
-    fn free(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        // Pushes and pops only: poisoning cannot leave the list broken.
+    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
+        // Pushes, pops and a flag: poisoning cannot leave it broken.
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Empty cgroups ready right now.
     pub fn spare(&self) -> usize {
-        self.free().len()
+        self.free().names.len()
     }
 
     fn create(&self) -> Result<String, CgroupError> {
@@ -220,10 +231,18 @@ impl CgroupPool {
 
     /// Creates cgroups until `spares` are ready; true if it created any.
     pub fn refill(&self) -> bool {
+        // Nothing is left half done inside: poisoning is harmless.
+        let _refilling = self.refilling.lock().unwrap_or_else(|p| p.into_inner());
         let mut created = false;
         while self.spare() < self.spares {
             match self.create() {
-                Ok(name) => self.free().push(name),
+                Ok(name) => {
+                    if let Err(name) = self.keep(name) {
+                        // Closed meanwhile.
+                        self.discard(&name);
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot pre-create a sandbox cgroup");
                     break;
@@ -234,9 +253,20 @@ impl CgroupPool {
         created
     }
 
+    /// Adds an empty cgroup to the ready ones, unless the pool is closed
+    /// or has enough (then the name comes back).
+    fn keep(&self, name: String) -> Result<(), String> {
+        let mut free = self.free();
+        if free.closed || free.names.len() >= self.spares {
+            return Err(name);
+        }
+        free.names.push(name);
+        Ok(())
+    }
+
     /// A cgroup with `limits` written, from the pool when it has one.
     pub fn take(&self, limits: CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
-        let recycled = self.free().pop();
+        let recycled = self.free().names.pop();
         let name = match recycled {
             Some(name) => name,
             None => self.create()?,
@@ -252,25 +282,44 @@ impl CgroupPool {
     }
 
     /// Kills what is left in the cgroup and keeps it for the next sandbox,
-    /// or removes it when enough are ready or it will not empty.
+    /// or removes it when enough are ready, the pool is closed or it will
+    /// not empty.
     pub fn recycle(&self, cgroup: &SandboxCgroup) {
         cgroup.kill();
-        let reusable = cgroup.cg.exists() && cgroup.cg.procs().is_empty();
-        if reusable && self.spare() < self.spares {
+        let name = cgroup.name.rsplit('/').next().expect("split yields one");
+        if cgroup.cg.exists() && cgroup.cg.procs().is_empty() {
             cgroup.release_pages();
-            let name = cgroup.name.rsplit('/').next().expect("split yields one");
-            self.free().push(name.to_string());
-        } else {
-            cgroup.remove();
+            if self.keep(name.to_string()).is_ok() {
+                return;
+            }
+        }
+        cgroup.remove();
+        if self.free().closed {
+            // The last sandbox to end after close takes the parents along.
+            remove_parents(&self.instance);
         }
     }
 
-    /// Removes the ready cgroups (at shutdown).
-    pub fn remove_spares(&self) {
-        let names = std::mem::take(&mut *self.free());
+    fn discard(&self, name: &str) {
+        SandboxCgroup::load(&self.instance, name, CgroupLimits::default()).delete();
+    }
+
+    /// At shutdown: removes the ready cgroups and the instance's parent
+    /// dirs, and from now on removes every cgroup given back instead of
+    /// keeping it. Parents that still hold a sandbox's cgroup stay until
+    /// that sandbox is recycled.
+    pub fn close(&self) {
+        let names = {
+            let mut free = self.free();
+            free.closed = true;
+            std::mem::take(&mut free.names)
+        };
+        // A refill under way ends at its next cgroup, which it removes.
+        drop(self.refilling.lock().unwrap_or_else(|p| p.into_inner()));
         for name in names {
-            SandboxCgroup::load(&self.instance, &name, CgroupLimits::default()).delete();
+            self.discard(&name);
         }
+        remove_parents(&self.instance);
     }
 }
 

@@ -100,9 +100,9 @@ pub(crate) struct Shared {
 }
 
 impl Drop for Shared {
+    /// For library users that never called [`Sandboxes::close`].
     fn drop(&mut self) {
-        self.cgroups.remove_spares();
-        cgroups::remove_parents(&self.config.instance);
+        self.cgroups.close();
     }
 }
 
@@ -280,6 +280,13 @@ impl Sandboxes {
                 uids,
             }),
         })
+    }
+
+    /// At shutdown, once the sandboxes are destroyed: removes the ready
+    /// cgroups and the instance's cgroup dirs; a sandbox that ends later
+    /// removes its own cgroup instead of keeping it (blocks briefly).
+    pub fn close(&self) {
+        self.shared.cgroups.close();
     }
 
     /// Sandboxes alive right now.

@@ -42,6 +42,8 @@ use crate::zygote::ZygoteSpec;
 const MEMINFO_PERIOD: Duration = Duration::from_secs(1);
 /// The pool's size when `mem_pool_mb` is 0: RAM minus this.
 const HOST_RESERVE_MB: u64 = 500;
+/// How long shutdown waits for killed sandboxes to be torn down.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// What the cache prepared for a cold start.
 pub(crate) struct Prepared {
@@ -611,6 +613,20 @@ impl Manager {
         .await;
         self.sandboxes.destroy_all().await;
         self.tree.shutdown().await;
+        // The killed sandboxes' owners tear them down as their calls end;
+        // a process that exits first would leave their cgroups behind.
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        while self.sandboxes.alive() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.sandboxes.alive() > 0 {
+            tracing::warn!(
+                sandboxes = self.sandboxes.alive(),
+                "sandboxes still being torn down at shutdown"
+            );
+        }
+        let sandboxes = self.sandboxes.clone();
+        let _ = tokio::task::spawn_blocking(move || sandboxes.close()).await;
     }
 }
 

@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use node::{Function, Node, pids_below, request};
+use common::pids_below;
+use node::{Function, Node, request};
 use serde_json::{Value, json};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{FunctionConfig, Limits, SandboxInvokeResponse, SourceBuild, ZygoteNode};
@@ -621,7 +622,7 @@ impl Node {
 
     /// The pids in every cgroup of this instance.
     fn pids(&self) -> Vec<i32> {
-        pids_below(&node::cgroup_dir("pids", &self.config.instance))
+        pids_below(&common::cgroup_dir("pids", &self.config.instance))
     }
 
     /// The host pid of function `name`'s runtime: the process of this

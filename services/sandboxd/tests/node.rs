@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use node::{Function, Node, assert_nothing_left, cgroup_dir, pids_below, request, start};
+use common::{cgroup_dir, pids_below};
+use node::{Function, Node, assert_nothing_left, request, start};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{
     ErrorKind, FunctionConfig, FunctionError, Limits, SandboxInvokeResponse, StatusRequest,

@@ -14,8 +14,9 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// (so parallel tests never share cgroups). Dropping it removes them all.
 struct Fixture {
     dir: tempfile::TempDir,
-    instance: String,
     sandboxes: Option<Sandboxes>,
+    /// Dropped last: removes what a failed test left.
+    instance: common::Instance,
 }
 
 fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
@@ -31,14 +32,14 @@ fn fixture_with(test: &str, f_py: &str, adjust: impl FnOnce(&mut Config)) -> Opt
     let code = dir.path().join("code");
     std::fs::create_dir(&code).expect("mkdir code");
     std::fs::write(code.join("f.py"), f_py).expect("write f.py");
-    let instance = format!("test-{test}-{}", std::process::id());
-    let mut config = config(dir.path(), &instance);
+    let instance = common::Instance::new(test);
+    let mut config = config(dir.path(), instance.name());
     adjust(&mut config);
     let sandboxes = Sandboxes::new(config).expect("start sandboxes");
     Some(Fixture {
         dir,
-        instance,
         sandboxes: Some(sandboxes),
+        instance,
     })
 }
 
@@ -94,17 +95,10 @@ impl Fixture {
 
     /// Shuts the instance down and checks it left no cgroup behind.
     fn finish(mut self) {
-        let dirs: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer", "unified"]
-            .iter()
-            .map(|c| {
-                Path::new("/sys/fs/cgroup")
-                    .join(c)
-                    .join("sock")
-                    .join(&self.instance)
-            })
-            .collect();
-        drop(self.sandboxes.take());
-        assert_gone(&dirs);
+        if let Some(sandboxes) = self.sandboxes.take() {
+            sandboxes.close();
+        }
+        common::assert_no_cgroups(self.instance.name());
     }
 }
 
@@ -118,12 +112,6 @@ fn assert_empty(dirs: &[PathBuf]) {
             "{} still has {procs}",
             dir.display()
         );
-    }
-}
-
-fn assert_gone(dirs: &[PathBuf]) {
-    for dir in dirs {
-        assert!(!dir.exists(), "cgroup {} was left behind", dir.display());
     }
 }
 
@@ -447,7 +435,7 @@ async fn a_restart_removes_what_the_previous_run_left() {
         .collect();
     assert!(!pids.is_empty());
 
-    let restarted = Sandboxes::new(config(fx.dir.path(), &fx.instance)).expect("restart");
+    let restarted = Sandboxes::new(config(fx.dir.path(), fx.instance.name())).expect("restart");
     assert_empty(&dirs);
     for pid in &pids {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

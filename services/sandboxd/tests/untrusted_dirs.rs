@@ -38,6 +38,7 @@ def f(event):
 struct Fixture {
     dir: tempfile::TempDir,
     sandboxes: Option<Sandboxes>,
+    instance: common::Instance,
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
@@ -50,11 +51,12 @@ fn fixture(test: &str) -> Option<Fixture> {
     std::fs::write(secret.join("secret.txt"), SECRET).expect("write secret");
     // A function there too, so only the symlink check can stop it.
     std::fs::write(secret.join("f.py"), PROBE).expect("write f.py beside the secret");
+    let instance = common::Instance::new(test);
     let fixture = Fixture {
         sandboxes: Some(
             Sandboxes::new(Config {
                 data_dir: dir.path().join("data"),
-                instance: format!("untrusted-{test}-{}", std::process::id()),
+                instance: instance.name().to_string(),
                 init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
                 cache_data_dir: dir.path().join("cache"),
                 ..Config::default()
@@ -62,6 +64,7 @@ fn fixture(test: &str) -> Option<Fixture> {
             .expect("start sandboxes"),
         ),
         dir,
+        instance,
     };
     let code = fixture.code_dir("good");
     std::fs::create_dir_all(&code).expect("mkdir code");
@@ -162,7 +165,12 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        drop(self.sandboxes.take());
+        if let Some(sandboxes) = self.sandboxes.take() {
+            sandboxes.close();
+        }
+        if !std::thread::panicking() {
+            common::assert_no_cgroups(self.instance.name());
+        }
     }
 }
 

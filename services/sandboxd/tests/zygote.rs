@@ -2,7 +2,7 @@
 //! API with package dirs the tests make. Needs root.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sock_proto::v1::ErrorKind;
@@ -11,11 +11,12 @@ use sock_sandboxd::{Config, Limits, Outcome, SandboxSpec, Sandboxes, Zygote, Zyg
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A temp dir, a sandboxd instance of its own; dropping it kills every
-/// sandbox and zygote and removes the cgroups.
+/// sandbox and zygote and checks that sandboxd removed the cgroups (then
+/// `instance` removes whatever a failed test left).
 struct Fixture {
     dir: tempfile::TempDir,
-    instance: String,
     sandboxes: Option<Sandboxes>,
+    instance: common::Instance,
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
@@ -28,18 +29,18 @@ fn fixture(test: &str) -> Option<Fixture> {
         .with_writer(std::io::stderr)
         .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let instance = format!("zyg-{test}-{}", std::process::id());
+    let instance = common::Instance::new(test);
     let config = Config {
         data_dir: dir.path().join("data"),
-        instance: instance.clone(),
+        instance: instance.name().to_string(),
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
         ..Config::default()
     };
     let sandboxes = Sandboxes::new(config).expect("start sandboxes");
     Some(Fixture {
         dir,
-        instance,
         sandboxes: Some(sandboxes),
+        instance,
     })
 }
 
@@ -84,23 +85,15 @@ impl Fixture {
             .await
             .expect("root zygote")
     }
-
-    fn cgroup_root(&self, controller: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("sock")
-            .join(&self.instance)
-    }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        drop(self.sandboxes.take());
-        for controller in ["memory", "pids", "cpu", "freezer", "unified"] {
-            let dir = self.cgroup_root(controller);
-            if !std::thread::panicking() {
-                assert!(!dir.exists(), "{} was left behind", dir.display());
-            }
+        if let Some(sandboxes) = self.sandboxes.take() {
+            sandboxes.close();
+        }
+        if !std::thread::panicking() {
+            common::assert_no_cgroups(self.instance.name());
         }
     }
 }

@@ -24,11 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
-/// Every hierarchy a sandbox may join: v1 controllers, and the cgroup2
-/// leaf that freezes and kills where the machine mounts cgroup2 (then the
-/// v1 freezer is not used).
-const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "unified"];
-
 /// What the fake cache answers for a published function, besides its name
 /// and version.
 #[derive(Clone, Default)]
@@ -136,12 +131,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
     /// Dropped last: what a failed test's sandboxd had no time to destroy.
-    _leftovers: Leftovers,
+    _instance: crate::common::Instance,
 }
 
 impl Drop for Node {
     /// A failed test still stops its sandboxd; a panic may end the runtime
-    /// before sandboxd has destroyed everything, so `_leftovers` goes next.
+    /// before sandboxd has destroyed everything, so `_instance` goes next.
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -154,6 +149,7 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let instance = crate::common::Instance::new(test);
     let catalog = Arc::new(Catalog::default());
     let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
     let mut config = Config {
@@ -162,7 +158,7 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
         data_dir: dir.path().join("data"),
         // The fake cache answers dirs below the test's dir.
         cache_data_dir: dir.path().to_path_buf(),
-        instance: format!("{}-{test}-{}", env!("CARGO_CRATE_NAME"), std::process::id()),
+        instance: instance.name().to_string(),
         shutdown_grace_ms: 100,
         init_program: Some(env!("CARGO_BIN_EXE_sock-sandboxd").into()),
         // A test starts a few sandboxes: no need to make many spares.
@@ -178,7 +174,7 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
     );
     Some(Node {
         dir,
-        _leftovers: Leftovers(config.instance.clone()),
+        _instance: instance,
         config,
         catalog,
         client,
@@ -268,71 +264,14 @@ impl Node {
     }
 }
 
-/// The cgroup dir of sandboxd instance `instance` in hierarchy `controller`.
-pub fn cgroup_dir(controller: &str, instance: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join("sock")
-        .join(instance)
-}
-
-/// The pids in the cgroups below `dir`.
-pub fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
-            let procs =
-                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
-            pids.extend(procs.lines().filter_map(|l| l.parse::<i32>().ok()));
-        }
-    }
-    pids
-}
-
 /// Checks that sandboxd instance `instance` left no cgroup, and no mount
 /// under its data dir.
 pub fn assert_nothing_left(instance: &str, data_dir: &Path) {
-    for controller in CONTROLLERS {
-        let dir = cgroup_dir(controller, instance);
-        assert!(!dir.exists(), "{} was left behind", dir.display());
-    }
+    crate::common::assert_no_cgroups(instance);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let data_dir = data_dir.display().to_string();
     assert!(
         !mounts.contains(&data_dir),
         "mounts under {data_dir} were left behind"
     );
-}
-
-/// Kills what is left in a sandboxd instance's cgroups and removes them:
-/// after a test that failed before its sandboxd cleaned up.
-struct Leftovers(String);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for controller in CONTROLLERS {
-            let dir = cgroup_dir(controller, &self.0);
-            for pid in pids_below(&dir) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    // A frozen task dies of its SIGKILL only once thawed.
-                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
-                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
-                    for _ in 0..100 {
-                        if std::fs::remove_dir(entry.path()).is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
-            let _ = std::fs::remove_dir(dir.parent().expect("sock dir"));
-        }
-    }
 }
