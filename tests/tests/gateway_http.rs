@@ -104,6 +104,11 @@ async fn http_serves_functions_and_web_apps() {
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
     assert_eq!(response.headers()["x-sock-error"], "method_not_allowed");
+    // OpenLambda's text, which its test scripts compare whole.
+    assert_eq!(
+        response.text().await.expect("405 body"),
+        "HTTP method not allowed. Sent: GET, Allowed: [POST]\n"
+    );
 
     // A payload that is not JSON is the caller's mistake.
     let response = http
