@@ -6,7 +6,8 @@
 //! (method, kind, size) and bounded in time (`deadline`), passes admission
 //! control (`admission`: concurrency limits and a bounded queue), and runs
 //! on the sandbox node its function hashes to (`nodes`). `invoke` holds
-//! that path; `grpc` and `http` are its two doors. `openlambda` passes
+//! that path; `grpc` and `http` are its two doors, and `kafka` turns
+//! messages of functions' Kafka triggers into calls on it. `openlambda` passes
 //! OpenLambda's registry API on to the registry. Errors become gRPC
 //! statuses and HTTP responses in one place (`error`).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ mod error;
 mod grpc;
 mod http;
 mod invoke;
+mod kafka;
 mod metadata;
 mod metrics;
 mod nodes;
@@ -85,7 +87,10 @@ pub async fn run(
         registry.timeout(REGISTRY_TIMEOUT),
         config.node_token.as_ref(),
     )?);
-    let functions = MetadataCache::new(registry, Duration::from_millis(config.registry_cache_ms));
+    let functions = MetadataCache::new(
+        registry.clone(),
+        Duration::from_millis(config.registry_cache_ms),
+    );
     // Background tasks stop with the servers, however they end.
     let stop = shutdown.child_token();
     let _stop_on_return = stop.clone().drop_guard();
@@ -111,6 +116,16 @@ pub async fn run(
         },
         metrics.clone(),
     ));
+
+    let kafka = kafka::run(
+        registry,
+        Arc::new(kafka::Deliver {
+            invoker: invoker.clone(),
+            metrics: metrics.clone(),
+        }),
+        Duration::from_millis(config.kafka_poll_interval_ms),
+        stop.clone(),
+    );
 
     let (health, _) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
@@ -154,9 +169,15 @@ pub async fn run(
     let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
 
     // One server failing stops the other rather than leaving half a gateway.
+    // Kafka consumers stop with them, and are waited for so that they
+    // leave their groups before the gateway exits.
     let stop_grpc = stop.clone();
     let stop_http = stop.clone();
     tokio::try_join!(
+        async move {
+            kafka.await;
+            Ok(())
+        },
         async move {
             let served = grpc_server.await.map_err(Error::Serve);
             stop_grpc.cancel();

@@ -106,6 +106,8 @@ fn access(path: &str) -> sock_service::Access {
     use sock_service::Access;
     match path {
         "/sock.v1.Registry/GetFunction" => Access::Node,
+        // Gateways list functions to find their Kafka triggers.
+        "/sock.v1.Registry/ListFunctions" => Access::Node,
         p if p.starts_with("/sock.v1.Registry/") => Access::Admin,
         _ => Access::Open,
     }
