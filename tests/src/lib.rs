@@ -5,5 +5,6 @@
 
 pub mod cluster;
 pub mod functions;
+pub mod kafka;
 pub mod otlp;
 pub mod wheels;
