@@ -347,7 +347,9 @@ fn seek_offset(response: &HttpResponse) -> Option<i64> {
 }
 
 /// The HTTP request OpenLambda makes of a message: a POST of the value to
-/// the function's root, with the message's coordinates as headers.
+/// the function's root, with the message's coordinates as headers. Names
+/// are lowercase, as HTTP calls arrive from hyper and as ASGI wants them;
+/// WSGI and Flask read them in any case.
 fn request(function: &str, group: &str, topic: &str, partition: i32, offset: i64) -> HttpRequest {
     let header = |name: &str, value: String| HttpHeader {
         name: name.to_string(),
@@ -358,11 +360,11 @@ fn request(function: &str, group: &str, topic: &str, partition: i32, offset: i64
         path: "/".into(),
         query: String::new(),
         headers: vec![
-            header("Content-Type", "application/json".into()),
-            header("X-Kafka-Topic", topic.to_string()),
-            header("X-Kafka-Partition", partition.to_string()),
-            header("X-Kafka-Offset", offset.to_string()),
-            header("X-Kafka-Group-Id", group.to_string()),
+            header("content-type", "application/json".into()),
+            header("x-kafka-topic", topic.to_string()),
+            header("x-kafka-partition", partition.to_string()),
+            header("x-kafka-offset", offset.to_string()),
+            header("x-kafka-group-id", group.to_string()),
         ],
         root_path: format!("/run/{function}"),
     }
@@ -575,11 +577,11 @@ mod tests {
         assert_eq!(
             headers,
             [
-                ("Content-Type", "application/json"),
-                ("X-Kafka-Topic", "orders"),
-                ("X-Kafka-Partition", "2"),
-                ("X-Kafka-Offset", "41"),
-                ("X-Kafka-Group-Id", "lambda-echo"),
+                ("content-type", "application/json"),
+                ("x-kafka-topic", "orders"),
+                ("x-kafka-partition", "2"),
+                ("x-kafka-offset", "41"),
+                ("x-kafka-group-id", "lambda-echo"),
             ]
         );
     }
