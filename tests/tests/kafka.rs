@@ -286,7 +286,9 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
     broker.create_topic("numbers", 3).await;
     // The cluster's own gateway consumes nothing: ours do, one at a time.
     let cluster = Cluster::start_with_env(&[("SOCK_GATEWAY_KAFKA_POLL_INTERVAL_MS", "0")]);
-    let code = "import json\n\ndef f(event):\n    print(json.dumps(event), flush=True)\n    return event\n";
+    // Slow enough that the first gateway stops with messages left.
+    let code = "import json, time\n\ndef f(event):\n    print(json.dumps(event), flush=True)\n    \
+                time.sleep(0.2)\n    return event\n";
     cluster
         .push(
             "numbers",
@@ -310,6 +312,10 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
     .await;
     gateway.stop().await;
     let before = printed(&cluster, "numbers").await;
+    assert!(
+        seen(&before, 20) < 20,
+        "the first gateway consumed everything before it stopped: {before:?}"
+    );
 
     broker.produce("numbers", &second).await;
     let gateway = Gateway::start(&cluster).await;
