@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod functions;
+pub mod kafka;
 pub mod otlp;
 pub mod process;
 pub mod wheels;

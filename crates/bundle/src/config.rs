@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_yaml::Value;
-use sock_proto::v1::{CronTrigger, FunctionConfig, Limits};
+use sock_proto::v1::{CronTrigger, FunctionConfig, KafkaTrigger, Limits};
 
 use crate::cron::Schedule;
 use crate::error::{BundleError, shown};
@@ -37,7 +37,20 @@ struct OlYaml {
 struct Triggers {
     http: Vec<Value>,
     cron: Vec<Value>,
+    kafka: Vec<KafkaYaml>,
 }
+
+/// One `triggers.kafka` entry. Unknown keys are ignored, as OpenLambda
+/// does (it ignores a `group_id` too: the group is derived from the name).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct KafkaYaml {
+    bootstrap_servers: Vec<String>,
+    topics: Vec<String>,
+    auto_offset_reset: Option<String>,
+}
+
+const OFFSET_RESETS: [&str; 2] = ["earliest", "latest"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -124,7 +137,89 @@ pub(crate) fn function_config(
         isolation,
         fresh_sandbox_per_call: ol.reuse_sandbox == Some(false),
         cron: cron_triggers(ol.triggers.cron)?,
+        kafka: ol
+            .triggers
+            .kafka
+            .into_iter()
+            .enumerate()
+            .map(|(i, trigger)| kafka_trigger(i, trigger))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+/// Checks one `triggers.kafka` entry now, so a mistake is the push's error
+/// and not a consumer that quietly never starts.
+fn kafka_trigger(index: usize, raw: KafkaYaml) -> Result<KafkaTrigger, BundleError> {
+    let at = format!("triggers.kafka[{index}]");
+    if raw.bootstrap_servers.is_empty() {
+        return Err(invalid(format!(
+            "{at} has no bootstrap_servers (list the brokers as host:port)"
+        )));
+    }
+    for server in &raw.bootstrap_servers {
+        check_server(server).map_err(|reason| {
+            invalid(format!(
+                "{at} bootstrap server '{}' {reason}",
+                shown(server)
+            ))
+        })?;
+    }
+    if raw.topics.is_empty() {
+        return Err(invalid(format!("{at} has no topics")));
+    }
+    for topic in &raw.topics {
+        // Kafka's own rule for topic names.
+        let legal = !topic.is_empty()
+            && topic.len() <= 249
+            && topic != "."
+            && topic != ".."
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !legal {
+            return Err(invalid(format!(
+                "{at} topic '{}' is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+                shown(topic)
+            )));
+        }
+    }
+    let auto_offset_reset = match raw.auto_offset_reset {
+        None => "latest".to_string(),
+        Some(reset) if OFFSET_RESETS.contains(&reset.as_str()) => reset,
+        Some(reset) => {
+            return Err(invalid(format!(
+                "{at} auto_offset_reset must be 'earliest' or 'latest', not '{}'",
+                shown(&reset)
+            )));
+        }
+    };
+    Ok(KafkaTrigger {
+        bootstrap_servers: raw.bootstrap_servers,
+        topics: raw.topics,
+        auto_offset_reset,
+    })
+}
+
+/// A broker address as Kafka clients take it: `host:port`, the host a
+/// name, an IPv4 address or a bracketed IPv6 one. Commas and spaces would
+/// split it into several addresses in the client's list.
+fn check_server(server: &str) -> Result<(), &'static str> {
+    let (host, port) = server.rsplit_once(':').ok_or("must be host:port")?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err("has no valid host name before the port");
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err("must end in a port from 1 to 65535"),
+    }
 }
 
 fn parse_ol_yaml(bytes: &[u8]) -> Result<OlYaml, BundleError> {
@@ -494,6 +589,96 @@ mod tests {
             ("triggers: [oops\n", "invalid ol.yaml"),
         ] {
             let err = config(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with("invalid ol.yaml: "), "{err}");
+            assert!(err.contains(needle), "{yaml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn kafka_triggers_are_read_in_openlambdas_format() {
+        let c = config(
+            "triggers:\n  http:\n    - method: POST\n  kafka:\n\
+             \x20   - bootstrap_servers: [\"localhost:9092\", \"10.0.0.2:19092\", \"[::1]:9092\"]\n\
+             \x20     topics: [my-topic, other.topic_2]\n\
+             \x20     auto_offset_reset: earliest\n\
+             \x20   - bootstrap_servers: [kafka:9092]\n\
+             \x20     topics: [events]\n\
+             \x20     group_id: ignored-as-in-openlambda\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.kafka,
+            [
+                KafkaTrigger {
+                    bootstrap_servers: vec![
+                        "localhost:9092".into(),
+                        "10.0.0.2:19092".into(),
+                        "[::1]:9092".into()
+                    ],
+                    topics: vec!["my-topic".into(), "other.topic_2".into()],
+                    auto_offset_reset: "earliest".into(),
+                },
+                // OpenLambda starts at the end when it is not "earliest".
+                KafkaTrigger {
+                    bootstrap_servers: vec!["kafka:9092".into()],
+                    topics: vec!["events".into()],
+                    auto_offset_reset: "latest".into(),
+                },
+            ]
+        );
+        assert!(config("other: 1\n").expect("valid").kafka.is_empty());
+    }
+
+    #[test]
+    fn kafka_trigger_mistakes_are_named() {
+        let trigger = |body: &str| format!("triggers:\n  kafka:\n    - {body}\n");
+        for (yaml, needle) in [
+            (
+                trigger("topics: [t]"),
+                "triggers.kafka[0] has no bootstrap_servers",
+            ),
+            (
+                trigger("bootstrap_servers: []\n      topics: [t]"),
+                "triggers.kafka[0] has no bootstrap_servers",
+            ),
+            (
+                trigger("bootstrap_servers: [\"k:9092\"]"),
+                "triggers.kafka[0] has no topics",
+            ),
+            (
+                trigger("bootstrap_servers: [\"k:9092\"]\n      topics: [\"a b\"]"),
+                "topic 'a b' is not a Kafka topic name",
+            ),
+            (
+                trigger("bootstrap_servers: [\"k:9092\"]\n      topics: [t]\n      auto_offset_reset: smallest"),
+                "triggers.kafka[0] auto_offset_reset must be 'earliest' or 'latest', not 'smallest'",
+            ),
+            (
+                trigger("bootstrap_servers: [localhost]\n      topics: [t]"),
+                "bootstrap server 'localhost' must be host:port",
+            ),
+            (
+                trigger("bootstrap_servers: [\"k:0\"]\n      topics: [t]"),
+                "bootstrap server 'k:0' must end in a port from 1 to 65535",
+            ),
+            (
+                trigger("bootstrap_servers: [\"k:x\"]\n      topics: [t]"),
+                "must end in a port",
+            ),
+            (
+                trigger("bootstrap_servers: [\"a:1,b:2\"]\n      topics: [t]"),
+                "bootstrap server 'a:1,b:2' has no valid host name",
+            ),
+            (
+                trigger("bootstrap_servers: [\":9092\"]\n      topics: [t]"),
+                "has no valid host name",
+            ),
+            (
+                "triggers:\n  kafka:\n    - bootstrap_servers: [\"k:1\"]\n      topics: [t]\n    - topics: [t]\n".to_string(),
+                "triggers.kafka[1] has no bootstrap_servers",
+            ),
+        ] {
+            let err = config(&yaml).expect_err(&yaml).to_string();
             assert!(err.starts_with("invalid ol.yaml: "), "{err}");
             assert!(err.contains(needle), "{yaml:?}: {err}");
         }

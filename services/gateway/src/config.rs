@@ -43,6 +43,10 @@ pub struct Config {
     pub health_interval_ms: u64,
     /// How often `dns:` node names are resolved again.
     pub dns_refresh_ms: u64,
+    /// How often the registry is asked which functions have Kafka
+    /// triggers, to start, replace and stop their consumers; 0 = this
+    /// gateway runs no Kafka consumers (others in the cluster may).
+    pub kafka_poll_interval_ms: u64,
     /// Bearer token callers must present to invoke functions; none = open.
     pub invoke_token: Option<Secret>,
     /// Bearer token for `Logs`, `/registry` and `/metrics`; none = open.
@@ -71,6 +75,7 @@ impl Default for Config {
             cron_refresh_ms: 10_000,
             health_interval_ms: 1000,
             dns_refresh_ms: 5000,
+            kafka_poll_interval_ms: 10_000,
             invoke_token: None,
             admin_token: None,
             node_token: None,

@@ -23,7 +23,7 @@ pub(crate) struct GatewayService {
 type LogStream = std::pin::Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
 
 /// A new call id and the span every call runs in; `trigger` says what
-/// made the call: "grpc", "http" or "cron".
+/// made the call: "grpc", "http", "cron" or "kafka".
 pub(crate) fn call_span(function: &str, trigger: &'static str) -> (String, tracing::Span) {
     let call_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!(

@@ -6,8 +6,9 @@
 //! (method, kind, size) and bounded in time (`deadline`), passes admission
 //! control (`admission`: concurrency limits and a bounded queue), and runs
 //! on the sandbox node its function hashes to (`nodes`). `invoke` holds
-//! that path; `grpc` and `http` are its two doors, and `cron` fires the
-//! functions' cron triggers through it. `openlambda` passes OpenLambda's
+//! that path; `grpc` and `http` are its two doors, `cron` fires the
+//! functions' cron triggers through it and `kafka` turns messages of their
+//! Kafka triggers into calls on it. `openlambda` passes OpenLambda's
 //! registry API on to the registry. Errors become gRPC
 //! statuses and HTTP responses in one place (`error`).
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ mod error;
 mod grpc;
 mod http;
 mod invoke;
+mod kafka;
 mod metadata;
 mod metrics;
 mod nodes;
@@ -125,13 +127,23 @@ pub async fn run(
         metrics.clone(),
     ));
     let cron = Arc::new(cron::Scheduler {
-        registry,
+        registry: registry.clone(),
         invoker: invoker.clone(),
         metrics: metrics.clone(),
         refresh_every: Duration::from_millis(config.cron_refresh_ms),
         refresh: cron::Refresh::default(),
         holder: format!("gateway-{}", uuid::Uuid::new_v4()),
     });
+
+    let kafka = kafka::run(
+        registry,
+        Arc::new(kafka::Deliver {
+            invoker: invoker.clone(),
+            metrics: metrics.clone(),
+        }),
+        Duration::from_millis(config.kafka_poll_interval_ms),
+        stop.clone(),
+    );
 
     let (health, _) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
@@ -176,13 +188,14 @@ pub async fn run(
     let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
 
     // One server failing stops the other rather than leaving half a
-    // gateway; the scheduler stops with them and lets its firings finish.
+    // gateway. The cron scheduler and the Kafka consumers stop with them
+    // and are waited for: firings finish, consumers leave their groups.
     let stop_grpc = stop.clone();
     let stop_http = stop.clone();
     let scheduler = cron.run(stop.clone());
     tokio::try_join!(
         async move {
-            scheduler.await;
+            tokio::join!(scheduler, kafka);
             Ok(())
         },
         async move {

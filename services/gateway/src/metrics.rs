@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     queue_depth: Gauge<i64, AtomicI64>,
     nodes_healthy: Gauge<i64, AtomicI64>,
     nodes: Gauge<i64, AtomicI64>,
+    kafka_messages: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +68,13 @@ impl Metrics {
             "Sandbox nodes passing their health checks",
             nodes_healthy.clone(),
         );
+        let kafka_messages = Family::<Labels, Counter>::default();
+        registry.register(
+            "kafka_messages",
+            "Kafka messages by function and what became of them (ok, function_error, \
+             refused, retried)",
+            kafka_messages.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -75,7 +83,19 @@ impl Metrics {
             queue_depth,
             nodes_healthy,
             nodes,
+            kafka_messages,
         }
+    }
+
+    /// One delivery of a Kafka message to `function`; `outcome` is one of
+    /// the few words `kafka` uses, never a message's content.
+    pub fn record_kafka_message(&self, function: &str, outcome: &'static str) {
+        self.kafka_messages
+            .get_or_create(&vec![
+                ("function", function.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
     }
 
     pub fn record_call(&self, function: &str, result: &Result<Answer, Error>, took: Duration) {

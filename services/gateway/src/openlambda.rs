@@ -218,11 +218,30 @@ fn openlambda_config(config: &FunctionConfig) -> Value {
         "Triggers": {
             "HTTP": methods.iter().map(|m| json!({"Method": m})).collect::<Vec<_>>(),
             "Cron": cron,
-            "Kafka": null,
+            "Kafka": kafka_triggers(config),
         },
         "Environment": config.environment,
         "ReuseSandbox": !config.fresh_sandbox_per_call,
     })
+}
+
+/// `triggers.kafka` as Go marshals OpenLambda's `[]KafkaTrigger`: its JSON
+/// tags, no group id (tagged "-"), and `null` for none.
+fn kafka_triggers(config: &FunctionConfig) -> Value {
+    if config.kafka.is_empty() {
+        return Value::Null;
+    }
+    config
+        .kafka
+        .iter()
+        .map(|t| {
+            json!({
+                "bootstrap_servers": t.bootstrap_servers,
+                "topics": t.topics,
+                "auto_offset_reset": t.auto_offset_reset,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -267,6 +286,13 @@ mod tests {
         assert_eq!(
             openlambda_config(&config)["Triggers"]["Cron"],
             json!([{"Schedule": "*/5 * * * *"}])
+        );
+        let config = config_of(Some(
+            "triggers:\n  kafka:\n    - bootstrap_servers: [\"k:9092\"]\n      topics: [t]\n",
+        ));
+        assert_eq!(
+            openlambda_config(&config)["Triggers"]["Kafka"],
+            json!([{"bootstrap_servers": ["k:9092"], "topics": ["t"], "auto_offset_reset": "latest"}])
         );
     }
 

@@ -130,6 +130,7 @@ pub(crate) async fn serve(
 fn access(path: &str) -> sock_service::Access {
     use sock_service::Access;
     match path {
+        // Gateways list functions to find their cron and Kafka triggers.
         "/sock.v1.Registry/GetFunction"
         | "/sock.v1.Registry/ListFunctions"
         | "/sock.v1.Registry/ClaimFiring" => Access::Node,

@@ -582,8 +582,8 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
         .await
         .expect("with the admin token");
 
-    // Reads: listing and one function are the operator's and the nodes'
-    // (gateways list functions to find their cron triggers).
+    // Reads are the nodes' and the operator's: one function (gateways,
+    // sandboxd) and the list (gateways, for cron and Kafka triggers).
     let list = registry
         .grpc
         .list_functions(ListFunctionsRequest {})
@@ -593,6 +593,12 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
     let get = registry.info("hello").await.expect_err("no token");
     assert_eq!(get.code(), Code::Unauthenticated);
     for token in ["node-s3cret", "admin-s3cret"] {
+        let listed = registry
+            .grpc
+            .list_functions(with_token(ListFunctionsRequest {}, token))
+            .await
+            .expect("a node lists functions");
+        assert_eq!(listed.into_inner().functions.len(), 1);
         let info = registry
             .grpc
             .get_function(with_token(

@@ -1,0 +1,644 @@
+//! Kafka triggers (`triggers.kafka` in ol.yaml, OpenLambda's format): the
+//! gateway runs a consumer per trigger of every function that has one, and
+//! each message becomes one call through the same path as an HTTP call
+//! (`Invoker::invoke`: admission control, node choice, deadline).
+//!
+//! Consumers run in the gateway, not in a process of their own, so a
+//! message passes the same admission control as HTTP calls, and so several
+//! gateways split a topic's partitions between them (one consumer group
+//! per function: `lambda-<name>`, as OpenLambda names it).
+//!
+//! Delivery is at least once: a message's offset is stored only after its
+//! call answered, and librdkafka commits stored offsets every second and
+//! when the consumer closes. A call the platform could not run (overload,
+//! a node or the registry down) is tried again, never skipped; so a
+//! consumer waits while the gateway is full, and that is its back-pressure.
+//! A call that ran and failed (the function raised, an app answered 5xx)
+//! is logged, counted and passed over, as OpenLambda does.
+//!
+//! The call is an HTTP POST of the message value to `/run/<name>/` with
+//! OpenLambda's `X-Kafka-*` headers: a WSGI/ASGI app sees the headers, an
+//! f(event) function gets the value as its JSON event. An app answering
+//! `X-Kafka-Seek-Offset: N` moves its partition to offset N.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::{
+    FunctionInfo, HttpHeader, HttpRequest, HttpResponse, KafkaTrigger, ListFunctionsRequest,
+};
+use sock_service::AuthedChannel;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::grpc::{call_span, log_failure};
+use crate::invoke::{Answer, Invocation, Invoker, Outcome};
+use crate::metrics::Metrics;
+
+/// Response header with which an app moves its partition (OpenLambda's).
+const SEEK_HEADER: &str = "x-kafka-seek-offset";
+
+/// First wait before a call the platform could not run is tried again;
+/// it doubles up to `MAX_RETRY_WAIT`.
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// Pause after the client reports an error, so a broker that is down does
+/// not make a busy loop of log lines.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The consumer group of a function's triggers, as OpenLambda derives it:
+/// every gateway consuming for the function joins the same group, and
+/// each function has its own offsets.
+pub(crate) fn group_id(function: &str) -> String {
+    format!("lambda-{function}")
+}
+
+/// What a consumer needs to turn messages into calls.
+pub(crate) struct Deliver {
+    pub invoker: Arc<Invoker>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Keeps a consumer running for each Kafka trigger of each function the
+/// registry lists, polling it every `interval`, until `stop`; then stops
+/// them all (each leaves its group and commits what it has stored).
+/// An `interval` of zero runs no consumers.
+pub(crate) async fn run(
+    registry: RegistryClient<AuthedChannel>,
+    deliver: Arc<Deliver>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut running = BTreeMap::new();
+    loop {
+        match list(&registry).await {
+            Ok(listed) => {
+                let plan = plan(&running, listed);
+                for name in plan.stop {
+                    if let Some(consumers) = running.remove(&name) {
+                        tracing::info!(function = %name, "stopping its Kafka consumers");
+                        consumers.stop().await;
+                    }
+                }
+                for (name, triggers) in plan.start {
+                    tracing::info!(function = %name, triggers = triggers.len(), "starting its Kafka consumers");
+                    let consumers = Consumers::start(&name, triggers, &deliver, &stop);
+                    running.insert(name, consumers);
+                }
+            }
+            // Consumers keep running as they are: an outage of the
+            // registry does not stop functions already known.
+            Err(status) => tracing::warn!(
+                error = %crate::error::reason(&status),
+                "cannot list functions for Kafka triggers; keeping the consumers as they are"
+            ),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    for consumers in running.into_values() {
+        consumers.stop().await;
+    }
+}
+
+async fn list(
+    registry: &RegistryClient<AuthedChannel>,
+) -> Result<Vec<FunctionInfo>, tonic::Status> {
+    Ok(registry
+        .clone()
+        .list_functions(ListFunctionsRequest {})
+        .instrument(tracing::info_span!(
+            "registry.list_functions",
+            otel.kind = "client"
+        ))
+        .await?
+        .into_inner()
+        .functions)
+}
+
+/// The consumers of one function's triggers.
+struct Consumers {
+    triggers: Vec<KafkaTrigger>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Consumers {
+    fn start(
+        function: &str,
+        triggers: Vec<KafkaTrigger>,
+        deliver: &Arc<Deliver>,
+        gateway_stop: &CancellationToken,
+    ) -> Consumers {
+        let stop = gateway_stop.child_token();
+        let tasks = triggers
+            .iter()
+            .map(|trigger| {
+                tokio::spawn(consume(
+                    function.to_string(),
+                    trigger.clone(),
+                    deliver.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Consumers {
+            triggers,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops consuming, lets a call in flight answer, and waits until every
+    /// consumer has left its group.
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a Kafka consumer task failed");
+            }
+        }
+    }
+}
+
+/// What to change so that the consumers running are those of `listed`.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// Functions deleted, left without triggers, or with changed triggers.
+    stop: Vec<String>,
+    /// Functions new to Kafka, or with changed triggers (stopped first).
+    start: Vec<(String, Vec<KafkaTrigger>)>,
+}
+
+fn plan(running: &BTreeMap<String, Consumers>, listed: Vec<FunctionInfo>) -> Plan {
+    let mut wanted: BTreeMap<String, Vec<KafkaTrigger>> = listed
+        .into_iter()
+        .filter_map(|f| {
+            let triggers = f.config?.kafka;
+            (!triggers.is_empty()).then_some((f.name, triggers))
+        })
+        .collect();
+    let mut plan = Plan::default();
+    for (name, consumers) in running {
+        match wanted.get(name) {
+            // A new version with the same triggers keeps its consumers and
+            // their place in the group: each call looks the version up.
+            Some(triggers) if *triggers == consumers.triggers => {
+                wanted.remove(name);
+            }
+            _ => plan.stop.push(name.clone()),
+        }
+    }
+    plan.start = wanted.into_iter().collect();
+    plan
+}
+
+/// Consumes one trigger until `stop`, then closes the consumer, which
+/// commits the stored offsets and leaves the group so that the partitions
+/// move to another gateway at once rather than after a session timeout.
+async fn consume(
+    function: String,
+    trigger: KafkaTrigger,
+    deliver: Arc<Deliver>,
+    stop: CancellationToken,
+) {
+    let group = group_id(&function);
+    let consumer = match subscribe(&trigger, &group) {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            tracing::error!(%function, %error, "cannot start a Kafka consumer");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                if deliver
+                    .message(&function, &group, &consumer, &message, &stop)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%function, %error, "Kafka consumer error");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+    // Closing waits for the broker; keep that off the async workers.
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+        tracing::error!(%function, error = %e, "closing a Kafka consumer failed");
+    }
+    tracing::info!(%function, "Kafka consumer stopped");
+}
+
+fn subscribe(
+    trigger: &KafkaTrigger,
+    group: &str,
+) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", trigger.bootstrap_servers.join(","))
+        .set("group.id", group)
+        .set("client.id", "sock-gateway")
+        .set("auto.offset.reset", &trigger.auto_offset_reset)
+        // Offsets are stored by hand once a call answered; librdkafka
+        // commits what is stored, every second and on close.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .create()?;
+    let topics: Vec<&str> = trigger.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// The consumer was told to stop while a call waited to be tried again.
+struct Stopped;
+
+/// How a delivery ended, for the log and `sock_gateway_kafka_messages_total`.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The call answered; `seek` is the offset an app asked for.
+    Ok { seek: Option<i64> },
+    /// The call ran and failed: logged and passed over, as OpenLambda does.
+    FunctionError,
+    /// The call was refused for what the message is (too large, say):
+    /// trying again cannot help.
+    Refused,
+    /// The platform could not run the call now: try again.
+    Retry,
+}
+
+impl Verdict {
+    fn of(result: &Result<Answer, Error>) -> Verdict {
+        match result {
+            Ok(Answer {
+                outcome: Outcome::Http(response),
+                ..
+            }) if response.status >= 500 => Verdict::FunctionError,
+            Ok(Answer {
+                outcome: Outcome::Http(response),
+                ..
+            }) => Verdict::Ok {
+                seek: seek_offset(response),
+            },
+            Ok(Answer {
+                outcome: Outcome::Result(_),
+                ..
+            }) => Verdict::Ok { seek: None },
+            Ok(Answer {
+                outcome: Outcome::Error(_),
+                ..
+            }) => Verdict::FunctionError,
+            Err(Error::Overloaded(_)) => Verdict::Retry,
+            Err(error) if error.is_platform_failure() => Verdict::Retry,
+            // Deleted since the last listing: its consumer stops at the next.
+            Err(Error::NotFound(_)) => Verdict::Retry,
+            Err(_) => Verdict::Refused,
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Ok { .. } => "ok",
+            Verdict::FunctionError => "function_error",
+            Verdict::Refused => "refused",
+            Verdict::Retry => "retried",
+        }
+    }
+}
+
+/// The offset in an app's `X-Kafka-Seek-Offset`, if it sent a valid one;
+/// an invalid one is logged and ignored, as OpenLambda does.
+fn seek_offset(response: &HttpResponse) -> Option<i64> {
+    let value = &response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(SEEK_HEADER))?
+        .value;
+    match value.trim().parse::<i64>() {
+        Ok(offset) if offset >= 0 => Some(offset),
+        _ => {
+            tracing::warn!(%value, "ignoring an X-Kafka-Seek-Offset that is not an offset");
+            None
+        }
+    }
+}
+
+/// The HTTP request OpenLambda makes of a message: a POST of the value to
+/// the function's root, with the message's coordinates as headers. Names
+/// are lowercase, as HTTP calls arrive from hyper and as ASGI wants them;
+/// WSGI and Flask read them in any case.
+fn request(function: &str, group: &str, topic: &str, partition: i32, offset: i64) -> HttpRequest {
+    let header = |name: &str, value: String| HttpHeader {
+        name: name.to_string(),
+        value,
+    };
+    HttpRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: vec![
+            header("content-type", "application/json".into()),
+            header("x-kafka-topic", topic.to_string()),
+            header("x-kafka-partition", partition.to_string()),
+            header("x-kafka-offset", offset.to_string()),
+            header("x-kafka-group-id", group.to_string()),
+        ],
+        root_path: format!("/run/{function}"),
+    }
+}
+
+impl Deliver {
+    /// Calls `function` with one message until the call is answered (or
+    /// refused for good), then stores the offset to commit: the next one,
+    /// or the one an app seeked to.
+    async fn message(
+        &self,
+        function: &str,
+        group: &str,
+        consumer: &StreamConsumer,
+        message: &BorrowedMessage<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let span = tracing::info_span!(
+            "kafka.message",
+            otel.kind = "consumer",
+            sock.trigger = "kafka",
+            sock.function = %function,
+            kafka.topic = %topic,
+            kafka.partition = partition,
+            kafka.offset = offset,
+            kafka.group_id = %group,
+        );
+        let mut wait = FIRST_RETRY_WAIT;
+        let verdict = loop {
+            // A span per attempt, each a child of the message's.
+            let (call_id, call) = span.in_scope(|| call_span(function, "kafka"));
+            let invocation = Invocation {
+                function: function.to_string(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                timeout_ms: None,
+                deadline_left: None,
+                http: Some(request(function, group, topic, partition, offset)),
+            };
+            // No method: a Kafka trigger is not one of `triggers.http`.
+            let result = self
+                .invoker
+                .invoke(invocation, None, &call_id)
+                .instrument(call.clone())
+                .await;
+            let verdict = Verdict::of(&result);
+            self.metrics
+                .record_kafka_message(function, verdict.as_str());
+            span.in_scope(|| report(&verdict, &call, result, wait));
+            if verdict != Verdict::Retry {
+                break verdict;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stopped),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(MAX_RETRY_WAIT);
+        };
+        span.in_scope(|| {
+            let stored = match verdict {
+                Verdict::Ok { seek: Some(to) } => {
+                    tracing::info!(seek_offset = to, "app asked to seek");
+                    seek(consumer, topic, partition, to)
+                }
+                _ => consumer.store_offset_from_message(message),
+            };
+            // The partition was taken away meanwhile (a rebalance): its new
+            // owner reads the message again, which at-least-once allows.
+            if let Err(error) = stored {
+                tracing::warn!(%error, "cannot store the offset of a Kafka message");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Logs a delivery that did not go well, once, at a level by whose fault.
+fn report(verdict: &Verdict, call: &tracing::Span, result: Result<Answer, Error>, wait: Duration) {
+    let error = match result {
+        Err(error) => {
+            log_failure(call, &error);
+            error.to_string()
+        }
+        Ok(Answer {
+            outcome: Outcome::Error(error),
+            ..
+        }) => error.message,
+        Ok(Answer {
+            outcome: Outcome::Http(response),
+            ..
+        }) => format!("the app answered {}", response.status),
+        Ok(_) => String::new(),
+    };
+    match verdict {
+        Verdict::Ok { .. } => {}
+        Verdict::Retry => tracing::warn!(
+            %error,
+            retry_in_ms = wait.as_millis(),
+            "Kafka message not delivered; trying again"
+        ),
+        Verdict::Refused => tracing::warn!(%error, "Kafka message refused; passing over it"),
+        Verdict::FunctionError => {
+            tracing::warn!(%error, "function failed on a Kafka message; passing over it");
+        }
+    }
+}
+
+/// Moves `partition` to `offset` and stores that as where to resume.
+fn seek(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut position = TopicPartitionList::new();
+    position.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.store_offsets(&position)?;
+    // Zero timeout: librdkafka seeks in the background instead of blocking
+    // this worker thread; messages it had fetched past the old position
+    // are dropped by it.
+    consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use sock_proto::v1::{FunctionConfig, FunctionError};
+
+    use super::*;
+
+    fn trigger(topic: &str) -> KafkaTrigger {
+        KafkaTrigger {
+            bootstrap_servers: vec!["k:9092".into()],
+            topics: vec![topic.into()],
+            auto_offset_reset: "earliest".into(),
+        }
+    }
+
+    fn info(name: &str, kafka: Vec<KafkaTrigger>) -> FunctionInfo {
+        FunctionInfo {
+            name: name.into(),
+            config: Some(FunctionConfig {
+                kafka,
+                ..FunctionConfig::default()
+            }),
+            ..FunctionInfo::default()
+        }
+    }
+
+    fn running(triggers: &[(&str, &str)]) -> BTreeMap<String, Consumers> {
+        triggers
+            .iter()
+            .map(|(name, topic)| {
+                let consumers = Consumers {
+                    triggers: vec![trigger(topic)],
+                    stop: CancellationToken::new(),
+                    tasks: Vec::new(),
+                };
+                (name.to_string(), consumers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_group_is_named_after_the_function_as_openlambda_does() {
+        assert_eq!(group_id("echo"), "lambda-echo");
+        assert_eq!(group_id("L0"), "lambda-L0");
+    }
+
+    #[test]
+    fn consumers_follow_pushes_changes_and_deletes() {
+        let running = running(&[
+            ("same", "a"),
+            ("changed", "a"),
+            ("deleted", "a"),
+            ("off", "a"),
+        ]);
+        let plan = plan(
+            &running,
+            vec![
+                info("same", vec![trigger("a")]),
+                info("changed", vec![trigger("b")]),
+                info("off", Vec::new()),
+                info("new", vec![trigger("a"), trigger("c")]),
+                info("http-only", Vec::new()),
+            ],
+        );
+        assert_eq!(plan.stop, ["changed", "deleted", "off"]);
+        assert_eq!(
+            plan.start,
+            [
+                ("changed".to_string(), vec![trigger("b")]),
+                ("new".to_string(), vec![trigger("a"), trigger("c")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_message_is_a_post_with_openlambdas_headers() {
+        let request = request("echo", "lambda-echo", "orders", 2, 41);
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/")
+        );
+        assert_eq!(request.root_path, "/run/echo");
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("content-type", "application/json"),
+                ("x-kafka-topic", "orders"),
+                ("x-kafka-partition", "2"),
+                ("x-kafka-offset", "41"),
+                ("x-kafka-group-id", "lambda-echo"),
+            ]
+        );
+    }
+
+    fn http(status: u32, headers: &[(&str, &str)]) -> Result<Answer, Error> {
+        Ok(Answer {
+            outcome: Outcome::Http(HttpResponse {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(name, value)| HttpHeader {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    })
+                    .collect(),
+                body: Vec::new(),
+            }),
+            version: 1,
+        })
+    }
+
+    #[test]
+    fn an_app_seeks_with_a_valid_offset_only() {
+        assert_eq!(
+            Verdict::of(&http(200, &[("X-Kafka-Seek-Offset", "7")])),
+            Verdict::Ok { seek: Some(7) }
+        );
+        assert_eq!(
+            Verdict::of(&http(200, &[("x-kafka-seek-offset", " 0 ")])),
+            Verdict::Ok { seek: Some(0) }
+        );
+        for bad in ["-1", "soon", ""] {
+            assert_eq!(
+                Verdict::of(&http(200, &[("X-Kafka-Seek-Offset", bad)])),
+                Verdict::Ok { seek: None },
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overload_and_outages_are_tried_again_and_failures_passed_over() {
+        assert_eq!(Verdict::of(&http(204, &[])), Verdict::Ok { seek: None });
+        assert_eq!(Verdict::of(&http(503, &[])), Verdict::FunctionError);
+        let raised = Ok(Answer {
+            outcome: Outcome::Error(FunctionError::default()),
+            version: 1,
+        });
+        assert_eq!(Verdict::of(&raised), Verdict::FunctionError);
+        for retried in [
+            Error::Overloaded("queue full".into()),
+            Error::RegistryUnavailable("down".into()),
+            Error::NotFound("echo".into()),
+        ] {
+            assert_eq!(Verdict::of(&Err(retried)), Verdict::Retry);
+        }
+        let too_large = Error::PayloadTooLarge { size: 2, limit: 1 };
+        assert_eq!(Verdict::of(&Err(too_large)), Verdict::Refused);
+    }
+}
