@@ -345,7 +345,14 @@ fn cluster_with_pypi(requirement: &str) -> (Cluster, tempfile::TempDir) {
         std::fs::copy(&path, copy).expect("copy the wheel");
     }
     let links = wheels.path().display().to_string();
-    let cluster = Cluster::start_with_env(&[("SOCK_CACHE_FIND_LINKS", &links)]);
+    // The first call installs the app's packages (fastapi: ten, a pip run
+    // each, 3.5 s apiece on a loaded CI machine), over the default 30 s a
+    // call may take; the function has no ol.yaml to ask for more.
+    let cluster = Cluster::start_with_env(&[
+        ("SOCK_CACHE_FIND_LINKS", &links),
+        ("SOCK_GATEWAY_DEFAULT_TIMEOUT_MS", "240000"),
+        ("SOCK_SANDBOXD_TIMEOUT_MS", "240000"),
+    ]);
     (cluster, wheels)
 }
 
