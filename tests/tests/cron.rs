@@ -27,8 +27,23 @@ def app(environ, start_response):
 ";
 const EVERY_SECOND: &str = "triggers:\n  http: [GET]\n  cron:\n    - schedule: \"* * * * * *\"\n";
 
+/// Every request bounded: a stalled service fails the test with its name
+/// instead of hanging it until nextest kills it.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
 /// Fire time → how many calls printed it, from every node's log of `tick`.
 async fn fired(cluster: &Cluster) -> BTreeMap<String, usize> {
+    tokio::time::timeout(Duration::from_secs(30), fired_unbounded(cluster))
+        .await
+        .expect("the gateway's Logs answered within 30 s")
+}
+
+async fn fired_unbounded(cluster: &Cluster) -> BTreeMap<String, usize> {
     let mut gateway = GatewayClient::new(
         cluster
             .authed(&cluster.endpoints.gateway, Kind::Admin)
@@ -60,7 +75,7 @@ async fn fired(cluster: &Cluster) -> BTreeMap<String, usize> {
 
 /// `sock_gateway_cron_firings_total` of one gateway, by outcome.
 async fn firings(http: &str, token: Option<String>) -> BTreeMap<String, u64> {
-    let mut request = reqwest::Client::new().get(format!("{http}/metrics"));
+    let mut request = client().get(format!("{http}/metrics"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -128,7 +143,7 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
 
     // Pushed through the first gateway's OpenLambda API, which tells its
     // scheduler at once; the second finds it at its next refresh.
-    let pushed = reqwest::Client::new()
+    let pushed = client()
         .post(format!("{}/registry/tick", cluster.endpoints.gateway_http))
         .bearer_auth(cluster.token(Kind::Admin))
         .body(bundle(&[("f.py", TICK), ("ol.yaml", EVERY_SECOND)]))
@@ -158,10 +173,13 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
 
     // A new version without the trigger (pushed to the registry directly,
     // so both gateways learn it by refreshing) stops the firings.
-    cluster
-        .push("tick", &[("f.py", TICK)])
-        .await
-        .expect("push without the trigger");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster.push("tick", &[("f.py", TICK)]),
+    )
+    .await
+    .expect("the push answered within 60 s")
+    .expect("push without the trigger");
     // Both refresh within a second; a firing claimed just before may
     // still be starting the new version's sandbox.
     tokio::time::sleep(Duration::from_secs(5)).await;

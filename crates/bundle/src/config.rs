@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn methods_may_be_plain_strings_and_unknown_triggers_are_ignored() {
-        let c = config("triggers:\n  http: [get, Post]\n  kafka: [{topics: [t]}]\nother: 1\n")
+        let c = config("triggers:\n  http: [get, Post]\n  sqs: [{queue: q}]\nother: 1\n")
             .expect("valid");
         assert_eq!(c.http_methods, ["GET", "POST"]);
     }
