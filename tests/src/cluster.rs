@@ -12,7 +12,7 @@ use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{InvokeRequest, InvokeResponse, PushFunctionRequest};
+use sock_proto::v1::{InvokeRequest, InvokeResponse, LogLine, LogsRequest, PushFunctionRequest};
 use tonic::transport::Channel;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -165,6 +165,28 @@ impl Cluster {
                 .await,
         )
         .max_encoding_message_size(64 << 20)
+    }
+
+    /// The lines `function` printed that the nodes keep, through the
+    /// gateway's `Logs` (admin token).
+    pub async fn logs(&self, function: &str) -> Vec<LogLine> {
+        let mut gateway = GatewayClient::new(
+            self.authed(&self.endpoints.gateway, sock_cli::tokens::Kind::Admin)
+                .await,
+        );
+        let mut stream = gateway
+            .logs(LogsRequest {
+                function: function.into(),
+                follow: false,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(line) = stream.message().await.expect("a log line") {
+            lines.push(line);
+        }
+        lines
     }
 
     /// A channel to `addr` that sends this cluster's `kind` token.

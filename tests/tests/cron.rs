@@ -9,9 +9,6 @@ use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::functions::bundle;
 use sock_e2e::otlp::OtlpReceiver;
 use sock_e2e::process::{free_addr, start, wait_for};
-use sock_proto::v1::LogsRequest;
-use sock_proto::v1::gateway_client::GatewayClient;
-use tokio_stream::StreamExt;
 
 const REFRESH_MS: &str = "1000";
 
@@ -44,30 +41,21 @@ async fn fired(cluster: &Cluster) -> BTreeMap<String, usize> {
 }
 
 async fn fired_unbounded(cluster: &Cluster) -> BTreeMap<String, usize> {
-    let mut gateway = GatewayClient::new(
-        cluster
-            .authed(&cluster.endpoints.gateway, Kind::Admin)
-            .await,
-    );
-    let mut lines = gateway
-        .logs(LogsRequest {
-            function: "tick".into(),
-            follow: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
     let mut times = BTreeMap::new();
-    while let Some(line) = lines.next().await {
-        let line = line.expect("log line").line;
-        let Some(rest) = line.strip_prefix("fired ") else {
+    for line in cluster.logs("tick").await {
+        let Some(rest) = line.line.strip_prefix("fired ") else {
             continue;
         };
         // What OpenLambda's boss sends: POST with the body {}.
         let [trigger, time, method, body] = rest.split(' ').collect::<Vec<_>>()[..] else {
-            panic!("unexpected line {line:?}");
+            panic!("unexpected line {:?}", line.line);
         };
-        assert_eq!((trigger, method, body), ("cron", "POST", "{}"), "{line}");
+        assert_eq!(
+            (trigger, method, body),
+            ("cron", "POST", "{}"),
+            "{}",
+            line.line
+        );
         *times.entry(time.to_string()).or_default() += 1;
     }
     times

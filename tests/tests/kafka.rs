@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::kafka::Broker;
-use sock_proto::v1::LogsRequest;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,26 +34,13 @@ fn ol_yaml(broker: &Broker, topic: &str) -> String {
 
 /// Every line `function` printed, each parsed as JSON.
 async fn printed(cluster: &Cluster, function: &str) -> Vec<Value> {
-    let token = sock_service::Secret::from(cluster.token(Kind::Admin));
-    let channel = sock_e2e::cluster::channel(&cluster.endpoints.gateway).await;
-    let mut gateway = sock_proto::v1::gateway_client::GatewayClient::new(
-        sock_service::Bearer::new(channel, Some(&token)).expect("tokens are ASCII"),
-    );
-    let mut lines = gateway
-        .logs(LogsRequest {
-            function: function.into(),
-            follow: false,
-        })
+    cluster
+        .logs(function)
         .await
-        .expect("logs")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(line) = lines.message().await.expect("log line") {
-        if line.stream == "stdout" {
-            out.push(serde_json::from_str(&line.line).unwrap_or(Value::String(line.line)));
-        }
-    }
-    out
+        .into_iter()
+        .filter(|line| line.stream == "stdout")
+        .map(|line| serde_json::from_str(&line.line).unwrap_or(Value::String(line.line)))
+        .collect()
 }
 
 /// Waits until `done` holds for what `function` printed; answers it.

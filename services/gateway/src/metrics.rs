@@ -90,12 +90,7 @@ impl Metrics {
     /// One delivery of a Kafka message to `function`; `outcome` is one of
     /// the few words `kafka` uses, never a message's content.
     pub fn record_kafka_message(&self, function: &str, outcome: &'static str) {
-        self.kafka_messages
-            .get_or_create(&vec![
-                ("function", function.to_string()),
-                ("outcome", outcome.to_string()),
-            ])
-            .inc();
+        count(&self.kafka_messages, function, outcome);
     }
 
     pub fn record_call(&self, function: &str, result: &Result<Answer, Error>, took: Duration) {
@@ -113,24 +108,14 @@ impl Metrics {
             Err(Error::InvalidName(_) | Error::NotFound(_)) => "",
             _ => function,
         };
-        self.calls
-            .get_or_create(&vec![
-                ("function", function.to_string()),
-                ("outcome", outcome.to_string()),
-            ])
-            .inc();
+        count(&self.calls, function, outcome);
         self.duration
             .get_or_create(&vec![("function", function.to_string())])
             .observe(took.as_secs_f64());
     }
 
     pub fn cron_firing(&self, function: &str, outcome: &'static str) {
-        self.cron_firings
-            .get_or_create(&vec![
-                ("function", function.to_string()),
-                ("outcome", outcome.to_string()),
-            ])
-            .inc();
+        count(&self.cron_firings, function, outcome);
     }
 
     /// The text exposition, with the gauges read now.
@@ -141,6 +126,16 @@ impl Metrics {
         self.nodes_healthy.set(as_i64(healthy));
         sock_service::render_metrics(&self.registry)
     }
+}
+
+/// One more of `outcome` for `function` in a counter labelled by both.
+fn count(family: &Family<Labels, Counter>, function: &str, outcome: &str) {
+    family
+        .get_or_create(&vec![
+            ("function", function.to_string()),
+            ("outcome", outcome.to_string()),
+        ])
+        .inc();
 }
 
 #[cfg(test)]
