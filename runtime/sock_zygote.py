@@ -57,9 +57,24 @@ for _name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"
     getattr(_api, _name).argtypes = []
 
 
-def import_all(modules):
+def import_all(modules, sock):
+    """Imports `modules`; when one fails, first tells sandboxd why over
+    `sock`, so it can log the reason once and back off instead of seeing
+    only a closed socket."""
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            try:
+                runtime.write_frame(
+                    sock,
+                    runtime.error_header(
+                        "function", f"importing {name} failed: {runtime.describe(exc)}", runtime.user_traceback(exc)
+                    ),
+                )
+            except OSError:
+                pass
+            raise
 
 
 def fork(control, fds, header):
@@ -94,7 +109,7 @@ def child(control, request):
         sock = socket.socket(fileno=CONTROL_FD)
         if request["kind"] == "zygote":
             sys.path[:0] = request["package_dirs"]
-            import_all(request["imports"])
+            import_all(request["imports"], sock)
             serve_forks(sock)
         else:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -154,9 +169,9 @@ def main(argv):
         print("usage: sock_zygote.py CONFIG", file=sys.stderr)
         return 2
     config = json.loads(argv[1])
-    sys.path[:0] = config["package_dirs"]
-    import_all(config["imports"])
     control = socket.socket(fileno=CONTROL_FD)
+    sys.path[:0] = config["package_dirs"]
+    import_all(config["imports"], control)
     try:
         serve_forks(control)
     except (BrokenPipeError, ConnectionResetError):

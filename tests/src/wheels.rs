@@ -35,6 +35,9 @@ dist = name.replace("-", "_")
 info = f"{dist}-{version}.dist-info"
 files = dict(spec["files"])
 metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+# As pandas' and numpy's: the license text in the header, its blank lines
+# indented, before Requires-Dist.
+metadata += "License: BSD 3-Clause License\n        \n        Copyright (c) sock tests\n"
 metadata += "".join(f"Requires-Dist: {r}\n" for r in spec["requires"])
 files[f"{info}/METADATA"] = metadata
 files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: sock-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"

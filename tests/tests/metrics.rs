@@ -166,6 +166,7 @@ async fn every_service_counts_what_a_call_did() {
         r#"sock_sandboxd_pool_memory_bytes{kind="used"}"#,
         "sock_sandboxd_pool_waiting",
         "sock_sandboxd_zygote_forks_total",
+        "sock_sandboxd_zygote_start_failures_total",
         "sock_sandboxd_evictions_total",
         "sock_sandboxd_zygotes",
     ] {

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
+use sock_proto::v1::StatusRequest;
 
 /// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -162,6 +163,64 @@ async fn the_tree_forks_a_function_from_its_packages_zygote_only_for_the_same_ve
     assert_eq!(
         other["preloaded"], false,
         "a function pinning another version must not get the zygote's"
+    );
+    stop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_node_gets_its_dependencies_and_serves_its_functions_from_its_zygote() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    module_wheel(
+        wheels.path(),
+        "sockdepa",
+        "1.0",
+        &["sockdepb>=1.0"],
+        "from sockdepb import B\nA = 'a-1.0+' + B\n",
+    );
+    module_wheel(wheels.path(), "sockdepb", "1.0", &[], "B = 'b-1.0'\n");
+    // The node names only sockdepa: its zygote imports it, so sockdepb
+    // must be on the zygote's path too.
+    let tree = r#"{"packages": [], "children": [{"packages": ["sockdepa==1.0"], "children": []}]}"#;
+    let cluster = start(wheels.path(), &[("SOCK_CACHE_IMPORT_TREE", tree)]);
+    let code = "import sys\n\
+PRELOADED = sorted(m for m in ('sockdepa', 'sockdepb') if m in sys.modules)\n\
+import sockdepa\n\
+def f(event):\n    return {'a': sockdepa.A, 'preloaded': PRELOADED}\n";
+    push(&cluster, "uses-a", "sockdepa==1.0\n", code).await;
+    let answer = cluster
+        .call_json("uses-a", FIRST_CALL_MS)
+        .await
+        .expect("call");
+    assert_eq!(answer["a"], "a-1.0+b-1.0");
+    assert_eq!(
+        answer["preloaded"],
+        serde_json::json!(["sockdepa", "sockdepb"]),
+        "forked from the node's zygote, which imported sockdepa and with it sockdepb"
+    );
+    let status = cluster
+        .sandboxd()
+        .await
+        .status(StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.zygote_start_failures_total, 0, "{status:?}");
+    assert_eq!(
+        (status.cold_starts_total, status.zygote_forks_total),
+        (1, 1),
+        "{status:?}"
+    );
+    let node = status
+        .zygotes
+        .iter()
+        .find(|z| z.id == "root/sockdepa==1.0")
+        .unwrap_or_else(|| panic!("the node's zygote lives: {status:?}"));
+    assert_eq!(
+        node.children, 1,
+        "the call's sandbox is its child: {status:?}"
     );
     stop(cluster);
 }

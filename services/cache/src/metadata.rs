@@ -26,12 +26,15 @@ pub(crate) struct Metadata {
     pub requires_dist: Vec<String>,
 }
 
-/// Reads headers up to the first blank line (the body is the long
-/// description); continuation lines are folded into their header.
+/// Reads headers up to the first empty line (the body is the long
+/// description); continuation lines are folded into their header. A line
+/// of only spaces is a continuation, not the end: pandas' and numpy's
+/// `License:` holds the whole license text, its blank lines indented, and
+/// their `Requires-Dist` lines come after it.
 pub(crate) fn parse_metadata(text: &str) -> Metadata {
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
-        if line.trim().is_empty() {
+        if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
@@ -177,6 +180,9 @@ mod tests {
 Name: Alpha_Pkg\n\
 Version: 1.0\n\
 Summary: a test\n\
+License: BSD 3-Clause License\n\
+\x20       \n\
+\x20       Copyright (c) the alpha authors\n\
 Requires-Dist: beta (>=1.0)\n\
 Requires-Dist: gamma>=2; python_version < \"3.8\"\n\
 Requires-Dist: delta; extra == \"fast\"\n\

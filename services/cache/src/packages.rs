@@ -580,8 +580,12 @@ pub(crate) mod tests {
                 let module = name.replace('-', "_");
                 let info = target.join(format!("{module}-{version}.dist-info"));
                 fs::create_dir(&info).expect("mkdir dist-info");
-                let mut metadata =
-                    format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n");
+                // The license text before Requires-Dist, its blank lines
+                // indented, as pandas' and numpy's METADATA have it.
+                let mut metadata = format!(
+                    "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\
+                     License: BSD\n        \n        Copyright (c) the {name} authors\n"
+                );
                 for line in requires {
                     metadata.push_str(&format!("Requires-Dist: {line}\n"));
                 }

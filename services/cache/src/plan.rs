@@ -345,6 +345,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_nodes_zygote_gets_its_packages_whole_closure_and_fits_only_the_same_versions() {
+        let installer = Arc::new(FakeInstaller::new(&[
+            (
+                "pandas",
+                "2.2.3",
+                &["numpy>=1.26", "python-dateutil>=2.8.2", "pytz>=2020.1"],
+            ),
+            ("numpy", "2.2.3", &[]),
+            ("python-dateutil", "2.9.0", &["six>=1.5"]),
+            ("six", "1.17.0", &[]),
+            ("pytz", "2024.1", &[]),
+            ("pytz", "2025.1", &[]),
+        ]));
+        let tree = r#"{"children": [{"packages": ["numpy==2.2.3", "pandas==2.2.3"]}]}"#;
+        let (dir, planner) = planner(tree, installer);
+        let dir_of = |pin: &str| {
+            dir.path()
+                .join(format!("packages/{pin}/files"))
+                .display()
+                .to_string()
+        };
+        let plan = planner
+            .plan("f", 1, &["pandas==2.2.3".into()], &[])
+            .await
+            .expect("plans");
+        let ids: Vec<&str> = plan.zygote_chain.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["root", "root/numpy==2.2.3,pandas==2.2.3"]);
+        let mut node_dirs = plan.zygote_chain[1].package_dirs.clone();
+        node_dirs.sort();
+        let mut closure = [
+            "numpy==2.2.3",
+            "pandas==2.2.3",
+            "python-dateutil==2.9.0",
+            "pytz==2025.1",
+            "six==1.17.0",
+        ]
+        .map(dir_of);
+        closure.sort();
+        assert_eq!(
+            node_dirs, closure,
+            "pandas' dependencies are on its zygote's path"
+        );
+        assert_eq!(plan.zygote_chain[1].imports, ["numpy", "pandas"]);
+
+        // A function pinning another version of a dependency: the node's
+        // zygote would give it the wrong pytz, so only the root fits.
+        let other = planner
+            .plan(
+                "g",
+                1,
+                &["pandas==2.2.3".into(), "pytz==2024.1".into()],
+                &[],
+            )
+            .await
+            .expect("plans");
+        let ids: Vec<&str> = other.zygote_chain.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["root"]);
+        assert!(other.package_dirs.contains(&dir_of("pytz==2024.1")));
+    }
+
+    #[tokio::test]
     async fn unpinned_requirements_are_pinned_once_per_function_version() {
         let installer = Arc::new(FakeInstaller::new(&[("app", "1.0", &[])]));
         let (_dir, planner) = planner("", installer);

@@ -86,6 +86,11 @@ pub struct Config {
     pub import_cache: String,
     /// Memory limit of each zygote, reserved from the pool while it lives.
     pub zygote_memory_mb: u64,
+    /// After a zygote failed to start (an import raised, it ran out of
+    /// time), cold starts fork from its nearest working ancestor and no
+    /// new start is tried for this long; doubled after each further
+    /// failure, up to 64 times as long.
+    pub zygote_retry_ms: u64,
     /// Host uid and gid that root inside a zygote's user namespace maps
     /// to: unprivileged, and not the functions' uid.
     pub zygote_uid: u32,
@@ -158,6 +163,7 @@ impl Default for Config {
             init_program: None,
             import_cache: "tree".into(),
             zygote_memory_mb: 256,
+            zygote_retry_ms: 5_000,
             zygote_uid: 65533,
             zygote_gid: 65533,
             cgroup_favor_dynmods: false,

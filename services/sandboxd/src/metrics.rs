@@ -117,6 +117,13 @@ fn encode(
     )?;
     counter(
         &mut encoder,
+        "zygote_start_failures",
+        "Zygotes that failed to start; each then waits out a back-off, \
+         and cold starts fork from its nearest working ancestor",
+        node.zygote_start_failures,
+    )?;
+    counter(
+        &mut encoder,
         "evictions",
         "Sandboxes evicted to free memory",
         node.evictions,
@@ -187,6 +194,7 @@ mod tests {
                 warm_starts: 7,
                 cold_starts: 6,
                 forks: 5,
+                zygote_start_failures: 2,
                 evictions: 1,
                 ..NodeStatus::default()
             }),
@@ -208,6 +216,7 @@ mod tests {
             r#"sock_sandboxd_starts_total{kind="warm"} 7"#,
             r#"sock_sandboxd_starts_total{kind="cold"} 6"#,
             "sock_sandboxd_zygote_forks_total 5",
+            "sock_sandboxd_zygote_start_failures_total 2",
             "sock_sandboxd_evictions_total 1",
             "sock_sandboxd_zygotes 0",
             r#"sock_sandboxd_output_dropped_bytes_total{reason="call_limit"} 3"#,

@@ -641,6 +641,8 @@ impl Sandbox {
                 }
                 Ok(())
             }
+            // A zygote whose import failed says which and why before it exits.
+            Ok(Ok((Header::Error { message, .. }, _))) => Err(message),
             Ok(Ok((other, _))) => Err(format!("sent {other:?} instead of {expected:?}")),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no {expected:?} within {timeout:?}")),

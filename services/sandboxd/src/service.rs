@@ -118,6 +118,7 @@ impl Sandboxd for SandboxdService {
             spare_cgroups: node.spare_cgroups,
             spare_netns: node.spare_netns,
             zygote_forks_total: node.forks,
+            zygote_start_failures_total: node.zygote_start_failures,
             zygotes: node
                 .zygotes
                 .into_iter()

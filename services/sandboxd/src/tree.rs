@@ -4,9 +4,14 @@
 //!
 //! Creating one node waits only for that node's own slot: cold starts
 //! served by other zygotes go on. A zygote found dead (its process is gone)
-//! is replaced on the next need; one that cannot be made or cannot fork
-//! makes the cold start a fresh sandbox instead.
+//! is replaced on the next need. One that fails to start (an import
+//! raised, it ran out of time) is logged once with its reason and not
+//! tried again until its back-off has passed; meanwhile, and when a zygote
+//! is still starting, cold starts fork from the deepest ancestor that
+//! lives (their own imports then happen in the child). Only when not even
+//! the root zygote works, or a fork fails, is a cold start a fresh sandbox.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,15 +42,63 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Node>>>>;
 
 /// How long a zygote may take to import its packages.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest back-off, as a multiple of the first.
+const MAX_BACKOFF_FACTOR: u32 = 64;
+
+/// Nodes whose zygote failed to start, and how many starts failed.
+#[derive(Default)]
+struct Failures {
+    /// Per node id: failures in a row, and when the next start may be tried.
+    nodes: Mutex<HashMap<String, (u32, Instant)>>,
+    total: AtomicU64,
+}
+
+impl Failures {
+    /// Whether `id` failed lately and must not be tried before `now` is
+    /// past its back-off.
+    fn backing_off(&self, id: &str, now: Instant) -> bool {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|(_, until)| now < *until)
+    }
+
+    /// Counts a failed start of `id`; returns how long it now backs off:
+    /// `first`, doubled for each failure in a row, at most 64 times `first`.
+    fn failed(&self, id: &str, first: Duration, now: Instant) -> Duration {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let (in_a_row, until) = nodes.entry(id.to_string()).or_insert((0, now));
+        *in_a_row = in_a_row.saturating_add(1);
+        let factor = 1u32
+            .checked_shl(*in_a_row - 1)
+            .unwrap_or(u32::MAX)
+            .min(MAX_BACKOFF_FACTOR);
+        let wait = first.saturating_mul(factor);
+        *until = now + wait;
+        wait
+    }
+
+    /// A start of `id` worked: a later failure backs off from the start.
+    fn started(&self, id: &str) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
 
 /// Makes the zygote of `spec` in `slot` (unless another call made it
-/// meanwhile), forked from `parent`, or a root zygote without one.
+/// meanwhile, or its last start failed within its back-off), forked from
+/// `parent`, or a root zygote without one.
 async fn make(
     slot: Slot,
     sandboxes: Sandboxes,
     pool: Arc<MemoryPool>,
     spec: ZygoteSpec,
     parent: Option<Arc<Node>>,
+    failures: Arc<Failures>,
 ) -> Result<Arc<Node>, Error> {
     let mut held = slot.lock_owned().await;
     if let Some(node) = held.as_ref().filter(|n| n.zygote.is_alive()) {
@@ -54,15 +107,32 @@ async fn make(
     if let Some(dead) = held.take() {
         dead.destroy().await;
     }
+    // Calls that queued on the slot behind a start that failed do not
+    // try again each.
+    if failures.backing_off(&spec.id, Instant::now()) {
+        return Err(Error::Zygote {
+            id: spec.id.clone(),
+            why: "its last start failed; not tried again yet".into(),
+        });
+    }
     let memory_mb = sandboxes.zygote_memory_mb();
     let reservation = pool.try_reserve(memory_mb).ok_or_else(|| Error::Zygote {
         id: spec.id.clone(),
         why: format!("no {memory_mb} MB free in the memory pool"),
     })?;
-    let zygote = match &parent {
-        None => sandboxes.create_zygote(&spec, START_TIMEOUT).await?,
-        Some(parent) => parent.zygote.fork_zygote(&spec, START_TIMEOUT).await?,
+    let started = match &parent {
+        None => sandboxes.create_zygote(&spec, START_TIMEOUT).await,
+        Some(parent) => parent.zygote.fork_zygote(&spec, START_TIMEOUT).await,
     };
+    let zygote = match started {
+        Ok(zygote) => zygote,
+        Err(error) => {
+            let retry_in = failures.failed(&spec.id, sandboxes.zygote_retry(), Instant::now());
+            tracing::warn!(zygote = %spec.id, %error, ?retry_in, "zygote failed to start; cold starts fork from its nearest working ancestor until it is tried again");
+            return Err(error);
+        }
+    };
+    failures.started(&spec.id);
     tracing::info!(zygote = %spec.id, imports = ?spec.imports, "zygote started");
     let node = Arc::new(Node {
         zygote,
@@ -95,6 +165,8 @@ pub(crate) struct ZygoteInfo {
 #[derive(Default)]
 pub(crate) struct Tree {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Shared with the tasks that make zygotes: they outlive a call.
+    failures: Arc<Failures>,
 }
 
 impl Tree {
@@ -123,7 +195,8 @@ impl Tree {
     }
 
     /// Forks a sandbox for `spec` from the last zygote of `chain` (root
-    /// first), making whatever zygotes of the chain do not live yet.
+    /// first), making whatever zygotes of the chain do not live yet, or
+    /// from the deepest one that lives when a deeper one cannot serve.
     pub async fn fork(
         &self,
         sandboxes: &Sandboxes,
@@ -158,26 +231,45 @@ impl Tree {
                 parent = Some(node);
                 continue;
             }
-            // Made by a task of its own: a call that cannot wait for a slow
-            // import goes fresh, and the zygote is there for later calls.
-            let making = tokio::spawn(make(
-                slot,
-                sandboxes.clone(),
-                pool.clone(),
-                spec.clone(),
-                parent.take(),
-            ));
-            let made = tokio::time::timeout_at(deadline, making)
-                .await
-                .map_err(|_| Error::Zygote {
+            let made = if self.failures.backing_off(&spec.id, Instant::now()) {
+                Err(Error::Zygote {
                     id: spec.id.clone(),
-                    why: "still starting when the call had to go on".into(),
-                })?
-                .map_err(|e| Error::Zygote {
-                    id: spec.id.clone(),
-                    why: e.to_string(),
-                })??;
-            parent = Some(made);
+                    why: "its last start failed; not tried again yet".into(),
+                })
+            } else {
+                // Made by a task of its own: a call that cannot wait for a
+                // slow import goes on, and the zygote is there for later
+                // calls.
+                let making = tokio::spawn(make(
+                    slot,
+                    sandboxes.clone(),
+                    pool.clone(),
+                    spec.clone(),
+                    parent.clone(),
+                    self.failures.clone(),
+                ));
+                match tokio::time::timeout_at(deadline, making).await {
+                    Ok(Ok(made)) => made,
+                    Ok(Err(e)) => Err(Error::Zygote {
+                        id: spec.id.clone(),
+                        why: e.to_string(),
+                    }),
+                    Err(_) => Err(Error::Zygote {
+                        id: spec.id.clone(),
+                        why: "still starting when the call had to go on".into(),
+                    }),
+                }
+            };
+            match (made, &parent) {
+                (Ok(node), _) => parent = Some(node),
+                // The deepest zygote that lives serves: the child imports
+                // what the missing ones would have itself.
+                (Err(e), Some(ancestor)) => {
+                    tracing::debug!(zygote = %spec.id, ancestor = ancestor.zygote.id(), error = %e, "forking from an ancestor");
+                    break;
+                }
+                (Err(e), None) => return Err(e),
+            }
         }
         parent.ok_or_else(|| Error::InvalidRequest("the zygote chain is empty".into()))
     }
@@ -218,6 +310,11 @@ impl Tree {
         true
     }
 
+    /// Zygote starts that failed since sandboxd started.
+    pub fn start_failures(&self) -> u64 {
+        self.failures.total.load(Ordering::Relaxed)
+    }
+
     pub fn status(&self) -> Vec<ZygoteInfo> {
         let mut zygotes: Vec<ZygoteInfo> = self
             .nodes()
@@ -241,5 +338,32 @@ impl Tree {
         for node in nodes {
             self.remove(&node).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_backs_off_doubling_up_to_a_cap_and_a_start_resets_it() {
+        let failures = Failures::default();
+        let first = Duration::from_secs(5);
+        let now = Instant::now();
+        assert!(!failures.backing_off("root/a==1", now));
+        assert_eq!(failures.failed("root/a==1", first, now), first);
+        assert!(failures.backing_off("root/a==1", now + first / 2));
+        assert!(!failures.backing_off("root/a==1", now + first));
+        assert!(!failures.backing_off("root/b==1", now), "other nodes go on");
+        assert_eq!(failures.failed("root/a==1", first, now), first * 2);
+        assert_eq!(failures.failed("root/a==1", first, now), first * 4);
+        for _ in 0..40 {
+            failures.failed("root/a==1", first, now);
+        }
+        assert_eq!(failures.failed("root/a==1", first, now), first * 64);
+        assert_eq!(failures.total.load(Ordering::Relaxed), 44);
+        failures.started("root/a==1");
+        assert!(!failures.backing_off("root/a==1", now));
+        assert_eq!(failures.failed("root/a==1", first, now), first);
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct NodeStatus {
     pub spare_netns: u32,
     /// Cold starts forked from a zygote.
     pub forks: u64,
+    /// Zygote starts that failed (each then backs off).
+    pub zygote_start_failures: u64,
     pub zygotes: Vec<ZygoteInfo>,
 }
 
@@ -569,6 +571,7 @@ impl Manager {
             spare_cgroups: self.sandboxes.spare_cgroups(),
             spare_netns: self.sandboxes.spare_netns(),
             forks: self.metrics.forks.load(Ordering::Relaxed),
+            zygote_start_failures: self.tree.start_failures(),
             zygotes: self.tree.status(),
             ..NodeStatus::default()
         };

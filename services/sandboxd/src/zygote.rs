@@ -87,6 +87,11 @@ impl Sandboxes {
         self.shared.config.zygote_memory_mb
     }
 
+    /// How long after a failed start a zygote is first tried again.
+    pub fn zygote_retry(&self) -> Duration {
+        Duration::from_millis(self.shared.config.zygote_retry_ms)
+    }
+
     /// Starts a root zygote: a fresh sandbox that imports `node`'s modules
     /// and waits for fork requests. Waits up to `timeout` for the imports.
     pub async fn create_zygote(

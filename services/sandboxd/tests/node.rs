@@ -781,7 +781,7 @@ fn zygotes(status: &StatusResponse) -> Vec<(String, u32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
+async fn a_zygote_with_children_is_kept_and_its_idle_children_go_first() {
     // Room for the root zygote (256 MB) and one sandbox (128 MB).
     let Some(node) = start("zygevict", |c| c.mem_pool_mb = 384).await else {
         return;
@@ -799,8 +799,9 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
     assert_eq!(zygotes(&status), [("root".to_string(), 1)], "{status:?}");
     assert_eq!(status.zygote_forks_total, 2, "{status:?}");
 
-    // A function whose chain cannot be made runs in a fresh sandbox; its
-    // chain's root, made for it, stays childless.
+    // A function whose node cannot be made (no memory left for another
+    // zygote: not a failed start) forks from the root instead; b's idle
+    // sandbox makes room for it.
     let missing = node
         .dir
         .path()
@@ -813,7 +814,7 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
         imports: vec!["missing".into()],
     };
     node.publish(
-        "fresh",
+        "deep",
         1,
         COUNTER,
         Function {
@@ -821,17 +822,17 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
             ..Function::default()
         },
     );
-    // b's idle sandbox makes room, then the root (childless now) is older
-    // than the fresh sandbox: it goes before any idle function sandbox.
     assert_eq!(
-        result(&node.invoke("fresh", 1, "", 20_000).await.expect("fresh")),
-        1,
-        "a fresh sandbox gives the same answer"
+        result(&node.invoke("deep", 1, "", 20_000).await.expect("deep")),
+        1
     );
     let status = node.status().await;
-    assert_eq!(status.zygote_forks_total, 2, "{status:?}");
+    assert_eq!(status.zygote_forks_total, 3, "{status:?}");
     assert_eq!(status.evictions_total, 2, "{status:?}");
-    assert_eq!(zygotes(&status), [("root".to_string(), 0)], "{status:?}");
+    assert_eq!(status.zygote_start_failures_total, 0, "{status:?}");
+    assert_eq!(zygotes(&status), [("root".to_string(), 1)], "{status:?}");
+    // c's room comes from deep's idle sandbox; the root, with a child
+    // until then, stays.
     node.publish("c", 1, COUNTER, Function::default());
     node.invoke("c", 1, "", 20_000).await.expect("c");
     let status = node.status().await;
@@ -840,13 +841,9 @@ async fn a_zygote_with_children_is_kept_and_a_childless_one_goes_first() {
         .iter()
         .map(|f| f.function.as_ref().expect("ref").name.clone())
         .collect();
-    assert_eq!(
-        names,
-        ["c", "fresh"],
-        "the childless zygote made room, not the idle sandbox: {status:?}"
-    );
+    assert_eq!(names, ["c"], "{status:?}");
     assert_eq!(status.evictions_total, 3, "{status:?}");
-    assert!(status.zygotes.is_empty(), "{status:?}");
+    assert_eq!(zygotes(&status), [("root".to_string(), 1)], "{status:?}");
     node.stop().await;
 }
 
@@ -962,14 +959,14 @@ async fn a_call_does_not_wait_for_a_slow_zygote_and_later_calls_fork_from_it() {
     assert_eq!(
         result(&first),
         false,
-        "a fresh sandbox, within the call's time"
+        "forked from the root zygote, within the call's time"
     );
     let status = node
         .wait_for("the slow zygote started", |s| {
             s.zygotes.iter().any(|z| z.id == "root/slowpkg==1")
         })
         .await;
-    assert_eq!(status.zygote_forks_total, 0, "{status:?}");
+    assert_eq!(status.zygote_forks_total, 1, "{status:?}");
     let second = node.invoke("second", 1, "", 4_000).await.expect("second");
     assert_eq!(
         result(&second),
@@ -977,11 +974,67 @@ async fn a_call_does_not_wait_for_a_slow_zygote_and_later_calls_fork_from_it() {
         "forked from the zygote that imported it"
     );
     let status = node.status().await;
-    assert_eq!(status.zygote_forks_total, 1, "{status:?}");
+    assert_eq!(status.zygote_forks_total, 2, "{status:?}");
     assert_eq!(
         zygotes(&status),
-        [("root".to_string(), 1), ("root/slowpkg==1".to_string(), 1)],
-        "the child zygote counts as the root's child: {status:?}"
+        [("root".to_string(), 2), ("root/slowpkg==1".to_string(), 1)],
+        "first's sandbox and the child zygote are the root's children: {status:?}"
+    );
+    assert_eq!(status.zygote_start_failures_total, 0, "{status:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zygote_that_fails_to_start_is_not_retried_per_call_and_its_parent_serves() {
+    // A back-off far longer than the test: every call below falls in it.
+    let Some(node) = start("zygfail", |c| c.zygote_retry_ms = 600_000).await else {
+        return;
+    };
+    let package = node.dir.path().join("packages/brokenpkg");
+    std::fs::create_dir_all(&package).expect("mkdir package");
+    std::fs::write(
+        package.join("brokenpkg.py"),
+        "raise ImportError('brokenpkg cannot be imported here')\n",
+    )
+    .expect("write module");
+    let zygote = ZygoteNode {
+        id: "root/brokenpkg==1".into(),
+        package_dirs: vec![package.display().to_string()],
+        imports: vec!["brokenpkg".into()],
+    };
+    const CALLS: u64 = 4;
+    for i in 0..CALLS {
+        node.publish(
+            &format!("f{i}"),
+            1,
+            COUNTER,
+            Function {
+                zygote: Some(zygote.clone()),
+                ..Function::default()
+            },
+        );
+    }
+    for i in 0..CALLS {
+        let answer = node
+            .invoke(&format!("f{i}"), 1, "", 20_000)
+            .await
+            .unwrap_or_else(|e| panic!("f{i}: {e}"));
+        assert_eq!(result(&answer), 1, "f{i} answered");
+    }
+    let status = node.status().await;
+    assert_eq!(
+        status.zygote_start_failures_total, 1,
+        "one start, then the back-off: {status:?}"
+    );
+    assert_eq!(
+        (status.cold_starts_total, status.zygote_forks_total),
+        (CALLS, CALLS),
+        "every cold start forked from the root zygote, none fresh: {status:?}"
+    );
+    assert_eq!(
+        zygotes(&status),
+        [("root".to_string(), u32::try_from(CALLS).expect("small"))],
+        "{status:?}"
     );
     node.stop().await;
 }
