@@ -434,6 +434,16 @@ impl SandboxCgroup {
             .unwrap_or(0)
     }
 
+    /// The processes in the cgroup now (host pids, as this process sees
+    /// them).
+    pub fn pids(&self) -> Vec<u32> {
+        self.cg
+            .procs()
+            .into_iter()
+            .filter_map(|pid| u32::try_from(pid.pid).ok())
+            .collect()
+    }
+
     /// Freezes every process and shrinks the memory limit to what the
     /// cgroup uses, so a paused sandbox can neither run nor grow.
     pub fn pause(&self) -> Result<(), CgroupError> {

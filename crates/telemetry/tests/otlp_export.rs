@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::routing::get;
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::cache_server::{Cache, CacheServer};
-use sock_proto::v1::{PrepareRequest, PrepareResponse};
+use sock_proto::v1::{PrepareRequest, PrepareResponse, TreeRequest, TreeResponse};
 use sock_telemetry::grpc::{ServerTraceLayer, traced};
 use sock_telemetry::http::inject_context;
 use tokio::net::TcpListener;
@@ -235,6 +235,13 @@ impl Cache for EmptyCache {
         _: tonic::Request<PrepareRequest>,
     ) -> Result<tonic::Response<PrepareResponse>, tonic::Status> {
         Ok(tonic::Response::new(PrepareResponse::default()))
+    }
+
+    async fn tree(
+        &self,
+        _: tonic::Request<TreeRequest>,
+    ) -> Result<tonic::Response<TreeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(TreeResponse::default()))
     }
 }
 

@@ -28,6 +28,7 @@ mod listener;
 mod logs;
 mod metrics;
 mod pool;
+mod report;
 #[cfg(test)]
 mod runtime_tests;
 mod safe;

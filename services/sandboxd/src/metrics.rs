@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::tree::Uses;
 use crate::warm::{Manager, NodeStatus};
 
 /// The registry that exposes `manager`'s state, the service's call count
@@ -122,6 +123,21 @@ fn encode(
          and cold starts fork from its nearest working ancestor",
         node.zygote_start_failures,
     )?;
+    per_zygote(
+        &mut encoder,
+        "zygote_hits",
+        "Cold starts forked from the zygote their chain ended at, by zygote",
+        &node.zygote_uses,
+        |uses| uses.hits,
+    )?;
+    per_zygote(
+        &mut encoder,
+        "zygote_misses",
+        "Cold starts whose chain ended at a zygote that could not serve them \
+         (an ancestor's zygote or a fresh sandbox did), by zygote",
+        &node.zygote_uses,
+        |uses| uses.misses,
+    )?;
     counter(
         &mut encoder,
         "evictions",
@@ -155,6 +171,22 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> f
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
     let gauge = ConstGauge::new(n);
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// One counter per import-cache tree node id. The ids are the cache's
+/// tree nodes, and the tree keeps a bounded number of them.
+fn per_zygote(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    uses: &[(String, Uses)],
+    count: fn(&Uses) -> u64,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (id, uses) in uses {
+        ConstCounter::new(count(uses)).encode(family.encode_family(&[("zygote", id.as_str())])?)?;
+    }
+    Ok(())
 }
 
 /// One gauge per value of `label`.
@@ -196,6 +228,7 @@ mod tests {
                 forks: 5,
                 zygote_start_failures: 2,
                 evictions: 1,
+                zygote_uses: vec![("root/numpy==2.2.3".into(), Uses { hits: 8, misses: 3 })],
                 ..NodeStatus::default()
             }),
             calls.clone(),
@@ -217,6 +250,8 @@ mod tests {
             r#"sock_sandboxd_starts_total{kind="cold"} 6"#,
             "sock_sandboxd_zygote_forks_total 5",
             "sock_sandboxd_zygote_start_failures_total 2",
+            r#"sock_sandboxd_zygote_hits_total{zygote="root/numpy==2.2.3"} 8"#,
+            r#"sock_sandboxd_zygote_misses_total{zygote="root/numpy==2.2.3"} 3"#,
             "sock_sandboxd_evictions_total 1",
             "sock_sandboxd_zygotes 0",
             r#"sock_sandboxd_output_dropped_bytes_total{reason="call_limit"} 3"#,

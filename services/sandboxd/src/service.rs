@@ -10,7 +10,8 @@ use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
     FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, ZygoteStatus,
+    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, TreeRequest,
+    TreeResponse, ZygoteStatus,
 };
 use sock_service::AuthedChannel;
 use sock_telemetry::grpc::ServerTraceLayer;
@@ -131,9 +132,35 @@ impl Sandboxd for SandboxdService {
                 .collect(),
         }))
     }
+
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+        Ok(Response::new(self.node_tree(request.into_inner()).await?))
+    }
 }
 
 impl SandboxdService {
+    /// The cache's tree (rebuilt first when asked), with this node's
+    /// zygotes filled in.
+    async fn node_tree(&self, request: TreeRequest) -> Result<TreeResponse, Error> {
+        let tree = self
+            .cache
+            .clone()
+            .tree(request)
+            .await
+            .map_err(Error::Cache)?
+            .into_inner();
+        let manager = self.manager.clone();
+        // Reads each live zygote's /proc.
+        let reports = tokio::task::spawn_blocking(move || manager.tree_report())
+            .await
+            .expect("reading the zygotes does not panic");
+        Ok(crate::report::fill(
+            tree,
+            &reports,
+            crate::report::Now::new(),
+        ))
+    }
+
     /// A warm sandbox of the requested version if there is one; otherwise
     /// the cache prepares the code and a new sandbox runs it.
     async fn call(&self, req: SandboxInvokeRequest) -> Result<SandboxInvokeResponse, Error> {

@@ -10,6 +10,10 @@
 //! is still starting, cold starts fork from the deepest ancestor that
 //! lives (their own imports then happen in the child). Only when not even
 //! the root zygote works, or a fork fails, is a cold start a fresh sandbox.
+//!
+//! Per node id, the tree counts the cold starts whose chain ended there
+//! that its zygote served (hits) and those it could not (misses), across
+//! the zygotes that come and go for the id (`sock tree`, the metrics).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,6 +157,80 @@ fn park_spare(node: Arc<Node>) {
     });
 }
 
+/// Cold starts whose chain ended at one node: forked from its zygote
+/// (hits), or from an ancestor's or a fresh sandbox because its zygote
+/// could not serve (misses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Uses {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Node ids whose uses are kept. Ids come from the cache's trees, which
+/// are small, but a rebuilt tree brings new ones: past this many, the
+/// least recently used id goes, so neither the map nor the metrics
+/// labelled by id grow without bound.
+const MAX_COUNTED_IDS: usize = 1024;
+
+/// [`Uses`] per node id, kept across the zygotes that come and go for it.
+#[derive(Default)]
+struct Counters(Mutex<HashMap<String, (Uses, Instant)>>);
+
+impl Counters {
+    fn count(&self, id: &str, now: Instant, add: impl FnOnce(&mut Uses)) {
+        let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !ids.contains_key(id) && ids.len() >= MAX_COUNTED_IDS {
+            let oldest = ids
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                ids.remove(&oldest);
+            }
+        }
+        let (uses, last) = ids.entry(id.to_string()).or_insert((Uses::default(), now));
+        add(uses);
+        *last = now;
+    }
+
+    fn hit(&self, id: &str, now: Instant) {
+        self.count(id, now, |uses| uses.hits += 1);
+    }
+
+    fn miss(&self, id: &str, now: Instant) {
+        self.count(id, now, |uses| uses.misses += 1);
+    }
+
+    /// Every counted id's uses, by id.
+    fn all(&self) -> Vec<(String, Uses)> {
+        let mut all: Vec<(String, Uses)> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, (uses, _))| (id.clone(), *uses))
+            .collect();
+        all.sort_by(|(a, _), (b, _)| a.cmp(b));
+        all
+    }
+}
+
+/// What the Tree RPC shows of one node id this sandboxd knows: what cold
+/// starts did with it, and its zygote if one lives.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeReport {
+    pub id: String,
+    pub uses: Uses,
+    pub zygote: Option<LiveZygote>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LiveZygote {
+    pub pss_kb: u64,
+    /// When it last forked (or started).
+    pub last_fork: Instant,
+}
+
 /// What Status shows of one zygote.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ZygoteInfo {
@@ -167,6 +245,7 @@ pub(crate) struct Tree {
     slots: Mutex<HashMap<String, Slot>>,
     /// Shared with the tasks that make zygotes: they outlive a call.
     failures: Arc<Failures>,
+    uses: Counters,
 }
 
 impl Tree {
@@ -205,14 +284,40 @@ impl Tree {
         spec: SandboxSpec,
         timeout: Duration,
     ) -> Result<Sandbox, Error> {
+        let forked = self
+            .fork_deepest(sandboxes, pool, chain, spec, timeout)
+            .await;
+        let now = Instant::now();
+        let served_by = forked.as_ref().ok().map(|(_, id)| id.as_str());
+        if let Some(id) = served_by {
+            self.uses.hit(id, now);
+        }
+        // Served by an ancestor's zygote, or (failed here) by a fresh
+        // sandbox: the node the chain ended at missed.
+        if let Some(wanted) = chain.last().filter(|n| served_by != Some(n.id.as_str())) {
+            self.uses.miss(&wanted.id, now);
+        }
+        forked.map(|(sandbox, _)| sandbox)
+    }
+
+    /// [`fork`](Self::fork), saying which zygote the sandbox came from.
+    async fn fork_deepest(
+        &self,
+        sandboxes: &Sandboxes,
+        pool: &Arc<MemoryPool>,
+        chain: &[ZygoteSpec],
+        spec: SandboxSpec,
+        timeout: Duration,
+    ) -> Result<(Sandbox, String), Error> {
         let node = self.zygote_for(sandboxes, pool, chain, timeout).await?;
         let forked = node.zygote.fork(spec).await;
+        let id = node.zygote.id().to_string();
         match &forked {
             Ok(_) => park_spare(node),
             Err(_) if !node.zygote.is_alive() => self.remove(&node).await,
             Err(_) => {}
         }
-        forked
+        forked.map(|sandbox| (sandbox, id))
     }
 
     async fn zygote_for(
@@ -315,6 +420,44 @@ impl Tree {
         self.failures.total.load(Ordering::Relaxed)
     }
 
+    /// Cold starts per node id, by id.
+    pub fn uses(&self) -> Vec<(String, Uses)> {
+        self.uses.all()
+    }
+
+    /// Every node id with counted uses or a live zygote, by id. Reads each
+    /// live zygote's PSS from `/proc`: call it off the async threads.
+    pub fn report(&self) -> Vec<NodeReport> {
+        let mut reports: HashMap<String, NodeReport> = self
+            .uses
+            .all()
+            .into_iter()
+            .map(|(id, uses)| {
+                let report = NodeReport {
+                    id: id.clone(),
+                    uses,
+                    zygote: None,
+                };
+                (id, report)
+            })
+            .collect();
+        for node in self.nodes().iter().filter(|n| n.zygote.is_alive()) {
+            let id = node.zygote.id();
+            let report = reports.entry(id.to_string()).or_insert_with(|| NodeReport {
+                id: id.to_string(),
+                uses: Uses::default(),
+                zygote: None,
+            });
+            report.zygote = Some(LiveZygote {
+                pss_kb: node.zygote.pss_kb(),
+                last_fork: node.zygote.last_fork(),
+            });
+        }
+        let mut reports: Vec<NodeReport> = reports.into_values().collect();
+        reports.sort_by(|a, b| a.id.cmp(&b.id));
+        reports
+    }
+
     pub fn status(&self) -> Vec<ZygoteInfo> {
         let mut zygotes: Vec<ZygoteInfo> = self
             .nodes()
@@ -365,5 +508,35 @@ mod tests {
         failures.started("root/a==1");
         assert!(!failures.backing_off("root/a==1", now));
         assert_eq!(failures.failed("root/a==1", first, now), first);
+    }
+
+    #[test]
+    fn uses_are_counted_per_id_and_the_least_recently_used_id_goes_past_the_cap() {
+        let counters = Counters::default();
+        let start = Instant::now();
+        counters.hit("root", start);
+        counters.hit("root", start);
+        counters.miss("root/a==1", start);
+        assert_eq!(
+            counters.all(),
+            [
+                ("root".to_string(), Uses { hits: 2, misses: 0 }),
+                ("root/a==1".to_string(), Uses { hits: 0, misses: 1 }),
+            ]
+        );
+        for i in 0..MAX_COUNTED_IDS {
+            let at = start + Duration::from_millis(1 + i as u64);
+            counters.hit(&format!("root/n{i}==1"), at);
+            // "root" stays in use; "root/a==1" is used no more.
+            counters.hit("root", at);
+        }
+        let all = counters.all();
+        assert_eq!(all.len(), MAX_COUNTED_IDS);
+        assert!(all.iter().all(|(id, _)| id != "root/a==1"), "{all:?}");
+        assert!(all.iter().any(|(id, _)| id == "root"));
+        assert!(
+            all.iter().all(|(id, _)| id != "root/n0==1"),
+            "next oldest went too"
+        );
     }
 }

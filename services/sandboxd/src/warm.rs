@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::pool::{MemoryPool, PoolSnapshot};
 use crate::safe::{Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Why};
 use crate::sandbox::{Outcome, Sandbox, SandboxSpec, Sandboxes};
-use crate::tree::{Node, Tree, ZygoteInfo};
+use crate::tree::{Node, NodeReport, Tree, Uses, ZygoteInfo};
 use crate::zygote::ZygoteSpec;
 
 /// How often the free-memory watcher looks at the machine.
@@ -89,6 +89,9 @@ pub(crate) struct NodeStatus {
     /// Zygote starts that failed (each then backs off).
     pub zygote_start_failures: u64,
     pub zygotes: Vec<ZygoteInfo>,
+    /// Per import-cache tree node id: the cold starts its zygote served
+    /// and those it could not.
+    pub zygote_uses: Vec<(String, Uses)>,
 }
 
 pub(crate) struct Manager {
@@ -561,6 +564,12 @@ impl Manager {
         crate::build::build(&self.sandboxes, &self.pool, function, build).await
     }
 
+    /// The zygote tree's nodes as this node knows them (see
+    /// [`Tree::report`]).
+    pub fn tree_report(&self) -> Vec<NodeReport> {
+        self.tree.report()
+    }
+
     pub fn status(&self) -> NodeStatus {
         let live: Vec<Arc<SafeSandbox>> = self.metrics.live().values().cloned().collect();
         let mut status = NodeStatus {
@@ -573,6 +582,7 @@ impl Manager {
             forks: self.metrics.forks.load(Ordering::Relaxed),
             zygote_start_failures: self.tree.start_failures(),
             zygotes: self.tree.status(),
+            zygote_uses: self.tree.uses(),
             ..NodeStatus::default()
         };
         let mut functions: HashMap<Key, [u32; 3]> = HashMap::new();

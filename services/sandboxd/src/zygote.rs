@@ -157,6 +157,14 @@ fn zygote_seccomp() -> Result<Programs, Error> {
     Ok(PROGRAMS.get_or_init(|| programs).clone())
 }
 
+/// The `Pss:` line of a `/proc/<pid>/smaps_rollup`, in kB.
+fn pss_kb_of(smaps_rollup: &str) -> Option<u64> {
+    smaps_rollup.lines().find_map(|line| {
+        let kb = line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?;
+        kb.trim().parse().ok()
+    })
+}
+
 fn zygote_name(id: &str) -> Arc<str> {
     format!("zygote {id}").into()
 }
@@ -225,6 +233,19 @@ impl Zygote {
     /// Memory its cgroup charges now: the imports its children share.
     pub fn memory_usage(&self) -> u64 {
         self.cgroup.as_ref().map_or(0, |c| c.memory_usage())
+    }
+
+    /// The proportional set size of the zygote's processes, in kB: what it
+    /// costs the node, its pages shared with its children split among
+    /// them (the cgroup's charge counts shared pages in full). The
+    /// zygote's cgroup holds only its own processes: each child has a
+    /// cgroup of its own. Reads `/proc`; 0 once the zygote is gone.
+    pub fn pss_kb(&self) -> u64 {
+        let pids = self.cgroup.as_ref().map_or_else(Vec::new, |c| c.pids());
+        pids.iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+            .filter_map(|rollup| pss_kb_of(&rollup))
+            .sum()
     }
 
     /// The zygote's cgroup directories while it lives.
@@ -780,4 +801,20 @@ async fn send(stream: &mut UnixStream, fds: Vec<OwnedFd>, header: &Header) -> Re
         .map_err(|e| e.to_string())?;
     drop(fds);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pss_is_read_from_the_rollup() {
+        let rollup = "55d0c0a00000-7ffc8f5fe000 ---p 00000000 00:00 0                          [rollup]\n\
+                      Rss:               25804 kB\n\
+                      Pss:               12345 kB\n\
+                      Pss_Dirty:          8000 kB\n\
+                      Pss_Anon:           7000 kB\n";
+        assert_eq!(pss_kb_of(rollup), Some(12345));
+        assert_eq!(pss_kb_of("Rss: 1 kB\n"), None);
+    }
 }

@@ -15,7 +15,7 @@ use node::{Function, Node, assert_nothing_left, request, start};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{
     ErrorKind, FunctionConfig, FunctionError, Limits, SandboxInvokeResponse, StatusRequest,
-    StatusResponse, ZygoteNode,
+    StatusResponse, TreeNode, TreeRequest, ZygoteNode,
 };
 use sock_sandboxd::Config;
 use tonic::{Code, Response, Status};
@@ -772,6 +772,36 @@ async fn a_daemon_killed_as_a_containers_pid_1_takes_its_paused_sandboxes_with_i
     assert!(node.sandbox_pids().is_empty(), "no process in our cgroups");
 }
 
+/// The cache's tree answers these nodes (depth by id).
+fn set_cache_tree(node: &Node, ids: &[&str]) {
+    *node.catalog.tree.lock().expect("catalog lock") = ids
+        .iter()
+        .map(|id| TreeNode {
+            id: id.to_string(),
+            depth: u32::try_from(id.matches('/').count()).expect("shallow"),
+            ..TreeNode::default()
+        })
+        .collect();
+}
+
+/// The tree sandboxd answers: per node (id, depth, live, hits, misses).
+async fn tree(node: &Node, rebuild: bool) -> Vec<TreeNode> {
+    node.client
+        .clone()
+        .tree(TreeRequest { rebuild })
+        .await
+        .expect("tree")
+        .into_inner()
+        .nodes
+}
+
+fn tree_rows(nodes: &[TreeNode]) -> Vec<(&str, u32, bool, u64, u64)> {
+    nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.depth, n.live, n.hits, n.misses))
+        .collect()
+}
+
 fn zygotes(status: &StatusResponse) -> Vec<(String, u32)> {
     status
         .zygotes
@@ -1036,5 +1066,71 @@ async fn a_zygote_that_fails_to_start_is_not_retried_per_call_and_its_parent_ser
         [("root".to_string(), u32::try_from(CALLS).expect("small"))],
         "{status:?}"
     );
+    set_cache_tree(&node, &["root", "root/brokenpkg==1"]);
+    let nodes = tree(&node, false).await;
+    assert_eq!(
+        tree_rows(&nodes),
+        [
+            ("root", 0, true, CALLS, 0),
+            ("root/brokenpkg==1", 1, false, 0, CALLS)
+        ],
+        "each call wanted the broken zygote and its parent served: {nodes:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_fills_the_cache_tree_in_with_the_live_zygotes() {
+    let Some(node) = start("zygtree", |_| {}).await else {
+        return;
+    };
+    let package = node.dir.path().join("packages/goodpkg");
+    std::fs::create_dir_all(&package).expect("mkdir package");
+    std::fs::write(package.join("goodpkg.py"), "VALUE = 1\n").expect("write module");
+    let zygote = ZygoteNode {
+        id: "root/goodpkg==1".into(),
+        package_dirs: vec![package.display().to_string()],
+        imports: vec!["goodpkg".into()],
+    };
+    for name in ["a", "b"] {
+        node.publish(
+            name,
+            1,
+            COUNTER,
+            Function {
+                zygote: Some(zygote.clone()),
+                ..Function::default()
+            },
+        );
+        let answer = node.invoke(name, 1, "", 20_000).await.expect(name);
+        assert_eq!(result(&answer), 1, "{name} answered");
+    }
+    // The cache's tree no longer lists goodpkg's node (say, rebuilt since),
+    // and lists one no zygote serves yet.
+    set_cache_tree(&node, &["root", "root/absent==1"]);
+    let nodes = tree(&node, true).await;
+    assert_eq!(
+        node.catalog.tree_rebuilds.load(Ordering::Relaxed),
+        1,
+        "rebuild reaches the cache"
+    );
+    assert_eq!(
+        tree_rows(&nodes),
+        [
+            ("root", 0, true, 0, 0),
+            ("root/absent==1", 1, false, 0, 0),
+            ("root/goodpkg==1", 1, true, 2, 0),
+        ],
+        "goodpkg's zygote served both cold starts, and lives on: {nodes:?}"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    for live in nodes.iter().filter(|n| n.live) {
+        assert!(live.pss_kb > 0, "{live:?}");
+        let ago_ms = now_ms.saturating_sub(u128::from(live.last_fork_unix_ms));
+        assert!(ago_ms < 60_000, "forked during the test: {live:?}");
+    }
     node.stop().await;
 }

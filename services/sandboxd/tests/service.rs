@@ -10,7 +10,9 @@ use std::time::Duration;
 use node::{Function, Node, assert_nothing_left, request};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{ErrorKind, FunctionConfig, SandboxInvokeResponse, StatusRequest};
+use sock_proto::v1::{
+    ErrorKind, FunctionConfig, SandboxInvokeResponse, StatusRequest, TreeRequest,
+};
 use sock_sandboxd::Config;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
@@ -212,6 +214,18 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         return;
     };
     let status = node.invoke("echo", "{}").await.expect_err("cache down");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().starts_with("code cache unavailable:"),
+        "{}",
+        status.message()
+    );
+    let status = node
+        .client
+        .clone()
+        .tree(TreeRequest { rebuild: false })
+        .await
+        .expect_err("no tree without the cache");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
         status.message().starts_with("code cache unavailable:"),

@@ -15,7 +15,7 @@ use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
     FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
-    SourceBuild, StatusRequest, StatusResponse, ZygoteNode,
+    SourceBuild, StatusRequest, StatusResponse, TreeNode, TreeRequest, TreeResponse, ZygoteNode,
 };
 use sock_sandboxd::Config;
 use tokio::net::TcpListener;
@@ -49,6 +49,10 @@ pub struct Catalog {
     pub wheels: Mutex<HashMap<String, Vec<u8>>>,
     /// Prepare calls so far.
     pub prepares: AtomicUsize,
+    /// The nodes of the configured tree Tree answers, as the test set them.
+    pub tree: Mutex<Vec<TreeNode>>,
+    /// Tree calls that asked for a rebuild.
+    pub tree_rebuilds: AtomicUsize,
 }
 
 struct FakeCache {
@@ -104,6 +108,17 @@ impl Cache for FakeCache {
                 vec![root, zygote]
             }),
             ..PrepareResponse::default()
+        }))
+    }
+
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+        if request.into_inner().rebuild {
+            self.catalog.tree_rebuilds.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Response::new(TreeResponse {
+            source: "configured".into(),
+            nodes: self.catalog.tree.lock().expect("catalog lock").clone(),
+            ..TreeResponse::default()
         }))
     }
 }
