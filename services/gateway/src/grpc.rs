@@ -3,7 +3,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use sock_proto::v1::gateway_server::Gateway;
-use sock_proto::v1::{InvokeRequest, InvokeResponse, LogLine, LogsRequest, invoke_response};
+use sock_proto::v1::{
+    InvokeRequest, InvokeResponse, LogLine, LogsRequest, TreeRequest, TreeResponse, TreeTrees,
+    invoke_response,
+};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -63,10 +66,16 @@ impl Gateway for GatewayService {
         sock_bundle::validate_name(&request.function).map_err(Error::from)?;
         let mut kept = Vec::new();
         let mut live = Vec::new();
-        for node in self.nodes.all().iter() {
-            let answer = node.client.clone().logs(request.clone()).await;
+        let answers = self
+            .nodes
+            .ask_all(|mut client| {
+                let request = request.clone();
+                async move { client.logs(request).await }
+            })
+            .await;
+        for (node, answer) in answers {
             let mut lines = match answer {
-                Ok(lines) => lines.into_inner(),
+                Ok(lines) => lines,
                 Err(status) => {
                     tracing::warn!(node = %node.addr, error = %crate::error::reason(&status), "cannot read logs of a node");
                     continue;
@@ -98,6 +107,35 @@ impl Gateway for GatewayService {
         Ok(Response::new(
             futures::stream::iter(kept.into_iter().map(Ok)).boxed(),
         ))
+    }
+
+    /// Every node's import-cache tree, in node order. A node that cannot
+    /// answer is skipped with a warning (the answer has no room for its
+    /// error); the call fails only when no node answers.
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeTrees>, Status> {
+        let request = request.into_inner();
+        let answers = self
+            .nodes
+            .ask_all(|mut client| async move { client.tree(request).await })
+            .await;
+        let mut trees = Vec::new();
+        let mut failure = None;
+        for (node, answer) in answers {
+            match answer {
+                Ok(tree) => trees.push(TreeResponse {
+                    node: node.addr.clone(),
+                    ..tree
+                }),
+                Err(status) => {
+                    tracing::warn!(node = %node.addr, error = %crate::error::reason(&status), "cannot read the import-cache tree of a node");
+                    failure = Some(status);
+                }
+            }
+        }
+        match failure {
+            Some(status) if trees.is_empty() => Err(Error::from_sandboxd(status).into()),
+            _ => Ok(Response::new(TreeTrees { nodes: trees })),
+        }
     }
 
     async fn invoke(

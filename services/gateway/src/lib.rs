@@ -217,7 +217,7 @@ fn access(path: &str) -> sock_service::Access {
     use sock_service::Access;
     match path {
         "/sock.v1.Gateway/Invoke" => Access::Invoke,
-        "/sock.v1.Gateway/Logs" | "/metrics" => Access::Admin,
+        "/sock.v1.Gateway/Logs" | "/sock.v1.Gateway/Tree" | "/metrics" => Access::Admin,
         p if p.starts_with("/run/") => Access::Invoke,
         // Changing or listing what is deployed; any path under it, so a
         // route added later is not open by mistake.
@@ -263,6 +263,7 @@ mod tests {
         ] {
             assert_eq!(access(path), Access::Admin, "{path}");
         }
+        assert_eq!(access("/sock.v1.Gateway/Tree"), Access::Admin);
         assert_eq!(access("/status"), Access::Open);
         assert_eq!(access("/run/echo"), Access::Invoke);
     }

@@ -8,6 +8,7 @@
 //! not be sent at all (connection refused, connect timeout) is retried once
 //! on the next node; a call that may have started is never retried.
 use std::error::Error as _;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -158,6 +159,26 @@ impl Nodes {
 
     pub fn all(&self) -> Arc<[Arc<Node>]> {
         self.nodes.read().expect("nodes lock").clone()
+    }
+
+    /// Asks every node at once (healthy or not: an operator's question
+    /// wants every node's answer); the answers come in node order.
+    pub async fn ask_all<T, F, Fut>(&self, ask: F) -> Vec<(Arc<Node>, Result<T, tonic::Status>)>
+    where
+        F: Fn(SandboxdClient<AuthedChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let nodes = self.all();
+        let answers = futures::future::join_all(nodes.iter().map(|n| ask(n.client.clone()))).await;
+        nodes
+            .iter()
+            .cloned()
+            .zip(
+                answers
+                    .into_iter()
+                    .map(|a| a.map(tonic::Response::into_inner)),
+            )
+            .collect()
     }
 
     /// Resolves `names` and keeps the nodes of `fixed` plus every address

@@ -14,7 +14,7 @@ use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
     ErrorKind, FunctionError, HttpHeader, HttpResponse, InvokeRequest, InvokeResponse, LogLine,
     LogsRequest, PushFunctionRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
-    StatusResponse, invoke_response, sandbox_invoke_response,
+    StatusResponse, TreeNode, TreeRequest, TreeResponse, invoke_response, sandbox_invoke_response,
 };
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -229,6 +229,26 @@ impl Sandboxd for FakeSandboxdService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         Err(Status::unimplemented("not faked"))
+    }
+
+    /// A root with one child; `rebuild` shows as the tree's source.
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+        let source = match request.into_inner().rebuild {
+            true => "rebuilt",
+            false => "learned",
+        };
+        let node = |id: &str, depth| TreeNode {
+            id: id.into(),
+            depth,
+            live: true,
+            hits: 1,
+            ..TreeNode::default()
+        };
+        Ok(Response::new(TreeResponse {
+            source: source.into(),
+            nodes: vec![node("root", 0), node("root/six==1.16.0", 1)],
+            ..TreeResponse::default()
+        }))
     }
 }
 
@@ -978,6 +998,93 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
         got.push(line.call_id);
     }
     assert_eq!(got, ["c1", "c2"]);
+}
+
+#[tokio::test]
+async fn tree_gathers_every_node_that_answers_in_node_order() {
+    let registry = Registry::start().await;
+    let (first, _first) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
+    let (second, _second) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
+    let dead = closed_endpoint().await;
+    let gateway = Gateway::start(Config {
+        sandboxd_addrs: vec![first.clone(), dead.clone(), second.clone()],
+        health_interval_ms: 3_600_000,
+        ..config(&registry.endpoint(), "http://unused")
+    })
+    .await;
+    let trees = gateway
+        .client
+        .clone()
+        .tree(TreeRequest { rebuild: true })
+        .await
+        .expect("tree")
+        .into_inner()
+        .nodes;
+    let got: Vec<_> = trees
+        .iter()
+        .map(|t| (t.node.as_str(), t.source.as_str(), t.nodes.len()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (first.as_str(), "rebuilt", 2),
+            (second.as_str(), "rebuilt", 2)
+        ],
+        "the dead node is left out, and rebuild reached the others"
+    );
+
+    let nobody = Gateway::start(Config {
+        sandboxd_addrs: vec![dead],
+        health_interval_ms: 3_600_000,
+        ..config(&registry.endpoint(), "http://unused")
+    })
+    .await;
+    let status = nobody
+        .client
+        .clone()
+        .tree(TreeRequest { rebuild: false })
+        .await
+        .expect_err("no node answers");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no sandbox node reachable"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn tree_needs_the_admin_token() {
+    let registry = Registry::start().await;
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
+    let gateway = Gateway::start(Config {
+        invoke_token: Some("call-token".into()),
+        admin_token: Some("admin-token".into()),
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    let with = |token: Option<&str>| {
+        let mut request = Request::new(TreeRequest { rebuild: false });
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+        }
+        let mut client = gateway.client.clone();
+        async move { client.tree(request).await }
+    };
+    for token in [None, Some("call-token")] {
+        let status = with(token).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{token:?}: {status:?}"
+        );
+    }
+    let trees = with(Some("admin-token"))
+        .await
+        .expect("the admin token passes");
+    assert_eq!(trees.into_inner().nodes.len(), 1);
 }
 
 #[tokio::test]
