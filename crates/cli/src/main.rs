@@ -5,6 +5,7 @@
 mod admin;
 mod invoke;
 mod logs;
+mod tree;
 mod up;
 
 use std::path::PathBuf;
@@ -62,6 +63,13 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Show every node's import-cache tree: per zygote, the cold starts
+    /// it served (hits) and could not (misses), its memory and last use.
+    Tree {
+        /// Have each node's cache rebuild its learned tree first.
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// List functions.
     Ls,
     /// Delete a function.
@@ -116,6 +124,7 @@ async fn main() -> ExitCode {
             invoke::invoke(&endpoints, invoke.as_deref(), &name, payload, timeout_ms).await
         }
         Command::Logs { name, follow } => logs::logs(&endpoints, admin, &name, follow).await,
+        Command::Tree { rebuild } => tree::tree(&endpoints, admin, rebuild).await,
         Command::Ls => admin::list(&endpoints, admin).await,
         Command::Rm { name } => admin::remove(&endpoints, admin, &name).await,
         Command::Up(args) => up::up(args, &cli.data_dir).await,
