@@ -43,8 +43,13 @@ pub struct Config {
     pub import_cache: String,
     /// The import-cache tree: inline JSON, or a path to a JSON file, in
     /// OpenLambda's shape `{"packages": [...], "children": [...]}`; empty
-    /// means a root with no packages.
+    /// means a tree learned from this node's cold starts (`learn.rs`).
     pub import_tree: String,
+    /// How often a learned tree is rebuilt from what was seen since.
+    pub tree_rebuild_ms: u64,
+    /// The memory a learned tree may plan for its zygotes (estimated from
+    /// their packages' installed size).
+    pub tree_budget_mb: u64,
     /// The sandboxes' interpreter, asked once for its marker environment
     /// (python_version, sys_platform, …).
     pub python: PathBuf,
@@ -66,6 +71,8 @@ impl Default for Config {
             allow_source_builds: false,
             import_cache: "tree".into(),
             import_tree: String::new(),
+            tree_rebuild_ms: 10_000,
+            tree_budget_mb: 2048,
             python: PathBuf::from("/usr/bin/python3"),
         }
     }
