@@ -130,8 +130,8 @@ fn plan(
     );
     (
         NodeSpec {
-            packages: Vec::new(),
             children,
+            ..NodeSpec::default()
         },
         estimates,
     )
@@ -194,6 +194,7 @@ fn split(
         children.push(NodeSpec {
             packages: unit,
             children: grandchildren,
+            split_generation: None,
         });
     }
 }

@@ -30,6 +30,10 @@ pub(crate) struct NodeSpec {
     pub packages: Vec<String>,
     #[serde(default)]
     pub children: Vec<NodeSpec>,
+    /// OpenLambda's trees say in which round of their offline split a
+    /// node was made: commentary, read and ignored.
+    #[serde(default, skip_serializing)]
+    pub split_generation: Option<u64>,
 }
 
 pub(crate) struct ImportTree {
@@ -349,6 +353,29 @@ mod tests {
     }
 
     #[test]
+    fn openlambdas_tree_files_load_as_they_are() {
+        // The shape of OpenLambda's default-zygotes-40.json: unpinned
+        // names, and each node's split generation.
+        let openlambda = r#"{"split_generation": 0, "packages": [], "children": [
+            {"split_generation": 1, "packages": ["numpy"], "children": [
+                {"split_generation": 4, "packages": ["pandas"], "children": []}
+            ]},
+            {"split_generation": 2, "packages": ["requests", "urllib3"], "children": []}
+        ]}"#;
+        let tree = ImportTree::load(openlambda).expect("OpenLambda's format");
+        let ids: Vec<String> = tree.describe().into_iter().map(|n| n.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "root",
+                "root/numpy",
+                "root/numpy/pandas",
+                "root/requests,urllib3"
+            ]
+        );
+    }
+
+    #[test]
     fn trees_load_inline_from_files_or_by_default() {
         assert!(
             ImportTree::load("")
@@ -367,6 +394,7 @@ mod tests {
             (r#"{"pkgs": []}"#, "not a tree"),
             (r#"{"packages": ["-e ."]}"#, "pip option"),
             ("/no/such/tree.json", "cannot read"),
+            (r#"{"packages": [], "split_generation": "x"}"#, "not a tree"),
         ] {
             let err = ImportTree::load(bad).err().expect(bad);
             assert!(err.contains(says), "{bad}: {err}");
