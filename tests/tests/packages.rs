@@ -7,8 +7,8 @@ use std::path::Path;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
+use sock_proto::v1::TreeRequest;
 use sock_proto::v1::cache_client::CacheClient;
-use sock_proto::v1::{StatusRequest, TreeRequest};
 
 /// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -201,13 +201,7 @@ def f(event):\n    return {'a': sockdepa.A, 'preloaded': PRELOADED}\n";
         serde_json::json!(["sockdepa", "sockdepb"]),
         "forked from the node's zygote, which imported sockdepa and with it sockdepb"
     );
-    let status = cluster
-        .sandboxd()
-        .await
-        .status(StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner();
+    let status = cluster.status().await;
     assert_eq!(status.zygote_start_failures_total, 0, "{status:?}");
     assert_eq!(
         (status.cold_starts_total, status.zygote_forks_total),
@@ -290,13 +284,7 @@ def f(event):\n    return {'preloaded': PRELOADED}\n";
         serde_json::json!(["socklearnt", "socklearntdep"]),
         "a later function forks from the learned node's zygote"
     );
-    let status = cluster
-        .sandboxd()
-        .await
-        .status(StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner();
+    let status = cluster.status().await;
     assert!(
         status
             .zygotes
