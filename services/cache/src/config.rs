@@ -2,7 +2,7 @@
 //! section of the config file and `SOCK_CACHE_*` variables.
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -28,7 +28,7 @@ pub struct Config {
     /// Dirs of wheels pip installs from instead of an index (offline:
     /// `--no-index --find-links`). A list, or one string of
     /// comma-separated dirs (as `SOCK_CACHE_FIND_LINKS` gives it).
-    #[serde(deserialize_with = "list_or_commas")]
+    #[serde(deserialize_with = "sock_service::list_or_commas")]
     pub find_links: Vec<PathBuf>,
     /// The package index pip uses when `find_links` is empty.
     pub index_url: String,
@@ -76,22 +76,4 @@ impl Default for Config {
             python: PathBuf::from("/usr/bin/python3"),
         }
     }
-}
-
-fn list_or_commas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        List(Vec<PathBuf>),
-        One(String),
-    }
-    Ok(match Form::deserialize(deserializer)? {
-        Form::List(list) => list,
-        Form::One(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .collect(),
-    })
 }
