@@ -12,7 +12,10 @@ use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{InvokeRequest, InvokeResponse, LogLine, LogsRequest, PushFunctionRequest};
+use sock_proto::v1::{
+    InvokeRequest, InvokeResponse, LogLine, LogsRequest, PushFunctionRequest, StatusRequest,
+    StatusResponse,
+};
 use tonic::transport::Channel;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -253,6 +256,16 @@ impl Cluster {
 
     pub async fn sandboxd(&self) -> SandboxdClient<Channel> {
         SandboxdClient::new(channel(&self.endpoints.sandboxd).await)
+    }
+
+    /// sandboxd's `Status`.
+    pub async fn status(&self) -> StatusResponse {
+        self.sandboxd()
+            .await
+            .status(StatusRequest::default())
+            .await
+            .expect("status")
+            .into_inner()
     }
 
     /// Stops the cluster as Ctrl-C would, and says whether `sock up` exited

@@ -3,7 +3,8 @@
 //! event, a function that raises is passed over, an app seeks with
 //! `X-Kafka-Seek-Offset`, and a gateway stopped in the middle of a topic
 //! and started again loses no message (at least once: duplicates are
-//! allowed, and counted).
+//! allowed, and counted). A trigger naming a server the operator did not
+//! list in `kafka_brokers` is never connected to.
 //!
 //! What the functions received is read back from their logs: each prints
 //! one JSON line per call.
@@ -15,6 +16,7 @@ use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::kafka::Broker;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,11 +26,11 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The gateway looks for functions with Kafka triggers this often.
 const POLL_MS: &str = "200";
 
-fn ol_yaml(broker: &Broker, topic: &str) -> String {
+fn ol_yaml(bootstrap_server: &str, topic: &str) -> String {
     format!(
         "triggers:\n  http:\n    - method: POST\n  kafka:\n    - bootstrap_servers:\n        \
-         - \"{}\"\n      topics:\n        - \"{topic}\"\n      auto_offset_reset: \"earliest\"\n",
-        broker.addr
+         - \"{bootstrap_server}\"\n      topics:\n        - \"{topic}\"\n      \
+         auto_offset_reset: \"earliest\"\n"
     )
 }
 
@@ -134,8 +136,11 @@ async fn kafka_messages_reach_a_wsgi_app_and_an_f_event_function_and_an_app_seek
     };
     broker.create_topic("orders", 2).await;
     broker.create_topic("replay", 1).await;
-    let cluster = Cluster::start_with_env(&[("SOCK_GATEWAY_KAFKA_POLL_INTERVAL_MS", POLL_MS)]);
-    let orders = ol_yaml(&broker, "orders");
+    let cluster = Cluster::start_with_env(&[
+        ("SOCK_GATEWAY_KAFKA_POLL_INTERVAL_MS", POLL_MS),
+        ("SOCK_GATEWAY_KAFKA_BROKERS", &broker.addr),
+    ]);
+    let orders = ol_yaml(&broker.addr, "orders");
     for (name, code) in [("kafka-app", WSGI_APP), ("kafka-f", F_EVENT)] {
         cluster
             .push(name, &[("f.py", code), ("ol.yaml", &orders)])
@@ -147,7 +152,7 @@ async fn kafka_messages_reach_a_wsgi_app_and_an_f_event_function_and_an_app_seek
             "kafka-seek",
             &[
                 ("f.py", SEEKING_APP),
-                ("ol.yaml", &ol_yaml(&broker, "replay")),
+                ("ol.yaml", &ol_yaml(&broker.addr, "replay")),
             ],
         )
         .await
@@ -234,8 +239,9 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(cluster: &Cluster) -> Gateway {
+    async fn start(cluster: &Cluster, broker: &Broker) -> Gateway {
         let config = sock_gateway::Config {
+            kafka_brokers: vec![broker.addr.clone()],
             registry_addr: cluster.endpoints.registry.clone(),
             sandboxd_addr: cluster.endpoints.sandboxd.clone(),
             node_token: Some(cluster.token(Kind::Node).into()),
@@ -278,7 +284,10 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
     cluster
         .push(
             "numbers",
-            &[("f.py", code), ("ol.yaml", &ol_yaml(&broker, "numbers"))],
+            &[
+                ("f.py", code),
+                ("ol.yaml", &ol_yaml(&broker.addr, "numbers")),
+            ],
         )
         .await
         .expect("push numbers");
@@ -290,7 +299,7 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
             .count()
     };
 
-    let gateway = Gateway::start(&cluster).await;
+    let gateway = Gateway::start(&cluster, &broker).await;
     broker.produce("numbers", &first).await;
     wait_printed(&cluster, "numbers", "some of the first messages", |lines| {
         lines.len() >= 5
@@ -304,7 +313,7 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
     );
 
     broker.produce("numbers", &second).await;
-    let gateway = Gateway::start(&cluster).await;
+    let gateway = Gateway::start(&cluster, &broker).await;
     let lines = wait_printed(&cluster, "numbers", "all 40 messages", |lines| {
         seen(lines, 40) == 40
     })
@@ -323,4 +332,97 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
         duplicates < first.len(),
         "{duplicates} duplicates: the offsets were not committed"
     );
+}
+
+/// A loopback port that counts the connections it accepts, standing for a
+/// host a function's author would like the gateway to reach.
+struct Listener {
+    addr: String,
+    accepted: watch::Receiver<usize>,
+}
+
+impl Listener {
+    async fn start() -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (count, accepted) = watch::channel(0);
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        Listener { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        *self.accepted.borrow()
+    }
+
+    async fn wait_accepted(&mut self, what: &str) {
+        tokio::time::timeout(DELIVERY_TIMEOUT, self.accepted.wait_for(|n| *n > 0))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no connection within {DELIVERY_TIMEOUT:?}"))
+            .expect("the listener runs");
+    }
+}
+
+/// The attack: a function's ol.yaml names a port the operator never
+/// allowed, to have the gateway connect there from its place in the
+/// network. The gateway must not, and must say so. A second function,
+/// whose trigger names the one allowed server, shows the gateway looked at
+/// the triggers meanwhile: its consumer connects there. (Neither server
+/// speaks Kafka; a TCP connection is all either test needs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_naming_a_server_not_in_kafka_brokers_is_never_connected_to() {
+    if !have_root() {
+        return;
+    }
+    let probed = Listener::start().await;
+    let mut allowed = Listener::start().await;
+    let cluster = Cluster::start_with_env(&[
+        ("SOCK_GATEWAY_KAFKA_POLL_INTERVAL_MS", POLL_MS),
+        ("SOCK_GATEWAY_KAFKA_BROKERS", &allowed.addr),
+    ]);
+    // Named so that the probe's consumer, were it started, would start
+    // first: the gateway starts them in order of name.
+    for (name, server) in [
+        ("kafka-probe", &probed.addr),
+        ("kafka-trusted", &allowed.addr),
+    ] {
+        cluster
+            .push(
+                name,
+                &[("f.py", F_EVENT), ("ol.yaml", &ol_yaml(server, "t"))],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("push {name}: {e}"));
+    }
+
+    allowed
+        .wait_accepted("the allowed trigger's consumer never connected")
+        .await;
+    // Were the probe's consumer started, it would have been no later than
+    // the trusted one's (pushed first, and first by name within a poll);
+    // a consumer connects within milliseconds, and a few more polls give
+    // one started late every chance to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        probed.accepted(),
+        0,
+        "the gateway connected to a server no operator allowed"
+    );
+    let refused =
+        r#"sock_gateway_kafka_triggers_total{function="kafka-probe",outcome="refused"} 1"#;
+    let started = Instant::now();
+    loop {
+        let metrics = gateway_metrics(&cluster).await;
+        if metrics.contains(refused) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DELIVERY_TIMEOUT,
+            "{refused} missing:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
-use sock_proto::v1::StatusRequest;
+use sock_proto::v1::TreeRequest;
+use sock_proto::v1::cache_client::CacheClient;
 
 /// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -200,13 +201,7 @@ def f(event):\n    return {'a': sockdepa.A, 'preloaded': PRELOADED}\n";
         serde_json::json!(["sockdepa", "sockdepb"]),
         "forked from the node's zygote, which imported sockdepa and with it sockdepb"
     );
-    let status = cluster
-        .sandboxd()
-        .await
-        .status(StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner();
+    let status = cluster.status().await;
     assert_eq!(status.zygote_start_failures_total, 0, "{status:?}");
     assert_eq!(
         (status.cold_starts_total, status.zygote_forks_total),
@@ -222,6 +217,93 @@ def f(event):\n    return {'a': sockdepa.A, 'preloaded': PRELOADED}\n";
         node.children, 1,
         "the call's sandbox is its child: {status:?}"
     );
+    stop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_tree_configured_packages_two_functions_used_get_a_zygote_for_later_ones() {
+    if !have_root() {
+        return;
+    }
+    let wheels = wheel_dir();
+    module_wheel(
+        wheels.path(),
+        "socklearnt",
+        "1.0",
+        &["socklearntdep>=1.0"],
+        "import socklearntdep\n",
+    );
+    module_wheel(wheels.path(), "socklearntdep", "1.0", &[], "");
+    let cluster = start(wheels.path(), &[("SOCK_CACHE_TREE_REBUILD_MS", "200")]);
+    let code = "import sys\n\
+PRELOADED = sorted(m for m in ('socklearnt', 'socklearntdep') if m in sys.modules)\n\
+import socklearnt\n\
+def f(event):\n    return {'preloaded': PRELOADED}\n";
+    for name in ["learn-a", "learn-b"] {
+        push(&cluster, name, "socklearnt==1.0\n", code).await;
+        let answer = cluster.call_json(name, FIRST_CALL_MS).await.expect("call");
+        assert_eq!(
+            answer["preloaded"],
+            serde_json::json!([]),
+            "nothing learned yet"
+        );
+    }
+
+    // Two cold starts needed the package: the next rebuild gives it a node.
+    let node = "root/socklearnt==1.0,socklearntdep==1.0";
+    let mut cache = CacheClient::new(
+        cluster
+            .authed(&cluster.endpoints.cache, sock_cli::tokens::Kind::Node)
+            .await,
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let tree = cache
+            .tree(TreeRequest::default())
+            .await
+            .expect("tree")
+            .into_inner();
+        assert_eq!(tree.source, "learned");
+        if tree.nodes.iter().any(|n| n.id == node) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no node learned: {tree:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    push(&cluster, "learn-c", "socklearnt==1.0\n", code).await;
+    let answer = cluster
+        .call_json("learn-c", FIRST_CALL_MS)
+        .await
+        .expect("call");
+    assert_eq!(
+        answer["preloaded"],
+        serde_json::json!(["socklearnt", "socklearntdep"]),
+        "a later function forks from the learned node's zygote"
+    );
+    let status = cluster.status().await;
+    assert!(
+        status
+            .zygotes
+            .iter()
+            .any(|z| z.id == node && z.children == 1),
+        "{status:?}"
+    );
+    assert_eq!(
+        (status.cold_starts_total, status.zygote_forks_total),
+        (3, 3),
+        "{status:?}"
+    );
+    let tree = cache
+        .tree(TreeRequest::default())
+        .await
+        .expect("tree")
+        .into_inner();
+    let chosen = tree.nodes.iter().find(|n| n.id == node).map(|n| n.chosen);
+    assert_eq!(chosen, Some(1), "{tree:?}");
     stop(cluster);
 }
 

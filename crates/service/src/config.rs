@@ -8,8 +8,8 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +69,31 @@ where
             service: service.to_string(),
             source: Box::new(source),
         })
+}
+
+/// For `#[serde(deserialize_with)]` on a list setting: a list, or one
+/// string of comma-separated items, as a `SOCK_<SERVICE>_<KEY>` variable
+/// gives it; blank items are dropped.
+pub fn list_or_commas<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + From<String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form<T> {
+        List(Vec<T>),
+        One(String),
+    }
+    Ok(match Form::deserialize(deserializer)? {
+        Form::List(list) => list,
+        Form::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| T::from(s.to_string()))
+            .collect(),
+    })
 }
 
 /// The keys that `<prefix><KEY>_FILE` variables among `vars` give, each
@@ -170,6 +195,27 @@ mod tests {
                 .contains("cannot read SOCK_DEMO_ADMIN_TOKEN_FILE (/nonexistent/token)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_list_setting_is_a_list_or_one_string_of_commas() {
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(default)]
+        struct Lists {
+            #[serde(deserialize_with = "list_or_commas")]
+            items: Vec<String>,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock.toml");
+        for (toml, expected) in [
+            ("items = [\"a\", \"b, c\"]", vec!["a", "b, c"]),
+            ("items = \" a, b,,c \"", vec!["a", "b", "c"]),
+            ("items = \"\"", vec![]),
+        ] {
+            std::fs::write(&path, format!("[demo]\n{toml}\n")).expect("write");
+            let lists: Lists = load_config("demo", Some(&path)).expect("load");
+            assert_eq!(lists.items, expected, "{toml}");
+        }
     }
 
     #[test]

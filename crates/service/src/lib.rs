@@ -16,8 +16,15 @@ pub use auth::{
     require_tokens,
 };
 pub use ceilings::{Ceilings, OverCeiling};
-pub use config::{ConfigError, load_config};
+pub use config::{ConfigError, list_or_commas, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, with_standard_services};
 pub use shutdown::shutdown_on_signals;
 pub use start::{Started, start};
+
+/// `at` as milliseconds since the Unix epoch, the form the protos carry
+/// times in; 0 for a time before it.
+pub fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -2,7 +2,7 @@
 //! section of the config file and `SOCK_CACHE_*` variables.
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -28,7 +28,7 @@ pub struct Config {
     /// Dirs of wheels pip installs from instead of an index (offline:
     /// `--no-index --find-links`). A list, or one string of
     /// comma-separated dirs (as `SOCK_CACHE_FIND_LINKS` gives it).
-    #[serde(deserialize_with = "list_or_commas")]
+    #[serde(deserialize_with = "sock_service::list_or_commas")]
     pub find_links: Vec<PathBuf>,
     /// The package index pip uses when `find_links` is empty.
     pub index_url: String,
@@ -43,8 +43,13 @@ pub struct Config {
     pub import_cache: String,
     /// The import-cache tree: inline JSON, or a path to a JSON file, in
     /// OpenLambda's shape `{"packages": [...], "children": [...]}`; empty
-    /// means a root with no packages.
+    /// means a tree learned from this node's cold starts (`learn.rs`).
     pub import_tree: String,
+    /// How often a learned tree is rebuilt from what was seen since.
+    pub tree_rebuild_ms: u64,
+    /// The memory a learned tree may plan for its zygotes (estimated from
+    /// their packages' installed size).
+    pub tree_budget_mb: u64,
     /// The sandboxes' interpreter, asked once for its marker environment
     /// (python_version, sys_platform, …).
     pub python: PathBuf,
@@ -66,25 +71,9 @@ impl Default for Config {
             allow_source_builds: false,
             import_cache: "tree".into(),
             import_tree: String::new(),
+            tree_rebuild_ms: 10_000,
+            tree_budget_mb: 2048,
             python: PathBuf::from("/usr/bin/python3"),
         }
     }
-}
-
-fn list_or_commas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        List(Vec<PathBuf>),
-        One(String),
-    }
-    Ok(match Form::deserialize(deserializer)? {
-        Form::List(list) => list,
-        Form::One(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .collect(),
-    })
 }

@@ -13,6 +13,7 @@ mod closure;
 mod config;
 mod error;
 mod installer;
+mod learn;
 mod markers;
 mod metadata;
 mod metrics;

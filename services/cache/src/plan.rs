@@ -9,13 +9,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use sock_proto::v1::{BuiltWheel, SourceBuild, ZygoteNode};
+use sock_proto::v1::{BuiltWheel, SourceBuild, TreeResponse, ZygoteNode};
 
 use crate::closure;
 use crate::config::Config;
 use crate::error::Error;
 use crate::installer::Installer;
+use crate::learn::Learner;
 use crate::markers::Environment;
 use crate::packages::{Package, PackageError, Packages};
 use crate::requirement::Requirement;
@@ -35,11 +37,27 @@ pub(crate) struct Planner {
     pins: PathBuf,
     tmp: PathBuf,
     env: Environment,
-    /// None when `import_cache` is off.
-    tree: Option<ImportTree>,
+    imports: Imports,
     /// Per function, (version, closure): unpinned requirements are pinned
     /// once, at the version's first prepare, to what pip resolved.
     closures: Mutex<HashMap<String, Vec<Remembered>>>,
+}
+
+/// Where zygote chains come from.
+enum Imports {
+    Off,
+    Configured(Arc<ImportTree>),
+    Learned(Arc<Learner>),
+}
+
+impl Imports {
+    fn tree(&self) -> Option<Arc<ImportTree>> {
+        match self {
+            Imports::Off => None,
+            Imports::Configured(tree) => Some(tree.clone()),
+            Imports::Learned(learner) => Some(learner.tree()),
+        }
+    }
 }
 
 /// What sandboxd needs besides the code.
@@ -61,9 +79,14 @@ impl Planner {
         tmp: &Path,
         installer: Arc<dyn Installer>,
     ) -> Result<Planner, Error> {
-        let tree = match config.import_cache.as_str() {
-            "tree" => Some(ImportTree::load(&config.import_tree).map_err(Error::InvalidConfig)?),
-            "off" => None,
+        let imports = match config.import_cache.as_str() {
+            "tree" if config.import_tree.trim().is_empty() => Imports::Learned(Arc::new(
+                Learner::open(data_dir, tmp, config.tree_budget_mb),
+            )),
+            "tree" => Imports::Configured(Arc::new(
+                ImportTree::load(&config.import_tree).map_err(Error::InvalidConfig)?,
+            )),
+            "off" => Imports::Off,
             other => {
                 return Err(Error::InvalidConfig(format!(
                     "import_cache {other:?} is neither \"tree\" nor \"off\""
@@ -90,7 +113,7 @@ impl Planner {
             pins,
             tmp: tmp.to_path_buf(),
             env: Environment::probe(&config.python),
-            tree,
+            imports,
             closures: Mutex::default(),
         })
     }
@@ -136,7 +159,10 @@ impl Planner {
             }
             closure => closure?,
         };
-        let chain = match &self.tree {
+        if let Imports::Learned(learner) = &self.imports {
+            learner.record(name, version, &closure);
+        }
+        let chain = match self.imports.tree() {
             Some(tree) => tree.chain(&self.packages, &self.env, &closure).await,
             None => Vec::new(),
         };
@@ -176,6 +202,37 @@ impl Planner {
                 .collect(),
             builds: Vec::new(),
         })
+    }
+
+    /// The tree in use (a learned one rebuilt first when `rebuild`).
+    pub(crate) async fn tree(&self, rebuild: bool) -> TreeResponse {
+        match &self.imports {
+            Imports::Off => TreeResponse {
+                source: "off".into(),
+                ..TreeResponse::default()
+            },
+            Imports::Configured(tree) => TreeResponse {
+                source: "configured".into(),
+                nodes: tree.describe(),
+                ..TreeResponse::default()
+            },
+            Imports::Learned(learner) => {
+                if rebuild {
+                    self.relearn(true).await;
+                }
+                learner.describe()
+            }
+        }
+    }
+
+    /// Rebuilds a learned tree if something new was seen, or `always`.
+    pub(crate) async fn relearn(&self, always: bool) {
+        if let Imports::Learned(learner) = &self.imports {
+            let learner = learner.clone();
+            tokio::task::spawn_blocking(move || learner.rebuild(SystemTime::now(), always))
+                .await
+                .expect("rebuilding does not panic");
+        }
     }
 
     async fn closure(
@@ -403,6 +460,92 @@ mod tests {
         let ids: Vec<&str> = other.zygote_chain.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["root"]);
         assert!(other.package_dirs.contains(&dir_of("pytz==2024.1")));
+    }
+
+    #[tokio::test]
+    async fn with_no_tree_configured_one_is_learned_from_cold_starts() {
+        let installer = Arc::new(FakeInstaller::new(&[
+            ("app", "1.0", &["dep"]),
+            ("dep", "1.0", &[]),
+            ("other", "1.0", &[]),
+        ]));
+        let (dir, planner) = planner("", installer);
+        let chain = |plan: &Plan| -> Vec<String> {
+            plan.zygote_chain.iter().map(|n| n.id.clone()).collect()
+        };
+        for name in ["f", "g"] {
+            let plan = planner
+                .plan(name, 1, &["app==1.0".into()], &[])
+                .await
+                .expect("plans");
+            assert_eq!(chain(&plan), ["root"], "nothing learned yet");
+        }
+        planner
+            .plan("h", 1, &["other==1.0".into()], &[])
+            .await
+            .expect("plans");
+        planner.relearn(false).await;
+
+        let learned = "root/app==1.0,dep==1.0";
+        let later = planner
+            .plan("k", 1, &["app==1.0".into()], &[])
+            .await
+            .expect("plans");
+        assert_eq!(chain(&later), ["root", learned]);
+        assert_eq!(later.zygote_chain[1].imports, ["app", "dep"]);
+        assert!(later.imports.is_empty(), "the zygote imported them all");
+        let tree = planner.tree(false).await;
+        assert_eq!(tree.source, "learned");
+        assert_eq!(tree.functions, 4);
+        let node = tree.nodes.iter().find(|n| n.id == learned).expect("listed");
+        assert_eq!((node.depth, node.chosen), (1, 1));
+        assert_eq!(node.packages, ["app==1.0", "dep==1.0"]);
+        assert!(node.estimated_mb >= 10, "{node:?}");
+        assert!(node.last_chosen_unix_ms > 0);
+
+        // A restarted cache serves the learned node before anything new.
+        let tmp = dir.path().join("tmp");
+        let restarted = Planner::open(
+            &Config::default(),
+            dir.path(),
+            &tmp,
+            Arc::new(FakeInstaller::new(&[])),
+        )
+        .expect("reopen");
+        let ids: Vec<String> = restarted
+            .tree(false)
+            .await
+            .nodes
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(ids, ["root", learned]);
+    }
+
+    #[tokio::test]
+    async fn a_configured_or_disabled_tree_says_so() {
+        let installer = Arc::new(FakeInstaller::new(&[]));
+        let (_dir, configured) = planner(
+            r#"{"children": [{"packages": ["six"]}]}"#,
+            installer.clone(),
+        );
+        let tree = configured.tree(true).await;
+        assert_eq!(tree.source, "configured");
+        let ids: Vec<(String, u32)> = tree.nodes.into_iter().map(|n| (n.id, n.depth)).collect();
+        assert_eq!(
+            ids,
+            [("root".into(), 0), ("root/six".into(), 1)],
+            "as written until resolved"
+        );
+        let (_dir, off) = planner_with(
+            Config {
+                import_cache: "off".into(),
+                ..Config::default()
+            },
+            installer,
+        );
+        let tree = off.tree(true).await;
+        assert_eq!((tree.source.as_str(), tree.nodes.len()), ("off", 0));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sock_proto::v1::cache_server::{Cache, CacheServer};
-use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse};
+use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, TreeRequest, TreeResponse};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -59,9 +59,15 @@ pub async fn run(
         Duration::from_millis(config.registry_cache_ms),
         metrics,
     );
+    let planner = Arc::new(planner);
+    tokio::spawn(relearn(
+        planner.clone(),
+        Duration::from_millis(config.tree_rebuild_ms.max(1)),
+        stop.clone(),
+    ));
     let service = CacheService {
         preparer: Arc::new(preparer),
-        planner: Arc::new(planner),
+        planner,
     };
 
     let (health, _) = tonic_health::server::health_reporter();
@@ -75,6 +81,20 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
         .await
         .map_err(Error::Serve)
+}
+
+/// Rebuilds a learned import tree every `every` while something new was
+/// seen, until `stop`.
+async fn relearn(planner: Arc<Planner>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => planner.relearn(false).await,
+        }
+    }
 }
 
 /// A `Prepare` may carry a built wheel (sandboxd caps one at 256 MiB).
@@ -133,5 +153,11 @@ impl Cache for CacheService {
             config: Some(installed.config),
             builds: Vec::new(),
         }))
+    }
+
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+        Ok(Response::new(
+            self.planner.tree(request.into_inner().rebuild).await,
+        ))
     }
 }

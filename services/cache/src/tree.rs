@@ -11,21 +11,29 @@
 //! node wins.
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sock_proto::v1::TreeNode;
 
 use crate::closure;
 use crate::markers::Environment;
 use crate::packages::{Package, Packages};
 use crate::requirement::Requirement;
 
-#[derive(Debug, Default, Deserialize)]
+/// A tree as written (configured) or as learned (`learn.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NodeSpec {
+pub(crate) struct NodeSpec {
     #[serde(default)]
-    packages: Vec<String>,
+    pub packages: Vec<String>,
     #[serde(default)]
-    children: Vec<NodeSpec>,
+    pub children: Vec<NodeSpec>,
+    /// OpenLambda's trees say in which round of their offline split a
+    /// node was made: commentary, read and ignored.
+    #[serde(default, skip_serializing)]
+    pub split_generation: Option<u64>,
 }
 
 pub(crate) struct ImportTree {
@@ -33,10 +41,18 @@ pub(crate) struct ImportTree {
 }
 
 struct Node {
+    /// Its path as written, `root/a,b==1`: what `Tree` shows until it is
+    /// resolved (a learned node's packages are pinned and sorted, so the
+    /// two agree).
+    written: String,
+    packages: Vec<String>,
     requirements: Vec<Requirement>,
     children: Vec<Node>,
     /// Resolved once; a failure is not remembered, so it is tried again.
     resolved: tokio::sync::Mutex<Option<Arc<ResolvedNode>>>,
+    /// Plans whose chain ended here, and the last one (unix ms).
+    chosen: AtomicU64,
+    last_chosen_ms: AtomicU64,
 }
 
 /// A node with its packages in the store.
@@ -73,9 +89,39 @@ impl ImportTree {
                 "import_tree is not a tree of {{\"packages\": [...], \"children\": [...]}}: {e}"
             )
         })?;
+        ImportTree::from_spec(root)
+    }
+
+    pub(crate) fn from_spec(root: NodeSpec) -> Result<ImportTree, String> {
         Ok(ImportTree {
-            root: Node::new(root)?,
+            root: Node::new(root, None)?,
         })
+    }
+
+    /// Every node, depth first, root first, as `Tree` shows it (sandboxd
+    /// fills in its zygotes' side).
+    pub(crate) fn describe(&self) -> Vec<TreeNode> {
+        let mut nodes = Vec::new();
+        let mut stack = vec![(&self.root, 0u32)];
+        while let Some((node, depth)) = stack.pop() {
+            let resolved = node.resolved.try_lock().ok().and_then(|r| r.clone());
+            let (id, packages) = match resolved {
+                Some(r) => (r.id.clone(), r.added.iter().map(|p| p.pin()).collect()),
+                None => (node.written.clone(), node.packages.clone()),
+            };
+            nodes.push(TreeNode {
+                id,
+                depth,
+                packages,
+                chosen: node.chosen.load(Ordering::Relaxed),
+                last_chosen_unix_ms: node.last_chosen_ms.load(Ordering::Relaxed),
+                ..TreeNode::default()
+            });
+            for child in node.children.iter().rev() {
+                stack.push((child, depth + 1));
+            }
+        }
+        nodes
     }
 
     /// The chain of zygotes, root first, ending at the deepest node whose
@@ -92,6 +138,7 @@ impl ImportTree {
             .map(|p| (p.name.as_str(), p.version.as_str()))
             .collect();
         let mut best: Vec<Arc<ResolvedNode>> = Vec::new();
+        let mut best_node: Option<&Node> = None;
         let mut stack: Vec<(&Node, Vec<Arc<ResolvedNode>>)> = vec![(&self.root, Vec::new())];
         while let Some((node, mut path)) = stack.pop() {
             // Names first: a node the function cannot use is never
@@ -120,30 +167,47 @@ impl ImportTree {
             path.push(resolved);
             if path.len() > best.len() {
                 best = path.clone();
+                best_node = Some(node);
             }
             for child in node.children.iter().rev() {
                 stack.push((child, path.clone()));
             }
+        }
+        if let Some(node) = best_node {
+            node.chosen.fetch_add(1, Ordering::Relaxed);
+            node.last_chosen_ms
+                .store(sock_service::unix_ms(SystemTime::now()), Ordering::Relaxed);
         }
         best
     }
 }
 
 impl Node {
-    fn new(spec: NodeSpec) -> Result<Node, String> {
+    fn new(spec: NodeSpec, parent: Option<&str>) -> Result<Node, String> {
         let requirements = spec
             .packages
             .iter()
             .map(|p| Requirement::parse(p).map_err(|why| format!("import_tree package {why}")))
             .collect::<Result<_, _>>()?;
+        let segment = spec.packages.join(",");
+        let written = match (parent, segment.is_empty()) {
+            (None, true) => "root".to_string(),
+            (None, false) => format!("root:{segment}"),
+            (Some(parent), _) => format!("{parent}/{segment}"),
+        };
+        let children = spec
+            .children
+            .into_iter()
+            .map(|child| Node::new(child, Some(&written)))
+            .collect::<Result<_, _>>()?;
         Ok(Node {
+            written,
+            packages: spec.packages,
             requirements,
-            children: spec
-                .children
-                .into_iter()
-                .map(Node::new)
-                .collect::<Result<_, _>>()?,
+            children,
             resolved: tokio::sync::Mutex::default(),
+            chosen: AtomicU64::new(0),
+            last_chosen_ms: AtomicU64::new(0),
         })
     }
 
@@ -289,6 +353,29 @@ mod tests {
     }
 
     #[test]
+    fn openlambdas_tree_files_load_as_they_are() {
+        // The shape of OpenLambda's default-zygotes-40.json: unpinned
+        // names, and each node's split generation.
+        let openlambda = r#"{"split_generation": 0, "packages": [], "children": [
+            {"split_generation": 1, "packages": ["numpy"], "children": [
+                {"split_generation": 4, "packages": ["pandas"], "children": []}
+            ]},
+            {"split_generation": 2, "packages": ["requests", "urllib3"], "children": []}
+        ]}"#;
+        let tree = ImportTree::load(openlambda).expect("OpenLambda's format");
+        let ids: Vec<String> = tree.describe().into_iter().map(|n| n.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "root",
+                "root/numpy",
+                "root/numpy/pandas",
+                "root/requests,urllib3"
+            ]
+        );
+    }
+
+    #[test]
     fn trees_load_inline_from_files_or_by_default() {
         assert!(
             ImportTree::load("")
@@ -307,6 +394,7 @@ mod tests {
             (r#"{"pkgs": []}"#, "not a tree"),
             (r#"{"packages": ["-e ."]}"#, "pip option"),
             ("/no/such/tree.json", "cannot read"),
+            (r#"{"packages": [], "split_generation": "x"}"#, "not a tree"),
         ] {
             let err = ImportTree::load(bad).err().expect(bad);
             assert!(err.contains(says), "{bad}: {err}");

@@ -47,6 +47,14 @@ pub struct Config {
     /// triggers, to start, replace and stop their consumers; 0 = this
     /// gateway runs no Kafka consumers (others in the cluster may).
     pub kafka_poll_interval_ms: u64,
+    /// The Kafka brokers function triggers may name, as `host:port`: a
+    /// trigger is consumed only when every one of its `bootstrap_servers`
+    /// is here, for its author is not trusted to choose where the gateway
+    /// connects. A list, or one string of comma-separated entries (as
+    /// `SOCK_GATEWAY_KAFKA_BROKERS` gives it); empty = no trigger is
+    /// consumed.
+    #[serde(deserialize_with = "sock_service::list_or_commas")]
+    pub kafka_brokers: Vec<String>,
     /// Bearer token callers must present to invoke functions; none = open.
     pub invoke_token: Option<Secret>,
     /// Bearer token for `Logs`, `/registry` and `/metrics`; none = open.
@@ -76,6 +84,7 @@ impl Default for Config {
             health_interval_ms: 1000,
             dns_refresh_ms: 5000,
             kafka_poll_interval_ms: 10_000,
+            kafka_brokers: Vec::new(),
             invoke_token: None,
             admin_token: None,
             node_token: None,

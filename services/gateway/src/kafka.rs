@@ -20,7 +20,13 @@
 //! OpenLambda's `X-Kafka-*` headers: a WSGI/ASGI app sees the headers, an
 //! f(event) function gets the value as its JSON event. An app answering
 //! `X-Kafka-Seek-Offset: N` moves its partition to offset N.
-use std::collections::BTreeMap;
+//!
+//! A function's author is not trusted to choose where the gateway
+//! connects: a trigger is consumed only when every one of its bootstrap
+//! servers is in the operator's `kafka_brokers` (`Brokers`); any other is
+//! never connected to, so ol.yaml cannot make the gateway probe hosts and
+//! ports from its place in the network.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,19 +66,83 @@ pub(crate) fn group_id(function: &str) -> String {
     format!("lambda-{function}")
 }
 
+/// The brokers function triggers may name (`kafka_brokers`), each as
+/// `host:port` with the host in lowercase.
+#[derive(Debug)]
+pub(crate) struct Brokers(BTreeSet<String>);
+
+impl Brokers {
+    /// The allow-list of `kafka_brokers`. An entry that is not `host:port`
+    /// is refused rather than left to never match, which would turn the
+    /// triggers naming that broker off without a word.
+    pub(crate) fn parse(entries: &[String]) -> Result<Brokers, Error> {
+        entries
+            .iter()
+            .map(|entry| {
+                host_port(entry).map_err(|reason| Error::InvalidConfig {
+                    field: "kafka_brokers",
+                    value: entry.clone(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Brokers)
+    }
+
+    /// `trigger` with its servers as they were checked (those, and only
+    /// those, are connected to), or the servers that are not allowed.
+    fn admit(&self, mut trigger: KafkaTrigger) -> Result<KafkaTrigger, Vec<String>> {
+        let mut refused = Vec::new();
+        let mut checked = Vec::new();
+        for server in trigger.bootstrap_servers {
+            match host_port(&server) {
+                Ok(server) if self.0.contains(&server) => checked.push(server),
+                _ => refused.push(server),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(refused);
+        }
+        trigger.bootstrap_servers = checked;
+        Ok(trigger)
+    }
+}
+
+/// `server` as `host:port`, trimmed, with the host in lowercase (host
+/// names are not case-sensitive) and the port as a number; or why it is
+/// not that. A host holding a comma, a space or a `/` is refused: to
+/// librdkafka those separate servers or name a protocol.
+fn host_port(server: &str) -> Result<String, String> {
+    let Some((host, port)) = server.trim().rsplit_once(':') else {
+        return Err("no port: give host:port, such as kafka:9092".into());
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(format!("port '{port}' is not a number from 1 to 65535")),
+    };
+    if host.is_empty() || host.contains(|c: char| c == ',' || c == '/' || c.is_whitespace()) {
+        return Err(format!("'{host}' is not a host name or address"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("an IPv6 address goes in brackets, such as [::1]:9092".into());
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
 /// What a consumer needs to turn messages into calls.
 pub(crate) struct Deliver {
     pub invoker: Arc<Invoker>,
     pub metrics: Arc<Metrics>,
 }
 
-/// Keeps a consumer running for each Kafka trigger of each function the
-/// registry lists, polling it every `interval`, until `stop`; then stops
-/// them all (each leaves its group and commits what it has stored).
-/// An `interval` of zero runs no consumers.
+/// Keeps a consumer running for each Kafka trigger that `brokers` allows
+/// of each function the registry lists, polling it every `interval`, until
+/// `stop`; then stops them all (each leaves its group and commits what it
+/// has stored). An `interval` of zero runs no consumers.
 pub(crate) async fn run(
     registry: RegistryClient<AuthedChannel>,
     deliver: Arc<Deliver>,
+    brokers: Brokers,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -80,10 +150,12 @@ pub(crate) async fn run(
         return;
     }
     let mut running = BTreeMap::new();
+    let mut reported = BTreeMap::new();
     loop {
         match list(&registry).await {
             Ok(listed) => {
-                let plan = plan(&running, listed);
+                let wanted = admit(listed, &brokers, &mut reported, &deliver.metrics);
+                let plan = plan(&running, wanted);
                 for name in plan.stop {
                     if let Some(consumers) = running.remove(&name) {
                         tracing::info!(function = %name, "stopping its Kafka consumers");
@@ -182,14 +254,58 @@ struct Plan {
     start: Vec<(String, Vec<KafkaTrigger>)>,
 }
 
-fn plan(running: &BTreeMap<String, Consumers>, listed: Vec<FunctionInfo>) -> Plan {
-    let mut wanted: BTreeMap<String, Vec<KafkaTrigger>> = listed
-        .into_iter()
-        .filter_map(|f| {
-            let triggers = f.config?.kafka;
-            (!triggers.is_empty()).then_some((f.name, triggers))
-        })
-        .collect();
+/// The triggers of each listed function that `brokers` allows, with their
+/// servers as checked. The others are logged and counted once per
+/// function version: `reported` holds the version last reported of each
+/// function with a refused trigger.
+fn admit(
+    listed: Vec<FunctionInfo>,
+    brokers: &Brokers,
+    reported: &mut BTreeMap<String, u64>,
+    metrics: &Metrics,
+) -> BTreeMap<String, Vec<KafkaTrigger>> {
+    let mut wanted = BTreeMap::new();
+    let mut still_refused = BTreeMap::new();
+    for function in listed {
+        let Some(config) = function.config else {
+            continue;
+        };
+        let mut admitted = Vec::new();
+        let mut refused = Vec::new();
+        for trigger in config.kafka {
+            match brokers.admit(trigger) {
+                Ok(trigger) => admitted.push(trigger),
+                Err(servers) => refused.push(servers),
+            }
+        }
+        if !refused.is_empty() {
+            if reported.get(&function.name) != Some(&function.version) {
+                tracing::warn!(
+                    function = %function.name,
+                    version = function.version,
+                    refused = %refused.concat().join(","),
+                    "not consuming a Kafka trigger: its bootstrap servers are not all in the \
+                     gateway's kafka_brokers (SOCK_GATEWAY_KAFKA_BROKERS); add them there \
+                     if the function may use them"
+                );
+                for _ in &refused {
+                    metrics.kafka_trigger_refused(&function.name);
+                }
+            }
+            still_refused.insert(function.name.clone(), function.version);
+        }
+        if !admitted.is_empty() {
+            wanted.insert(function.name, admitted);
+        }
+    }
+    *reported = still_refused;
+    wanted
+}
+
+fn plan(
+    running: &BTreeMap<String, Consumers>,
+    mut wanted: BTreeMap<String, Vec<KafkaTrigger>>,
+) -> Plan {
     let mut plan = Plan::default();
     for (name, consumers) in running {
         match wanted.get(name) {
@@ -258,6 +374,7 @@ fn subscribe(
     group: &str,
 ) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
     let consumer: StreamConsumer = ClientConfig::new()
+        // The servers `Brokers::admit` checked, as it wrote them.
         .set("bootstrap.servers", trigger.bootstrap_servers.join(","))
         .set("group.id", group)
         .set("client.id", "sock-gateway")
@@ -541,16 +658,16 @@ mod tests {
             ("deleted", "a"),
             ("off", "a"),
         ]);
-        let plan = plan(
-            &running,
-            vec![
-                info("same", vec![trigger("a")]),
-                info("changed", vec![trigger("b")]),
-                info("off", Vec::new()),
-                info("new", vec![trigger("a"), trigger("c")]),
-                info("http-only", Vec::new()),
-            ],
-        );
+        let listed = vec![
+            info("same", vec![trigger("a")]),
+            info("changed", vec![trigger("b")]),
+            info("off", Vec::new()),
+            info("new", vec![trigger("a"), trigger("c")]),
+            info("http-only", Vec::new()),
+        ];
+        let brokers = brokers(&["k:9092"]);
+        let wanted = admit(listed, &brokers, &mut BTreeMap::new(), &Metrics::new());
+        let plan = plan(&running, wanted);
         assert_eq!(plan.stop, ["changed", "deleted", "off"]);
         assert_eq!(
             plan.start,
@@ -559,6 +676,122 @@ mod tests {
                 ("new".to_string(), vec![trigger("a"), trigger("c")]),
             ]
         );
+    }
+
+    fn brokers(entries: &[&str]) -> Brokers {
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        Brokers::parse(&entries).expect("valid kafka_brokers")
+    }
+
+    #[test]
+    fn kafka_brokers_entries_must_be_host_port() {
+        brokers(&[
+            "kafka:9092",
+            " Kafka-2.internal:9093 ",
+            "10.0.0.7:1",
+            "[::1]:9092",
+        ]);
+        for (entry, reason) in [
+            ("kafka", "no port: give host:port, such as kafka:9092"),
+            ("kafka:", "port '' is not a number from 1 to 65535"),
+            ("kafka:x", "port 'x' is not a number from 1 to 65535"),
+            ("kafka:0", "port '0' is not a number from 1 to 65535"),
+            (
+                "kafka:65536",
+                "port '65536' is not a number from 1 to 65535",
+            ),
+            (":9092", "'' is not a host name or address"),
+            (
+                "PLAINTEXT://kafka:9092",
+                "'PLAINTEXT://kafka' is not a host name or address",
+            ),
+            ("a b:9092", "'a b' is not a host name or address"),
+            (
+                "::1:9092",
+                "an IPv6 address goes in brackets, such as [::1]:9092",
+            ),
+        ] {
+            let error = Brokers::parse(&["k:9092".into(), entry.into()])
+                .expect_err(entry)
+                .to_string();
+            assert_eq!(error, format!("invalid kafka_brokers '{entry}': {reason}"));
+        }
+    }
+
+    #[test]
+    fn a_trigger_is_consumed_only_when_every_server_is_allowed() {
+        let servers = |servers: &[&str]| KafkaTrigger {
+            bootstrap_servers: servers.iter().map(|s| s.to_string()).collect(),
+            ..trigger("t")
+        };
+        let allowed = brokers(&["Kafka:9092", "k2:9093"]);
+        assert_eq!(
+            allowed.admit(servers(&[" KAFKA:9092", "k2:9093 "])),
+            Ok(servers(&["kafka:9092", "k2:9093"])),
+            "checked as host:port, the host in any case; connected to as checked"
+        );
+        for (named, refused) in [
+            (&["kafka:9092", "10.0.0.1:22"][..], &["10.0.0.1:22"][..]),
+            (&["kafka:9093"][..], &["kafka:9093"][..]),
+            (&["kafka"][..], &["kafka"][..]),
+            (
+                &["kafka:9092,10.0.0.1:22"][..],
+                &["kafka:9092,10.0.0.1:22"][..],
+            ),
+            (
+                &["kafka:9092 10.0.0.1:22"][..],
+                &["kafka:9092 10.0.0.1:22"][..],
+            ),
+        ] {
+            assert_eq!(
+                allowed.admit(servers(named)),
+                Err(refused.iter().map(|s| s.to_string()).collect()),
+                "{named:?}"
+            );
+        }
+        let nothing = brokers(&[]);
+        assert_eq!(
+            nothing.admit(servers(&["kafka:9092"])),
+            Err(vec!["kafka:9092".to_string()]),
+            "an empty kafka_brokers consumes no trigger"
+        );
+    }
+
+    #[test]
+    fn refused_triggers_are_counted_once_per_version_and_allowed_ones_still_run() {
+        let metrics = Metrics::new();
+        let brokers = brokers(&["k:9092"]);
+        let mut reported = BTreeMap::new();
+        let probe = |version| FunctionInfo {
+            version,
+            ..info(
+                "probe",
+                vec![
+                    trigger("a"),
+                    KafkaTrigger {
+                        bootstrap_servers: vec!["127.0.0.1:6379".into()],
+                        ..trigger("b")
+                    },
+                ],
+            )
+        };
+        for version in [1, 1, 2, 2] {
+            let wanted = admit(vec![probe(version)], &brokers, &mut reported, &metrics);
+            assert_eq!(
+                wanted,
+                BTreeMap::from([("probe".to_string(), vec![trigger("a")])])
+            );
+        }
+        let text = metrics.render(0, 0, 0);
+        assert!(
+            text.contains(
+                r#"sock_gateway_kafka_triggers_total{function="probe",outcome="refused"} 2"#
+            ),
+            "{text}"
+        );
+        // Deleted: forgotten, so a function of that name is reported anew.
+        admit(Vec::new(), &brokers, &mut reported, &metrics);
+        assert!(reported.is_empty(), "{reported:?}");
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub async fn run(
             reason: "the registry would be asked without pause; give milliseconds".into(),
         });
     }
+    let kafka_brokers = kafka::Brokers::parse(&config.kafka_brokers)?;
     let registry = nodes::endpoint("registry_addr", &config.registry_addr)?;
     let registry_admin = RegistryClient::new(nodes::with_token(
         registry.clone().timeout(REGISTRY_ADMIN_TIMEOUT),
@@ -141,6 +142,7 @@ pub async fn run(
             invoker: invoker.clone(),
             metrics: metrics.clone(),
         }),
+        kafka_brokers,
         Duration::from_millis(config.kafka_poll_interval_ms),
         stop.clone(),
     );

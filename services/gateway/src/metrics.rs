@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     nodes_healthy: Gauge<i64, AtomicI64>,
     nodes: Gauge<i64, AtomicI64>,
     kafka_messages: Family<Labels, Counter>,
+    kafka_triggers: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,6 +76,13 @@ impl Metrics {
              refused, retried)",
             kafka_messages.clone(),
         );
+        let kafka_triggers = Family::<Labels, Counter>::default();
+        registry.register(
+            "kafka_triggers",
+            "Kafka triggers by function and what became of them: refused (a bootstrap \
+             server not in kafka_brokers, so never connected to; once per function version)",
+            kafka_triggers.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -84,6 +92,7 @@ impl Metrics {
             nodes_healthy,
             nodes,
             kafka_messages,
+            kafka_triggers,
         }
     }
 
@@ -91,6 +100,12 @@ impl Metrics {
     /// the few words `kafka` uses, never a message's content.
     pub fn record_kafka_message(&self, function: &str, outcome: &'static str) {
         count(&self.kafka_messages, function, outcome);
+    }
+
+    /// A Kafka trigger of `function` not consumed: it names a server the
+    /// operator did not allow.
+    pub fn kafka_trigger_refused(&self, function: &str) {
+        count(&self.kafka_triggers, function, "refused");
     }
 
     pub fn record_call(&self, function: &str, result: &Result<Answer, Error>, took: Duration) {

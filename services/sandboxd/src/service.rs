@@ -128,6 +128,7 @@ impl Sandboxd for SandboxdService {
                     children: z.children,
                     memory_used_mb: z.memory_bytes >> 20,
                     memory_reserved_mb: z.reserved_mb,
+                    parked: z.parked,
                 })
                 .collect(),
         }))

@@ -238,6 +238,7 @@ pub(crate) struct ZygoteInfo {
     pub children: u32,
     pub memory_bytes: u64,
     pub reserved_mb: u64,
+    pub parked: u32,
 }
 
 #[derive(Default)]
@@ -467,6 +468,7 @@ impl Tree {
                 children: u32::try_from(n.zygote.children()).unwrap_or(u32::MAX),
                 memory_bytes: n.zygote.memory_usage(),
                 reserved_mb: n.zygote.memory_mb(),
+                parked: u32::try_from(n.zygote.parked()).unwrap_or(u32::MAX),
             })
             .collect();
         zygotes.sort_by(|a, b| a.id.cmp(&b.id));

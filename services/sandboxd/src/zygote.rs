@@ -76,9 +76,81 @@ pub struct Zygote {
     control: tokio::sync::Mutex<UnixStream>,
     children: Children,
     last_fork: Mutex<Instant>,
-    /// A child forked ahead of need; see [`Zygote::park_spare`].
-    spare: tokio::sync::Mutex<Option<Spare>>,
+    /// Children forked ahead of need; see [`Zygote::park_spare`].
+    spares: Mutex<Vec<Spare>>,
+    /// Held while spares are parked: one refill at a time.
+    parking: tokio::sync::Mutex<()>,
+    demand: Mutex<Demand>,
     shared: Arc<Shared>,
+}
+
+/// Most children one zygote keeps parked.
+const MAX_SPARES: usize = 4;
+/// How long a peak of concurrent forks keeps its spares wanted.
+const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+
+/// Concurrent forks of one zygote, which size its parked children: as many
+/// as the highest concurrency of this window or the last, 1 to
+/// [`MAX_SPARES`], so a burst of cold starts for one node finds children
+/// ready instead of queueing on the zygote's fork loop.
+struct Demand {
+    forking: usize,
+    peak: usize,
+    last_peak: usize,
+    since: Instant,
+}
+
+impl Demand {
+    fn new(now: Instant) -> Demand {
+        Demand {
+            forking: 0,
+            peak: 0,
+            last_peak: 0,
+            since: now,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        if now.duration_since(self.since) >= DEMAND_WINDOW {
+            self.last_peak = self.peak;
+            self.peak = self.forking;
+            self.since = now;
+        }
+    }
+
+    fn started(&mut self, now: Instant) {
+        self.roll(now);
+        self.forking += 1;
+        self.peak = self.peak.max(self.forking);
+    }
+
+    fn ended(&mut self) {
+        self.forking = self.forking.saturating_sub(1);
+    }
+
+    fn wanted(&mut self, now: Instant) -> usize {
+        self.roll(now);
+        self.peak.max(self.last_peak).clamp(1, MAX_SPARES)
+    }
+}
+
+/// One fork in flight, counted in its zygote's demand until dropped.
+struct Forking<'a>(&'a Mutex<Demand>);
+
+impl<'a> Forking<'a> {
+    fn start(demand: &'a Mutex<Demand>) -> Forking<'a> {
+        demand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .started(Instant::now());
+        Forking(demand)
+    }
+}
+
+impl Drop for Forking<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).ended();
+    }
 }
 
 impl Sandboxes {
@@ -205,7 +277,9 @@ impl Zygote {
             control: tokio::sync::Mutex::new(control),
             children: Children::default(),
             last_fork: Mutex::new(Instant::now()),
-            spare: tokio::sync::Mutex::new(None),
+            spares: Mutex::new(Vec::new()),
+            parking: tokio::sync::Mutex::new(()),
+            demand: Mutex::new(Demand::new(Instant::now())),
             shared: shared.clone(),
         })
     }
@@ -338,7 +412,8 @@ impl Zygote {
             limits,
         };
         let parent = self.enter_child()?;
-        let spare = self.spare.try_lock().ok().and_then(|mut slot| slot.take());
+        let _forking = Forking::start(&self.demand);
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(spare) = spare {
             match self.give(&parent, spare, &plan, &request).await {
                 Ok(sandbox) => return Ok(sandbox),
@@ -573,35 +648,49 @@ impl Zygote {
         self.forked(sandbox, sent).await
     }
 
-    /// Forks a child ahead of need and parks it: in its own cgroup (the
-    /// default limits until it serves a function) and namespaces, pid 1,
-    /// waiting for a function. The next [`fork`](Self::fork) then skips
-    /// the fork, the cgroup move and the namespaces. A no-op while one is
-    /// parked.
+    /// Forks children ahead of need and parks them, as many as recent
+    /// demand wants (see [`Demand`]): each in its own cgroup (the default
+    /// limits until it serves a function) and namespaces, pid 1, waiting
+    /// for a function. A [`fork`](Self::fork) that finds one skips the
+    /// fork, the cgroup move and the namespaces. A no-op while another
+    /// refill runs or enough are parked.
     pub async fn park_spare(&self) -> Result<(), Error> {
-        let Ok(mut slot) = self.spare.try_lock() else {
+        let Ok(_refill) = self.parking.try_lock() else {
             return Ok(());
         };
-        if slot.is_some() {
-            return Ok(());
-        }
         let shared = &self.shared;
-        let cgroup = shared.take_spare_cgroup(shared.cgroup_limits(&Default::default()))?;
-        match self.park(&cgroup).await {
-            Ok(conn) => {
-                *slot = Some(Spare {
-                    cgroup: Some(cgroup),
-                    conn: Some(conn),
-                    shared: shared.clone(),
-                });
-                Ok(())
+        loop {
+            let wanted = self
+                .demand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wanted(Instant::now());
+            if self.parked() >= wanted {
+                return Ok(());
             }
-            Err(e) => {
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
-                Err(e)
+            let cgroup = shared.take_spare_cgroup(shared.cgroup_limits(&Default::default()))?;
+            match self.park(&cgroup).await {
+                Ok(conn) => self
+                    .spares
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Spare {
+                        cgroup: Some(cgroup),
+                        conn: Some(conn),
+                        shared: shared.clone(),
+                    }),
+                Err(e) => {
+                    let shared = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// Children parked right now.
+    pub fn parked(&self) -> usize {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Forks a child into `cgroup` and its own namespaces, and waits until
@@ -816,5 +905,27 @@ mod tests {
                       Pss_Anon:           7000 kB\n";
         assert_eq!(pss_kb_of(rollup), Some(12345));
         assert_eq!(pss_kb_of("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn parked_children_follow_the_peak_of_concurrent_forks_for_two_windows() {
+        let start = Instant::now();
+        let mut demand = Demand::new(start);
+        assert_eq!(demand.wanted(start), 1, "one child parked at rest");
+        for _ in 0..3 {
+            demand.started(start);
+        }
+        assert_eq!(demand.wanted(start), 3);
+        for _ in 0..3 {
+            demand.ended();
+        }
+        assert_eq!(demand.wanted(start), 3, "a burst keeps its children parked");
+        let later = start + DEMAND_WINDOW;
+        assert_eq!(demand.wanted(later), 3, "for the next window too");
+        assert_eq!(demand.wanted(later + DEMAND_WINDOW), 1, "then back to one");
+        for _ in 0..10 {
+            demand.started(later);
+        }
+        assert_eq!(demand.wanted(later), MAX_SPARES, "never more than the cap");
     }
 }

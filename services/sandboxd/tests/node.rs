@@ -1134,3 +1134,49 @@ async fn tree_fills_the_cache_tree_in_with_the_live_zygotes() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_cold_starts_on_one_zygote_leaves_more_children_parked() {
+    let Some(node) = start("zygburst", |_| {}).await else {
+        return;
+    };
+    const CALLS: usize = 8;
+    for i in 0..CALLS {
+        node.publish(&format!("f{i}"), 1, COUNTER, Function::default());
+    }
+    let node = Arc::new(node);
+    let calls = (0..CALLS).map(|i| {
+        let node = node.clone();
+        tokio::spawn(async move { node.invoke(&format!("f{i}"), 1, "", 20_000).await })
+    });
+    for (i, answer) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let answer = answer
+            .expect("joins")
+            .unwrap_or_else(|e| panic!("f{i}: {e}"));
+        assert_eq!(result(&answer), 1, "f{i} answered");
+    }
+    // The refill runs after the burst, in the background.
+    let started = std::time::Instant::now();
+    let parked = loop {
+        let status = node.status().await;
+        let root = status.zygotes.iter().find(|z| z.id == "root").cloned();
+        let parked = root.map_or(0, |z| z.parked);
+        if parked > 1 || started.elapsed() > Duration::from_secs(10) {
+            assert_eq!(status.zygote_forks_total, CALLS as u64, "{status:?}");
+            break parked;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        (2..=4).contains(&parked),
+        "{CALLS} concurrent cold starts: 2 to 4 children parked, not {parked}"
+    );
+    Arc::into_inner(node)
+        .expect("the calls are done")
+        .stop()
+        .await;
+}
