@@ -126,7 +126,7 @@ fn encode(
     per_zygote(
         &mut encoder,
         "zygote_hits",
-        "Cold starts forked from the zygote their chain ended at, by zygote",
+        "Cold starts forked from a zygote, by zygote",
         &node.zygote_uses,
         |uses| uses.hits,
     )?;

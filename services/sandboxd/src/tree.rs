@@ -11,8 +11,8 @@
 //! lives (their own imports then happen in the child). Only when not even
 //! the root zygote works, or a fork fails, is a cold start a fresh sandbox.
 //!
-//! Per node id, the tree counts the cold starts whose chain ended there
-//! that its zygote served (hits) and those it could not (misses), across
+//! Per node id, the tree counts the cold starts its zygote served (hits)
+//! and those whose chain ended there that it could not (misses), across
 //! the zygotes that come and go for the id (`sock tree`, the metrics).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,9 +157,10 @@ fn park_spare(node: Arc<Node>) {
     });
 }
 
-/// Cold starts whose chain ended at one node: forked from its zygote
-/// (hits), or from an ancestor's or a fresh sandbox because its zygote
-/// could not serve (misses).
+/// What cold starts did with one node: forked from its zygote (hits,
+/// also those whose chain went deeper and fell back to it), or ended
+/// their chain there and were served by an ancestor's zygote or a fresh
+/// sandbox because its zygote could not serve (misses).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Uses {
     pub hits: u64,
