@@ -1,9 +1,11 @@
 //! `sock-bench`: sock against fork-exec, unshare, bwrap, gVisor and Docker
-//! on this machine, in one run. Writes RESULTS.md and SVG plots.
+//! on this machine, in one run, then cold starts of functions that import
+//! real packages. Writes RESULTS.md and SVG plots.
 #![forbid(unsafe_code)]
 
 mod baselines;
 mod density;
+mod packages;
 mod plot;
 mod report;
 mod run;
@@ -12,18 +14,29 @@ mod stats;
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks sock against fork-exec, unshare, bwrap, gVisor and Docker")]
 pub struct Args {
-    /// A smoke run in under a minute (few iterations), for CI.
+    /// A smoke run (few iterations, a package built here instead of
+    /// PyPI's), for CI.
     #[arg(long)]
     quick: bool,
+    /// Run one phase only; its section of RESULTS.md is rewritten, the
+    /// others are kept.
+    #[arg(long, value_enum)]
+    only: Option<Phase>,
     /// Where RESULTS.md and the plots go [default: bench/, or
     /// target/bench-quick with --quick]
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Phase {
+    /// Cold starts of functions importing real packages.
+    Packages,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,8 +53,19 @@ fn main() -> anyhow::Result<()> {
         }
     });
     std::fs::create_dir_all(&out)?;
-    let results = tokio::runtime::Runtime::new()?.block_on(run::run(args.quick))?;
-    report::write(&out, &results)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let bin = tokio::task::spawn_blocking(run::bin_dir).await??;
+        if bin.file_name().is_none_or(|p| p != "release") {
+            eprintln!(
+                "sock-bench: *** {} binaries: the figures are not representative ***",
+                bin.display()
+            );
+        }
+        if args.only.is_none() {
+            report::write(&out, &run::run(&bin, args.quick).await?)?;
+        }
+        report::write_packages(&out, &packages::run(&bin, args.quick).await?)
+    })?;
     println!(
         "sock-bench: results in {}",
         out.join("RESULTS.md").display()

@@ -1,5 +1,6 @@
 //! One benchmark run: two sock clusters (zygotes on, then off), then the
-//! baselines, on the same machine, one after the other.
+//! baselines, on the same machine, one after the other. Also the helpers
+//! every phase shares: the binaries, the machine, starting a cluster.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -107,13 +108,13 @@ fn sh(program: &str, args: &[&str], dir: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn machine(bin: &Path) -> Machine {
+pub fn machine(bin: &Path) -> Machine {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let ram_kib: f64 = meminfo
@@ -161,7 +162,7 @@ fn machine(bin: &Path) -> Machine {
 
 /// The directory of the service binaries: next to this one
 /// (`target/<profile>`), built first when run through cargo.
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("path of sock-bench")?;
     let dir = exe
         .parent()
@@ -207,17 +208,13 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn start(bin: &Path, import_cache: &str) -> Cluster {
-    eprintln!("sock-bench: starting a cluster (import_cache = {import_cache})");
-    Cluster::start_from(
-        bin,
-        "bench",
-        &[
-            ("SOCK_SANDBOXD_IMPORT_CACHE", import_cache),
-            ("RUST_LOG", "warn"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ],
-    )
+/// A cluster of the binaries in `bin` with `env` besides quiet logs and
+/// no telemetry export.
+pub fn start(bin: &Path, env: &[(&str, &str)]) -> Cluster {
+    eprintln!("sock-bench: starting a cluster ({env:?})");
+    let mut all = vec![("RUST_LOG", "warn"), ("OTEL_SDK_DISABLED", "true")];
+    all.extend_from_slice(env);
+    Cluster::start_from(bin, "bench", &all)
 }
 
 async fn cold_run(
@@ -230,7 +227,7 @@ async fn cold_run(
     let forks_before = sock::status(cluster).await?.zygote_forks_total;
     eprintln!("sock-bench: {label}: {} cold starts", sizes.cold);
     let mut cold = Series::new(label, command);
-    cold.samples = sock::cold_starts(cluster, prefix, sizes.cold).await?;
+    cold.samples = sock::cold_starts(cluster, prefix, &[("f.py", sock::ECHO)], sizes.cold).await?;
     let cold_forks = sock::status(cluster).await?.zygote_forks_total - forks_before;
     eprintln!(
         "sock-bench: {label}: sandbox churn for {:?}",
@@ -249,23 +246,16 @@ async fn cold_run(
     })
 }
 
-pub async fn run(quick: bool) -> anyhow::Result<Results> {
+pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
     let sizes = Sizes::new(quick);
-    let bin = tokio::task::spawn_blocking(bin_dir).await??;
-    let mut machine = machine(&bin);
-    if machine.profile != "release" {
-        eprintln!(
-            "sock-bench: *** {} binaries: the figures are not representative ***",
-            machine.profile
-        );
-    }
+    let mut machine = machine(bin);
 
     let cluster = tokio::task::spawn_blocking({
-        let bin = bin.clone();
-        move || start(&bin, "tree")
+        let bin = bin.to_path_buf();
+        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
     })
     .await?;
-    sock::push(&cluster, "echo", sock::ECHO).await?;
+    sock::push(&cluster, "echo", &[("f.py", sock::ECHO)]).await?;
     let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
     eprintln!("sock-bench: warm latency, 1 client × {}", sizes.warm_calls);
     let mut warm1 = Series::new(
@@ -299,8 +289,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Results> {
     stop(cluster).await?;
 
     let cluster = tokio::task::spawn_blocking({
-        let bin = bin.clone();
-        move || start(&bin, "off")
+        let bin = bin.to_path_buf();
+        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "off")])
     })
     .await?;
     let fresh = cold_run(
@@ -331,7 +321,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Results> {
     })
 }
 
-async fn stop(cluster: Cluster) -> anyhow::Result<()> {
+pub async fn stop(cluster: Cluster) -> anyhow::Result<()> {
     let status = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     if !status.success() {
         eprintln!("sock-bench: warning: `sock up` exited with {status}");

@@ -34,11 +34,12 @@ pub async fn status(cluster: &Cluster) -> anyhow::Result<StatusResponse> {
         .into_inner())
 }
 
-/// Pushes a one-file function and makes the node's cache unpack it, so a
-/// cold call measures the sandbox, not the download.
-pub async fn push(cluster: &Cluster, name: &str, code: &str) -> anyhow::Result<()> {
+/// Pushes a function of `files` (path, contents) and makes the node's
+/// cache prepare it (code unpacked, packages installed), so a cold call
+/// measures the sandbox, not the download.
+pub async fn push(cluster: &Cluster, name: &str, files: &[(&str, &str)]) -> anyhow::Result<()> {
     let version = cluster
-        .push(name, &[("f.py", code)])
+        .push(name, files)
         .await
         .with_context(|| format!("push {name}"))?;
     CacheClient::new(cluster.authed(&cluster.endpoints.cache, Kind::Node).await)
@@ -146,24 +147,47 @@ pub async fn throughput(
     Ok(calls as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Time to the first answer of `n` functions never called before, one
-/// after the other (code already unpacked on the node). One extra
-/// function is called first, uncounted, so a lazily made root zygote is
+/// Time to the first answer of `n` functions of `files` never called
+/// before, one after the other (code already prepared on the node). One
+/// extra function is called first, uncounted, so a lazily made zygote is
 /// not charged to the first sample.
 pub async fn cold_starts(
     cluster: &Cluster,
     prefix: &str,
+    files: &[(&str, &str)],
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    for i in 0..=n {
-        push(cluster, &format!("{prefix}-{i}"), ECHO).await?;
-    }
-    let mut client = gateway(cluster).await?;
-    echo(&mut client, &format!("{prefix}-{n}")).await?;
-    let mut samples = Vec::with_capacity(n);
+    let mut names = push_all(cluster, prefix, files, n + 1).await?;
+    let extra = names.pop().context("n + 1 functions")?;
+    first_calls(cluster, &[extra]).await?;
+    first_calls(cluster, &names).await
+}
+
+/// Pushes `n` functions `<prefix>-<i>` of `files`, each prepared (see
+/// [`push`]); answers their names.
+pub async fn push_all(
+    cluster: &Cluster,
+    prefix: &str,
+    files: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::with_capacity(n);
     for i in 0..n {
+        let name = format!("{prefix}-{i}");
+        push(cluster, &name, files).await?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Time to the answer of one echo call of each of `names`, one after the
+/// other: their cold starts, when none was called before.
+pub async fn first_calls(cluster: &Cluster, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+    let mut client = gateway(cluster).await?;
+    let mut samples = Vec::with_capacity(names.len());
+    for name in names {
         let started = Instant::now();
-        echo(&mut client, &format!("{prefix}-{i}")).await?;
+        echo(&mut client, name).await?;
         samples.push(started.elapsed());
     }
     Ok(samples)
@@ -177,7 +201,7 @@ pub async fn churn(
     clients: usize,
     time: Duration,
 ) -> anyhow::Result<(f64, u64)> {
-    push(cluster, "churn", EXIT).await?;
+    push(cluster, "churn", &[("f.py", EXIT)]).await?;
     let before = status(cluster).await?.cold_starts_total;
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -141,36 +141,62 @@ print(path)
     path
 }
 
-/// `requirement` and its dependencies as wheels for CPython
+/// `requirements` and their dependencies as wheels for CPython
 /// `python_version` (e.g. "3.11"), downloaded from PyPI once into
 /// `target/pypi-wheels/` and reused: caches install from them with no
 /// index. Tests that call this need PyPI on their first run, and say
 /// `pypi` in their names.
-pub fn pypi_wheels(requirement: &str, python_version: &str) -> PathBuf {
+pub fn pypi_wheels(requirements: &[&str], python_version: &str) -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the repository")
         .join("target/pypi-wheels");
-    let dir = target.join(format!("{requirement}-py{python_version}"));
+    let name = requirements.join(",");
+    let dir = target.join(format!("{name}-py{python_version}"));
     if dir.is_dir() {
         return dir;
     }
     // Downloaded beside it and renamed when complete, so a failed run
     // leaves no half-filled dir to be reused.
-    let partial = target.join(format!("{requirement}-py{python_version}.partial"));
+    let partial = target.join(format!("{name}-py{python_version}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     let status = std::process::Command::new("/usr/bin/python3")
         .args(["-m", "pip", "download", "--quiet", "--only-binary", ":all:"])
         .args(["--python-version", python_version, "--dest"])
         .arg(&partial)
-        .arg(requirement)
+        .args(requirements)
         .status()
         .expect("run python3 -m pip");
     assert!(
         status.success(),
-        "pip download {requirement} failed (it needs PyPI once; {} is reused after)",
+        "pip download {name} failed (it needs PyPI once; {} is reused after)",
         dir.display()
     );
     std::fs::rename(&partial, &dir).expect("move the wheels into place");
     dir
+}
+
+/// The Python of the sandboxes (the host's /usr/bin/python3), as "3.11".
+fn sandbox_python() -> String {
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("run /usr/bin/python3");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A [`wheel_dir`] holding the [`pypi_wheels`] of each of
+/// `requirement_sets` for the sandboxes' Python, copied there because
+/// the installer sandbox's unprivileged pip may not read `target/`.
+pub fn readable_pypi_wheels(requirement_sets: &[&[&str]]) -> tempfile::TempDir {
+    let wheels = wheel_dir();
+    let python = sandbox_python();
+    for requirements in requirement_sets {
+        for entry in std::fs::read_dir(pypi_wheels(requirements, &python)).expect("wheels") {
+            let path = entry.expect("wheel").path();
+            let copy = wheels.path().join(path.file_name().expect("a file"));
+            std::fs::copy(&path, copy).expect("copy the wheel");
+        }
+    }
+    wheels
 }

@@ -1465,7 +1465,7 @@ async fn the_compose_stack_serves_calls_and_a_pypi_flask_app_with_traces_and_lea
         &format!("http://{}", relay.addr),
         tokens_dir.path(),
         // The image's Python: Debian bookworm's 3.11.
-        &pypi_wheels(&format!("flask=={FLASK}"), "3.11"),
+        &pypi_wheels(&[&format!("flask=={FLASK}")], "3.11"),
     );
 
     let services = [

@@ -5,7 +5,7 @@
 //! The functions are our own, written to behave like OpenLambda's examples.
 use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::wheels::{pypi_wheels, wheel_dir};
+use sock_e2e::wheels::readable_pypi_wheels;
 use sock_proto::v1::StatusRequest;
 use sock_proto::v1::invoke_response::Outcome;
 use tonic::Code;
@@ -325,25 +325,10 @@ def teapot():
     return Response("hi\n", status=418, headers={"A": "B"})
 "#;
 
-/// The Python of the sandboxes (the host's /usr/bin/python3), as "3.11".
-fn sandbox_python() -> String {
-    let output = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output()
-        .expect("run /usr/bin/python3");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 /// A cluster whose caches install `requirement` from wheels downloaded
 /// from PyPI once; the wheel dir lives as long as the cluster needs it.
 fn cluster_with_pypi(requirement: &str) -> (Cluster, tempfile::TempDir) {
-    // Copied where the cache's unprivileged user can read them.
-    let wheels = wheel_dir();
-    for entry in std::fs::read_dir(pypi_wheels(requirement, &sandbox_python())).expect("wheels") {
-        let path = entry.expect("wheel").path();
-        let copy = wheels.path().join(path.file_name().expect("a file"));
-        std::fs::copy(&path, copy).expect("copy the wheel");
-    }
+    let wheels = readable_pypi_wheels(&[&[requirement]]);
     let links = wheels.path().display().to_string();
     // The first call installs the app's packages (fastapi: ten, a pip run
     // each, 3.5 s apiece on a loaded CI machine), over the default 30 s a
