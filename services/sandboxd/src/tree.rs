@@ -9,7 +9,8 @@
 //! tried again until its back-off has passed; meanwhile, and when a zygote
 //! is still starting, cold starts fork from the deepest ancestor that
 //! lives (their own imports then happen in the child). Only when not even
-//! the root zygote works, or a fork fails, is a cold start a fresh sandbox.
+//! the root zygote works is a cold start a fresh sandbox; a fork that
+//! fails is tried again from each ancestor that lives, deepest first.
 //!
 //! Per node id, the tree counts the cold starts its zygote served (hits)
 //! and those whose chain ended there that it could not (misses), across
@@ -312,14 +313,44 @@ impl Tree {
         timeout: Duration,
     ) -> Result<(Sandbox, String), Error> {
         let node = self.zygote_for(sandboxes, pool, chain, timeout).await?;
+        let mut forked = self.fork_from(&node, spec.clone()).await;
+        // A fork that failed (the zygote died under it, no cgroup or root
+        // could be made for the child): the ancestors that live, deepest
+        // first, before the caller falls back to a fresh sandbox.
+        let depth = chain
+            .iter()
+            .position(|n| n.id == node.zygote.id())
+            .unwrap_or(0);
+        for ancestor in chain[..depth].iter().rev() {
+            let Err(error) = &forked else { break };
+            let live = self
+                .slot(&ancestor.id)
+                .lock()
+                .await
+                .clone()
+                .filter(|n| n.zygote.is_alive());
+            if let Some(ancestor) = live {
+                tracing::warn!(zygote = node.zygote.id(), ancestor = ancestor.zygote.id(), %error, "fork failed; forking from an ancestor");
+                forked = self.fork_from(&ancestor, spec.clone()).await;
+            }
+        }
+        forked
+    }
+
+    /// Forks from `node`, saying which zygote the sandbox came from; a
+    /// zygote found dead is taken out of the tree.
+    async fn fork_from(
+        &self,
+        node: &Arc<Node>,
+        spec: SandboxSpec,
+    ) -> Result<(Sandbox, String), Error> {
         let forked = node.zygote.fork(spec).await;
-        let id = node.zygote.id().to_string();
         match &forked {
-            Ok(_) => park_spare(node),
-            Err(_) if !node.zygote.is_alive() => self.remove(&node).await,
+            Ok(_) => park_spare(node.clone()),
+            Err(_) if !node.zygote.is_alive() => self.remove(node).await,
             Err(_) => {}
         }
-        forked.map(|sandbox| (sandbox, id))
+        forked.map(|sandbox| (sandbox, node.zygote.id().to_string()))
     }
 
     async fn zygote_for(

@@ -1180,3 +1180,43 @@ async fn a_burst_of_cold_starts_on_one_zygote_leaves_more_children_parked() {
         .stop()
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_that_fails_on_a_node_falls_back_to_its_ancestor_not_a_fresh_sandbox() {
+    let Some(node) = start("forkfall", |_| {}).await else {
+        return;
+    };
+    let package = node.dir.path().join("packages/leaving");
+    std::fs::create_dir_all(&package).expect("mkdir package");
+    std::fs::write(package.join("leaving.py"), "X = 1\n").expect("write module");
+    let zygote = ZygoteNode {
+        id: "root/leaving==1".into(),
+        package_dirs: vec![package.display().to_string()],
+        imports: vec!["leaving".into()],
+    };
+    for name in ["f0", "f1"] {
+        node.publish(
+            name,
+            1,
+            COUNTER,
+            Function {
+                zygote: Some(zygote.clone()),
+                ..Function::default()
+            },
+        );
+    }
+    let first = node.invoke("f0", 1, "", 20_000).await.expect("f0");
+    assert_eq!(result(&first), 1);
+    // The node's zygote lives, but its children can no longer get its
+    // package dir: forking from it fails from now on.
+    std::fs::rename(&package, node.dir.path().join("packages/gone")).expect("move the dir away");
+    let second = node.invoke("f1", 1, "", 20_000).await.expect("f1");
+    assert_eq!(result(&second), 1, "f1 answered");
+    let status = node.status().await;
+    assert_eq!(
+        (status.cold_starts_total, status.zygote_forks_total),
+        (2, 2),
+        "the second cold start forked from the root zygote, not a fresh sandbox: {status:?}"
+    );
+    node.stop().await;
+}
