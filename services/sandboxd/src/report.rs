@@ -24,12 +24,11 @@ impl Now {
     }
 
     fn unix_ms(self, at: Instant) -> u64 {
-        let then = self
-            .wall
-            .checked_sub(self.instant.saturating_duration_since(at))
-            .unwrap_or(UNIX_EPOCH);
-        then.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        sock_service::unix_ms(
+            self.wall
+                .checked_sub(self.instant.saturating_duration_since(at))
+                .unwrap_or(UNIX_EPOCH),
+        )
     }
 }
 
