@@ -26,6 +26,11 @@ const QUICK_PACKAGE: &str = "benchpkg==1.0";
 
 /// `ol.yaml` of a function that wants a fresh sandbox for every call.
 const FRESH_PER_CALL: &str = "reuse-sandbox: false\n";
+/// The pause before each measured cold start: the previous call's sandbox
+/// has gone idle and its zygote has parked the next child, as between
+/// cold starts that are not a burst. Back to back, each cold start of a
+/// node after the first waits for its zygote to fork (bench/RESULTS.md).
+pub const SPACED: Duration = Duration::from_millis(250);
 /// How often a new function of each package set not yet served by its
 /// own zygote is called while waiting for the import-cache tree.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -330,7 +335,7 @@ async fn measure(
     }
     let started = Instant::now();
     for names in &warmups {
-        sock::first_calls(&cluster, names).await?;
+        sock::first_calls(&cluster, names, Duration::ZERO).await?;
     }
     let converged = if mode.has_tree() {
         converge(&cluster, sets, started, sizes.converge_within).await?
@@ -356,6 +361,7 @@ async fn measure(
             &format!("cold-{}", set.name),
             &borrowed(files),
             sizes.functions,
+            SPACED,
         )
         .await?;
         cold.push(series);
@@ -410,7 +416,7 @@ async fn converge(
         {
             let name = format!("probe-{}-{round}", set.name);
             sock::push(cluster, &name, &borrowed(files)).await?;
-            sock::first_calls(cluster, &[name]).await?;
+            sock::first_calls(cluster, &[name], Duration::ZERO).await?;
         }
         tokio::time::sleep_until(next).await;
     }

@@ -533,7 +533,8 @@ fn render_packages(r: &packages::Results) -> String {
          time to the first answer through the gateway of a function never called before, its code \
          unpacked and its packages installed by the node's cache beforehand (from a local wheel dir, \
          `SOCK_CACHE_FIND_LINKS`, downloaded from PyPI once), so it is the sandbox and the import, \
-         not the download; {} functions per set and configuration, one more called first, uncounted; \
+         not the download; {} functions per set and configuration, one at a time with {} ms \
+         (untimed) before each, one more called first, uncounted; \
          p99 of {} samples is the slowest (nearest rank). Each configuration is a cluster of its own. \
          In each, {} other function(s) per set are called first (the warm-up: the node sees which \
          packages its functions use); then, where zygotes exist, sandboxd's `Status` is polled for a \
@@ -542,6 +543,7 @@ fn render_packages(r: &packages::Results) -> String {
          warm-up call; then the measured functions are called.\n",
         r.command,
         s.functions,
+        packages::SPACED.as_millis(),
         s.functions,
         s.warmup,
         packages::PROBE_EVERY.as_secs(),

@@ -227,7 +227,14 @@ async fn cold_run(
     let forks_before = sock::status(cluster).await?.zygote_forks_total;
     eprintln!("sock-bench: {label}: {} cold starts", sizes.cold);
     let mut cold = Series::new(label, command);
-    cold.samples = sock::cold_starts(cluster, prefix, &[("f.py", sock::ECHO)], sizes.cold).await?;
+    cold.samples = sock::cold_starts(
+        cluster,
+        prefix,
+        &[("f.py", sock::ECHO)],
+        sizes.cold,
+        Duration::ZERO,
+    )
+    .await?;
     let cold_forks = sock::status(cluster).await?.zygote_forks_total - forks_before;
     eprintln!(
         "sock-bench: {label}: sandbox churn for {:?}",

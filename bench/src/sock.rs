@@ -148,19 +148,21 @@ pub async fn throughput(
 }
 
 /// Time to the first answer of `n` functions of `files` never called
-/// before, one after the other (code already prepared on the node). One
-/// extra function is called first, uncounted, so a lazily made zygote is
-/// not charged to the first sample.
+/// before, one after the other, `gap` apart (untimed; zero: back to back)
+/// (code already prepared on the node). One extra function is called
+/// first, uncounted, so a lazily made zygote is not charged to the first
+/// sample.
 pub async fn cold_starts(
     cluster: &Cluster,
     prefix: &str,
     files: &[(&str, &str)],
     n: usize,
+    gap: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut names = push_all(cluster, prefix, files, n + 1).await?;
     let extra = names.pop().context("n + 1 functions")?;
-    first_calls(cluster, &[extra]).await?;
-    first_calls(cluster, &names).await
+    first_calls(cluster, &[extra], gap).await?;
+    first_calls(cluster, &names, gap).await
 }
 
 /// Pushes `n` functions `<prefix>-<i>` of `files`, each prepared (see
@@ -181,11 +183,17 @@ pub async fn push_all(
 }
 
 /// Time to the answer of one echo call of each of `names`, one after the
-/// other: their cold starts, when none was called before.
-pub async fn first_calls(cluster: &Cluster, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+/// other, each after a pause of `gap`: their cold starts, when none was
+/// called before.
+pub async fn first_calls(
+    cluster: &Cluster,
+    names: &[String],
+    gap: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     let mut client = gateway(cluster).await?;
     let mut samples = Vec::with_capacity(names.len());
     for name in names {
+        tokio::time::sleep(gap).await;
         let started = Instant::now();
         echo(&mut client, name).await?;
         samples.push(started.elapsed());
