@@ -964,16 +964,8 @@ async fn a_call_does_not_wait_for_a_slow_zygote_and_later_calls_fork_from_it() {
     let Some(node) = start("zygslow", |_| {}).await else {
         return;
     };
-    let package = node.dir.path().join("packages/slowpkg");
-    std::fs::create_dir_all(&package).expect("mkdir package");
-    std::fs::write(package.join("slowpkg.py"), "import time\ntime.sleep(6)\n")
-        .expect("write module");
+    let (_, zygote) = package_node(&node, "slowpkg", "import time\ntime.sleep(6)\n");
     let seen = "import sys\nSEEN = 'slowpkg' in sys.modules\n\ndef f(event):\n    return SEEN\n";
-    let zygote = ZygoteNode {
-        id: "root/slowpkg==1".into(),
-        package_dirs: vec![package.display().to_string()],
-        imports: vec!["slowpkg".into()],
-    };
     for name in ["first", "second"] {
         node.publish(
             name,
@@ -1020,29 +1012,14 @@ async fn a_zygote_that_fails_to_start_is_not_retried_per_call_and_its_parent_ser
     let Some(node) = start("zygfail", |c| c.zygote_retry_ms = 600_000).await else {
         return;
     };
-    let package = node.dir.path().join("packages/brokenpkg");
-    std::fs::create_dir_all(&package).expect("mkdir package");
-    std::fs::write(
-        package.join("brokenpkg.py"),
+    let (_, zygote) = package_node(
+        &node,
+        "brokenpkg",
         "raise ImportError('brokenpkg cannot be imported here')\n",
-    )
-    .expect("write module");
-    let zygote = ZygoteNode {
-        id: "root/brokenpkg==1".into(),
-        package_dirs: vec![package.display().to_string()],
-        imports: vec!["brokenpkg".into()],
-    };
+    );
     const CALLS: u64 = 4;
     for i in 0..CALLS {
-        node.publish(
-            &format!("f{i}"),
-            1,
-            COUNTER,
-            Function {
-                zygote: Some(zygote.clone()),
-                ..Function::default()
-            },
-        );
+        publish_under(&node, &format!("f{i}"), &zygote);
     }
     for i in 0..CALLS {
         let answer = node
@@ -1084,24 +1061,9 @@ async fn tree_fills_the_cache_tree_in_with_the_live_zygotes() {
     let Some(node) = start("zygtree", |_| {}).await else {
         return;
     };
-    let package = node.dir.path().join("packages/goodpkg");
-    std::fs::create_dir_all(&package).expect("mkdir package");
-    std::fs::write(package.join("goodpkg.py"), "VALUE = 1\n").expect("write module");
-    let zygote = ZygoteNode {
-        id: "root/goodpkg==1".into(),
-        package_dirs: vec![package.display().to_string()],
-        imports: vec!["goodpkg".into()],
-    };
+    let (_, zygote) = package_node(&node, "goodpkg", "VALUE = 1\n");
     for name in ["a", "b"] {
-        node.publish(
-            name,
-            1,
-            COUNTER,
-            Function {
-                zygote: Some(zygote.clone()),
-                ..Function::default()
-            },
-        );
+        publish_under(&node, name, &zygote);
         let answer = node.invoke(name, 1, "", 20_000).await.expect(name);
         assert_eq!(result(&answer), 1, "{name} answered");
     }
@@ -1186,24 +1148,9 @@ async fn a_fork_that_fails_on_a_node_falls_back_to_its_ancestor_not_a_fresh_sand
     let Some(node) = start("forkfall", |_| {}).await else {
         return;
     };
-    let package = node.dir.path().join("packages/leaving");
-    std::fs::create_dir_all(&package).expect("mkdir package");
-    std::fs::write(package.join("leaving.py"), "X = 1\n").expect("write module");
-    let zygote = ZygoteNode {
-        id: "root/leaving==1".into(),
-        package_dirs: vec![package.display().to_string()],
-        imports: vec!["leaving".into()],
-    };
+    let (package, zygote) = package_node(&node, "leaving", "X = 1\n");
     for name in ["f0", "f1"] {
-        node.publish(
-            name,
-            1,
-            COUNTER,
-            Function {
-                zygote: Some(zygote.clone()),
-                ..Function::default()
-            },
-        );
+        publish_under(&node, name, &zygote);
     }
     let first = node.invoke("f0", 1, "", 20_000).await.expect("f0");
     assert_eq!(result(&first), 1);
@@ -1219,4 +1166,31 @@ async fn a_fork_that_fails_on_a_node_falls_back_to_its_ancestor_not_a_fresh_sand
         "the second cold start forked from the root zygote, not a fresh sandbox: {status:?}"
     );
     node.stop().await;
+}
+
+/// A package dir `packages/<module>` holding `<module>.py` = `code`, and
+/// the tree node `root/<module>==1` whose zygote imports it.
+fn package_node(node: &Node, module: &str, code: &str) -> (PathBuf, ZygoteNode) {
+    let package = node.dir.path().join("packages").join(module);
+    std::fs::create_dir_all(&package).expect("mkdir package");
+    std::fs::write(package.join(format!("{module}.py")), code).expect("write module");
+    let zygote = ZygoteNode {
+        id: format!("root/{module}==1"),
+        package_dirs: vec![package.display().to_string()],
+        imports: vec![module.into()],
+    };
+    (package, zygote)
+}
+
+/// Publishes `name` (version 1, COUNTER) as one `zygote`'s children serve.
+fn publish_under(node: &Node, name: &str, zygote: &ZygoteNode) {
+    node.publish(
+        name,
+        1,
+        COUNTER,
+        Function {
+            zygote: Some(zygote.clone()),
+            ..Function::default()
+        },
+    );
 }
