@@ -424,20 +424,7 @@ impl Zygote {
         }
         // The long way is the same way: park a child, then give it the
         // function over its own socket.
-        let cgroup = shared.take_spare_cgroup(limits)?;
-        let conn = match self.park(&cgroup).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
-                return Err(e);
-            }
-        };
-        let spare = Spare {
-            cgroup: Some(cgroup),
-            conn: Some(conn),
-            shared: shared.clone(),
-        };
+        let spare = self.park(limits).await?;
         self.give(&parent, spare, &plan, &request).await
     }
 
@@ -668,23 +655,11 @@ impl Zygote {
             if self.parked() >= wanted {
                 return Ok(());
             }
-            let cgroup = shared.take_spare_cgroup(shared.cgroup_limits(&Default::default()))?;
-            match self.park(&cgroup).await {
-                Ok(conn) => self
-                    .spares
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Spare {
-                        cgroup: Some(cgroup),
-                        conn: Some(conn),
-                        shared: shared.clone(),
-                    }),
-                Err(e) => {
-                    let shared = shared.clone();
-                    let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
-                    return Err(e);
-                }
-            }
+            let spare = self.park(shared.cgroup_limits(&Default::default())).await?;
+            self.spares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(spare);
         }
     }
 
@@ -693,9 +668,29 @@ impl Zygote {
         self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Forks a child into a pool cgroup with `limits` and its own
+    /// namespaces, and waits until it is parked; the cgroup goes back to
+    /// the pool if it does not park.
+    async fn park(&self, limits: CgroupLimits) -> Result<Spare, Error> {
+        let shared = &self.shared;
+        let cgroup = shared.take_spare_cgroup(limits)?;
+        match self.park_in(&cgroup).await {
+            Ok(conn) => Ok(Spare {
+                cgroup: Some(cgroup),
+                conn: Some(conn),
+                shared: shared.clone(),
+            }),
+            Err(e) => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Forks a child into `cgroup` and its own namespaces, and waits until
     /// it is parked; returns its socket.
-    async fn park(&self, cgroup: &SandboxCgroup) -> Result<UnixStream, Error> {
+    async fn park_in(&self, cgroup: &SandboxCgroup) -> Result<UnixStream, Error> {
         let files = cgroup_files(cgroup)?;
         let (mut ours, theirs) = socketpair()?;
         let request = ForkRequest {
