@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sock_proto::v1::TreeResponse;
 
 use crate::packages::Package;
-use crate::tree::{ImportTree, NodeSpec};
+use crate::tree::{ImportTree, NodeSpec, node_id};
 
 /// Cold starts a unit must have been needed by to get a node, within
 /// [`MIN_WITHIN`] (counts decay from the moment they are made).
@@ -184,7 +184,7 @@ fn split(
         };
         let estimate = cost(&unit);
         *left -= estimate;
-        let child_id = format!("{id}/{}", unit.join(","));
+        let child_id = node_id(Some(id), &unit.join(","));
         estimates.insert(child_id.clone(), estimate);
         let (members, rest): (Vec<_>, Vec<_>) = functions.into_iter().partition(|f| f.holds(&unit));
         functions = rest;

@@ -189,12 +189,7 @@ impl Node {
             .iter()
             .map(|p| Requirement::parse(p).map_err(|why| format!("import_tree package {why}")))
             .collect::<Result<_, _>>()?;
-        let segment = spec.packages.join(",");
-        let written = match (parent, segment.is_empty()) {
-            (None, true) => "root".to_string(),
-            (None, false) => format!("root:{segment}"),
-            (Some(parent), _) => format!("{parent}/{segment}"),
-        };
+        let written = node_id(parent, &spec.packages.join(","));
         let children = spec
             .children
             .into_iter()
@@ -232,11 +227,7 @@ impl Node {
             .collect();
         own.sort_by(|a, b| a.name.cmp(&b.name));
         let segment = own.iter().map(|p| p.pin()).collect::<Vec<_>>().join(",");
-        let id = match (parent, segment.is_empty()) {
-            (None, true) => "root".to_string(),
-            (None, false) => format!("root:{segment}"),
-            (Some(parent), _) => format!("{}/{segment}", parent.id),
-        };
+        let id = node_id(parent.map(|p| p.id.as_str()), &segment);
         let mut all_imports = parent.map(|p| p.all_imports.clone()).unwrap_or_default();
         let mut imports = Vec::new();
         for module in own.iter().flat_map(|p| &p.modules) {
@@ -254,6 +245,16 @@ impl Node {
         });
         *resolved = Some(node.clone());
         Ok(node)
+    }
+}
+
+/// A node's id: its parent's, `/`, and its packages joined by `,`; the
+/// root is `root`, or `root:<packages>` when it has some.
+pub(crate) fn node_id(parent: Option<&str>, packages: &str) -> String {
+    match (parent, packages.is_empty()) {
+        (None, true) => "root".to_string(),
+        (None, false) => format!("root:{packages}"),
+        (Some(parent), _) => format!("{parent}/{packages}"),
     }
 }
 
