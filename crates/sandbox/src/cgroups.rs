@@ -445,8 +445,10 @@ impl SandboxCgroup {
     }
 
     /// Freezes every process and shrinks the memory limit to what the
-    /// cgroup uses, so a paused sandbox can neither run nor grow.
-    pub fn pause(&self) -> Result<(), CgroupError> {
+    /// cgroup uses, so a paused sandbox can neither run nor grow. Returns
+    /// the memory limit now in force, in bytes (0: none): the sandbox's
+    /// use, or its full limit when the kernel would not shrink it.
+    pub fn pause(&self) -> Result<u64, CgroupError> {
         let freezer = self.freezer()?;
         freezer.set(true)?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
@@ -458,19 +460,29 @@ impl SandboxCgroup {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        if self.limits.memory_bytes > 0 {
-            let page = 4096;
-            let usage = self.memory_usage().div_ceil(page) * page;
-            if usage < self.limits.memory_bytes {
-                // v1 may refuse (EBUSY) when it cannot reclaim down to the
-                // new limit; the sandbox then keeps its full limit.
-                let bytes = i64::try_from(usage).unwrap_or(i64::MAX);
-                if let Err(e) = self.memory()?.set_limit(bytes) {
-                    tracing::debug!(cgroup = %self.name, error = %e, "memory limit not shrunk");
+        let full = self.limits.memory_bytes;
+        if full == 0 {
+            return Ok(0);
+        }
+        let page = 4096;
+        let usage = self.memory_usage().div_ceil(page) * page;
+        let memory = self.memory()?;
+        // v1's usage lags the charges by the per-CPU batches not yet
+        // flushed, so a limit of exactly that may be refused (EBUSY, it
+        // cannot reclaim down to it): then a MiB more. Refused again, the
+        // sandbox keeps its full limit.
+        for limit in [usage, usage + (1 << 20)] {
+            if limit >= full {
+                break;
+            }
+            match memory.set_limit(i64::try_from(limit).unwrap_or(i64::MAX)) {
+                Ok(()) => return Ok(limit),
+                Err(e) => {
+                    tracing::debug!(cgroup = %self.name, limit, error = %e, "memory limit not shrunk");
                 }
             }
         }
-        Ok(())
+        Ok(full)
     }
 
     /// Restores the memory limit, then thaws.

@@ -68,7 +68,7 @@ fn encode(
 ) -> fmt::Result {
     const MB: u64 = 1 << 20;
     let total = node.pool.total_mb.saturating_mul(MB);
-    let reserved = node.pool.reserved_mb.saturating_mul(MB);
+    let reserved = node.pool.reserved_kib.saturating_mul(1024);
     counter(&mut encoder, "calls", "Invoke calls received", calls)?;
     gauges(
         &mut encoder,
@@ -219,7 +219,7 @@ mod tests {
                 running: 3,
                 pool: PoolSnapshot {
                     total_mb: 1000,
-                    reserved_mb: 256,
+                    reserved_kib: 256 * 1024,
                     waiting: 4,
                 },
                 used_bytes: 5 << 20,

@@ -1,5 +1,10 @@
 //! The node's memory pool: every sandbox reserves its memory limit before
-//! it starts and gives it back when it is destroyed.
+//! it starts and gives it back when it is destroyed. A paused sandbox,
+//! whose cgroup limit sandboxd shrinks to what it uses, holds only that
+//! ([`Reservation::shrink_to`]) and takes its full limit back before it
+//! thaws ([`Reservation::absorb`] of a new reservation), so the kernel's
+//! limits never add up to more than the pool and a running call is never
+//! killed to make room for a thawed one.
 //!
 //! Requests that do not fit wait in one FIFO queue, each bounded by its own
 //! deadline. Only the head of the queue is ever granted, so a large request
@@ -7,11 +12,16 @@
 //! queue at its deadline at the latest, the small ones behind it are not
 //! blocked forever either. When the head cannot fit, [`MemoryPool::pressure`]
 //! wakes the evictor.
+//!
+//! The pool counts KiB: a paused sandbox holds a MiB or two, and rounding
+//! each up to a whole MB would cost a third of the density.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+
+const KIB_PER_MB: u64 = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -37,20 +47,27 @@ pub enum PoolError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolSnapshot {
     pub total_mb: u64,
-    pub reserved_mb: u64,
+    pub reserved_kib: u64,
     pub waiting: u32,
+}
+
+impl PoolSnapshot {
+    /// Reserved memory in whole MB, rounded up.
+    pub fn reserved_mb(&self) -> u64 {
+        self.reserved_kib.div_ceil(KIB_PER_MB)
+    }
 }
 
 #[derive(Debug)]
 pub struct MemoryPool {
-    total_mb: u64,
+    total_kib: u64,
     state: Mutex<State>,
     pressure: Notify,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    reserved_mb: u64,
+    reserved_kib: u64,
     queue: VecDeque<Waiter>,
     next_id: u64,
 }
@@ -58,7 +75,7 @@ struct State {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
-    mb: u64,
+    kib: u64,
     grant: oneshot::Sender<Reservation>,
 }
 
@@ -66,24 +83,42 @@ struct Waiter {
 #[derive(Debug)]
 pub struct Reservation {
     pool: Arc<MemoryPool>,
-    mb: u64,
+    kib: u64,
 }
 
 impl Reservation {
+    pub fn kib(&self) -> u64 {
+        self.kib
+    }
+
     #[cfg(test)]
     pub fn mb(&self) -> u64 {
-        self.mb
+        self.kib.div_ceil(KIB_PER_MB)
+    }
+
+    /// Gives back all but `bytes` (rounded up to a KiB); holds at most what
+    /// it held.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let keep = bytes.div_ceil(1024).min(self.kib);
+        let freed = self.kib - keep;
+        if freed > 0 {
+            self.kib = keep;
+            self.pool.give_back(freed);
+        }
+    }
+
+    /// Takes `more` into this reservation (both from the same pool).
+    pub fn absorb(&mut self, mut more: Reservation) {
+        debug_assert!(Arc::ptr_eq(&self.pool, &more.pool), "one pool");
+        self.kib += std::mem::take(&mut more.kib);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let granted = {
-            let mut state = self.pool.state();
-            state.reserved_mb -= self.mb;
-            self.pool.grant_from_head(&mut state)
-        };
-        deliver(granted);
+        if self.kib > 0 {
+            self.pool.give_back(self.kib);
+        }
     }
 }
 
@@ -98,7 +133,7 @@ fn deliver(granted: Vec<(oneshot::Sender<Reservation>, Reservation)>) {
 impl MemoryPool {
     pub fn new(total_mb: u64) -> Arc<MemoryPool> {
         Arc::new(MemoryPool {
-            total_mb,
+            total_kib: total_mb.saturating_mul(KIB_PER_MB),
             state: Mutex::new(State::default()),
             pressure: Notify::new(),
         })
@@ -110,20 +145,33 @@ impl MemoryPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn total_mb(&self) -> u64 {
+        self.total_kib / KIB_PER_MB
+    }
+
+    fn give_back(self: &Arc<Self>, kib: u64) {
+        let granted = {
+            let mut state = self.state();
+            state.reserved_kib -= kib;
+            self.grant_from_head(&mut state)
+        };
+        deliver(granted);
+    }
+
     pub fn snapshot(&self) -> PoolSnapshot {
         let state = self.state();
         PoolSnapshot {
-            total_mb: self.total_mb,
-            reserved_mb: state.reserved_mb,
+            total_mb: self.total_mb(),
+            reserved_kib: state.reserved_kib,
             waiting: u32::try_from(state.queue.len()).unwrap_or(u32::MAX),
         }
     }
 
-    /// How many MB the head of the queue lacks; 0 when nobody waits.
-    pub fn shortfall_mb(&self) -> u64 {
+    /// How many KiB the head of the queue lacks; 0 when nobody waits.
+    pub fn shortfall_kib(&self) -> u64 {
         let state = self.state();
         state.queue.front().map_or(0, |head| {
-            (state.reserved_mb + head.mb).saturating_sub(self.total_mb)
+            (state.reserved_kib + head.kib).saturating_sub(self.total_kib)
         })
     }
 
@@ -135,7 +183,7 @@ impl MemoryPool {
     /// Wakes whoever waits on [`pressure`](Self::pressure) if a request is
     /// still short of memory (say, after a sandbox went idle).
     pub fn nudge(&self) {
-        if self.shortfall_mb() > 0 {
+        if self.shortfall_kib() > 0 {
             self.pressure.notify_one();
         }
     }
@@ -143,14 +191,15 @@ impl MemoryPool {
     /// Reserves `mb` only if it is free now and no call waits: for what
     /// merely speeds calls up (zygotes), never at a call's expense.
     pub fn try_reserve(self: &Arc<Self>, mb: u64) -> Option<Reservation> {
+        let kib = mb.saturating_mul(KIB_PER_MB);
         let mut state = self.state();
-        if !state.queue.is_empty() || state.reserved_mb + mb > self.total_mb {
+        if !state.queue.is_empty() || state.reserved_kib + kib > self.total_kib {
             return None;
         }
-        state.reserved_mb += mb;
+        state.reserved_kib += kib;
         Some(Reservation {
             pool: self.clone(),
-            mb,
+            kib,
         })
     }
 
@@ -160,26 +209,38 @@ impl MemoryPool {
         mb: u64,
         deadline: Instant,
     ) -> Result<Reservation, PoolError> {
-        if mb > self.total_mb {
+        self.reserve_kib(mb.saturating_mul(KIB_PER_MB), deadline)
+            .await
+    }
+
+    /// [`reserve`](Self::reserve) by the KiB: what a paused sandbox lacks
+    /// of its full limit.
+    pub async fn reserve_kib(
+        self: &Arc<Self>,
+        kib: u64,
+        deadline: Instant,
+    ) -> Result<Reservation, PoolError> {
+        let need_mb = kib.div_ceil(KIB_PER_MB);
+        if kib > self.total_kib {
             return Err(PoolError::TooLarge {
-                need_mb: mb,
-                total_mb: self.total_mb,
+                need_mb,
+                total_mb: self.total_mb(),
             });
         }
         let started = Instant::now();
         let (id, mut rx) = {
             let mut state = self.state();
-            if state.queue.is_empty() && state.reserved_mb + mb <= self.total_mb {
-                state.reserved_mb += mb;
+            if state.queue.is_empty() && state.reserved_kib + kib <= self.total_kib {
+                state.reserved_kib += kib;
                 return Ok(Reservation {
                     pool: self.clone(),
-                    mb,
+                    kib,
                 });
             }
             let id = state.next_id;
             state.next_id += 1;
             let (tx, rx) = oneshot::channel();
-            state.queue.push_back(Waiter { id, mb, grant: tx });
+            state.queue.push_back(Waiter { id, kib, grant: tx });
             (id, rx)
         };
         self.pressure.notify_one();
@@ -200,11 +261,11 @@ impl MemoryPool {
                 if let Ok(reservation) = rx.try_recv() {
                     return Ok(reservation);
                 }
-                let reserved_mb = self.state().reserved_mb;
+                let reserved_mb = self.snapshot().reserved_mb();
                 Err(PoolError::Full {
-                    need_mb: mb,
+                    need_mb,
                     reserved_mb,
-                    total_mb: self.total_mb,
+                    total_mb: self.total_mb(),
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 })
             }
@@ -218,17 +279,17 @@ impl MemoryPool {
     ) -> Vec<(oneshot::Sender<Reservation>, Reservation)> {
         let mut granted = Vec::new();
         while let Some(head) = state.queue.front() {
-            if state.reserved_mb + head.mb > self.total_mb {
+            if state.reserved_kib + head.kib > self.total_kib {
                 self.pressure.notify_one();
                 break;
             }
             let head = state.queue.pop_front().expect("front exists");
-            state.reserved_mb += head.mb;
+            state.reserved_kib += head.kib;
             granted.push((
                 head.grant,
                 Reservation {
                     pool: self.clone(),
-                    mb: head.mb,
+                    kib: head.kib,
                 },
             ));
         }
@@ -277,11 +338,11 @@ mod tests {
         let pool = MemoryPool::new(256);
         let a = pool.reserve(128, in_secs(1)).await.expect("a");
         let b = pool.reserve(128, in_secs(1)).await.expect("b");
-        assert_eq!(pool.snapshot().reserved_mb, 256);
+        assert_eq!(pool.snapshot().reserved_mb(), 256);
         drop(a);
-        assert_eq!(pool.snapshot().reserved_mb, 128);
+        assert_eq!(pool.snapshot().reserved_mb(), 128);
         drop(b);
-        assert_eq!(pool.snapshot().reserved_mb, 0);
+        assert_eq!(pool.snapshot().reserved_mb(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -294,14 +355,14 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(pool.snapshot().waiting, 1);
-        assert_eq!(pool.shortfall_mb(), 128);
+        assert_eq!(pool.shortfall_kib(), 128 * 1024);
         drop(held);
         assert_eq!(waiter.await.expect("task"), Ok(128));
         assert_eq!(
             pool.snapshot(),
             PoolSnapshot {
                 total_mb: 256,
-                reserved_mb: 0,
+                reserved_kib: 0,
                 waiting: 0
             }
         );
@@ -366,7 +427,7 @@ mod tests {
         let small = small.await.expect("task").expect("small runs after");
         assert_eq!(small.mb(), 50);
         drop(small);
-        assert_eq!(pool.snapshot().reserved_mb, 0);
+        assert_eq!(pool.snapshot().reserved_mb(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,10 +476,46 @@ mod tests {
             pool.snapshot(),
             PoolSnapshot {
                 total_mb: 100,
-                reserved_mb: 0,
+                reserved_kib: 0,
                 waiting: 0
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrunk_reservation_lets_a_waiter_in_and_grows_back_only_in_line() {
+        let pool = MemoryPool::new(256);
+        let mut paused = pool.reserve(128, in_secs(1)).await.expect("paused");
+        let _running = pool.reserve(128, in_secs(1)).await.expect("running");
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.reserve(100, in_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(pool.snapshot().waiting, 1);
+
+        // What a paused sandbox's cgroup charges: about 1.5 MiB.
+        paused.shrink_to(1_600_000);
+        assert_eq!(paused.kib(), 1563, "rounded up to a KiB");
+        let waiter = waiter.await.expect("task").expect("granted by the shrink");
+        assert_eq!(pool.snapshot().reserved_kib, 1563 + 228 * 1024);
+        paused.shrink_to(u64::MAX);
+        assert_eq!(paused.kib(), 1563, "a shrink never grows");
+
+        // Thawing needs the rest of its limit back: not while it is taken.
+        let lack = 128 * 1024 - paused.kib();
+        let err = pool
+            .reserve_kib(lack, Instant::now() + Duration::from_millis(300))
+            .await
+            .expect_err("no room to thaw");
+        assert!(matches!(err, PoolError::Full { need_mb: 127, .. }), "{err}");
+        drop(waiter);
+        let more = pool.reserve_kib(lack, in_secs(1)).await.expect("room");
+        paused.absorb(more);
+        assert_eq!(paused.kib(), 128 * 1024);
+        assert_eq!(pool.snapshot().reserved_mb(), 256);
+        drop(paused);
+        assert_eq!(pool.snapshot().reserved_mb(), 128);
     }
 
     #[tokio::test(start_paused = true)]
@@ -432,9 +529,9 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), pool.pressure())
             .await
             .expect("pressure signalled");
-        assert_eq!(pool.shortfall_mb(), 30);
+        assert_eq!(pool.shortfall_kib(), 30 * 1024);
         drop(held);
         assert_eq!(waiter.await.expect("task"), Ok(50));
-        assert_eq!(pool.shortfall_mb(), 0);
+        assert_eq!(pool.shortfall_kib(), 0);
     }
 }

@@ -4,14 +4,14 @@
 //! anything → Destroyed. A running sandbox is owned by its call through a
 //! [`Lease`]; the state machine only remembers that it is out. Any failed
 //! operation destroys the sandbox; every operation on a destroyed sandbox
-//! is a harmless [`Error::Destroyed`]. Each transition is told to the
+//! does nothing (a lease is [`Unleased::Gone`]). Each transition is told to the
 //! listeners (metrics, logs); the memory reservation is released only once
-//! the sandbox's processes are gone.
+//! the sandbox's processes are gone. A paused sandbox holds only the memory
+//! its shrunk limit allows and must get the rest back before it thaws.
 use sock_sandbox::cgroups::SandboxCgroup;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::error::Error;
 use crate::pool::Reservation;
 use crate::sandbox::Sandbox;
 
@@ -64,6 +64,16 @@ pub(crate) trait Listener: Send + Sync {
 
 pub(crate) type Listeners = Arc<[Arc<dyn Listener>]>;
 
+/// Why [`SafeSandbox::lease`] handed out no sandbox.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unleased {
+    /// Destroyed, running, or broken by the thaw.
+    Gone,
+    /// Paused, and its reservation lacks this many KiB of its full limit:
+    /// reserve them and lease again with them.
+    Short { kib: u64 },
+}
+
 /// What the state machine holds: the sandbox itself unless a call has it.
 enum State {
     Idle(Sandbox),
@@ -96,6 +106,8 @@ pub(crate) struct SafeSandbox {
     key: Key,
     /// For reading memory use while a call holds the sandbox.
     cgroup: Option<Arc<SandboxCgroup>>,
+    /// The reservation it runs with: its full memory limit.
+    full_kib: u64,
     inner: Mutex<Inner>,
     listeners: Listeners,
 }
@@ -113,6 +125,7 @@ impl SafeSandbox {
             id: sandbox.id().to_string(),
             key,
             cgroup: sandbox.cgroup(),
+            full_kib: reservation.kib(),
             inner: Mutex::new(Inner {
                 state: State::Running,
                 last_used: Instant::now(),
@@ -176,24 +189,35 @@ impl SafeSandbox {
     }
 
     /// Idle or Paused → Running: hands the sandbox to a call, thawing it
-    /// first if it was paused. Blocks for the thaw (microseconds).
-    pub fn lease(self: &Arc<Self>) -> Result<Lease, Error> {
+    /// first if it was paused. `topup` joins its reservation first: a
+    /// paused sandbox thaws only once it holds its full limit again.
+    /// Blocks for the thaw (microseconds).
+    pub fn lease(self: &Arc<Self>, topup: Option<Reservation>) -> Result<Lease, Unleased> {
         let mut inner = self.inner();
+        if let (Some(held), Some(more)) = (inner.reservation.as_mut(), topup) {
+            held.absorb(more);
+        }
         let sandbox = match std::mem::replace(&mut inner.state, State::Running) {
             State::Idle(sandbox) => sandbox,
             State::Paused(sandbox) => {
+                let held = inner.reservation.as_ref().map_or(0, Reservation::kib);
+                if held < self.full_kib {
+                    inner.state = State::Paused(sandbox);
+                    return Err(Unleased::Short {
+                        kib: self.full_kib - held,
+                    });
+                }
                 if let Err(e) = sandbox.unpause() {
+                    tracing::warn!(sandbox = %self.id, error = %e, "cannot unpause sandbox");
                     self.destroy_locked(inner, Some(sandbox), Why::Broken);
-                    return Err(e);
+                    return Err(Unleased::Gone);
                 }
                 self.emit(EventKind::Unpaused);
                 sandbox
             }
             other => {
                 inner.state = other;
-                return Err(Error::Destroyed {
-                    id: self.id.clone(),
-                });
+                return Err(Unleased::Gone);
             }
         };
         Ok(Lease {
@@ -203,7 +227,8 @@ impl SafeSandbox {
     }
 
     /// Idle → Paused, but only if the sandbox has been idle since `epoch`
-    /// began. Blocks while the cgroup freezes (milliseconds).
+    /// began; its reservation shrinks to the limit the pause left it.
+    /// Blocks while the cgroup freezes (milliseconds).
     pub fn pause(&self, epoch: u64) {
         let mut inner = self.inner();
         if inner.idle_epoch != epoch || !matches!(inner.state, State::Idle(_)) {
@@ -213,7 +238,12 @@ impl SafeSandbox {
             unreachable!("checked above");
         };
         match sandbox.pause() {
-            Ok(()) => {
+            Ok(limit) => {
+                if limit > 0
+                    && let Some(held) = inner.reservation.as_mut()
+                {
+                    held.shrink_to(limit);
+                }
                 inner.state = State::Paused(sandbox);
                 drop(inner);
                 self.emit(EventKind::Paused);

@@ -726,7 +726,8 @@ impl Sandbox {
         self.live.as_ref().map(|live| live.cgroup.clone())
     }
 
-    pub(crate) fn pause(&self) -> Result<(), Error> {
+    /// Freezes the sandbox; returns the memory limit now in force (bytes).
+    pub(crate) fn pause(&self) -> Result<u64, Error> {
         match &self.live {
             Some(live) => Ok(live.cgroup.pause()?),
             None => Err(Error::Destroyed {

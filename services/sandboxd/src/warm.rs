@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use sock_proto::v1::{ErrorKind, HttpRequest};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -33,7 +33,9 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pool::{MemoryPool, PoolSnapshot};
-use crate::safe::{Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Why};
+use crate::safe::{
+    Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Unleased, Why,
+};
 use crate::sandbox::{Outcome, Sandbox, SandboxSpec, Sandboxes};
 use crate::tree::{Node, NodeReport, Tree, Uses, ZygoteInfo};
 use crate::zygote::ZygoteSpec;
@@ -44,6 +46,10 @@ const MEMINFO_PERIOD: Duration = Duration::from_secs(1);
 const HOST_RESERVE_MB: u64 = 500;
 /// How long shutdown waits for killed sandboxes to be torn down.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Sandboxes a call's end may leave being torn down at once; past that the
+/// next call to end waits for one, so a storm of one-call sandboxes cannot
+/// pile up teardowns (each keeps its memory reserved until done).
+const TEARDOWNS_IN_FLIGHT: usize = 16;
 
 /// What the cache prepared for a cold start.
 pub(crate) struct Prepared {
@@ -105,6 +111,7 @@ pub(crate) struct Manager {
     /// Told whenever a sandbox goes idle that a waiting call could use.
     parked: Notify,
     tree: Tree,
+    teardowns: Arc<Semaphore>,
 }
 
 /// What the evictor destroys next.
@@ -222,6 +229,7 @@ impl Manager {
             stop: CancellationToken::new(),
             parked: Notify::new(),
             tree: Tree::default(),
+            teardowns: Arc::new(Semaphore::new(TEARDOWNS_IN_FLIGHT)),
         });
         tokio::spawn(evictor(Arc::downgrade(&manager), manager.stop.clone()));
         if min_free_mb > 0 {
@@ -266,7 +274,10 @@ impl Manager {
         };
         // One-call sandboxes are never parked, so there is no idle one of
         // such a function to look for.
-        let idle = (!call.one_call).then(|| self.take_idle(&key)).flatten();
+        let idle = match call.one_call {
+            true => None,
+            false => self.take_idle(&key, deadline).await,
+        };
         let lease = match idle {
             Some(lease) => {
                 self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +290,7 @@ impl Manager {
                     version: prepared.version,
                 };
                 self.note_version(&key);
-                match self.take_idle(&key) {
+                match self.take_idle(&key, deadline).await {
                     Some(lease) => {
                         self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
                         lease
@@ -296,34 +307,69 @@ impl Manager {
         Ok((version, outcome))
     }
 
-    /// Resolves with the next sandbox of `key` that goes idle.
-    async fn next_idle(&self, key: &Key) -> Lease {
+    /// Resolves with the next sandbox of `key` that goes idle, taken out
+    /// of the idle list.
+    async fn next_idle(&self, key: &Key) -> Arc<SafeSandbox> {
         loop {
             let parked = self.parked.notified();
             tokio::pin!(parked);
             // Registered before looking, so a park in between is not missed.
             parked.as_mut().enable();
-            if let Some(lease) = self.take_idle(key) {
-                return lease;
+            if let Some(candidate) = self.pop_idle(key) {
+                return candidate;
             }
             parked.await;
         }
     }
 
-    /// Pops idle sandboxes of `key` until one can be leased whose runtime
-    /// still lives (one forked from a zygote dies with it).
-    fn take_idle(&self, key: &Key) -> Option<Lease> {
-        loop {
-            let candidate = self.warm().idle.get_mut(key)?.pop()?;
-            let Ok(mut lease) = candidate.lease() else {
-                continue;
-            };
-            if lease.sandbox().peer_closed() {
-                lease.safe().exited();
-                tokio::task::spawn_blocking(move || lease.discard(Why::CallFailed));
-                continue;
+    fn pop_idle(&self, key: &Key) -> Option<Arc<SafeSandbox>> {
+        self.warm().idle.get_mut(key)?.pop()
+    }
+
+    /// Pops idle sandboxes of `key` until one can be leased.
+    async fn take_idle(&self, key: &Key, deadline: Instant) -> Option<Lease> {
+        while let Some(candidate) = self.pop_idle(key) {
+            if let Some(lease) = self.lease(candidate, deadline).await {
+                return Some(lease);
             }
-            return Some(lease);
+        }
+        None
+    }
+
+    /// Leases a sandbox taken out of the idle list, if its runtime still
+    /// lives (one forked from a zygote dies with it). A paused one first
+    /// gets its full memory limit back from the pool, waiting in line (the
+    /// evictor makes room) until `deadline`; if it cannot, it is destroyed
+    /// and the call starts cold, in line for memory like any cold start.
+    async fn lease(&self, candidate: Arc<SafeSandbox>, deadline: Instant) -> Option<Lease> {
+        let mut topup = None;
+        loop {
+            match candidate.lease(topup.take()) {
+                Ok(mut lease) => {
+                    if lease.sandbox().peer_closed() {
+                        lease.safe().exited();
+                        self.discard(lease, Why::CallFailed).await;
+                        return None;
+                    }
+                    return Some(lease);
+                }
+                Err(Unleased::Gone) => return None,
+                Err(Unleased::Short { kib }) => {
+                    let more = self
+                        .pool
+                        .reserve_kib(kib, deadline)
+                        .instrument(tracing::info_span!("memory_pool.thaw", kib))
+                        .await;
+                    match more {
+                        Ok(more) => topup = Some(more),
+                        Err(e) => {
+                            tracing::warn!(sandbox = %candidate.id(), error = %e, "no memory to thaw a paused sandbox; destroying it");
+                            destroy_in_background(vec![candidate], Why::Evicted);
+                            return None;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -338,22 +384,26 @@ impl Manager {
         // While waiting for memory, a sandbox of the same version that
         // goes idle serves this call better than a new one would.
         let waiting = WaitingFor::new(self, &key);
-        let waited = async {
-            tokio::select! {
-                reserved = self.pool.reserve(memory_mb, deadline) => Ok(reserved),
-                lease = self.next_idle(&key) => Err(lease),
+        let reservation = loop {
+            let waited = async {
+                tokio::select! {
+                    reserved = self.pool.reserve(memory_mb, deadline) => Ok(reserved),
+                    candidate = self.next_idle(&key) => Err(candidate),
+                }
             }
-        }
-        .instrument(tracing::info_span!("memory_pool.wait", memory_mb))
-        .await;
-        drop(waiting);
-        let reservation = match waited {
-            Ok(reserved) => reserved?,
-            Err(lease) => {
-                self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
-                return Ok(lease);
+            .instrument(tracing::info_span!("memory_pool.wait", memory_mb))
+            .await;
+            match waited {
+                Ok(reserved) => break reserved?,
+                Err(candidate) => {
+                    if let Some(lease) = self.lease(candidate, deadline).await {
+                        self.metrics.warm_starts.fetch_add(1, Ordering::Relaxed);
+                        return Ok(lease);
+                    }
+                }
             }
         };
+        drop(waiting);
         let sandbox = self.start(&key, spec, chain, deadline).await?;
         self.metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
         let (safe, lease) = SafeSandbox::start(sandbox, key, reservation, self.listeners.clone());
@@ -439,9 +489,24 @@ impl Manager {
                 (true, true) => Why::OneCall,
                 (true, false) => Why::Retired,
             };
-            let _ = tokio::task::spawn_blocking(move || lease.discard(why)).await;
+            self.discard(lease, why).await;
         }
         outcome
+    }
+
+    /// Tears a leased sandbox down after its call, off the call's path:
+    /// waits only when [`TEARDOWNS_IN_FLIGHT`] are already running.
+    async fn discard(&self, lease: Lease, why: Why) {
+        let permit = self
+            .teardowns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the teardown semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            lease.discard(why);
+            drop(permit);
+        });
     }
 
     fn is_latest(&self, key: &Key) -> bool {
@@ -668,7 +733,7 @@ async fn evictor(manager: Weak<Manager>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = pool.pressure() => {}
         }
-        while pool.shortfall_mb() > 0 {
+        while pool.shortfall_kib() > 0 {
             let Some(manager) = manager.upgrade() else {
                 return;
             };

@@ -77,6 +77,23 @@ fn zygotes_mb(status: &StatusResponse) -> u64 {
     status.zygotes.iter().map(|z| z.memory_reserved_mb).sum()
 }
 
+/// The pool holds what the live sandboxes and zygotes do, nothing lost:
+/// 128 MB for each idle or running sandbox, its use for each paused one
+/// (a few MB; tens when it was the first to read Python's files, whose
+/// page cache its cgroup then charges).
+fn assert_pool_matches(status: &StatusResponse) {
+    let full = 128 * u64::from(status.idle + status.running) + zygotes_mb(status);
+    let paused_mb = status
+        .pool_reserved_mb
+        .checked_sub(full)
+        .unwrap_or_else(|| panic!("less reserved than the live sandboxes hold: {status:?}"));
+    let paused = u64::from(status.paused);
+    assert!(
+        (paused..=64 * paused).contains(&paused_mb),
+        "{paused_mb} MB reserved for {paused} paused sandboxes: {status:?}"
+    );
+}
+
 fn result(response: &SandboxInvokeResponse) -> serde_json::Value {
     match &response.outcome {
         Some(Outcome::Result(body)) => serde_json::from_slice(body).expect("result is JSON"),
@@ -179,11 +196,10 @@ async fn reuse_sandbox_false_starts_a_sandbox_per_call_and_keeps_none() {
             .expect("call")
             .into_inner();
         assert_eq!(result(&response), 1, "every call has a fresh sandbox");
-        let status = node.status().await;
-        assert_eq!(
-            status.sandboxes, 0,
-            "destroyed before the answer: {status:?}"
-        );
+        // Torn down after the answer, off the call's path, but promptly and
+        // without another call.
+        node.wait_for("the one-call sandbox torn down", |s| s.sandboxes == 0)
+            .await;
     }
     let status = node.status().await;
     assert_eq!((status.cold_starts_total, status.warm_starts_total), (2, 0));
@@ -276,6 +292,23 @@ def f(event):
     node.stop().await;
 }
 
+/// Starts `name` sleeping `secs` on its own task.
+fn sleep_in_background(
+    node: &Node,
+    name: &str,
+    secs: f64,
+) -> tokio::task::JoinHandle<Result<SandboxInvokeResponse, Status>> {
+    let mut client = node.client.clone();
+    let request = request(
+        name,
+        1,
+        "",
+        format!(r#"{{"sleep": {secs}}}"#).as_bytes(),
+        30_000,
+    );
+    tokio::spawn(async move { client.invoke(request).await.map(Response::into_inner) })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
     let Some(node) = start("poolwait", |c| c.mem_pool_mb = 256).await else {
@@ -283,16 +316,7 @@ async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
     };
     node.publish("slow", 1, SLEEPER, Function::default());
     let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let client = node.client.clone();
-            tokio::spawn(async move {
-                let mut client = client;
-                client
-                    .invoke(request("slow", 1, "", br#"{"sleep": 1.5}"#, 30_000))
-                    .await
-                    .map(Response::into_inner)
-            })
-        })
+        .map(|_| sleep_in_background(&node, "slow", 1.5))
         .collect();
     let status = node
         .wait_for("two running, one waiting", |s| {
@@ -316,10 +340,114 @@ async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
         (2, 1, 0),
         "the waiting call took the first sandbox to go idle"
     );
+    assert_pool_matches(&status);
+    node.stop().await;
+}
+
+/// A sleeper that also counts its calls, to tell a thawed sandbox from a
+/// new one.
+const COUNTING_SLEEPER: &str = "import time\n\nn = 0\n\ndef f(event):\n    global n\n    n += 1\n    time.sleep((event or {}).get('sleep', 0))\n    return n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sandbox_holds_only_what_it_uses_and_thaws_once_its_limit_is_back() {
+    // 320 MB: a paused sandbox and two running 128 MB ones fit only if the
+    // paused one holds what it uses (see assert_pool_matches), not its limit.
+    let Some(node) = start("pausedpool", |c| {
+        c.mem_pool_mb = 320;
+        c.pause_after_ms = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    for name in ["a", "b", "c"] {
+        node.publish(name, 1, COUNTING_SLEEPER, Function::default());
+    }
+    assert_eq!(
+        result(&node.invoke("a", 1, "", 20_000).await.expect("a")),
+        1
+    );
+    let status = node.wait_for("a paused", |s| s.paused == 1).await;
+    let paused_mb = status.pool_reserved_mb - zygotes_mb(&status);
+    assert!(
+        (1..=64).contains(&paused_mb),
+        "a paused sandbox reserves its use, not 128 MB: {status:?}"
+    );
+
+    let b = sleep_in_background(&node, "b", 2.0);
+    let c = sleep_in_background(&node, "c", 2.0);
+    let status = node
+        .wait_for("b and c running beside paused a", |s| s.running == 2)
+        .await;
+    assert_eq!(
+        (status.paused, status.evictions_total),
+        (1, 0),
+        "{status:?}"
+    );
     assert_eq!(
         status.pool_reserved_mb,
-        128 * u64::from(status.sandboxes) + zygotes_mb(&status),
+        256 + paused_mb + zygotes_mb(&status),
         "{status:?}"
+    );
+
+    // a's thaw needs 128 MB again: it waits in line, and b's idle sandbox
+    // is evicted for it once b's call ends; a's own sandbox answers.
+    let a = node.invoke("a", 1, "", 20_000).await.expect("a thawed");
+    assert_eq!(result(&a), 2, "the paused sandbox answered, not a new one");
+    for call in [b, c] {
+        let response = call.await.expect("task").expect("the running calls finish");
+        assert_eq!(result(&response), 1, "no running call was disturbed");
+    }
+    let status = node.status().await;
+    assert_eq!(status.cold_starts_total, 3, "{status:?}");
+    assert!(status.evictions_total >= 1, "{status:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sandbox_that_cannot_get_its_limit_back_in_time_is_destroyed_and_the_call_refused()
+{
+    let Some(node) = start("nothaw", |c| {
+        c.mem_pool_mb = 320;
+        c.pause_after_ms = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    for name in ["a", "b", "c"] {
+        node.publish(name, 1, COUNTING_SLEEPER, Function::default());
+    }
+    node.invoke("a", 1, "", 20_000).await.expect("a");
+    node.wait_for("a paused", |s| s.paused == 1).await;
+    let busy = [
+        sleep_in_background(&node, "b", 3.0),
+        sleep_in_background(&node, "c", 3.0),
+    ];
+    node.wait_for("b and c running", |s| s.running == 2).await;
+
+    let refused = node
+        .invoke("a", 1, "", 400)
+        .await
+        .expect_err("no memory to thaw within 400 ms");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("memory pool full"),
+        "{}",
+        refused.message()
+    );
+    let status = node
+        .wait_for("a's paused sandbox destroyed", |s| s.paused == 0)
+        .await;
+    assert_eq!((status.running, status.pool_waiting), (2, 0), "{status:?}");
+    for call in busy {
+        let response = call.await.expect("task").expect("the running calls finish");
+        assert_eq!(result(&response), 1);
+    }
+    // a starts cold next time.
+    assert_eq!(
+        result(&node.invoke("a", 1, "", 20_000).await.expect("a")),
+        1
     );
     node.stop().await;
 }
@@ -331,15 +459,7 @@ async fn a_call_that_cannot_wait_long_enough_is_refused_clearly() {
     };
     node.publish("slow", 1, SLEEPER, Function::default());
     let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let client = node.client.clone();
-            tokio::spawn(async move {
-                let mut client = client;
-                client
-                    .invoke(request("slow", 1, "", br#"{"sleep": 3}"#, 30_000))
-                    .await
-            })
-        })
+        .map(|_| sleep_in_background(&node, "slow", 3.0))
         .collect();
     node.wait_for("two running", |s| s.running == 2).await;
     let refused = node
@@ -494,10 +614,7 @@ def f(event):
         ["bomb", "echo"],
         "the OOM and timeout sandboxes are gone"
     );
-    assert_eq!(
-        status.pool_reserved_mb,
-        128 * u64::from(status.sandboxes) + zygotes_mb(&status)
-    );
+    assert_pool_matches(&status);
     node.stop().await;
 }
 
@@ -565,10 +682,7 @@ async fn many_calls_on_a_small_pool_are_all_answered_and_nothing_leaks() {
     assert_eq!(status.running, 0);
     assert_eq!(status.pool_waiting, 0);
     assert!(status.sandboxes <= 3, "{status:?}");
-    assert_eq!(
-        status.pool_reserved_mb,
-        128 * u64::from(status.sandboxes) + zygotes_mb(&status)
-    );
+    assert_pool_matches(&status);
     assert!(status.evictions_total > 0, "{status:?}");
     // Cgroups were reused, not made per sandbox: far fewer exist than
     // sandboxes were started.
