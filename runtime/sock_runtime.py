@@ -14,26 +14,47 @@ serving when the line was read (it knows: it sends the calls); only frames
 go over fd 3.
 """
 
+# A fresh sandbox pays for every import here before its first answer:
+# only what every call needs is imported at the top (traceback only when
+# something failed; no socket or struct module, fd 3 is read and written
+# as a plain fd).
 import importlib
 import importlib.util
 import io
 import json
 import os
-import socket
-import struct
 import sys
-import traceback
 
 SOCKET_FD = 3
 # The largest result (or HTTP response body) answered; sandboxd's limits
 # frame sets it before the first call, and sandboxd refuses larger replies
 # anyway. This default is sandboxd's default max_result_bytes.
 max_result_bytes = 6 << 20
-_LEN = struct.Struct(">I")
+
+
+def _len(n):
+    """A frame's 4-byte big-endian length."""
+    return n.to_bytes(4, "big")
 
 
 class Closed(Exception):
     """sandboxd closed the connection: time to exit."""
+
+
+class Channel:
+    """The socket on `fd`, with the two calls serve uses (a zygote's child
+    passes a socket.socket instead)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def recv(self, n):
+        return os.read(self.fd, n)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
 
 
 def read_exact(sock, n):
@@ -47,15 +68,15 @@ def read_exact(sock, n):
 
 
 def read_frame(sock):
-    (header_len,) = _LEN.unpack(read_exact(sock, 4))
+    header_len = int.from_bytes(read_exact(sock, 4), "big")
     header = json.loads(read_exact(sock, header_len))
-    (body_len,) = _LEN.unpack(read_exact(sock, 4))
+    body_len = int.from_bytes(read_exact(sock, 4), "big")
     return header, read_exact(sock, body_len)
 
 
 def write_frame(sock, header, body=b""):
     encoded = json.dumps(header).encode()
-    sock.sendall(_LEN.pack(len(encoded)) + encoded + _LEN.pack(len(body)) + body)
+    sock.sendall(_len(len(encoded)) + encoded + _len(len(body)) + body)
 
 
 def error_header(kind, message, tb=""):
@@ -64,11 +85,15 @@ def error_header(kind, message, tb=""):
 
 def describe(exc):
     """One line a user can act on, e.g. 'ZeroDivisionError: division by zero'."""
+    import traceback
+
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
 def user_traceback(exc):
     """The traceback without this file's own frames, so it starts in user code."""
+    import traceback
+
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
@@ -390,9 +415,8 @@ def main(argv):
     if len(argv) < 3:
         print("usage: sock_runtime.py CODE_DIR ENTRY_FILE [PACKAGE_DIR...]", file=sys.stderr)
         return 2
-    sock = socket.socket(fileno=SOCKET_FD)
     try:
-        serve(sock, argv[1], argv[2], argv[3:])
+        serve(Channel(SOCKET_FD), argv[1], argv[2], argv[3:])
     except (BrokenPipeError, ConnectionResetError):
         pass
     return 0

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import traceback  # noqa: F401 - imported once here, not by each forked function that fails
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("sock_runtime", os.path.join(_here, "sock_runtime.py"))
