@@ -38,11 +38,19 @@ pub struct Span {
     pub kind: &'static str,
     /// Every attribute, rendered as a string (`true`, `42`, `text`).
     pub attributes: BTreeMap<String, String>,
+    /// Start and end, nanoseconds since the Unix epoch, as the service's
+    /// clock saw them.
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
 }
 
 impl Span {
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end_unix_ns.saturating_sub(self.start_unix_ns))
     }
 }
 
@@ -175,6 +183,8 @@ impl TraceService for Collector {
                         .then(|| hex::encode(&span.parent_span_id)),
                     kind: kind_name(span.kind),
                     attributes: attributes(&span.attributes),
+                    start_unix_ns: span.start_time_unix_nano,
+                    end_unix_ns: span.end_time_unix_nano,
                     name: span.name,
                 });
             }

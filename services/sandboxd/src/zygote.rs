@@ -29,6 +29,7 @@ use sock_sandbox::protocol::{self, ForkKind, ForkRequest, Header};
 use sock_sandbox::seccomp::{self, Profile, Programs};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::sandbox::{
@@ -608,6 +609,7 @@ impl Zygote {
             let (pipes, readers) = output_pipes()?;
             Ok::<_, Error>((root, pipes, readers))
         }
+        .instrument(tracing::info_span!("sandbox.root"))
         .await;
         let (root, (out, err), (out_r, err_r)) = match prepared {
             Ok(prepared) => prepared,
@@ -632,7 +634,9 @@ impl Zygote {
                 uid: Some(uid),
             },
         );
-        self.forked(sandbox, sent).await
+        self.forked(sandbox, sent)
+            .instrument(tracing::info_span!("sandbox.handover"))
+            .await
     }
 
     /// Forks children ahead of need and parks them, as many as recent
