@@ -8,10 +8,11 @@ every child has them already).
 
 It says ready, then serves fork requests: one byte carrying the child's
 fds (SCM_RIGHTS), then a `fork` frame (ARCHITECTURE.md, "crates/sandbox"). The
-fork itself, and everything the child does up to its lockdown, is sock's
-Rust (`libsock_sandbox.so`, loaded here with ctypes): no Python runs in a
-child, at-fork hooks included, until it is in its cgroup, root and
-namespaces and locked down. A `spare` child parks and gets its function
+loop that reads them and forks, and everything a child does up to its
+lockdown, is sock's Rust (`libsock_sandbox.so`, loaded here with ctypes):
+the zygote runs no Python between forks, and no Python runs in a child, at-fork
+hooks included, until it is in its cgroup, root and namespaces and locked
+down. A `spare` child parks and gets its function
 (root, output, then ids, environment and seccomp) over its own socket,
 never through this process; a `zygote` child stays root of the user
 namespace under the zygote filter, imports its own packages and serves
@@ -34,20 +35,17 @@ runtime = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(runtime)
 
 CONTROL_FD = 3
-MAX_FDS = 16
 # What the library may hand back: a function's request (sandboxd's limit
 # for a frame header).
 MAX_REQUEST = 64 << 10
 
-# PyDLL: the GIL stays held across the call, so the fork happens with the
+# PyDLL: the GIL stays held across the call, so each fork happens with the
 # interpreter in the state PyOS_BeforeFork put it in.
 _lib = ctypes.PyDLL(os.path.join(_here, "libsock_sandbox.so"))
-_lib.sock_zygote_fork.restype = ctypes.c_long
-_lib.sock_zygote_fork.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.POINTER(ctypes.c_int),
-    ctypes.c_size_t,
+_lib.sock_zygote_serve.restype = ctypes.c_long
+_lib.sock_zygote_serve.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_void_p,
     ctypes.c_char_p,
     ctypes.c_size_t,
     ctypes.POINTER(ctypes.c_size_t),
@@ -76,28 +74,6 @@ def import_all(modules, sock):
             except OSError:
                 pass
             raise
-
-
-def fork(control, fds, header):
-    """Forks a child through the library; returns in the parent only."""
-    request = json.dumps(header).encode()
-    raw = (ctypes.c_int * len(fds))(*fds)
-    served = ctypes.create_string_buffer(MAX_REQUEST)
-    served_len = ctypes.c_size_t(0)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _api.PyOS_BeforeFork()
-    pid = _lib.sock_zygote_fork(request, len(request), raw, len(fds), served, MAX_REQUEST, ctypes.byref(served_len))
-    if pid == 0:
-        _api.PyOS_AfterFork_Child()
-        child(control, json.loads(served.raw[: served_len.value]))  # never returns
-    _api.PyOS_AfterFork_Parent()
-    # The child has its copies; a failed fork closes the child's socket
-    # here, which sandboxd sees as the fork failing.
-    for fd in fds:
-        os.close(fd)
-    if pid < 0:
-        raise OSError(-pid, f"fork: {os.strerror(-pid)}")
 
 
 def child(control, request):
@@ -141,28 +117,25 @@ def serve_forks(control):
     gc.collect()
     gc.freeze()
     runtime.write_frame(control, {"type": "ready"})
-    while True:
-        try:
-            msg, fds, _flags, _addr = socket.recv_fds(control, 1, MAX_FDS)
-        except (ConnectionResetError, BrokenPipeError):
-            return
-        if not msg:
-            return
-        try:
-            header, _ = runtime.read_frame(control)
-        except runtime.Closed:
-            return
-        if header.get("type") != "fork" or header.get("kind") not in ("spare", "zygote"):
-            print(f"sock zygote: ignoring a frame of type {header.get('type')!r}", file=sys.stderr)
-            for fd in fds:
-                os.close(fd)
-            continue
-        try:
-            fork(control, fds, header)
-        except OSError as exc:
-            # The child's socket closes with its fds: sandboxd sees the fork
-            # fail and starts a fresh sandbox instead.
-            print(f"sock zygote: fork failed: {exc}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The loop is the library's: between forks the zygote runs no Python,
+    # which would write (and so copy, once per fork, in the zygote's
+    # cgroup) pages its children still share.
+    served = ctypes.create_string_buffer(MAX_REQUEST)
+    served_len = ctypes.c_size_t(0)
+    status = _lib.sock_zygote_serve(
+        ctypes.cast(_api.PyOS_BeforeFork, ctypes.c_void_p),
+        ctypes.cast(_api.PyOS_AfterFork_Parent, ctypes.c_void_p),
+        served,
+        MAX_REQUEST,
+        ctypes.byref(served_len),
+    )
+    if status == 0:
+        _api.PyOS_AfterFork_Child()
+        child(control, json.loads(served.raw[: served_len.value]))  # never returns
+    if status < 0:
+        raise OSError(-status, f"the zygote's fork loop: {os.strerror(-status)}")
 
 
 def main(argv):

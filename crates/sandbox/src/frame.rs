@@ -26,8 +26,6 @@ pub(crate) enum FrameError {
     TooLarge(usize),
     #[error("expected an empty body, got {0} bytes")]
     Body(usize),
-    #[error("expected {expected} fds, got {got}")]
-    Fds { expected: usize, got: usize },
     #[error("receiving fds: {0}")]
     Recv(nix::Error),
 }
@@ -69,8 +67,8 @@ fn eof(e: std::io::Error) -> FrameError {
     }
 }
 
-/// Takes the one byte that carries `n` fds (SCM_RIGHTS).
-pub(crate) fn recv_fds(sock: &UnixStream, n: usize) -> Result<Vec<OwnedFd>, FrameError> {
+/// Takes the one byte that carries fds (SCM_RIGHTS), and those fds.
+pub(crate) fn recv_fds(sock: &UnixStream) -> Result<Vec<OwnedFd>, FrameError> {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -96,12 +94,6 @@ pub(crate) fn recv_fds(sock: &UnixStream, n: usize) -> Result<Vec<OwnedFd>, Fram
                 }
             }));
         }
-    }
-    if fds.len() != n {
-        return Err(FrameError::Fds {
-            expected: n,
-            got: fds.len(),
-        });
     }
     Ok(fds)
 }

@@ -12,7 +12,7 @@
 //!
 //! Besides, the sandbox ⇄ runtime frame protocol ([`protocol`]) and, built
 //! as `libsock_sandbox.so`, the C entry point the Python zygote forks its
-//! children with (`sock_zygote_fork`), so that they are set up and locked
+//! children with (`sock_zygote_serve`), so that they are set up and locked
 //! down by this same code before any Python runs in them.
 //!
 //! A program that uses [`init`] must hand a re-execution with `argv[1]`

@@ -1,10 +1,12 @@
-//! The zygote's fork, as a C function (`sock_zygote_fork`) the Python
-//! zygote calls through ctypes, so that its children are set up and locked
-//! down by the same Rust as every other sandbox, and no Python (no package
-//! code, no at-fork hook) runs in a child before its lockdown is complete.
+//! The zygote's fork loop, as a C function (`sock_zygote_serve`) the Python
+//! zygote calls through ctypes once its imports are done, so that its
+//! children are set up and locked down by the same Rust as every other
+//! sandbox, no Python (no package code, no at-fork hook) runs in a child
+//! before its lockdown is complete, and the zygote itself runs no Python
+//! between forks.
 //!
-//! The zygote gets a `fork` frame and fds from sandboxd and hands both over
-//! unchanged. The child (ARCHITECTURE.md, "crates/sandbox"):
+//! The loop takes each `fork` frame and its fds from sandboxd. The child
+//! (ARCHITECTURE.md, "crates/sandbox"):
 //! 1. joins its cgroups (sandboxd opened their `cgroup.procs`), unshares
 //!    pid, network, ipc, uts and mount namespaces (owned by the zygote's
 //!    user namespace) and forks once more, so it is pid 1 there;
@@ -84,66 +86,75 @@ fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ChildError {
     move |source| ChildError::Sys { what, source }
 }
 
-/// Forks a child of the zygote; see the module docs.
+/// A hook of the runtime's around `fork` (Python: `PyOS_BeforeFork`,
+/// `PyOS_AfterFork_Parent`).
+pub type ForkHook = unsafe extern "C" fn();
+
+/// The zygote's loop (see the module docs): takes `fork` frames and their
+/// fds from sandboxd on the control socket (fd 3) and forks a child for
+/// each, without going back to Python in the zygote between forks. Every
+/// page the zygote writes after a fork is copied for it while its children
+/// keep the old one, charged to the zygote's cgroup: Python's loop wrote
+/// ~450 KB of pages per fork (refcounts, its allocator, per-fork buffers),
+/// so a 256 MB zygote was OOM-killed after ~370 live children. This loop
+/// writes a few pages of its own stack and heap.
 ///
-/// `request` is the `fork` frame's header (JSON), `fds` the fds that came
-/// with it: the child's socket, then for a `zygote` child its root, stdout
-/// and stderr, then one open `cgroup.procs` per cgroup. The caller keeps
-/// its fds and closes them after.
-///
-/// Returns, in the zygote, the child's pid, or a negative errno (EINVAL: a
-/// request that is not valid; then nothing was forked). Returns 0 in the
-/// child once it is locked down, with the JSON request it is to serve in
-/// `out` and its length in `*out_len`.
+/// `before_fork` and `after_fork_parent` are called around each fork, in
+/// the zygote. Returns 0 in a child once it is locked down, with the JSON
+/// request it serves in `out` and its length in `*out_len`; in the zygote,
+/// 1 once sandboxd closed the socket, or a negative errno when the socket
+/// broke. A frame that is not a valid `spare` or `zygote` fork with its
+/// fds is logged and skipped (its fds closed: sandboxd sees that fork
+/// fail).
 ///
 /// # Safety
-/// `request` must point to `request_len` readable bytes, `fds` to `nfds`
-/// open fds, `out` to `out_cap` writable bytes and `out_len` to a writable
-/// `usize`. The caller must hold what keeps its runtime consistent across
-/// a fork (Python: call it between `PyOS_BeforeFork` and the
-/// `PyOS_AfterFork_*` of the side it finds itself on, holding the GIL).
+///
+/// `out` must point to `out_cap` writable bytes and `out_len` to a
+/// writable `usize`. The caller must hold what keeps its runtime
+/// consistent across a fork (Python: the GIL), and the hooks must be safe
+/// to call with it held.
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sock_zygote_fork(
-    request: *const u8,
-    request_len: usize,
-    fds: *const libc::c_int,
-    nfds: usize,
+pub unsafe extern "C" fn sock_zygote_serve(
+    before_fork: ForkHook,
+    after_fork_parent: ForkHook,
     out: *mut u8,
     out_cap: usize,
     out_len: *mut usize,
 ) -> libc::c_long {
-    // SAFETY: the caller passes valid pointers and lengths (see above).
-    let (request, fds, out, out_len) = unsafe {
-        (
-            std::slice::from_raw_parts(request, request_len),
-            std::slice::from_raw_parts(fds, nfds),
-            std::slice::from_raw_parts_mut(out, out_cap),
-            &mut *out_len,
-        )
-    };
-    let Ok(frame) = serde_json::from_slice::<ForkFrame>(request) else {
-        return -libc::c_long::from(libc::EINVAL);
-    };
-    let expected = match frame.kind {
-        Kind::Spare => 1 + frame.cgroups,
-        Kind::Zygote => 4 + frame.cgroups,
-        Kind::Function => return -libc::c_long::from(libc::EINVAL),
-    };
-    if fds.len() != expected || out.len() < MAX_HEADER_BYTES {
+    // SAFETY: the caller passes a valid buffer and length (see above).
+    let (out, out_len) = unsafe { (std::slice::from_raw_parts_mut(out, out_cap), &mut *out_len) };
+    if out.len() < MAX_HEADER_BYTES {
         return -libc::c_long::from(libc::EINVAL);
     }
-    // SAFETY: the caller holds the runtime's fork locks (see above); the
-    // child runs only the code below, which takes no lock another thread
-    // of the zygote could hold (no stdio locks: errors go out by write(2)).
-    match unsafe { fork() } {
-        Err(e) => -libc::c_long::from(e as i32),
-        Ok(ForkResult::Parent { child }) => libc::c_long::from(child.as_raw()),
-        Ok(ForkResult::Child) => {
-            // SAFETY: in the child these fds are this process's own copies,
-            // and Python's objects for them are never used here again.
-            let fds = fds.iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
-            match child(frame, request, fds.collect()) {
+    // The zygote's own socket: borrowed, Python owns fd 3.
+    let mut control = std::mem::ManuallyDrop::new(socket());
+    loop {
+        let (fds, request) = match frame::recv_fds(&control)
+            .and_then(|fds| Ok((fds, frame::read_header(&mut control)?)))
+        {
+            Ok(next) => next,
+            Err(FrameError::Closed) => return 1,
+            Err(e) => {
+                say(&format!("sock zygote: the control socket broke: {e}\n"));
+                return -libc::c_long::from(libc::EIO);
+            }
+        };
+        let frame = match serde_json::from_slice::<ForkFrame>(&request) {
+            Ok(frame) if frame.fds() == Some(fds.len()) => frame,
+            _ => {
+                say("sock zygote: ignoring a frame that is not a fork with its fds\n");
+                continue;
+            }
+        };
+        // SAFETY: the hook is the runtime's, called as the caller allows.
+        unsafe { before_fork() };
+        // SAFETY: the caller holds the runtime's fork locks (see above); the
+        // child runs only the code below, which takes no lock another thread
+        // of the zygote could hold (no stdio locks: errors go out by write(2)).
+        let forked = unsafe { fork() };
+        if let Ok(ForkResult::Child) = forked {
+            return match child(frame, &request, fds) {
                 Ok(served) if served.len() <= out.len() => {
                     out[..served.len()].copy_from_slice(&served);
                     *out_len = served.len();
@@ -154,16 +165,41 @@ pub unsafe extern "C" fn sock_zygote_fork(
                     served.len()
                 ))),
                 Err(e) => fail(&e),
-            }
+            };
+        }
+        // SAFETY: as before_fork.
+        unsafe { after_fork_parent() };
+        if let Err(e) = forked {
+            say(&format!("sock zygote: fork failed: {e}\n"));
+        }
+        // The child has its copies; a failed fork closes the child's socket
+        // here, which sandboxd sees as the fork failing.
+        drop(fds);
+    }
+}
+
+impl ForkFrame {
+    /// How many fds a fork of this kind comes with: the child's socket,
+    /// for a zygote its root, stdout and stderr, then one `cgroup.procs`
+    /// per cgroup. None: not a frame the zygote forks for.
+    fn fds(&self) -> Option<usize> {
+        match self.kind {
+            Kind::Spare => Some(1 + self.cgroups),
+            Kind::Zygote => Some(4 + self.cgroups),
+            Kind::Function => None,
         }
     }
+}
+
+/// A line on stderr, by write(2): no stdio lock is taken.
+fn say(line: &str) {
+    let _ = nix::unistd::write(std::io::stderr().as_fd(), line.as_bytes());
 }
 
 /// Ends a child whose setup failed, saying why on its stderr.
 #[allow(unsafe_code)]
 fn fail(error: &ChildError) -> ! {
-    let line = format!("sock zygote: child setup failed: {error}\n");
-    let _ = nix::unistd::write(std::io::stderr().as_fd(), line.as_bytes());
+    say(&format!("sock zygote: child setup failed: {error}\n"));
     // SAFETY: _exit ends the process at once: nothing of the zygote's
     // (Python's atexit, buffered output) runs in the child.
     unsafe { libc::_exit(SETUP_FAILED) }
@@ -192,7 +228,7 @@ fn child(frame: ForkFrame, request: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>,
         }
         (Kind::Spare, None) => {
             frame::write_header(&mut sock, br#"{"type":"parked"}"#)?;
-            let [root, out, err]: [OwnedFd; 3] = frame::recv_fds(&sock, 3)?
+            let [root, out, err]: [OwnedFd; 3] = frame::recv_fds(&sock)?
                 .try_into()
                 .map_err(|_| ChildError::Refused("expected 3 fds".into()))?;
             let served = frame::read_header(&mut sock)?;
@@ -237,7 +273,7 @@ fn enter(conn: OwnedFd, cgroups: Vec<OwnedFd>) -> Result<(), ChildError> {
             | CloneFlags::CLONE_NEWNS,
     )
     .map_err(sys("unshare"))?;
-    // SAFETY: this process runs only this code (see sock_zygote_fork).
+    // SAFETY: this process runs only this code (see sock_zygote_serve).
     match unsafe { fork() }.map_err(sys("fork"))? {
         // The zygote reaps the new pid 1's parent once it is gone.
         // SAFETY: _exit, as in `fail`: nothing of the zygote's runs here.
