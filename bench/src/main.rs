@@ -7,6 +7,7 @@ mod baselines;
 mod density;
 mod packages;
 mod plot;
+mod profile;
 mod report;
 mod run;
 mod sock;
@@ -37,6 +38,9 @@ pub struct Args {
 enum Phase {
     /// Cold starts of functions importing real packages.
     Packages,
+    /// Where a call's time goes: spans of cold and warm calls, and flame
+    /// graphs (perf) of the machine while they run.
+    Profile,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +64,9 @@ fn main() -> anyhow::Result<()> {
                 "sock-bench: *** {} binaries: the figures are not representative ***",
                 bin.display()
             );
+        }
+        if args.only == Some(Phase::Profile) {
+            return report::write_profile(&out, &profile::run(&bin, &out, args.quick).await?);
         }
         if args.only.is_none() {
             report::write(&out, &run::run(&bin, args.quick).await?)?;
