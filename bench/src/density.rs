@@ -70,9 +70,10 @@ async fn settle(cluster: &Cluster, want: usize) -> anyhow::Result<StatusResponse
     }
 }
 
-/// The memory limit of every function of the density run, set on its
-/// cluster (sandboxd's default) so each batch fits what the pool has free.
-pub const FILL_MEMORY_MB: u64 = 128;
+/// How long a sandbox of the density run stays idle before sandboxd
+/// pauses it (500 ms by default): only how long each batch waits, not what
+/// a paused sandbox holds.
+pub const PAUSE_AFTER_MS: u64 = 100;
 /// Calls in flight while filling the pool, each client its own connection.
 pub const IN_FLIGHT: usize = 8;
 /// Most new functions between two waits for their sandboxes to pause.
@@ -83,18 +84,39 @@ pub const MAX_BATCH: usize = 64;
 pub struct FillSizes {
     /// sandboxd's memory pool, MB.
     pub pool_mb: u64,
+    /// Every sandbox's memory limit, MB, set on the cluster so that each
+    /// batch fits what the pool has free.
+    pub memory_mb: u64,
     /// Warm calls afterwards: one to each of the last functions pushed.
     pub warm_calls: usize,
-    /// The run fails when the pool is not full by then.
+    /// The run stops, not full, after the first batch that ends later.
     pub within: Duration,
 }
 
-/// What showed the pool full.
-pub enum Full {
-    /// sandboxd evicted this many sandboxes to admit the last batch.
+/// How the density run ended.
+pub enum End {
+    /// Full: sandboxd evicted this many sandboxes to admit the last batch.
     Evicted(u64),
-    /// A call was refused: no memory by its deadline.
+    /// Full: a call was refused, no memory by its deadline.
     Refused(String),
+    /// Not full by [`FillSizes::within`].
+    OutOfTime,
+}
+
+impl End {
+    /// In a few words, for the log and the report.
+    pub fn describe(&self) -> String {
+        match self {
+            End::Evicted(n) => format!("pool full: {n} evicted"),
+            End::Refused(message) => format!("pool full: a call refused: {message}"),
+            End::OutOfTime => "not full in time".into(),
+        }
+    }
+
+    /// Whether the pool was full.
+    pub fn full(&self) -> bool {
+        !matches!(self, End::OutOfTime)
+    }
 }
 
 /// What the density run measured.
@@ -102,15 +124,20 @@ pub struct Fill {
     pub sizes: FillSizes,
     /// Functions pushed, each called once.
     pub functions: usize,
-    /// The most paused sandboxes sandboxd held at once, just before or
-    /// after the batch that found the pool full.
+    /// The most paused sandboxes held at once whose processes live (frozen
+    /// cgroups that hold some), just before the last batch or after it.
     pub held: usize,
-    /// sandboxd's Status when it held them.
-    pub at_full: StatusResponse,
-    pub full: Full,
-    /// Messages of the calls that were OOM-killed (filling and warm).
-    pub oom_killed: Vec<String>,
-    /// PSS of the paused sandboxes and zygotes once the pool was full.
+    /// sandboxd's Status then.
+    pub at_held: StatusResponse,
+    /// Of the sandboxes that Status then counted paused, those whose
+    /// processes had died: sandboxd still counts them and holds their
+    /// reservations.
+    pub dead: usize,
+    pub end: End,
+    /// The calls the platform killed (OOM, or their process died), while
+    /// filling and warm.
+    pub killed: Vec<String>,
+    /// PSS of the paused sandboxes and zygotes at the end.
     pub memory: Density,
     /// The last functions pushed that were still paused, each called once
     /// more.
@@ -129,13 +156,13 @@ impl Fill {
     /// What the pool reserved per paused sandbox, MB: everything but the
     /// zygotes' reservations, when every sandbox was paused.
     pub fn reserved_per_paused_mb(&self) -> f64 {
-        let s = &self.at_full;
+        let s = &self.at_held;
         let zygotes: u64 = s.zygotes.iter().map(|z| z.memory_reserved_mb).sum();
         s.pool_reserved_mb.saturating_sub(zygotes) as f64 / f64::from(s.paused.max(1))
     }
 
     pub fn zygote_reserved_mb(&self) -> u64 {
-        self.at_full
+        self.at_held
             .zygotes
             .iter()
             .map(|z| z.memory_reserved_mb)
@@ -147,23 +174,20 @@ impl Fill {
 /// `sizes.pool_mb`; new echo functions are pushed and each called once (a
 /// fork of the root zygote), in batches no larger than the pool's free
 /// memory holds at their full limit, each batch left to pause before the
-/// next, until a batch needs an eviction or a call is refused for memory.
+/// next, until a batch needs an eviction or a call is refused for memory
+/// (the pool is full) or time is up.
 /// Then one warm call to each of the last `sizes.warm_calls` functions,
 /// one at a time, each once the previous one's sandbox is paused again.
 pub async fn fill(bin: &Path, sizes: &FillSizes) -> anyhow::Result<Fill> {
-    let pool = sizes.pool_mb.to_string();
+    let env = [
+        ("SOCK_SANDBOXD_MEM_POOL_MB", sizes.pool_mb.to_string()),
+        ("SOCK_SANDBOXD_MEMORY_MB", sizes.memory_mb.to_string()),
+        ("SOCK_SANDBOXD_PAUSE_AFTER_MS", PAUSE_AFTER_MS.to_string()),
+    ];
     let cluster = Arc::new(
         tokio::task::spawn_blocking({
             let bin = bin.to_path_buf();
-            move || {
-                run::start(
-                    &bin,
-                    &[
-                        ("SOCK_SANDBOXD_MEM_POOL_MB", pool.as_str()),
-                        ("SOCK_SANDBOXD_MEMORY_MB", &FILL_MEMORY_MB.to_string()),
-                    ],
-                )
-            }
+            move || run::start(&bin, &env.each_ref().map(|(k, v)| (*k, v.as_str())))
         })
         .await?,
     );
@@ -182,66 +206,60 @@ pub async fn fill(bin: &Path, sizes: &FillSizes) -> anyhow::Result<Fill> {
 
 async fn fill_pool(cluster: &Arc<Cluster>, sizes: &FillSizes) -> anyhow::Result<Fill> {
     let started = Instant::now();
-    let mut before = sock::status(cluster).await?;
-    let evictions = before.evictions_total;
+    let mut before = (sock::status(cluster).await?, 0);
+    let evictions = before.0.evictions_total;
     let mut names: Vec<String> = Vec::new();
-    let mut oom_killed = Vec::new();
-    let (held, at_full, full, left) = loop {
-        if started.elapsed() > sizes.within {
-            bail!(
-                "the {} MB memory pool was not full after {} functions in {:?}: {} sandboxes paused, \
-                 {} of {} MB reserved",
-                sizes.pool_mb,
-                names.len(),
-                sizes.within,
-                before.paused,
-                before.pool_reserved_mb,
-                before.pool_total_mb
-            );
-        }
-        let batch = batch_size(names.len(), &before);
+    let mut killed = Vec::new();
+    let ((at_held, held), end, left) = loop {
+        let batch = batch_size(names.len(), &before.0, sizes.memory_mb);
         let first = names.len();
         names.extend((first..first + batch).map(|i| format!("dense-{i}")));
         let mut refused = None;
         for refusal in push_and_call(cluster, &names[first..]).await? {
             match refusal {
-                Refusal::OutOfMemory(m) => oom_killed.push(m),
+                Refusal::Killed(m) => killed.push(m),
                 Refusal::PoolFull(m) => {
                     refused.get_or_insert(m);
                 }
             }
         }
-        let after = settle(cluster, 0).await?;
-        let evicted = after.evictions_total - evictions;
-        let full = match refused {
-            Some(message) => Some(Full::Refused(message)),
-            None if evicted > 0 => Some(Full::Evicted(evicted)),
-            None => None,
+        let status = settle(cluster, 0).await?;
+        let live = live_paused(&cluster.instance)?;
+        let end = if let Some(message) = refused {
+            Some(End::Refused(message))
+        } else if status.evictions_total > evictions {
+            Some(End::Evicted(status.evictions_total - evictions))
+        } else if started.elapsed() > sizes.within {
+            Some(End::OutOfTime)
+        } else {
+            None
         };
-        if let Some(full) = full {
-            let left = after.paused as usize;
-            let at = if after.paused > before.paused {
-                after
-            } else {
-                before
-            };
+        let after = (status, live);
+        if let Some(end) = end {
+            let left = after.1;
+            let at = if after.1 > before.1 { after } else { before };
             eprintln!(
-                "sock-bench: density: pool full after {} functions: {} paused held, {evicted} evicted",
+                "sock-bench: density: {} after {} functions: {} paused held ({} by sandboxd's count)",
+                end.describe(),
                 names.len(),
-                at.paused,
+                at.1,
+                at.0.paused
             );
-            break (at.paused as usize, at, full, left);
+            break (at, end, left);
         }
-        if before.paused / 250 != after.paused / 250 {
+        if before.1 / 250 != after.1 / 250 {
             eprintln!(
-                "sock-bench: density: {} paused, {} of {} MB reserved",
-                after.paused, after.pool_reserved_mb, after.pool_total_mb
+                "sock-bench: density: {} paused ({} by sandboxd's count), {} of {} MB reserved",
+                after.1, after.0.paused, after.0.pool_reserved_mb, after.0.pool_total_mb
             );
         }
         before = after;
     };
     let fill_time = started.elapsed();
-    let memory = scan(&cluster.instance)?;
+    let memory = match left {
+        0 => Density::default(),
+        _ => scan(&cluster.instance)?,
+    };
 
     // The functions pushed last whose sandboxes are still paused: the
     // evictions took the least recently used, the first ones pushed.
@@ -262,7 +280,7 @@ async fn fill_pool(cluster: &Arc<Cluster>, sizes: &FillSizes) -> anyhow::Result<
         let called = Instant::now();
         match sock::echo_or_refused(&mut client, name).await? {
             None => warm.samples.push(called.elapsed()),
-            Some(Refusal::OutOfMemory(m)) => oom_killed.push(m),
+            Some(Refusal::Killed(m)) => killed.push(m),
             Some(Refusal::PoolFull(_)) => warm_refused += 1,
         }
     }
@@ -271,9 +289,10 @@ async fn fill_pool(cluster: &Arc<Cluster>, sizes: &FillSizes) -> anyhow::Result<
         sizes: sizes.clone(),
         functions: names.len(),
         held,
-        at_full,
-        full,
-        oom_killed,
+        dead: (at_held.paused as usize).saturating_sub(held),
+        at_held,
+        end,
+        killed,
         memory,
         warm_functions: last.len(),
         warm,
@@ -285,16 +304,16 @@ async fn fill_pool(cluster: &Arc<Cluster>, sizes: &FillSizes) -> anyhow::Result<
 
 /// How many new functions to call next, after `called` so far, when
 /// sandboxd's Status (every sandbox paused) is `now`: as many as the pool's
-/// free memory holds at their full limit, since each is idle at its full
+/// free memory holds at their full limit (`memory_mb`), since each is idle at its full
 /// limit until it pauses; at least one, which needs an eviction when none
 /// fits (so the pool is full). The first call alone: it makes the root
 /// zygote, which reserves memory of its own.
-fn batch_size(called: usize, now: &StatusResponse) -> usize {
+fn batch_size(called: usize, now: &StatusResponse, memory_mb: u64) -> usize {
     if called == 0 {
         return 1;
     }
     let free = now.pool_total_mb.saturating_sub(now.pool_reserved_mb);
-    usize::try_from(free / FILL_MEMORY_MB)
+    usize::try_from(free / memory_mb)
         .unwrap_or(MAX_BATCH)
         .clamp(1, MAX_BATCH)
 }
@@ -346,12 +365,13 @@ fn is_frozen(freezer: &Path, unified: &Path, name: &std::ffi::OsStr) -> bool {
             .any(|l| l == "frozen 1")
 }
 
-fn scan(instance: &str) -> anyhow::Result<Density> {
+/// The memory cgroups of `instance` that hold processes, each with its
+/// pids and whether it is frozen.
+fn live_cgroups(instance: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u32>, bool)>> {
     let freezer = Path::new(FREEZER).join(instance);
     let unified = Path::new(UNIFIED).join(instance);
     let memory = Path::new(MEMORY).join(instance);
-    let mut d = Density::default();
-    let (mut pss, mut charged) = (0u64, 0u64);
+    let mut live = Vec::new();
     for dir in std::fs::read_dir(&memory).with_context(|| format!("read {}", memory.display()))? {
         let dir = dir?.path();
         if !dir.is_dir() {
@@ -361,9 +381,26 @@ fn scan(instance: &str) -> anyhow::Result<Density> {
         if pids.is_empty() {
             continue;
         }
-        let name = dir.file_name().context("cgroup name")?;
+        let frozen = is_frozen(&freezer, &unified, dir.file_name().context("cgroup name")?);
+        live.push((dir, pids, frozen));
+    }
+    Ok(live)
+}
+
+/// Paused sandboxes whose processes live: frozen cgroups that hold some.
+fn live_paused(instance: &str) -> anyhow::Result<usize> {
+    Ok(live_cgroups(instance)?
+        .iter()
+        .filter(|(_, _, frozen)| *frozen)
+        .count())
+}
+
+fn scan(instance: &str) -> anyhow::Result<Density> {
+    let mut d = Density::default();
+    let (mut pss, mut charged) = (0u64, 0u64);
+    for (dir, pids, frozen) in live_cgroups(instance)? {
         let kib: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
-        if is_frozen(&freezer, &unified, name) {
+        if frozen {
             d.paused += 1;
             pss += kib;
             charged += read_u64(&dir.join("memory.usage_in_bytes"))?;
@@ -374,7 +411,7 @@ fn scan(instance: &str) -> anyhow::Result<Density> {
         }
     }
     if d.paused == 0 {
-        bail!("no paused sandbox found under {}", memory.display());
+        bail!("no paused sandbox found under {MEMORY}/{instance}");
     }
     d.pss_mib = pss as f64 / 1024.0 / d.paused as f64;
     d.charged_mib = charged as f64 / (1024.0 * 1024.0) / d.paused as f64;
@@ -422,33 +459,43 @@ mod tests {
 
     #[test]
     fn batches_fit_the_free_pool_at_the_full_limit() {
-        assert_eq!(batch_size(0, &pool(4096, 0)), 1, "the zygote's call alone");
-        assert_eq!(batch_size(1, &pool(4096, 256 + 128)), 29);
-        assert_eq!(batch_size(900, &pool(4096, 1600)), 19);
-        assert_eq!(batch_size(900, &pool(65536, 1600)), MAX_BATCH);
-        assert_eq!(batch_size(2400, &pool(4096, 4000)), 1, "one call to evict");
-        assert_eq!(batch_size(30, &pool(4096, 4096)), 1);
+        assert_eq!(
+            batch_size(0, &pool(4096, 0), 128),
+            1,
+            "the zygote's call alone"
+        );
+        assert_eq!(batch_size(1, &pool(4096, 256 + 128), 128), 29);
+        assert_eq!(batch_size(900, &pool(4096, 1600), 128), 19);
+        assert_eq!(batch_size(900, &pool(65536, 1600), 128), MAX_BATCH);
+        assert_eq!(
+            batch_size(2400, &pool(4096, 4000), 128),
+            1,
+            "one call to evict"
+        );
+        assert_eq!(batch_size(30, &pool(4096, 4096), 128), 1);
     }
 
     #[test]
     fn reserved_each_leaves_out_the_zygotes() {
-        let mut at_full = pool(4096, 256 + 2000 * 2);
-        at_full.paused = 2000;
-        at_full.zygotes = vec![sock_proto::v1::ZygoteStatus {
+        let mut at_held = pool(4096, 256 + 2000 * 2);
+        at_held.paused = 2000;
+        at_held.zygotes = vec![sock_proto::v1::ZygoteStatus {
             memory_reserved_mb: 256,
             ..Default::default()
         }];
         let fill = Fill {
             sizes: FillSizes {
                 pool_mb: 4096,
+                memory_mb: 128,
                 warm_calls: 100,
                 within: Duration::from_secs(1),
             },
             functions: 2001,
             held: 2000,
-            at_full,
-            full: Full::Evicted(1),
-            oom_killed: Vec::new(),
+            dead: 0,
+            at_held,
+            end: End::Evicted(1),
+            killed: Vec::new(),
             memory: Density::default(),
             warm_functions: 0,
             warm: Series::new("warm", "call"),

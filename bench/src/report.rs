@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::baselines::{BWRAP, DOCKER, FORK_EXEC};
-use crate::density::{FILL_MEMORY_MB, Fill, Full, IN_FLIGHT, MAX_BATCH};
+use crate::density::{Fill, IN_FLIGHT, MAX_BATCH, PAUSE_AFTER_MS};
 use crate::packages::{self, Mode};
 use crate::plot::{self, Bar};
 use crate::run::{Machine, Results, SockRun};
@@ -193,7 +193,7 @@ fn targets(o: &mut String, r: &Results) -> anyhow::Result<()> {
         .context("no throughput with 8 clients in the run")?
         .1;
     let f = &r.fill;
-    let pool_mb = f.at_full.pool_total_mb;
+    let pool_mb = f.at_held.pool_total_mb;
 
     let _ = writeln!(
         o,
@@ -250,7 +250,7 @@ fn targets(o: &mut String, r: &Results) -> anyhow::Result<()> {
             above(r.tree.churn_rate, 500.0),
         ],
     );
-    let oom = f.oom_killed.len();
+    let (killed, dead) = (f.killed.len(), f.dead);
     row(
         o,
         &[
@@ -258,14 +258,19 @@ fn targets(o: &mut String, r: &Results) -> anyhow::Result<()> {
             "> 2,000, with no running call OOM-killed".into(),
             "—".into(),
             format!(
-                "{} in a {pool_mb} MB pool ({:.1} MB reserved each); {oom} calls OOM-killed",
+                "{} in a {pool_mb} MB pool ({:.1} MB reserved each); {killed} calls killed; \
+                 {dead} counted paused but dead",
                 f.held,
                 f.reserved_per_paused_mb()
             ),
-            match (pool_mb, oom) {
-                (4096, 0) => above(f.held as f64, 2000.0),
-                (4096, _) => format!("**missed**: {oom} calls OOM-killed"),
-                _ => format!("not judged: the pool is {pool_mb} MB, not 4096 (`--quick`)"),
+            if !f.end.full() {
+                format!("**missed**: {}", f.end.describe())
+            } else if killed + dead > 0 {
+                format!("**missed**: {killed} calls killed, {dead} sandboxes dead")
+            } else if pool_mb == 4096 {
+                above(f.held as f64, 2000.0)
+            } else {
+                format!("not judged: the pool is {pool_mb} MB, not 4096 (`--quick`)")
             },
         ],
     );
@@ -536,40 +541,44 @@ fn density_row(o: &mut String, mode: &str, run: &SockRun) {
 
 /// The density run: paused sandboxes until the memory pool is full.
 fn fill_section(o: &mut String, f: &Fill) {
-    let s = &f.at_full;
+    let s = &f.at_held;
     let _ = writeln!(o, "\n## Paused sandboxes until the memory pool is full\n");
     let _ = writeln!(
         o,
         "A cluster of its own whose sandboxd memory pool is {} MB (`SOCK_SANDBOXD_MEM_POOL_MB`), each sandbox \
-         limited to {FILL_MEMORY_MB} MB (`SOCK_SANDBOXD_MEMORY_MB`, the default). New echo functions are pushed \
+         limited to {} MB (`SOCK_SANDBOXD_MEMORY_MB`; 128 by default), paused after {PAUSE_AFTER_MS} ms idle \
+         (`SOCK_SANDBOXD_PAUSE_AFTER_MS`; 500 by default, which only makes the run slower). New echo functions are pushed \
          and each called once through the gateway (a fork of the root zygote), {IN_FLIGHT} calls in flight, in \
          batches no larger than the pool's free memory holds at the sandboxes' full limit (at most {MAX_BATCH}; \
          the first call alone, as it makes the zygote); after each batch sandboxd's `Status` is polled until \
          every sandbox is paused. The pool is full at the first batch after which `Status` counts an eviction, \
-         or in which a call is refused for memory. \"Held\" is the most paused sandboxes `Status` counted at \
-         once, just before that batch or after it; the pool's figures are from that same `Status`, and \
-         \"reserved each\" is what the pool reserved less the zygotes' reservations, divided by the paused \
-         sandboxes. PSS as above, scanned once the pool was full. Then one warm call to each of the last {} \
+         or in which a call is refused for memory (the run stops, not full, after {} s). \"Held\" is the \
+         most paused sandboxes held at once whose processes live (frozen cgroups that hold some), just before \
+         the last batch or after it; \"dead\" is how many more `Status` then counted paused, whose processes had \
+         died; the pool's figures are from that same `Status`, and \
+         \"reserved each\" is what the pool reserved less the zygotes' reservations, divided by the sandboxes `Status` counted paused \
+         (dead ones too). PSS as above, scanned at the end. Then one warm call to each of the last {} \
          functions pushed (at most {}, and only those still paused: the evictions took the first ones pushed), \
          one at a time, each once the previous call's sandbox is paused again: each thaws a paused sandbox \
          while the pool is full.\n",
-        f.sizes.pool_mb, f.warm_functions, f.sizes.warm_calls
+        f.sizes.pool_mb,
+        f.sizes.memory_mb,
+        f.sizes.within.as_secs(),
+        f.warm_functions,
+        f.sizes.warm_calls
     );
-    let full = match &f.full {
-        Full::Evicted(n) => format!("evictions: {n}"),
-        Full::Refused(message) => format!("a call refused: {message}"),
-    };
     header(
         o,
         &[
             "functions pushed and called",
-            "paused held when full",
-            "pool full by",
+            "paused held",
+            "dead",
+            "how it ended",
             "pool reserved of total (zygotes)",
             "reserved each",
             "PSS each (paused scanned)",
             "zygotes' PSS",
-            "calls OOM-killed",
+            "calls killed",
             "time to fill",
         ],
     );
@@ -578,7 +587,8 @@ fn fill_section(o: &mut String, f: &Fill) {
         &[
             f.functions.to_string(),
             f.held.to_string(),
-            full,
+            f.dead.to_string(),
+            f.end.describe(),
             format!(
                 "{} of {} MB ({} MB)",
                 s.pool_reserved_mb,
@@ -591,12 +601,15 @@ fn fill_section(o: &mut String, f: &Fill) {
                 "{:.1} MiB ({} cgroups)",
                 f.memory.zygote_pss_mib, f.memory.zygotes
             ),
-            f.oom_killed.len().to_string(),
+            f.killed.len().to_string(),
             format!("{:.1} s", f.fill_time.as_secs_f64()),
         ],
     );
-    for message in &f.oom_killed {
-        let _ = writeln!(o, "\nOOM-killed: {message}");
+    for message in f.killed.iter().take(3) {
+        let _ = writeln!(o, "\nKilled: {message}");
+    }
+    if f.killed.len() > 3 {
+        let _ = writeln!(o, "\nand {} more calls killed.", f.killed.len() - 3);
     }
     let x = f.warm.summary();
     let _ = writeln!(o);

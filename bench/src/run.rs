@@ -45,6 +45,8 @@ impl Sizes {
                 baseline_calls: 5,
                 fill: FillSizes {
                     pool_mb: 512,
+                    // Small, so that big batches fit the small pool.
+                    memory_mb: 32,
                     warm_calls: 10,
                     within: Duration::from_secs(60),
                 },
@@ -62,6 +64,7 @@ impl Sizes {
                 baseline_calls: 100,
                 fill: FillSizes {
                     pool_mb: 4096,
+                    memory_mb: 128,
                     warm_calls: 100,
                     within: Duration::from_secs(600),
                 },
