@@ -1,6 +1,7 @@
 //! The same cold call without sock: a new process (or container) per call
 //! that reads the event on stdin and prints f(event), as OpenFaaS's classic
-//! watchdog runs functions.
+//! watchdog runs functions. What they need and this machine lacks is
+//! installed first, never skipped.
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,61 +13,115 @@ use crate::stats::Series;
 
 pub const PYTHON: &str = "/usr/bin/python3";
 const IMAGE: &str = "sock-base:bookworm";
+const FLOOR: &str = "python3 -c pass (floor)";
+/// Labels the report looks up (the floors of issue 15's targets among them).
+pub const FORK_EXEC: &str = "fork-exec python3 f.py";
+pub const BWRAP: &str = "bwrap --unshare-all + python3 f.py";
+pub const DOCKER: &str = "docker run --rm";
 const RUNNER: &str = include_str!("../runner.py");
 const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
-
-/// A baseline that ran, or why it did not.
-pub enum Outcome {
-    Ran(Series),
-    Skipped { label: String, why: String },
-}
 
 struct Method {
     label: &'static str,
     argv: Vec<String>,
     /// Calls relative to the cheap methods (Docker and gVisor are slow).
     share: f64,
-    missing: Option<String>,
 }
+
+/// Programs the baselines run that may be missing, and the Debian
+/// package of each.
+const PACKAGES: [(&str, &str); 2] = [("bwrap", "bubblewrap"), ("runsc", "runsc")];
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
+/// Runs `program args`, its output on ours; fails naming the command.
+fn run_shown(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let command = format!("{program} {}", args.join(" "));
+    eprintln!("sock-bench: running `{command}`");
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("start `{command}`"))?;
+    if !status.success() {
+        bail!("`{command}` failed ({status}); the baselines need it, see its output above");
+    }
+    Ok(())
+}
+
+/// Installs what the baselines need and this machine lacks, so that none
+/// is skipped: bubblewrap and runsc from Debian (one `apt-get install`),
+/// and the image of `docker run` through scripts/base-image (debootstrap
+/// of Debian bookworm, a few minutes, once per machine).
+pub fn install() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "sock-bench: installing {} for the baselines",
+            missing.join(", ")
+        );
+        let apt = [("DEBIAN_FRONTEND", "noninteractive")];
+        run_shown("apt-get", &["update", "-qq"], &apt)?;
+        let mut args = vec!["install", "-y", "-qq"];
+        args.extend(&missing);
+        run_shown("apt-get", &args, &apt)?;
+        if let Some((program, package)) = PACKAGES.iter().find(|(p, _)| !on_path(p)) {
+            bail!("apt-get installed {package}, yet `{program}` is not on PATH");
+        }
+    }
+    if !on_path("docker") {
+        bail!("`docker` is not installed; the `docker run --rm` baseline needs Docker");
+    }
+    let server = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .context("start `docker version`")?;
+    if !server.status.success() {
+        bail!(
+            "Docker is not running (`docker version` failed: {}); the `docker run --rm` baseline needs it",
+            String::from_utf8_lossy(&server.stderr).trim()
+        );
+    }
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("start `docker image inspect`")?;
+    if !image.success() {
+        eprintln!(
+            "sock-bench: image {IMAGE} missing; building it (debootstrap of Debian bookworm, a few minutes)"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image");
+        run_shown(
+            &script.display().to_string(),
+            &[],
+            &[("SOCK_BASE_IMAGE", IMAGE)],
+        )?;
+    }
+    Ok(())
+}
+
 fn methods(code: &str) -> Vec<Method> {
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_string()).collect::<Vec<_>>();
     let runner = format!("{code}/runner.py");
-    let need = |program: &str, install: &str| {
-        (!on_path(program)).then(|| format!("`{program}` not installed ({install})"))
-    };
-    let docker_missing = if !on_path("docker") {
-        Some("`docker` not installed".to_string())
-    } else {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", IMAGE])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        (!ok).then(|| {
-            format!(
-                "image {IMAGE} missing or Docker not running (build it with scripts/base-image)"
-            )
-        })
-    };
     vec![
         Method {
-            label: "python3 -c pass (floor)",
+            label: FLOOR,
             argv: s(&[PYTHON, "-c", "pass"]),
             share: 1.0,
-            missing: None,
         },
         Method {
-            label: "fork-exec python3 f.py",
+            label: FORK_EXEC,
             argv: s(&[PYTHON, &runner, code]),
             share: 1.0,
-            missing: None,
         },
         Method {
             label: "unshare (5 namespaces)",
@@ -75,10 +130,9 @@ fn methods(code: &str) -> Vec<Method> {
                 &runner, code,
             ]),
             share: 1.0,
-            missing: need("unshare", "apt install util-linux"),
         },
         Method {
-            label: "bwrap",
+            label: BWRAP,
             argv: s(&[
                 "bwrap",
                 "--ro-bind",
@@ -110,16 +164,14 @@ fn methods(code: &str) -> Vec<Method> {
                 "/code",
             ]),
             share: 1.0,
-            missing: need("bwrap", "apt install bubblewrap"),
         },
         Method {
             label: "gVisor runsc do",
             argv: s(&["runsc", "--network=none", "do", PYTHON, &runner, code]),
             share: 0.3,
-            missing: need("runsc", "apt install runsc"),
         },
         Method {
-            label: "docker run --rm",
+            label: DOCKER,
             argv: s(&[
                 "docker",
                 "run",
@@ -135,7 +187,6 @@ fn methods(code: &str) -> Vec<Method> {
                 "/code",
             ]),
             share: 0.2,
-            missing: docker_missing,
         },
     ]
 }
@@ -187,40 +238,23 @@ fn one_call(argv: &[String], check: bool) -> anyhow::Result<Duration> {
 }
 
 /// Runs every baseline `calls` times (fewer for the slow ones), after one
-/// uncounted call each.
-pub fn run(code: &Path, calls: usize) -> Vec<Outcome> {
+/// uncounted call each, once [`install`] has made them all runnable. A
+/// baseline that fails fails the run: none is ever left out.
+pub fn run(code: &Path, calls: usize) -> anyhow::Result<Vec<Series>> {
     let code = code.display().to_string();
     let mut results = Vec::new();
     for m in methods(&code) {
-        if let Some(why) = m.missing {
-            eprintln!("sock-bench: skipping {}: {why}", m.label);
-            results.push(Outcome::Skipped {
-                label: m.label.into(),
-                why,
-            });
-            continue;
-        }
         let n = ((calls as f64 * m.share).ceil() as usize).max(3);
         eprintln!("sock-bench: {} × {n}", m.label);
-        let check = m.label != "python3 -c pass (floor)";
+        let check = m.label != FLOOR;
         let mut series = Series::new(m.label, m.argv.join(" "));
-        let ran = (0..=n).try_for_each(|i| {
-            let took = one_call(&m.argv, check)?;
+        for i in 0..=n {
+            let took = one_call(&m.argv, check).with_context(|| format!("baseline {}", m.label))?;
             if i > 0 {
                 series.samples.push(took);
             }
-            anyhow::Ok(())
-        });
-        match ran {
-            Ok(()) => results.push(Outcome::Ran(series)),
-            Err(e) => {
-                eprintln!("sock-bench: {} failed: {e:#}", m.label);
-                results.push(Outcome::Skipped {
-                    label: m.label.into(),
-                    why: format!("failed: {e:#}"),
-                });
-            }
         }
+        results.push(series);
     }
-    results
+    Ok(results)
 }

@@ -1,6 +1,7 @@
-//! One benchmark run: two sock clusters (zygotes on, then off), then the
-//! baselines, on the same machine, one after the other. Also the helpers
-//! every phase shares: the binaries, the machine, starting a cluster.
+//! One benchmark run: two sock clusters (zygotes on, then off), the
+//! density run's cluster, then the baselines, on the same machine, one
+//! after the other. Also the helpers every phase shares: the binaries, the
+//! machine, starting a cluster.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use anyhow::{Context, bail};
 use sock_e2e::cluster::Cluster;
 
 use crate::baselines;
-use crate::density::{self, Density};
+use crate::density::{self, Density, Fill, FillSizes};
 use crate::sock;
 use crate::stats::Series;
 
@@ -26,6 +27,7 @@ pub struct Sizes {
     pub churn_clients: usize,
     pub churn_time: Duration,
     pub baseline_calls: usize,
+    pub fill: FillSizes,
 }
 
 impl Sizes {
@@ -41,6 +43,13 @@ impl Sizes {
                 churn_clients: 2,
                 churn_time: Duration::from_secs(1),
                 baseline_calls: 5,
+                fill: FillSizes {
+                    pool_mb: 512,
+                    // Small, so that big batches fit the small pool.
+                    memory_mb: 32,
+                    warm_calls: 10,
+                    within: Duration::from_secs(60),
+                },
             }
         } else {
             Sizes {
@@ -53,6 +62,12 @@ impl Sizes {
                 churn_clients: 2,
                 churn_time: Duration::from_secs(10),
                 baseline_calls: 100,
+                fill: FillSizes {
+                    pool_mb: 4096,
+                    memory_mb: 128,
+                    warm_calls: 100,
+                    within: Duration::from_secs(600),
+                },
             }
         }
     }
@@ -94,7 +109,9 @@ pub struct Results {
     pub tree: SockRun,
     /// import_cache = off: every cold start is a fresh sandbox.
     pub fresh: SockRun,
-    pub baselines: Vec<baselines::Outcome>,
+    pub baselines: Vec<Series>,
+    /// The density run: paused sandboxes until the pool is full.
+    pub fill: Fill,
 }
 
 fn sh(program: &str, args: &[&str], dir: &Path) -> String {
@@ -254,6 +271,9 @@ async fn cold_run(
 }
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
+    // Before anything is measured, so a baseline that cannot be installed
+    // fails the run at once.
+    tokio::task::spawn_blocking(baselines::install).await??;
     let sizes = Sizes::new(quick);
     let mut machine = machine(bin);
 
@@ -309,11 +329,17 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
     .await?;
     stop(cluster).await?;
 
+    eprintln!(
+        "sock-bench: density: paused sandboxes until the {} MB pool is full",
+        sizes.fill.pool_mb
+    );
+    let fill = density::fill(bin, &sizes.fill).await?;
+
     let code = tempfile::Builder::new().prefix("sock-bench-").tempdir()?;
     baselines::write_code(code.path(), sock::ECHO)?;
     let calls = sizes.baseline_calls;
     let path = code.path().to_path_buf();
-    let baselines = tokio::task::spawn_blocking(move || baselines::run(&path, calls)).await?;
+    let baselines = tokio::task::spawn_blocking(move || baselines::run(&path, calls)).await??;
     machine.load_after = loadavg();
     Ok(Results {
         quick,
@@ -325,6 +351,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
         tree,
         fresh,
         baselines,
+        fill,
     })
 }
 

@@ -77,6 +77,45 @@ async fn echo(client: &mut GatewayClient<Authed>, name: &str) -> anyhow::Result<
     }
 }
 
+/// How a call of the density run ended, other than echoing its event.
+pub enum Refusal {
+    /// The platform killed the call: out of memory, or its process died.
+    Killed(String),
+    /// The node's memory pool had no room for the call by its deadline.
+    PoolFull(String),
+}
+
+/// One echo call that may be refused: `Ok(None)` when the event came back
+/// unchanged, the refusal when the pool was full or the call was killed
+/// (OOM or its process died); any other answer is an error.
+pub async fn echo_or_refused(
+    client: &mut GatewayClient<Authed>,
+    name: &str,
+) -> anyhow::Result<Option<Refusal>> {
+    match invoke(client, name).await {
+        Ok(Outcome::Result(r)) if r.iter().filter(|b| **b != b' ').eq(PAYLOAD) => Ok(None),
+        Ok(Outcome::Error(e))
+            if e.kind == ErrorKind::OutOfMemory as i32 || e.kind == ErrorKind::Killed as i32 =>
+        {
+            Ok(Some(Refusal::Killed(format!(
+                "{name}: {:?}: {}",
+                e.kind(),
+                e.message
+            ))))
+        }
+        Ok(other) => bail!("{name} answered {other:?}"),
+        Err(e) => match e.downcast_ref::<tonic::Status>() {
+            Some(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && s.message().contains("memory pool") =>
+            {
+                Ok(Some(Refusal::PoolFull(s.message().to_string())))
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 /// Per-call latency of `calls` echo calls by each of `clients` concurrent
 /// clients (own connections), after `warmup` uncounted calls each.
 pub async fn warm_latency(
