@@ -47,7 +47,30 @@ fn run_shown(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Resu
         .status()
         .with_context(|| format!("start `{command}`"))?;
     if !status.success() {
-        bail!("`{command}` failed ({status}); the baselines need it, see its output above");
+        bail!("`{command}` failed ({status}); sock-bench needs it, see its output above");
+    }
+    Ok(())
+}
+
+/// Installs from Debian the packages of the (program, package) pairs
+/// whose program is not on PATH, in one `apt-get install`.
+pub fn apt_install(programs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("sock-bench: installing {}", missing.join(", "));
+    let apt = [("DEBIAN_FRONTEND", "noninteractive")];
+    run_shown("apt-get", &["update", "-qq"], &apt)?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    run_shown("apt-get", &args, &apt)?;
+    if let Some((program, package)) = programs.iter().find(|(p, _)| !on_path(p)) {
+        bail!("apt-get installed {package}, yet `{program}` is not on PATH");
     }
     Ok(())
 }
@@ -57,25 +80,7 @@ fn run_shown(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Resu
 /// and the image of `docker run` through scripts/base-image (debootstrap
 /// of Debian bookworm, a few minutes, once per machine).
 pub fn install() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| *package)
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "sock-bench: installing {} for the baselines",
-            missing.join(", ")
-        );
-        let apt = [("DEBIAN_FRONTEND", "noninteractive")];
-        run_shown("apt-get", &["update", "-qq"], &apt)?;
-        let mut args = vec!["install", "-y", "-qq"];
-        args.extend(&missing);
-        run_shown("apt-get", &args, &apt)?;
-        if let Some((program, package)) = PACKAGES.iter().find(|(p, _)| !on_path(p)) {
-            bail!("apt-get installed {package}, yet `{program}` is not on PATH");
-        }
-    }
+    apt_install(&PACKAGES)?;
     if !on_path("docker") {
         bail!("`docker` is not installed; the `docker run --rm` baseline needs Docker");
     }

@@ -19,10 +19,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sock_e2e::otlp::{OtlpReceiver, Span};
 
+use crate::baselines;
 use crate::run::{self, Machine};
 use crate::sock;
 use crate::stats::Summary;
 
+const PERF: &str = "perf";
 /// The gateway's server span of an Invoke: the root of a call's trace.
 const INVOKE_ROOT: &str = "grpc /sock.v1.Gateway/Invoke";
 /// Samples per second per CPU; an odd rate so sampling does not beat with
@@ -101,7 +103,7 @@ pub struct Results {
 }
 
 pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results> {
-    let perf = perf_program()?;
+    baselines::apt_install(&[(PERF, "linux-perf")])?;
     let sizes = Sizes::new(quick);
     let mut machine = run::machine(bin);
     machine.load_before = run::loadavg();
@@ -168,41 +170,32 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
         )
         .await?;
         sock::first_calls(&cluster, &names[..1], Duration::ZERO).await?;
-        let recording = Recording::start(&perf, out, "flame-cold")?;
+        let recording = Recording::start(out, "flame-cold")?;
         sock::first_calls(&cluster, &names[1..], Duration::ZERO).await?;
-        flames.push(recording.finish(
-            &perf,
-            &format!(
-                "{} cold starts back to back, forked from the root zygote",
-                sizes.flame_cold
-            ),
-        )?);
+        flames.push(recording.finish(&format!(
+            "{} cold starts back to back, forked from the root zygote",
+            sizes.flame_cold
+        ))?);
 
         sock::push(&cluster, "warm", &[("f.py", sock::ECHO)]).await?;
         sock::throughput(&cluster, "warm", 8, Duration::from_secs(1)).await?;
-        let recording = Recording::start(&perf, out, "flame-warm8")?;
+        let recording = Recording::start(out, "flame-warm8")?;
         sock::throughput(&cluster, "warm", 8, sizes.flame_warm).await?;
-        flames.push(recording.finish(
-            &perf,
-            &format!(
-                "8 clients calling a warm function for {} s",
-                sizes.flame_warm.as_secs()
-            ),
-        )?);
+        flames.push(recording.finish(&format!(
+            "8 clients calling a warm function for {} s",
+            sizes.flame_warm.as_secs()
+        ))?);
     }
     {
         let cluster = run::start(bin, &FRESH);
         let names =
             sock::push_all(&cluster, "fresh", &[("f.py", sock::ECHO)], sizes.flame_cold).await?;
-        let recording = Recording::start(&perf, out, "flame-fresh")?;
+        let recording = Recording::start(out, "flame-fresh")?;
         sock::first_calls(&cluster, &names, Duration::ZERO).await?;
-        flames.push(recording.finish(
-            &perf,
-            &format!(
-                "{} fresh sandboxes back to back (import cache off)",
-                sizes.flame_cold
-            ),
-        )?);
+        flames.push(recording.finish(&format!(
+            "{} fresh sandboxes back to back (import cache off)",
+            sizes.flame_cold
+        ))?);
     }
     machine.load_after = run::loadavg();
     Ok(Results {
@@ -300,30 +293,6 @@ async fn breakdown(
     })
 }
 
-/// `perf`, installed from Debian when missing.
-fn perf_program() -> anyhow::Result<PathBuf> {
-    let found = |name: &str| {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    };
-    if let Some(perf) = found("perf") {
-        return Ok(perf);
-    }
-    eprintln!("sock-bench: perf is missing; apt-get install -y linux-perf");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "linux-perf"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("run apt-get install linux-perf")?;
-    if !status.success() {
-        bail!("apt-get install -y linux-perf failed ({status}); install perf and run again");
-    }
-    found("perf").context("linux-perf installed but no perf on PATH")
-}
-
 /// `perf record -a -g` running until [`finish`](Recording::finish).
 struct Recording {
     child: Child,
@@ -332,10 +301,10 @@ struct Recording {
 }
 
 impl Recording {
-    fn start(perf: &Path, out: &Path, name: &str) -> anyhow::Result<Recording> {
+    fn start(out: &Path, name: &str) -> anyhow::Result<Recording> {
         let data =
             std::env::temp_dir().join(format!("sock-bench-{name}-{}.data", std::process::id()));
-        let child = Command::new(perf)
+        let child = Command::new(PERF)
             .args(["record", "-a", "-g", "-F", PERF_HZ, "-q", "-o"])
             .arg(&data)
             .stdin(Stdio::null())
@@ -354,7 +323,7 @@ impl Recording {
 
     /// Stops perf, folds its stacks (root frame: the process) and writes
     /// the flame graph.
-    fn finish(mut self, perf: &Path, label: &str) -> anyhow::Result<Flame> {
+    fn finish(mut self, label: &str) -> anyhow::Result<Flame> {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).context("perf's pid")?);
         kill(pid, Signal::SIGINT).context("stop perf record")?;
         let status = self.child.wait().context("wait for perf record")?;
@@ -364,7 +333,7 @@ impl Recording {
             bail!("perf record failed ({status})");
         }
         // `+pid`: "comm pid/tid", which the folder needs to name the pid.
-        let script = Command::new(perf)
+        let script = Command::new(PERF)
             .args(["script", "-F", "+pid", "-i"])
             .arg(&self.data)
             .stderr(Stdio::null())
