@@ -3,11 +3,13 @@
 //! OL_WSGI_ENTRY naming an attribute), the WSGI environ it builds for
 //! `/run/<name>/<path>`, names of both cases, and `reuse-sandbox: false`.
 //! The functions are our own, written to behave like OpenLambda's examples.
+use std::time::Duration;
+
 use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::wheels::readable_pypi_wheels;
-use sock_proto::v1::StatusRequest;
 use sock_proto::v1::invoke_response::Outcome;
+use sock_proto::v1::{StatusRequest, StatusResponse};
 use tonic::Code;
 
 /// An HTTP client that sends the cluster's invoke token.
@@ -291,11 +293,20 @@ async fn reuse_sandbox_false_gives_every_call_a_fresh_sandbox_and_keeps_none() {
     assert_eq!(first[1], 1, "a fresh sandbox has served no call before");
     assert_eq!(second[1], 1, "a fresh sandbox has served no call before");
     assert_ne!(first[0], second[0], "two calls, two sandboxes");
-    let status = sandboxd
-        .status(StatusRequest::default())
-        .await
-        .expect("status")
-        .into_inner();
+    // Each is torn down after its answer, off the call's path: soon, and
+    // without another call.
+    let mut status = StatusResponse::default();
+    for _ in 0..500 {
+        status = sandboxd
+            .status(StatusRequest::default())
+            .await
+            .expect("status")
+            .into_inner();
+        if status.sandboxes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         status.sandboxes, 0,
         "nothing kept after the calls: {status:?}"
