@@ -348,18 +348,16 @@ async fn a_full_pool_makes_a_call_wait_until_memory_frees() {
 /// new one.
 const COUNTING_SLEEPER: &str = "import time\n\nn = 0\n\ndef f(event):\n    global n\n    n += 1\n    time.sleep((event or {}).get('sleep', 0))\n    return n\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_sandbox_holds_only_what_it_uses_and_thaws_once_its_limit_is_back() {
-    // 320 MB: a paused sandbox and two running 128 MB ones fit only if the
-    // paused one holds what it uses (see assert_pool_matches), not its limit.
-    let Some(node) = start("pausedpool", |c| {
+/// A node with a 320 MB pool and functions a, b and c (counting
+/// sleepers), once a's first call is over and its sandbox paused: a paused
+/// sandbox and two running 128 MB ones fit only if the paused one holds
+/// what it uses (see assert_pool_matches), not its limit.
+async fn a_paused_and_room_for_b_and_c(test: &str) -> Option<(Node, StatusResponse)> {
+    let node = start(test, |c| {
         c.mem_pool_mb = 320;
         c.pause_after_ms = 100;
     })
-    .await
-    else {
-        return;
-    };
+    .await?;
     for name in ["a", "b", "c"] {
         node.publish(name, 1, COUNTING_SLEEPER, Function::default());
     }
@@ -368,6 +366,14 @@ async fn a_paused_sandbox_holds_only_what_it_uses_and_thaws_once_its_limit_is_ba
         1
     );
     let status = node.wait_for("a paused", |s| s.paused == 1).await;
+    Some((node, status))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sandbox_holds_only_what_it_uses_and_thaws_once_its_limit_is_back() {
+    let Some((node, status)) = a_paused_and_room_for_b_and_c("pausedpool").await else {
+        return;
+    };
     let paused_mb = status.pool_reserved_mb - zygotes_mb(&status);
     assert!(
         (1..=64).contains(&paused_mb),
@@ -407,19 +413,9 @@ async fn a_paused_sandbox_holds_only_what_it_uses_and_thaws_once_its_limit_is_ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sandbox_that_cannot_get_its_limit_back_in_time_is_destroyed_and_the_call_refused()
 {
-    let Some(node) = start("nothaw", |c| {
-        c.mem_pool_mb = 320;
-        c.pause_after_ms = 100;
-    })
-    .await
-    else {
+    let Some((node, _)) = a_paused_and_room_for_b_and_c("nothaw").await else {
         return;
     };
-    for name in ["a", "b", "c"] {
-        node.publish(name, 1, COUNTING_SLEEPER, Function::default());
-    }
-    node.invoke("a", 1, "", 20_000).await.expect("a");
-    node.wait_for("a paused", |s| s.paused == 1).await;
     let busy = [
         sleep_in_background(&node, "b", 3.0),
         sleep_in_background(&node, "c", 3.0),
