@@ -284,7 +284,10 @@ async fn breakdown(
         })
         .collect();
     rows.sort_by(|a, b| a.start.p50.total_cmp(&b.start.p50));
-    let totals: Vec<Duration> = roots.iter().map(Span::duration).collect();
+    let totals: Vec<Duration> = roots
+        .iter()
+        .map(|r| Duration::from_nanos(r.end_unix_ns.saturating_sub(r.start_unix_ns)))
+        .collect();
     Ok(Breakdown {
         label: label.into(),
         calls: roots.len(),

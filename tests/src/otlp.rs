@@ -48,10 +48,6 @@ impl Span {
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
-
-    pub fn duration(&self) -> Duration {
-        Duration::from_nanos(self.end_unix_ns.saturating_sub(self.start_unix_ns))
-    }
 }
 
 /// `wait_for` gave up; holds what had arrived, for the failure message.
