@@ -18,7 +18,7 @@ pub use auth::{
 pub use ceilings::{Ceilings, OverCeiling};
 pub use config::{ConfigError, list_or_commas, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
-pub use server::{bind, with_standard_services};
+pub use server::{bind, grpc_incoming, http_incoming, with_standard_services};
 pub use shutdown::shutdown_on_signals;
 pub use start::{Started, start};
 

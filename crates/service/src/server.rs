@@ -1,7 +1,9 @@
 //! The parts of a gRPC server every sock service carries.
-use tokio::net::TcpListener;
+use axum::serve::{ListenerExt, TapIo};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_reflection::server::Builder;
@@ -11,6 +13,24 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A gRPC server's connections from `listener`, with Nagle's algorithm
+/// off: a reply's frames go out as they are written, not held back until
+/// the peer acknowledges the last ones.
+pub fn grpc_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// [`grpc_incoming`] for an HTTP (axum) server.
+pub fn http_incoming(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(no_delay)
+}
+
+fn no_delay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot turn Nagle's algorithm off on a connection");
+    }
 }
 
 /// Starts a router with `grpc.health.v1` (answering from `health`) and
@@ -52,7 +72,6 @@ fn reflection() -> Builder<'static> {
 
 #[cfg(test)]
 mod tests {
-    use tokio_stream::wrappers::TcpListenerStream;
     use tonic_reflection::pb::{v1, v1alpha};
 
     use super::*;
@@ -95,10 +114,7 @@ mod tests {
         let (health, _) = tonic_health::server::health_reporter();
         let stop = tokio_util::sync::CancellationToken::new();
         let server = with_standard_services(&mut Server::builder(), health)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stop.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(grpc_incoming(listener), stop.clone().cancelled_owned());
         let served = tokio::spawn(server);
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")

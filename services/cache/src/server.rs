@@ -7,7 +7,6 @@ use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, TreeRequest, 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
@@ -78,7 +77,10 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
     sock_service::with_standard_services(&mut server, health)
         .add_service(CacheServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            sock_service::grpc_incoming(listener),
+            stop.cancelled_owned(),
+        )
         .await
         .map_err(Error::Serve)
 }

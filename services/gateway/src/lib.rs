@@ -34,7 +34,6 @@ use sock_proto::v1::gateway_server::GatewayServer;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_telemetry::grpc::ServerTraceLayer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -169,7 +168,10 @@ pub async fn run(
         ));
     let grpc_server = sock_service::with_standard_services(&mut server, health)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            sock_service::grpc_incoming(grpc),
+            stop.clone().cancelled_owned(),
+        );
 
     let openlambda = Arc::new(openlambda::OpenLambda {
         registry: registry_admin,
@@ -187,7 +189,8 @@ pub async fn run(
     let app = http::router(state, openlambda)
         .layer(auth)
         .layer(sock_telemetry::http::ServerTraceLayer);
-    let http_server = axum::serve(http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http_server = axum::serve(sock_service::http_incoming(http), app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
 
     // One server failing stops the other rather than leaving half a
     // gateway. The cron scheduler and the Kafka consumers stop with them

@@ -9,7 +9,6 @@ use sock_proto::v1::{
     PushFunctionRequest,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -118,7 +117,10 @@ pub(crate) async fn serve(
         .layer(MapResponseLayer::new(too_large));
     sock_service::with_standard_services(&mut server, health)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            sock_service::grpc_incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

@@ -52,7 +52,7 @@ pub(crate) async fn serve(
         .layer(sock_service::AuthLayer::new(tokens, |_| {
             sock_service::Access::Node
         }));
-    axum::serve(listener, app)
+    axum::serve(sock_service::http_incoming(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(Error::Http)

@@ -15,7 +15,7 @@ use sock_proto::v1::{
 };
 use sock_service::AuthedChannel;
 use sock_telemetry::grpc::ServerTraceLayer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
@@ -427,7 +427,7 @@ pub async fn run(
     let (serve, _socket_file) = match listener {
         Listener::Tcp(listener) => (
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+                .serve_with_incoming_shutdown(sock_service::grpc_incoming(listener), stopping)
                 .boxed(),
             None,
         ),
