@@ -58,7 +58,8 @@ pub struct Config {
     pub ceilings: sock_service::Ceilings,
     /// Size of each sandbox's `/tmp`; its pages count against memory_mb.
     pub tmp_mb: u64,
-    /// Memory all sandboxes together may reserve (each its memory limit);
+    /// Memory all sandboxes together may reserve (each its memory limit,
+    /// a paused one only what it uses);
     /// 0 means the machine's total RAM minus 500 MB.
     pub mem_pool_mb: u64,
     /// An idle sandbox is paused (frozen, memory limit shrunk to its use)
