@@ -47,6 +47,8 @@ pub(crate) enum Why {
     Shutdown,
     /// Pausing or unpausing failed.
     Broken,
+    /// Its runtime died while it waited idle or paused.
+    Died,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,15 @@ impl SafeSandbox {
 
     pub fn last_used(&self) -> Instant {
         self.inner().last_used
+    }
+
+    /// Whether it waits idle or paused with its runtime gone (killed from
+    /// outside, or with its zygote).
+    pub fn dead_while_waiting(&self) -> bool {
+        match &self.inner().state {
+            State::Idle(sandbox) | State::Paused(sandbox) => sandbox.peer_closed(),
+            State::Running | State::Destroyed => false,
+        }
     }
 
     /// Memory the sandbox's cgroup charges right now; 0 once destroyed.

@@ -12,7 +12,8 @@
 //! when the machine runs low, by destroying paused sandboxes first, then
 //! idle ones and childless zygotes, least recently used first (a zygote
 //! before a sandbox of the same age); running ones and zygotes with live
-//! children never.
+//! children never. Idle and paused sandboxes whose runtime died while they
+//! waited are swept away every second.
 //!
 //! A cold start with an import-cache chain forks from that chain's zygote
 //! (made lazily by the zygote [`Tree`]); without one, or when the zygote
@@ -42,6 +43,9 @@ use crate::zygote::ZygoteSpec;
 
 /// How often the free-memory watcher looks at the machine.
 const MEMINFO_PERIOD: Duration = Duration::from_secs(1);
+/// How often idle and paused sandboxes are checked for a runtime that died
+/// while they waited.
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// The pool's size when `mem_pool_mb` is 0: RAM minus this.
 const HOST_RESERVE_MB: u64 = 500;
 /// How long shutdown waits for killed sandboxes to be torn down.
@@ -234,6 +238,7 @@ impl Manager {
             teardowns: Arc::new(Semaphore::new(TEARDOWNS_IN_FLIGHT)),
         });
         tokio::spawn(evictor(Arc::downgrade(&manager), manager.stop.clone()));
+        tokio::spawn(sweeper(Arc::downgrade(&manager), manager.stop.clone()));
         if min_free_mb > 0 {
             tokio::spawn(memory_watcher(
                 Arc::downgrade(&manager),
@@ -759,6 +764,56 @@ async fn evictor(manager: Weak<Manager>, stop: CancellationToken) {
             if !manager.evict_one().await {
                 break;
             }
+        }
+    }
+}
+
+/// Destroys the idle and paused sandboxes whose runtime died while they
+/// waited (killed from outside, or with their zygote), so that neither
+/// Status nor the pool counts them until a call or the evictor finds them.
+async fn sweeper(manager: Weak<Manager>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        // Checked outside the lock calls take (a syscall per sandbox).
+        let waiting: Vec<Arc<SafeSandbox>> =
+            manager.warm().idle.values().flatten().cloned().collect();
+        let dead: Vec<Arc<SafeSandbox>> = waiting
+            .into_iter()
+            .filter(|s| s.dead_while_waiting())
+            .collect();
+        if dead.is_empty() {
+            continue;
+        }
+        // Only those still waiting: a call may have taken one meanwhile,
+        // and finds it dead itself.
+        let dead: Vec<Arc<SafeSandbox>> = {
+            let mut warm = manager.warm();
+            let mut removed = Vec::new();
+            for list in warm.idle.values_mut() {
+                list.retain(|s| {
+                    let gone = dead.iter().any(|d| Arc::ptr_eq(d, s));
+                    if gone {
+                        removed.push(s.clone());
+                    }
+                    !gone
+                });
+            }
+            removed
+        };
+        if !dead.is_empty() {
+            tracing::warn!(
+                sandboxes = dead.len(),
+                "idle or paused sandboxes whose runtime died; destroying them"
+            );
+            dead.iter().for_each(|s| s.exited());
+            destroy_in_background(dead, Why::Died);
         }
     }
 }

@@ -66,6 +66,29 @@ impl Node {
         cgroup_dir(controller, &self.config.instance)
     }
 
+    /// The freezer cgroups of this instance that hold processes and are
+    /// frozen: cgroup2's freezer where the machine mounts cgroup2 (a killed
+    /// daemon cannot leave unkillable tasks), else v1's.
+    fn frozen_cgroups(&self) -> Vec<PathBuf> {
+        let (freezer, state_file, frozen_state) = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+            ("unified", "cgroup.events", "frozen 1")
+        } else {
+            ("freezer", "freezer.state", "FROZEN")
+        };
+        std::fs::read_dir(self.cgroup_root(freezer))
+            .expect("freezer dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+            })
+            .filter(|p| {
+                std::fs::read_to_string(p.join(state_file))
+                    .is_ok_and(|state| state.lines().any(|l| l == frozen_state))
+            })
+            .collect()
+    }
+
     /// The pids in every cgroup of this instance.
     fn sandbox_pids(&self) -> Vec<i32> {
         pids_below(&self.cgroup_root("pids"))
@@ -241,31 +264,11 @@ def f(event):
     assert!(!pids.is_empty());
     // The sandbox's cgroup is frozen; the zygote it was forked from is
     // not (it has processes too, and serves forks).
-    // cgroup2's freezer where the machine mounts cgroup2 (a killed daemon
-    // cannot leave unkillable tasks), else v1's.
-    let (freezer, state_file, frozen_state) = if Path::new("/sys/fs/cgroup/unified").is_dir() {
-        ("unified", "cgroup.events", "frozen 1")
-    } else {
-        ("freezer", "freezer.state", "FROZEN")
-    };
-    let frozen: Vec<(PathBuf, String)> = std::fs::read_dir(node.cgroup_root(freezer))
-        .expect("freezer dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
-        })
-        .map(|p| {
-            let state = std::fs::read_to_string(p.join(state_file)).expect("state");
-            (p, state)
-        })
-        .filter(|(_, state)| state.lines().any(|l| l == frozen_state || l == "FREEZING"))
-        .collect();
+    let frozen = node.frozen_cgroups();
     assert_eq!(frozen.len(), 1, "{frozen:?}");
-    assert!(frozen[0].1.lines().any(|l| l == frozen_state), "{frozen:?}");
     let limit: u64 = std::fs::read_to_string(
         node.cgroup_root("memory")
-            .join(frozen[0].0.file_name().expect("name"))
+            .join(frozen[0].file_name().expect("name"))
             .join("memory.limit_in_bytes"),
     )
     .expect("limit")
@@ -307,6 +310,42 @@ fn sleep_in_background(
         30_000,
     );
     tokio::spawn(async move { client.invoke(request).await.map(Response::into_inner) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sandbox_whose_runtime_is_killed_is_forgotten_and_its_memory_freed() {
+    let Some(node) = start("diedpaused", |c| c.pause_after_ms = 100).await else {
+        return;
+    };
+    node.publish("counter", 1, COUNTER, Function::default());
+    assert_eq!(
+        result(&node.invoke("counter", 1, "", 20_000).await.expect("first")),
+        1
+    );
+    node.wait_for("the sandbox paused", |s| s.paused == 1).await;
+    let frozen = node.frozen_cgroups();
+    assert_eq!(frozen.len(), 1, "{frozen:?}");
+    // Killed from outside while frozen (cgroup2's freezer lets SIGKILL
+    // through), as an OOM kill of its zygote would take it.
+    let procs = std::fs::read_to_string(frozen[0].join("cgroup.procs")).expect("procs");
+    for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // Forgotten, and its memory back in the pool once torn down, with no
+    // call to find it.
+    node.wait_for("the dead sandbox forgotten and its memory freed", |s| {
+        s.sandboxes == 0 && s.pool_reserved_mb == zygotes_mb(s)
+    })
+    .await;
+    assert_eq!(
+        result(&node.invoke("counter", 1, "", 20_000).await.expect("again")),
+        1,
+        "the next call starts a new sandbox"
+    );
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
