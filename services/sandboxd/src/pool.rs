@@ -191,8 +191,11 @@ impl MemoryPool {
     /// Reserves `mb` only if it is free now and no call waits: for what
     /// merely speeds calls up (zygotes), never at a call's expense.
     pub fn try_reserve(self: &Arc<Self>, mb: u64) -> Option<Reservation> {
-        let kib = mb.saturating_mul(KIB_PER_MB);
-        let mut state = self.state();
+        self.take_now(&mut self.state(), mb.saturating_mul(KIB_PER_MB))
+    }
+
+    /// Takes `kib` at once if no one waits and it fits.
+    fn take_now(self: &Arc<Self>, state: &mut State, kib: u64) -> Option<Reservation> {
         if !state.queue.is_empty() || state.reserved_kib + kib > self.total_kib {
             return None;
         }
@@ -230,12 +233,8 @@ impl MemoryPool {
         let started = Instant::now();
         let (id, mut rx) = {
             let mut state = self.state();
-            if state.queue.is_empty() && state.reserved_kib + kib <= self.total_kib {
-                state.reserved_kib += kib;
-                return Ok(Reservation {
-                    pool: self.clone(),
-                    kib,
-                });
+            if let Some(reservation) = self.take_now(&mut state, kib) {
+                return Ok(reservation);
             }
             let id = state.next_id;
             state.next_id += 1;
