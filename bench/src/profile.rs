@@ -152,16 +152,16 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     {
         let cluster = run::start(bin, &[]);
         // Pushed first: only the calls are profiled.
-        let names = sock::push_all(
+        let names = sock::never_called(
             &cluster,
             "cold",
             &[("f.py", sock::ECHO)],
-            sizes.flame_cold + 1,
+            sizes.flame_cold,
+            Duration::ZERO,
         )
         .await?;
-        sock::first_calls(&cluster, &names[..1], Duration::ZERO).await?;
-        let recording = Recording::start(out, "flame-cold")?;
-        sock::first_calls(&cluster, &names[1..], Duration::ZERO).await?;
+        let recording = Recording::start(out, "flame-cold").await?;
+        sock::first_calls(&cluster, &names, Duration::ZERO).await?;
         flames.push(recording.finish(&format!(
             "{} cold starts back to back, forked from the root zygote",
             sizes.flame_cold
@@ -169,7 +169,7 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
 
         sock::push(&cluster, "warm", &[("f.py", sock::ECHO)]).await?;
         sock::throughput(&cluster, "warm", 8, Duration::from_secs(1)).await?;
-        let recording = Recording::start(out, "flame-warm8")?;
+        let recording = Recording::start(out, "flame-warm8").await?;
         sock::throughput(&cluster, "warm", 8, sizes.flame_warm).await?;
         flames.push(recording.finish(&format!(
             "8 clients calling a warm function for {} s",
@@ -178,9 +178,15 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     }
     {
         let cluster = run::start(bin, &FRESH);
-        let names =
-            sock::push_all(&cluster, "fresh", &[("f.py", sock::ECHO)], sizes.flame_cold).await?;
-        let recording = Recording::start(out, "flame-fresh")?;
+        let names = sock::never_called(
+            &cluster,
+            "fresh",
+            &[("f.py", sock::ECHO)],
+            sizes.flame_cold,
+            Duration::ZERO,
+        )
+        .await?;
+        let recording = Recording::start(out, "flame-fresh").await?;
         sock::first_calls(&cluster, &names, Duration::ZERO).await?;
         flames.push(recording.finish(&format!(
             "{} fresh sandboxes back to back (import cache off)",
@@ -218,10 +224,9 @@ async fn cold_breakdown(
     n: usize,
     label: &str,
 ) -> anyhow::Result<Breakdown> {
-    let names = sock::push_all(cluster, "cold", &[("f.py", sock::ECHO)], n + 1).await?;
-    sock::first_calls(cluster, &names[..1], COLD_GAP).await?;
+    let names = sock::never_called(cluster, "cold", &[("f.py", sock::ECHO)], n, COLD_GAP).await?;
     let since = now_ns();
-    sock::first_calls(cluster, &names[1..], COLD_GAP).await?;
+    sock::first_calls(cluster, &names, COLD_GAP).await?;
     breakdown(receiver, label, since..now_ns()).await
 }
 
@@ -305,14 +310,21 @@ async fn breakdown(
 /// `perf record -a -g` running until [`finish`](Recording::finish).
 struct Recording {
     child: Child,
+    /// perf's data file, in a dir of its own (mode 0700): never a path in
+    /// /tmp that another user could have put a symlink at for root to
+    /// write through.
     data: PathBuf,
+    _dir: tempfile::TempDir,
     svg: PathBuf,
 }
 
 impl Recording {
-    fn start(out: &Path, name: &str) -> anyhow::Result<Recording> {
-        let data =
-            std::env::temp_dir().join(format!("sock-bench-{name}-{}.data", std::process::id()));
+    async fn start(out: &Path, name: &str) -> anyhow::Result<Recording> {
+        let dir = tempfile::Builder::new()
+            .prefix("sock-bench-perf-")
+            .tempdir()
+            .context("make a dir for perf's data")?;
+        let data = dir.path().join(format!("{name}.data"));
         let child = Command::new(PERF)
             .args(["record", "-a", "-g", "-F", PERF_HZ, "-q", "-o"])
             .arg(&data)
@@ -322,10 +334,11 @@ impl Recording {
             .spawn()
             .context("start perf record")?;
         // perf needs a moment to open its events on every CPU.
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(Recording {
             child,
             data,
+            _dir: dir,
             svg: out.join(format!("{name}.svg")),
         })
     }
@@ -348,7 +361,6 @@ impl Recording {
             .stderr(Stdio::null())
             .output()
             .context("run perf script")?;
-        let _ = std::fs::remove_file(&self.data);
         if !script.status.success() {
             bail!("perf script failed ({})", script.status);
         }

@@ -188,9 +188,7 @@ pub async fn throughput(
 
 /// Time to the first answer of `n` functions of `files` never called
 /// before, one after the other, `gap` apart (untimed; zero: back to back)
-/// (code already prepared on the node). One extra function is called
-/// first, uncounted, so a lazily made zygote is not charged to the first
-/// sample.
+/// (code already prepared on the node): see [`never_called`].
 pub async fn cold_starts(
     cluster: &Cluster,
     prefix: &str,
@@ -198,10 +196,24 @@ pub async fn cold_starts(
     n: usize,
     gap: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
+    let names = never_called(cluster, prefix, files, n, gap).await?;
+    first_calls(cluster, &names, gap).await
+}
+
+/// Pushes `n + 1` functions of `files` (see [`push_all`]) and calls one of
+/// them, after `gap`, so that a lazily made zygote is not charged to the
+/// first cold start measured; answers the `n` never called.
+pub async fn never_called(
+    cluster: &Cluster,
+    prefix: &str,
+    files: &[(&str, &str)],
+    n: usize,
+    gap: Duration,
+) -> anyhow::Result<Vec<String>> {
     let mut names = push_all(cluster, prefix, files, n + 1).await?;
     let extra = names.pop().context("n + 1 functions")?;
     first_calls(cluster, &[extra], gap).await?;
-    first_calls(cluster, &names, gap).await
+    Ok(names)
 }
 
 /// Pushes `n` functions `<prefix>-<i>` of `files`, each prepared (see
