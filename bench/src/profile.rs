@@ -151,21 +151,16 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     let mut flames = Vec::new();
     {
         let cluster = run::start(bin, &[]);
-        // Pushed first: only the calls are profiled.
-        let names = sock::never_called(
-            &cluster,
-            "cold",
-            &[("f.py", sock::ECHO)],
-            sizes.flame_cold,
-            Duration::ZERO,
-        )
-        .await?;
-        let recording = Recording::start(out, "flame-cold").await?;
-        sock::first_calls(&cluster, &names, Duration::ZERO).await?;
-        flames.push(recording.finish(&format!(
-            "{} cold starts back to back, forked from the root zygote",
-            sizes.flame_cold
-        ))?);
+        flames.push(
+            cold_flame(
+                &cluster,
+                sizes.flame_cold,
+                out,
+                "flame-cold",
+                "cold starts back to back, forked from the root zygote",
+            )
+            .await?,
+        );
 
         sock::push(&cluster, "warm", &[("f.py", sock::ECHO)]).await?;
         sock::throughput(&cluster, "warm", 8, Duration::from_secs(1)).await?;
@@ -178,20 +173,16 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     }
     {
         let cluster = run::start(bin, &FRESH);
-        let names = sock::never_called(
-            &cluster,
-            "fresh",
-            &[("f.py", sock::ECHO)],
-            sizes.flame_cold,
-            Duration::ZERO,
-        )
-        .await?;
-        let recording = Recording::start(out, "flame-fresh").await?;
-        sock::first_calls(&cluster, &names, Duration::ZERO).await?;
-        flames.push(recording.finish(&format!(
-            "{} fresh sandboxes back to back (import cache off)",
-            sizes.flame_cold
-        ))?);
+        flames.push(
+            cold_flame(
+                &cluster,
+                sizes.flame_cold,
+                out,
+                "flame-fresh",
+                "fresh sandboxes back to back (import cache off)",
+            )
+            .await?,
+        );
     }
     machine.load_after = run::loadavg();
     Ok(Results {
@@ -200,6 +191,22 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
         breakdowns,
         flames,
     })
+}
+
+/// The flame graph `name` of `n` cold starts back to back, "`n` `what`";
+/// the functions are pushed first, so only the calls are profiled.
+async fn cold_flame(
+    cluster: &Cluster,
+    n: usize,
+    out: &Path,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<Flame> {
+    let names =
+        sock::never_called(cluster, "cold", &[("f.py", sock::ECHO)], n, Duration::ZERO).await?;
+    let recording = Recording::start(out, name).await?;
+    sock::first_calls(cluster, &names, Duration::ZERO).await?;
+    recording.finish(&format!("{n} {what}"))
 }
 
 /// A cluster whose cold starts are fresh sandboxes.
