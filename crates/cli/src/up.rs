@@ -11,6 +11,7 @@
 //! as `--user` (a `sock` system user, made if missing), own their data
 //! dirs, and reach sandboxd over its unix socket, which admits root and
 //! that user alone. Every TCP port wants a token (see [`sock_cli::tokens`]).
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -259,7 +260,16 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         .filter_map(|(name, child)| Some(((*name).to_string(), child.id()?)))
         .collect();
     let endpoints_file = data_dir.join(FILE_NAME);
-    std::fs::write(&endpoints_file, serde_json::to_vec_pretty(&endpoints)?)?;
+    // Written aside and renamed in, so a reader (the CLI, a script waiting
+    // for the suite) never sees a half-written file.
+    let mut staged = tempfile::NamedTempFile::new_in(&data_dir)?;
+    staged.write_all(&serde_json::to_vec_pretty(&endpoints)?)?;
+    // Addresses and pids only (the tokens live apart): readable by every
+    // user's CLI, as a plain write made it.
+    staged
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    staged.persist(&endpoints_file).map_err(|e| e.error)?;
     println!(
         "sock is up: gateway {} (HTTP {}) · registry {} (bundles {}) · cache {} · sandboxd {}",
         endpoints.gateway,
