@@ -41,6 +41,10 @@ enum Phase {
     /// Where a call's time goes: spans of cold and warm calls, and flame
     /// graphs (perf) of the machine while they run.
     Profile,
+    /// Warm calls only (1 client's latency, 8 clients' throughput),
+    /// printed and not written to RESULTS.md: to try a change to the warm
+    /// path in a minute against the same figures the full run reports.
+    Warm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +71,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.only == Some(Phase::Profile) {
             return report::write_profile(&out, &profile::run(&bin, &out, args.quick).await?);
+        }
+        if args.only == Some(Phase::Warm) {
+            return run::warm_only(&bin, args.quick).await;
         }
         if args.only.is_none() {
             report::write(&out, &run::run(&bin, args.quick).await?)?;

@@ -12,7 +12,7 @@ use sock_e2e::cluster::Cluster;
 use crate::baselines;
 use crate::density::{self, Density, Fill, FillSizes};
 use crate::sock;
-use crate::stats::Series;
+use crate::stats::{self, Series};
 
 /// How much of everything a run does.
 #[derive(Clone, Debug)]
@@ -270,6 +270,79 @@ async fn cold_run(
     })
 }
 
+/// The warm calls of the echo function, pushed here.
+struct Warm {
+    warm1: Series,
+    warm8: Series,
+    /// (clients, calls/s)
+    throughput: Vec<(usize, f64)>,
+}
+
+async fn warm(cluster: &Cluster, sizes: &Sizes, invoke: &str) -> anyhow::Result<Warm> {
+    sock::push(cluster, "echo", &[("f.py", sock::ECHO)]).await?;
+    eprintln!("sock-bench: warm latency, 1 client × {}", sizes.warm_calls);
+    let mut warm1 = Series::new(
+        "sock warm, 1 client",
+        format!("{invoke}, 1 client, sequential"),
+    );
+    warm1.samples = sock::warm_latency(cluster, "echo", 1, sizes.warm_calls, sizes.warmup).await?;
+    eprintln!(
+        "sock-bench: warm latency, 8 clients × {}",
+        sizes.warm8_calls
+    );
+    let mut warm8 = Series::new(
+        "sock warm, 8 clients",
+        format!("{invoke}, 8 clients (own connections), closed loop"),
+    );
+    warm8.samples =
+        sock::warm_latency(cluster, "echo", 8, sizes.warm8_calls, sizes.warmup / 4).await?;
+    let mut throughput = Vec::new();
+    for &clients in &sizes.throughput_clients {
+        let rate = sock::throughput(cluster, "echo", clients, sizes.throughput_time).await?;
+        eprintln!("sock-bench: throughput, {clients} clients: {rate:.0} calls/s");
+        throughput.push((clients, rate));
+    }
+    Ok(Warm {
+        warm1,
+        warm8,
+        throughput,
+    })
+}
+
+/// `--only warm`: the warm rows of a full run, printed.
+pub async fn warm_only(bin: &Path, quick: bool) -> anyhow::Result<()> {
+    let sizes = Sizes::new(quick);
+    let cluster = tokio::task::spawn_blocking({
+        let bin = bin.to_path_buf();
+        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
+    })
+    .await?;
+    let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
+    let measured = warm(&cluster, &sizes, invoke).await;
+    stop(cluster).await?;
+    let Warm {
+        warm1,
+        warm8,
+        throughput,
+    } = measured?;
+    for series in [warm1, warm8] {
+        let s = series.summary();
+        println!(
+            "{}: {} calls, p50 {}, p90 {}, p99 {}, mean {}",
+            series.label,
+            s.n,
+            stats::ms(s.p50),
+            stats::ms(s.p90),
+            stats::ms(s.p99),
+            stats::ms(s.mean)
+        );
+    }
+    for (clients, rate) in throughput {
+        println!("throughput, {clients} clients: {rate:.0} calls/s");
+    }
+    Ok(())
+}
+
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
     // Before anything is measured, so a baseline that cannot be installed
     // fails the run at once.
@@ -282,30 +355,12 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
         move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
     })
     .await?;
-    sock::push(&cluster, "echo", &[("f.py", sock::ECHO)]).await?;
     let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
-    eprintln!("sock-bench: warm latency, 1 client × {}", sizes.warm_calls);
-    let mut warm1 = Series::new(
-        "sock warm, 1 client",
-        format!("{invoke}, 1 client, sequential"),
-    );
-    warm1.samples = sock::warm_latency(&cluster, "echo", 1, sizes.warm_calls, sizes.warmup).await?;
-    eprintln!(
-        "sock-bench: warm latency, 8 clients × {}",
-        sizes.warm8_calls
-    );
-    let mut warm8 = Series::new(
-        "sock warm, 8 clients",
-        format!("{invoke}, 8 clients (own connections), closed loop"),
-    );
-    warm8.samples =
-        sock::warm_latency(&cluster, "echo", 8, sizes.warm8_calls, sizes.warmup / 4).await?;
-    let mut throughput = Vec::new();
-    for &clients in &sizes.throughput_clients {
-        let rate = sock::throughput(&cluster, "echo", clients, sizes.throughput_time).await?;
-        eprintln!("sock-bench: throughput, {clients} clients: {rate:.0} calls/s");
-        throughput.push((clients, rate));
-    }
+    let Warm {
+        warm1,
+        warm8,
+        throughput,
+    } = warm(&cluster, &sizes, invoke).await?;
     let tree = cold_run(
         &cluster,
         &sizes,
