@@ -19,6 +19,17 @@ pub enum Error {
     #[error("function '{0}' does not exist; push it with `sock push`")]
     NotFound(String),
 
+    /// A version older than the two the registry keeps, or not pushed yet.
+    #[error(
+        "function '{name}' has no version {asked} here: the registry keeps the current version \
+         ({current}) and the one before it"
+    )]
+    VersionNotKept {
+        name: String,
+        asked: u64,
+        current: u64,
+    },
+
     #[error("cannot open the store in {path}: {source}", path = .path.display())]
     Open {
         path: std::path::PathBuf,
@@ -57,7 +68,9 @@ impl From<Error> for tonic::Status {
             e @ (Error::Invalid(_) | Error::OverCeiling(_)) => {
                 tonic::Status::invalid_argument(e.to_string())
             }
-            e @ Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            e @ (Error::NotFound(_) | Error::VersionNotKept { .. }) => {
+                tonic::Status::not_found(e.to_string())
+            }
             e => {
                 tracing::error!(error = %e, "registry request failed");
                 tonic::Status::internal(INTERNAL)
@@ -72,7 +85,9 @@ impl IntoResponse for Error {
             e @ (Error::Invalid(_) | Error::OverCeiling(_)) => {
                 (StatusCode::BAD_REQUEST, e.to_string()).into_response()
             }
-            e @ Error::NotFound(_) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+            e @ (Error::NotFound(_) | Error::VersionNotKept { .. }) => {
+                (StatusCode::NOT_FOUND, e.to_string()).into_response()
+            }
             e => {
                 tracing::error!(error = %e, "registry request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL).into_response()

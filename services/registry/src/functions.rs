@@ -61,6 +61,15 @@ impl Functions {
         self.blocking(name, |store, name| store.latest(name)).await
     }
 
+    pub(crate) async fn version(
+        &self,
+        name: String,
+        asked: u64,
+    ) -> Result<(FunctionInfo, IVec), Error> {
+        self.blocking(name, move |store, name| store.version(name, asked))
+            .await
+    }
+
     pub(crate) async fn list(&self) -> Result<Vec<FunctionInfo>, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.list()).await?

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use sock_proto::v1::FunctionInfo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,10 @@ pub(crate) fn router(functions: Functions) -> Router {
         .route(
             "/functions/{name}",
             get(bundle).fallback(method_not_allowed),
+        )
+        .route(
+            "/functions/{name}/versions/{version}",
+            get(bundle_of_version).fallback(method_not_allowed),
         )
         .fallback(unknown_path)
         .with_state(functions)
@@ -64,13 +69,7 @@ async fn bundle(
     request: HeaderMap,
 ) -> Result<Response, Error> {
     let (info, bundle) = functions.latest(name).await?;
-    let modified_secs = u64::try_from(info.modified_unix_ms / 1000).unwrap_or(0);
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified_secs));
-    let validators = [
-        (ETAG, info.etag.clone()),
-        (LAST_MODIFIED, last_modified),
-        (X_SOCK_VERSION, info.version.to_string()),
-    ];
+    let (validators, modified_secs) = validators(&info);
     if not_modified(&request, &info.etag, modified_secs) {
         return Ok((StatusCode::NOT_MODIFIED, validators).into_response());
     }
@@ -84,6 +83,34 @@ async fn bundle(
 /// RFC 9110 §13.1.2-3 and §13.2.2: If-None-Match decides when present
 /// (weak comparison, so `W/` is ignored); only without it does
 /// If-Modified-Since count, at the second precision of HTTP dates.
+/// One version's bundle, as a node asks for the exact version a gateway
+/// resolved. A version never changes: no conditional request, and caches
+/// may keep the answer.
+async fn bundle_of_version(
+    State(functions): State<Functions>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Response, Error> {
+    let (info, bundle) = functions.version(name, version).await?;
+    let kind = [
+        (CONTENT_TYPE, "application/gzip"),
+        (CACHE_CONTROL, "immutable"),
+    ];
+    Ok((validators(&info).0, kind, Bytes::from_owner(bundle)).into_response())
+}
+
+/// What a node keeps to revalidate its copy of `info`'s bundle, and its
+/// modification time in whole seconds (HTTP dates have no more).
+fn validators(info: &FunctionInfo) -> ([(HeaderName, String); 3], u64) {
+    let modified_secs = u64::try_from(info.modified_unix_ms / 1000).unwrap_or(0);
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified_secs));
+    let validators = [
+        (ETAG, info.etag.clone()),
+        (LAST_MODIFIED, last_modified),
+        (X_SOCK_VERSION, info.version.to_string()),
+    ];
+    (validators, modified_secs)
+}
+
 fn not_modified(request: &HeaderMap, etag: &str, modified_secs: u64) -> bool {
     if request.contains_key(IF_NONE_MATCH) {
         let ours = opaque(etag);

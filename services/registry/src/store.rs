@@ -137,6 +137,41 @@ impl Store {
             .map_err(from_transaction)
     }
 
+    /// Version `asked` of `name` (the current one or the one before it),
+    /// its info and bundle read together: a version never changes, so a
+    /// node that prepares exactly the version a gateway resolved gets it
+    /// even after a newer push.
+    pub(crate) fn version(&self, name: &str, asked: u64) -> Result<(FunctionInfo, IVec), Error> {
+        (&self.functions, &self.previous, &self.bundles)
+            .transaction(|(functions, previous, bundles)| {
+                let Some(raw) = functions.get(name)? else {
+                    return abort(Error::NotFound(name.to_string()));
+                };
+                let current = decode_info(name, &raw)?;
+                let before = match previous.get(name)? {
+                    Some(raw) => Some(decode_info(name, &raw)?),
+                    None => None,
+                };
+                let current_version = current.version;
+                let Some(info) = [Some(current), before]
+                    .into_iter()
+                    .flatten()
+                    .find(|info| info.version == asked)
+                else {
+                    return abort(Error::VersionNotKept {
+                        name: name.to_string(),
+                        asked,
+                        current: current_version,
+                    });
+                };
+                match bundles.get(bundle_key(name, info.version))? {
+                    Some(bundle) => Ok((info, bundle)),
+                    None => abort(corrupt(name, "its bundle is missing")),
+                }
+            })
+            .map_err(from_transaction)
+    }
+
     /// Every function, ordered by name.
     pub(crate) fn list(&self) -> Result<Vec<FunctionInfo>, Error> {
         self.functions

@@ -431,6 +431,50 @@ async fn deleted_functions_are_gone_and_versions_go_on() {
 }
 
 #[tokio::test]
+async fn serves_the_exact_version_asked_while_it_is_current_or_previous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    let (http, base) = (registry.http.clone(), registry.base.clone());
+    let at = |version: &str| http.get(format!("{base}/functions/exact/versions/{version}"));
+    let one = registry.push("exact", bundle("1")).await.expect("push");
+    let two = registry.push("exact", bundle("2")).await.expect("push");
+
+    for (info, body) in [(&one, bundle("1")), (&two, bundle("2"))] {
+        let got = at(&info.version.to_string()).send().await.expect("get");
+        assert_eq!(got.status(), StatusCode::OK, "version {}", info.version);
+        assert_eq!(header(&got, "x-sock-version"), info.version.to_string());
+        assert_eq!(header(&got, ETAG), info.etag);
+        assert_eq!(
+            header(&got, LAST_MODIFIED),
+            http_date(info.modified_unix_ms)
+        );
+        assert_eq!(got.bytes().await.expect("body"), body);
+    }
+
+    // A third push drops version 1; version 4 does not exist yet.
+    registry.push("exact", bundle("3")).await.expect("push");
+    for asked in ["1", "4"] {
+        let gone = at(asked).send().await.expect("get");
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND, "version {asked}");
+        assert_eq!(
+            gone.text().await.expect("body"),
+            format!(
+                "function 'exact' has no version {asked} here: the registry keeps the current \
+                 version (3) and the one before it"
+            )
+        );
+    }
+    let not_a_number = at("two").send().await.expect("get");
+    assert_eq!(not_a_number.status(), StatusCode::BAD_REQUEST);
+    let unknown = http
+        .get(format!("{base}/functions/nobody/versions/1"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn lists_functions_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut registry = Registry::start(dir.path()).await;
