@@ -14,13 +14,13 @@ pub enum Error {
     InvalidName { source: BundleError },
     #[error("function '{name}' does not exist; push it with `sock push`")]
     NotFound { name: String },
-    #[error(
-        "function '{name}' version {asked} is not available: the registry's latest is version {latest}"
-    )]
-    VersionNotAvailable {
+    /// The registry has no such version (any more, or yet), or no such
+    /// function; `reason` is its word for which.
+    #[error("function '{name}' version {asked} is not available: {reason}")]
+    VersionNotKept {
         name: String,
         asked: u64,
-        latest: u64,
+        reason: String,
     },
     #[error("registry unavailable: {reason}")]
     RegistryUnavailable { reason: String },
@@ -99,8 +99,9 @@ impl From<Error> for Status {
                 source: PackageError::Unavailable { .. },
                 ..
             } => Status::unavailable(message),
-            Error::NotFound { .. } => Status::not_found(message),
-            Error::VersionNotAvailable { .. } => Status::failed_precondition(message),
+            // Not found, as the function would be: whoever resolved the
+            // version looks the function up again.
+            Error::NotFound { .. } | Error::VersionNotKept { .. } => Status::not_found(message),
             Error::RegistryUnavailable { .. } => Status::unavailable(message),
             // Host paths and client internals stay in the log.
             Error::RegistryProtocol { .. }

@@ -30,8 +30,8 @@ impl Metrics {
         let fetches = Family::<Labels, Counter>::default();
         registry.register(
             "fetches",
-            "Conditional requests to the registry by answer: bundle, not_modified, \
-             not_found, unavailable, error",
+            "Requests to the registry (conditional for the latest version, or for an exact \
+             one) by answer: bundle, not_modified, not_found, unavailable, error",
             fetches.clone(),
         );
         (Arc::new(Metrics { hits, fetches }), registry)
@@ -41,15 +41,24 @@ impl Metrics {
         self.hits.inc();
     }
 
-    pub fn fetched(&self, result: &Result<Fetched, Error>) {
+    /// One request to the registry, by its answer; `answered` names a
+    /// successful one.
+    pub fn fetched<T>(&self, result: &Result<T, Error>, answered: impl FnOnce(&T) -> &'static str) {
         let answer = match result {
-            Ok(Fetched::Bundle(_)) => "bundle",
-            Ok(Fetched::NotModified) => "not_modified",
-            Err(Error::NotFound { .. }) => "not_found",
+            Ok(fetched) => answered(fetched),
+            Err(Error::NotFound { .. } | Error::VersionNotKept { .. }) => "not_found",
             Err(Error::RegistryUnavailable { .. }) => "unavailable",
             Err(_) => "error",
         };
         self.fetches.get_or_create(&[("answer", answer)]).inc();
+    }
+}
+
+/// How [`Metrics::fetched`] names a conditional request's answer.
+pub fn fetched_answer(fetched: &Fetched) -> &'static str {
+    match fetched {
+        Fetched::Bundle(_) => "bundle",
+        Fetched::NotModified => "not_modified",
     }
 }
 
@@ -62,17 +71,28 @@ mod tests {
         let (metrics, registry) = Metrics::new();
         metrics.hit();
         metrics.hit();
-        metrics.fetched(&Ok(Fetched::NotModified));
-        metrics.fetched(&Err(Error::RegistryUnavailable {
-            reason: "connection refused".into(),
-        }));
-        metrics.fetched(&Err(Error::NotFound { name: "f".into() }));
+        metrics.fetched(&Ok(Fetched::NotModified), fetched_answer);
+        metrics.fetched::<Fetched>(
+            &Err(Error::RegistryUnavailable {
+                reason: "connection refused".into(),
+            }),
+            fetched_answer,
+        );
+        metrics.fetched::<Fetched>(&Err(Error::NotFound { name: "f".into() }), fetched_answer);
+        metrics.fetched::<()>(
+            &Err(Error::VersionNotKept {
+                name: "f".into(),
+                asked: 1,
+                reason: "gone".into(),
+            }),
+            |_| "bundle",
+        );
         let text = sock_service::render_metrics(&registry);
         for line in [
             "sock_cache_hits_total 2",
             r#"sock_cache_fetches_total{answer="not_modified"} 1"#,
             r#"sock_cache_fetches_total{answer="unavailable"} 1"#,
-            r#"sock_cache_fetches_total{answer="not_found"} 1"#,
+            r#"sock_cache_fetches_total{answer="not_found"} 2"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::registry::{Fetched, Registry};
+use crate::metrics::{Metrics, fetched_answer};
+use crate::registry::{Download, Fetched, Registry};
 use crate::store::{Installed, Store};
 
 pub(crate) struct Preparer {
@@ -47,8 +47,10 @@ impl Preparer {
         }
     }
 
-    /// Makes sure version `asked` of `name`, or a newer one, is unpacked,
-    /// and says which one and where.
+    /// Makes sure version `asked` of `name` is unpacked, and says where;
+    /// `asked` 0 means the latest, as the registry knows it at most
+    /// `fresh_for` ago. A version never changes, so an exact one is never
+    /// revalidated: whoever resolved it (a gateway) decides which runs.
     #[tracing::instrument(name = "cache.prepare", skip_all, fields(function = %name, version = asked, prepared))]
     pub(crate) async fn prepare(
         self: &Arc<Self>,
@@ -66,29 +68,46 @@ impl Preparer {
             slot.loaded = true;
         }
 
-        let fresh = slot
-            .checked_at
-            .is_some_and(|at| at.elapsed() < self.fresh_for);
-        let prepared = match slot
-            .current
-            .as_ref()
-            .filter(|c| fresh && c.version >= asked)
-        {
-            Some(current) => {
+        let on_hand = match asked {
+            0 => slot.current.clone().filter(|_| {
+                slot.checked_at
+                    .is_some_and(|at| at.elapsed() < self.fresh_for)
+            }),
+            _ => match slot.current.clone().filter(|c| c.version == asked) {
+                Some(current) => Some(current),
+                // The version before the current one stays on disk while
+                // sandboxes may run it (see `Store::prune`).
+                None => {
+                    let store = self.store.clone();
+                    let owned = name.to_string();
+                    tokio::task::spawn_blocking(move || store.installed(&owned, asked))
+                        .await
+                        .expect("reading the cache's own files does not panic")
+                }
+            },
+        };
+        let prepared = match on_hand {
+            Some(installed) => {
                 self.metrics.hit();
-                Ok(current.clone())
+                Ok(installed)
             }
             None => {
-                // The refresh owns the slot's lock and runs to the end even
+                // The fetch owns the slot's lock and runs to the end even
                 // when this caller gives up (deadline, disconnect), so the
                 // next caller never races a half-done unpack.
                 let this = self.clone();
                 let name = name.to_string();
                 tokio::spawn(
-                    async move { this.refresh(&name, asked, &mut slot).await }.in_current_span(),
+                    async move {
+                        match asked {
+                            0 => this.refresh(&name, &mut slot).await,
+                            _ => this.fetch_exact(&name, asked, &mut slot).await,
+                        }
+                    }
+                    .in_current_span(),
                 )
                 .await
-                .expect("a refresh does not panic")
+                .expect("a fetch does not panic")
             }
         };
         if let Ok(installed) = &prepared {
@@ -97,15 +116,58 @@ impl Preparer {
         prepared
     }
 
-    /// Asks the registry about `name` and brings `slot` up to date.
-    async fn refresh(&self, name: &str, asked: u64, slot: &mut Slot) -> Result<Installed, Error> {
+    /// Fetches and unpacks exactly version `asked` of `name`; it becomes
+    /// the slot's current version when it is newer.
+    async fn fetch_exact(
+        &self,
+        name: &str,
+        asked: u64,
+        slot: &mut Slot,
+    ) -> Result<Installed, Error> {
+        let fetched = self.registry.fetch_version(name, asked).await;
+        self.metrics.fetched(&fetched, |_| "bundle");
+        let newest = slot
+            .current
+            .as_ref()
+            .map_or(asked, |c| c.version.max(asked));
+        let installed = self.install(name, fetched?, newest).await?;
+        if newest == asked {
+            slot.current = Some(installed.clone());
+        }
+        Ok(installed)
+    }
+
+    /// Unpacks `download` and keeps only what `Store::prune` keeps beside
+    /// version `newest`.
+    async fn install(
+        &self,
+        name: &str,
+        download: Download,
+        newest: u64,
+    ) -> Result<Installed, Error> {
+        let store = self.store.clone();
+        let owned = name.to_string();
+        let installed = tokio::task::spawn_blocking(move || {
+            let installed = store.install(&owned, download)?;
+            store.prune(&owned, newest);
+            Ok::<_, Error>(installed)
+        })
+        .await
+        .expect("unpacking does not panic")?;
+        tracing::info!(version = installed.version, "unpacked a new version");
+        Ok(installed)
+    }
+
+    /// Asks the registry about `name`'s latest version and brings `slot`
+    /// up to date.
+    async fn refresh(&self, name: &str, slot: &mut Slot) -> Result<Installed, Error> {
         let have = slot
             .current
             .as_ref()
             .map(|c| c.validators.clone())
             .unwrap_or_default();
         let fetched = self.registry.fetch(name, &have).await;
-        self.metrics.fetched(&fetched);
+        self.metrics.fetched(&fetched, fetched_answer);
         match fetched {
             Ok(Fetched::NotModified) => {
                 if slot.current.is_none() {
@@ -116,20 +178,11 @@ impl Preparer {
                 }
             }
             Ok(Fetched::Bundle(download)) => {
-                let store = self.store.clone();
-                let owned = name.to_string();
-                let installed = tokio::task::spawn_blocking(move || {
-                    let installed = store.install(&owned, download)?;
-                    store.prune(&owned, installed.version);
-                    Ok::<_, Error>(installed)
-                })
-                .await
-                .expect("unpacking does not panic")?;
-                tracing::info!(version = installed.version, "unpacked a new version");
-                slot.current = Some(installed);
+                let version = download.version;
+                slot.current = Some(self.install(name, download, version).await?);
             }
             Err(Error::RegistryUnavailable { reason }) => {
-                return match slot.current.as_ref().filter(|c| c.version >= asked) {
+                return match slot.current.as_ref() {
                     Some(current) => {
                         tracing::warn!(%reason, version = current.version, "registry unavailable; serving the cached copy");
                         Ok(current.clone())
@@ -147,18 +200,10 @@ impl Preparer {
         }
 
         slot.checked_at = Some(Instant::now());
-        let current = slot
+        Ok(slot
             .current
             .clone()
-            .expect("a fetch that succeeded left a current version");
-        if current.version < asked {
-            return Err(Error::VersionNotAvailable {
-                name: name.to_string(),
-                asked,
-                latest: current.version,
-            });
-        }
-        Ok(current)
+            .expect("a fetch that succeeded left a current version"))
     }
 
     fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {

@@ -1,5 +1,6 @@
 //! The registry's HTTP bundle store, as the cache sees it: one conditional
-//! `GET /functions/<name>` per check.
+//! `GET /functions/<name>` per check of the latest version, or one
+//! `GET /functions/<name>/versions/<n>` for exactly version n.
 use std::error::Error as _;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,9 @@ use crate::error::Error;
 
 /// Header carrying the version of the bundle in a 200 answer.
 const VERSION_HEADER: &str = "x-sock-version";
+
+/// Of the registry's 404 text, what goes into our error.
+const MAX_REASON_CHARS: usize = 300;
 
 pub(crate) struct Registry {
     http: reqwest::Client,
@@ -98,11 +102,61 @@ impl Registry {
                 .expect("an HTTP date is a valid header value");
             headers.insert(IF_MODIFIED_SINCE, value);
         }
-        sock_telemetry::http::inject_context(&mut headers);
+        let response = self
+            .get(name, &format!("functions/{name}"), headers)
+            .await?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
+            StatusCode::NOT_FOUND => Err(Error::NotFound {
+                name: name.to_string(),
+            }),
+            _ => Ok(Fetched::Bundle(download(name, response).await?)),
+        }
+    }
 
+    /// Asks for exactly `version` of `name` (validated, as for `fetch`): a
+    /// version never changes, so there is nothing to revalidate.
+    #[tracing::instrument(name = "registry.fetch", skip_all, fields(function = %name, version, status))]
+    pub(crate) async fn fetch_version(&self, name: &str, version: u64) -> Result<Download, Error> {
+        let response = self
+            .get(
+                name,
+                &format!("functions/{name}/versions/{version}"),
+                HeaderMap::new(),
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            // The registry says which: no such function, or not this
+            // version (superseded twice, or not pushed yet).
+            let reason = response.text().await.unwrap_or_default();
+            return Err(Error::VersionNotKept {
+                name: name.to_string(),
+                asked: version,
+                reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+            });
+        }
+        let fetched = download(name, response).await?;
+        if fetched.version != version {
+            return Err(Error::RegistryProtocol {
+                name: name.to_string(),
+                reason: format!("asked for version {version}, got {}", fetched.version),
+            });
+        }
+        Ok(fetched)
+    }
+
+    /// One GET of `path` under the store, about function `name`; a status
+    /// that is neither a bundle, a 304 nor a 404 is an error here.
+    async fn get(
+        &self,
+        name: &str,
+        path: &str,
+        mut headers: HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        sock_telemetry::http::inject_context(&mut headers);
         let response = self
             .http
-            .get(format!("{}/functions/{name}", self.base))
+            .get(format!("{}/{path}", self.base))
             .headers(headers)
             .send()
             .await
@@ -110,28 +164,7 @@ impl Registry {
         let status = response.status();
         tracing::Span::current().record("status", status.as_u16());
         match status {
-            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
-            StatusCode::NOT_FOUND => Err(Error::NotFound {
-                name: name.to_string(),
-            }),
-            StatusCode::OK => {
-                let version =
-                    version_of(response.headers()).ok_or_else(|| Error::RegistryProtocol {
-                        name: name.to_string(),
-                        reason: "missing or invalid X-Sock-Version header".into(),
-                    })?;
-                let validators = Validators {
-                    etag: header_str(response.headers(), &ETAG).map(str::to_string),
-                    last_modified: header_str(response.headers(), &LAST_MODIFIED)
-                        .and_then(|v| httpdate::parse_http_date(v).ok()),
-                };
-                let body = response.bytes().await.map_err(unavailable)?;
-                Ok(Fetched::Bundle(Download {
-                    version,
-                    validators,
-                    body,
-                }))
-            }
+            StatusCode::OK | StatusCode::NOT_MODIFIED | StatusCode::NOT_FOUND => Ok(response),
             StatusCode::UNAUTHORIZED => Err(Error::RegistryProtocol {
                 name: name.to_string(),
                 reason: "the registry refused the cache's node token (401): give both the same \
@@ -147,6 +180,25 @@ impl Registry {
             }),
         }
     }
+}
+
+/// The bundle of a 200 answer.
+async fn download(name: &str, response: reqwest::Response) -> Result<Download, Error> {
+    let version = version_of(response.headers()).ok_or_else(|| Error::RegistryProtocol {
+        name: name.to_string(),
+        reason: "missing or invalid X-Sock-Version header".into(),
+    })?;
+    let validators = Validators {
+        etag: header_str(response.headers(), &ETAG).map(str::to_string),
+        last_modified: header_str(response.headers(), &LAST_MODIFIED)
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+    };
+    let body = response.bytes().await.map_err(unavailable)?;
+    Ok(Download {
+        version,
+        validators,
+        body,
+    })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &reqwest::header::HeaderName) -> Option<&'a str> {

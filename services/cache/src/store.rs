@@ -83,7 +83,7 @@ impl Store {
         versions.dedup();
         versions
             .into_iter()
-            .find_map(|version| self.read_info(name, version))
+            .find_map(|version| self.installed(name, version))
     }
 
     /// Puts `download` in place as `code/<name>/<version>`, reusing an
@@ -98,7 +98,7 @@ impl Store {
         create_dir_0755(&name_dir, false)?;
         let dir = name_dir.join(version.to_string());
 
-        let same_bundle = self.read_info(name, version).filter(|existing| {
+        let same_bundle = self.installed(name, version).filter(|existing| {
             validators.etag.is_some() && existing.validators.etag == validators.etag
         });
         if let Some(existing) = same_bundle {
@@ -205,7 +205,7 @@ impl Store {
 
     /// The installed version described by its info file, if both the file
     /// and the directory are there and readable.
-    fn read_info(&self, name: &str, version: u64) -> Option<Installed> {
+    pub(crate) fn installed(&self, name: &str, version: u64) -> Option<Installed> {
         let dir = self.code.join(name).join(version.to_string());
         if !dir.is_dir() {
             return None;

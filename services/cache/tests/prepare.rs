@@ -426,12 +426,30 @@ async fn a_second_prepare_within_the_window_makes_no_request() {
 }
 
 #[tokio::test]
-async fn after_the_window_a_304_keeps_the_same_dir() {
+async fn an_exact_version_is_never_asked_for_again() {
     let mut stack = Stack::start(0).await;
     let version = stack.push("hello", "one").await;
 
     let first = stack.prepare("hello", version).await.unwrap();
     let second = stack.prepare("hello", version).await.unwrap();
+
+    assert_eq!(first, second);
+    let exchanges = stack.exchanges();
+    assert_eq!(exchanges.len(), 1, "{exchanges:?}");
+    assert_eq!(
+        exchanges[0].path,
+        format!("/functions/hello/versions/{version}")
+    );
+    assert_eq!(exchanges[0].status, 200);
+}
+
+#[tokio::test]
+async fn after_the_window_a_304_keeps_the_latest_in_the_same_dir() {
+    let mut stack = Stack::start(0).await;
+    let version = stack.push("hello", "one").await;
+
+    let first = stack.prepare("hello", 0).await.unwrap();
+    let second = stack.prepare("hello", 0).await.unwrap();
 
     assert_eq!(first, second);
     assert_eq!(read_code(&second), f_py("one"));
@@ -450,13 +468,14 @@ async fn after_the_window_a_304_keeps_the_same_dir() {
 }
 
 #[tokio::test]
-async fn a_new_push_is_picked_up_after_the_window() {
+async fn a_new_push_is_the_latest_after_the_window() {
     let mut stack = Stack::start(0).await;
     let v1 = stack.push("hello", "one").await;
-    let first = stack.prepare("hello", v1).await.unwrap();
+    let first = stack.prepare("hello", 0).await.unwrap();
+    assert_eq!(version_of(&first), v1);
     let v2 = stack.push("hello", "two").await;
 
-    let second = stack.prepare("hello", v1).await.unwrap();
+    let second = stack.prepare("hello", 0).await.unwrap();
 
     assert_eq!(version_of(&second), v2);
     assert_ne!(second.code_dir, first.code_dir);
@@ -486,20 +505,61 @@ async fn asking_for_a_newer_version_fetches_within_the_window() {
 }
 
 #[tokio::test]
-async fn a_version_the_registry_does_not_have_fails_precondition() {
+async fn the_version_asked_is_served_after_newer_pushes_until_the_registry_drops_it() {
+    let mut stack = Stack::start(FOREVER_MS).await;
+    let v1 = stack.push("hello", "one").await;
+    let v2 = stack.push("hello", "two").await;
+
+    // The cache learns of v2 first; a gateway that still knows v1 gets v1.
+    assert_eq!(
+        read_code(&stack.prepare("hello", v2).await.unwrap()),
+        f_py("two")
+    );
+    let old = stack.prepare("hello", v1).await.unwrap();
+    assert_eq!(version_of(&old), v1);
+    assert_eq!(read_code(&old), f_py("one"));
+    // Latest is still v2, and both stay on disk.
+    assert_eq!(version_of(&stack.prepare("hello", 0).await.unwrap()), v2);
+    assert_eq!(
+        stack.versions_on_disk("hello"),
+        BTreeSet::from([v1.to_string(), v2.to_string()])
+    );
+
+    // Two pushes later the registry keeps v2 and v3 only: v1 is not found,
+    // as the registry says, so whoever resolved it resolves again.
+    let v3 = stack.push("hello", "three").await;
+    stack.prepare("hello", v3).await.unwrap();
+    stack.push("hello", "four").await;
+    assert_eq!(
+        stack.versions_on_disk("hello"),
+        BTreeSet::from([v2.to_string(), v3.to_string()])
+    );
+    let status = stack.prepare("hello", v1).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        status.message(),
+        format!(
+            "function 'hello' version {v1} is not available: function 'hello' has no version {v1} \
+             here: the registry keeps the current version (4) and the one before it"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_version_not_pushed_yet_is_not_found() {
     let mut stack = Stack::start(FOREVER_MS).await;
     let version = stack.push("hello", "one").await;
 
     let status = stack.prepare("hello", version + 5).await.unwrap_err();
 
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(
-        status
-            .message()
-            .contains(&format!("version {}", version + 5)),
+        status.message().starts_with(&format!(
+            "function 'hello' version {} is not available",
+            version + 5
+        )),
         "{status:?}"
     );
-    assert!(status.message().contains("'hello'"), "{status:?}");
 }
 
 #[tokio::test]
@@ -583,7 +643,12 @@ async fn a_restarted_cache_revalidates_its_copy_and_serves_it_without_the_regist
 
     let (mut cache, client) =
         start_cache(stack.cache_dir.path(), stack.proxy_addr.clone(), 0).await;
-    let revalidated = prepare(client.clone(), "hello", version).await.unwrap();
+    // The exact version is on disk: no request at all.
+    let exact = prepare(client.clone(), "hello", version).await.unwrap();
+    assert_eq!(exact, before);
+    assert_eq!(stack.exchanges().len(), 1);
+    // The latest is revalidated.
+    let revalidated = prepare(client.clone(), "hello", 0).await.unwrap();
     assert_eq!(revalidated, before);
     let last = stack.exchanges().pop().unwrap();
     assert_eq!(last.status, 304, "{last:?}");
