@@ -645,7 +645,6 @@ impl Manager {
     pub fn status(&self) -> NodeStatus {
         let live: Vec<Arc<SafeSandbox>> = self.metrics.live().values().cloned().collect();
         let mut status = NodeStatus {
-            pool: self.pool.snapshot(),
             evictions: self.metrics.evictions.load(Ordering::Relaxed),
             warm_starts: self.metrics.warm_starts.load(Ordering::Relaxed),
             cold_starts: self.metrics.cold_starts.load(Ordering::Relaxed),
@@ -678,6 +677,11 @@ impl Manager {
             functions.entry(sandbox.key().clone()).or_default()[slot] += 1;
         }
         status.functions = functions.into_iter().collect();
+        // After the phases: a sandbox's reservation changes before its
+        // phase does (shrunk, then Paused; grown back, then Running), so a
+        // sandbox counted paused here has its shrunk reservation counted,
+        // not one from before its pause.
+        status.pool = self.pool.snapshot();
         status
             .functions
             .sort_by(|(a, _), (b, _)| (&a.name, a.version).cmp(&(&b.name, b.version)));
