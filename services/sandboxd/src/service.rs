@@ -232,8 +232,16 @@ impl SandboxdService {
             .function
             .as_ref()
             .map_or(function.version, |f: &FunctionRef| f.version);
-        // The cache's config belongs to the version it prepared, which may
-        // be newer than the caller's.
+        // The caller resolved the version and checked the call against its
+        // config: another version must not run in its place.
+        if function.version != 0 && version != function.version {
+            return Err(Error::Cache(Status::internal(format!(
+                "the cache prepared version {version} of '{}', not version {} as asked; \
+                 is the cache older than sandboxd?",
+                function.name, function.version
+            ))));
+        }
+        // The same version's config as the caller's, from the bundle.
         let config = prepared.config.unwrap_or(caller_config);
         let limits = config.limits.unwrap_or_default();
         let mut environment: Vec<(String, String)> = config.environment.into_iter().collect();

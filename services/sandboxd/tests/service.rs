@@ -94,7 +94,7 @@ async fn invoke(
     payload: &str,
 ) -> Result<SandboxInvokeResponse, Status> {
     client
-        .invoke(request(name, 1, "call-1", payload, 20_000))
+        .invoke(request(name, 0, "call-1", payload, 20_000))
         .await
         .map(Response::into_inner)
 }
@@ -178,6 +178,62 @@ async fn a_timeout_over_the_ceiling_gets_the_ceiling() {
     };
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error:?}");
     assert_eq!(error.message, "function exceeded its timeout of 500 ms");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_version_asked_runs() {
+    let Some(node) = start("exact", 10_000, true).await else {
+        return;
+    };
+    let ask = |version| {
+        let mut client = node.client.clone();
+        async move {
+            client
+                .invoke(request(
+                    "echo",
+                    version,
+                    "call-1",
+                    r#"{"say": "hi"}"#,
+                    20_000,
+                ))
+                .await
+        }
+    };
+    let response = ask(3)
+        .await
+        .expect("the version the cache has")
+        .into_inner();
+    assert_eq!(response.version, 3);
+
+    // A version the registry no longer keeps: not found, in the cache's
+    // words, and nothing else runs in its place.
+    let status = ask(2).await.expect_err("a version the cache does not have");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "function 'echo' version 2 is not available: the registry keeps 3"
+    );
+
+    // A cache older than sandboxd, which prepares what it has whatever
+    // was asked: refused, and the caller told why.
+    node.publish(
+        "echo",
+        3,
+        MAIN_PY,
+        Function {
+            any_version: true,
+            ..Function::default()
+        },
+    );
+    let status = ask(2).await.expect_err("another version prepared");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the cache prepared version 3 of 'echo', not version 2 as asked; is the cache older \
+         than sandboxd?"
+    );
+    assert_eq!(node.status().await.calls_total, 3);
     node.stop().await;
 }
 

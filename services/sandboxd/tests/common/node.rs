@@ -38,6 +38,10 @@ pub struct Function {
     /// The code dir a compromised cache names instead of the one `publish`
     /// wrote.
     pub code_dir: Option<String>,
+    /// Prepares its one version whatever version was asked, as a cache
+    /// older than sandboxd did; else another version is not found, as the
+    /// real cache answers when the registry no longer keeps it.
+    pub any_version: bool,
 }
 
 /// The functions the fake cache knows, and what sandboxd sent it.
@@ -73,7 +77,10 @@ impl Cache for FakeCache {
     ) -> Result<Response<PrepareResponse>, Status> {
         self.catalog.prepares.fetch_add(1, Ordering::Relaxed);
         let request = request.into_inner();
-        let name = request.function.unwrap_or_default().name;
+        let FunctionRef {
+            name,
+            version: asked,
+        } = request.function.unwrap_or_default();
         let mut wheels = self.catalog.wheels.lock().expect("catalog lock");
         for wheel in request.built {
             wheels.insert(wheel.requirement, wheel.wheel);
@@ -84,6 +91,11 @@ impl Cache for FakeCache {
                 "function '{name}' does not exist; push it with `sock push`"
             )));
         };
+        if asked != 0 && asked != version && !function.any_version {
+            return Err(Status::not_found(format!(
+                "function '{name}' version {asked} is not available: the registry keeps {version}"
+            )));
+        }
         if let Some(build) = function.build
             && !wheels.contains_key(&build.requirement)
         {
