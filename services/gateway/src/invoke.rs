@@ -66,7 +66,8 @@ pub(crate) struct Answer {
 
 /// A call past its checks, on its way through admission to a node.
 pub(crate) struct Call {
-    request: SandboxInvokeRequest,
+    /// Shared with `run`, which gets the payload back for a second try.
+    request: Arc<SandboxInvokeRequest>,
     deadline: Instant,
     budget: Duration,
 }
@@ -166,10 +167,10 @@ impl Invoker {
     ) -> Result<Answer, Error> {
         let Invocation {
             function,
-            payload,
+            mut payload,
             timeout_ms,
             deadline_left,
-            http,
+            mut http,
         } = invocation;
         sock_bundle::validate_name(&function)?;
         if timeout_ms == Some(0) {
@@ -182,46 +183,64 @@ impl Invoker {
                 limit: self.max_payload_bytes,
             });
         }
-        let info = self.functions.get(&function).await?;
-        tracing::Span::current().record("sock.version", info.version);
-        let config = info.config.clone().unwrap_or_default();
-        if let Some(method) = method {
-            check_method(&function, &config, method)?;
+        // The budget runs from the first look-up's answer: what it took is
+        // the platform's time, but waiting in the queue is the call's.
+        let mut start = None;
+        let mut looked_up_again = false;
+        loop {
+            let info = self.functions.get(&function).await?;
+            tracing::Span::current().record("sock.version", info.version);
+            let config = info.config.clone().unwrap_or_default();
+            if let Some(method) = method {
+                check_method(&function, &config, method)?;
+            }
+            // Whether a function serves f(event) or an app is known for
+            // sure only once its module is imported (OpenLambda's
+            // discovery), so an HTTP call always goes as HTTP and the
+            // runtime answers it either way. A call without HTTP is
+            // refused here only when ol.yaml already says the function is
+            // an app; else the runtime says so.
+            if http.is_none() && !config.wsgi_entry.is_empty() {
+                return Err(Error::InvalidRequest(format!(
+                    "function '{function}' is a WSGI/ASGI app; call it over HTTP at /run/{function}"
+                )));
+            }
+            let start = *start.get_or_insert_with(Instant::now);
+            let limit_ms = config.limits.as_ref().map_or(0, |l| l.timeout_ms);
+            let budget = budget(timeout_ms, deadline_left, limit_ms, self.default_timeout_ms);
+            let request = Arc::new(SandboxInvokeRequest {
+                function: Some(FunctionRef {
+                    name: function.clone(),
+                    version: info.version,
+                }),
+                config: Some(config),
+                payload,
+                call_id: call_id.to_string(),
+                timeout_ms: 0,
+                http,
+            });
+            let call = Call {
+                request: request.clone(),
+                deadline: start + budget,
+                budget,
+            };
+            match self.stack.clone().oneshot(call).await {
+                // The version this gateway resolved is gone from the node's
+                // registry (pushed over twice since, or the function
+                // deleted): nothing ran. Forget it and resolve once more.
+                Err(Error::Sandboxd(status))
+                    if status.code() == tonic::Code::NotFound && !looked_up_again =>
+                {
+                    tracing::info!(function = %function, version = info.version, reason = %status.message(), "version gone; resolving again");
+                    self.functions.invalidate(&function);
+                    looked_up_again = true;
+                    let request =
+                        Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+                    (payload, http) = (request.payload, request.http);
+                }
+                answered => return answered,
+            }
         }
-        // Whether a function serves f(event) or an app is known for sure
-        // only once its module is imported (OpenLambda's discovery), so an
-        // HTTP call always goes as HTTP and the runtime answers it either
-        // way. A call without HTTP is refused here only when ol.yaml
-        // already says the function is an app; else the runtime says so.
-        if http.is_none() && !config.wsgi_entry.is_empty() {
-            return Err(Error::InvalidRequest(format!(
-                "function '{function}' is a WSGI/ASGI app; call it over HTTP at /run/{function}"
-            )));
-        }
-
-        // The budget runs from here: what the lookup took is the
-        // platform's time, but waiting in the queue is the call's.
-        let start = Instant::now();
-        let limit_ms = config.limits.as_ref().map_or(0, |l| l.timeout_ms);
-        let budget = budget(timeout_ms, deadline_left, limit_ms, self.default_timeout_ms);
-        let deadline = start + budget;
-        let request = SandboxInvokeRequest {
-            function: Some(FunctionRef {
-                name: function,
-                version: info.version,
-            }),
-            config: Some(config),
-            payload,
-            call_id: call_id.to_string(),
-            timeout_ms: 0,
-            http,
-        };
-        let call = Call {
-            request,
-            deadline,
-            budget,
-        };
-        self.stack.clone().oneshot(call).await
     }
 }
 
@@ -269,7 +288,7 @@ impl Service<Call> for Dispatch {
 
 async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     let Call {
-        mut request,
+        request,
         deadline,
         budget,
     } = call;
@@ -284,12 +303,13 @@ async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     // What queueing left of the budget, in sandboxd's whole milliseconds
     // (rounded up: a call that did not wait keeps its whole budget).
     let left = deadline.saturating_duration_since(Instant::now());
-    request.timeout_ms = u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
-    if request.timeout_ms == 0 {
+    let timeout_ms = u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+    if timeout_ms == 0 {
         return Err(timed_out());
     }
     let call_id = request.call_id.clone();
-    let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, nodes.invoke(request))
+    let sent = nodes.invoke(&request, timeout_ms);
+    let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, sent)
         .await
         .map_err(|_| timed_out())??;
     let outcome = match answer.outcome {

@@ -238,10 +238,12 @@ impl Nodes {
     }
 
     /// Runs a call on the function's node, or the next one if the first
-    /// could not be reached before the call was sent.
+    /// could not be reached before the call was sent; sandboxd gets
+    /// `timeout_ms` of it left.
     pub async fn invoke(
         &self,
-        request: SandboxInvokeRequest,
+        request: &SandboxInvokeRequest,
+        timeout_ms: u32,
     ) -> Result<(SandboxInvokeResponse, Arc<Node>), Error> {
         let function = request.function.as_ref().map_or("", |f| f.name.as_str());
         let order = self.order(function);
@@ -257,7 +259,10 @@ impl Nodes {
             let result = node
                 .client
                 .clone()
-                .invoke(request.clone())
+                .invoke(SandboxInvokeRequest {
+                    timeout_ms,
+                    ..request.clone()
+                })
                 .instrument(span)
                 .await;
             match result {

@@ -117,6 +117,10 @@ const SLOW: &[u8] = b"\"slow\"";
 #[derive(Default)]
 struct FakeSandboxd {
     calls: Mutex<Vec<SandboxInvokeRequest>>,
+    /// Versions below this are gone from the node's registry: not found,
+    /// as sandboxd answers then.
+    oldest_kept: std::sync::atomic::AtomicU64,
+
     /// Notified when a call arrives.
     arrived: Notify,
 }
@@ -147,6 +151,12 @@ impl Sandboxd for FakeSandboxdService {
             .push(request.clone());
         self.0.arrived.notify_one();
         let version = request.function.as_ref().map_or(0, |f| f.version);
+        let oldest_kept = self.0.oldest_kept.load(std::sync::atomic::Ordering::SeqCst);
+        if version < oldest_kept {
+            return Err(Status::not_found(format!(
+                "function version {version} is not available: the registry keeps {oldest_kept}"
+            )));
+        }
         // An app as ol.yaml names it; any other function is f(event), whose
         // answer to an HTTP call is the result of f(body).
         let is_app = request
@@ -684,6 +694,57 @@ async fn metadata_is_refreshed_after_the_cache_time_and_survives_a_registry_outa
         Code::Unavailable,
         "registry unavailable: ",
     );
+}
+
+#[tokio::test]
+async fn a_version_gone_from_the_node_is_resolved_again_once_and_the_call_runs() {
+    let mut registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(Config {
+        registry_cache_ms: 3_600_000,
+        ..config(&registry.endpoint(), &sandboxd_addr)
+    })
+    .await;
+    assert_eq!(registry.push("moving", None).await, 1);
+    assert_eq!(gateway.version_of("moving").await, 1);
+
+    // Two pushes this gateway did not see: its cached version 1 is gone
+    // from the node, which answers not found without running anything.
+    registry.push("moving", None).await;
+    assert_eq!(registry.push("moving", None).await, 3);
+    sandboxd
+        .oldest_kept
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let answer = gateway
+        .invoke("moving", b"{\"n\": 1}")
+        .await
+        .expect("served after a second look-up")
+        .into_inner();
+    assert_eq!(answer.version, 3);
+    let versions: Vec<u64> = sandboxd
+        .calls()
+        .iter()
+        .map(|c| c.function.as_ref().map_or(0, |f| f.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 1, 3],
+        "one try of the stale version, then the current one"
+    );
+    assert_eq!(sandboxd.last_call().payload, b"{\"n\": 1}");
+
+    // Not found again after looking up again (the node lags the registry):
+    // the caller gets the node's answer, with no third try.
+    sandboxd
+        .oldest_kept
+        .store(10, std::sync::atomic::Ordering::SeqCst);
+    assert_status(
+        gateway.invoke("moving", b"{}").await,
+        Code::NotFound,
+        "function version 3 is not available",
+    );
+    assert_eq!(sandboxd.calls().len(), 5);
 }
 
 #[tokio::test]
