@@ -36,6 +36,18 @@ pub enum ConfigError {
     },
 }
 
+/// How cold starts begin, one setting read by sandboxd and the cache:
+/// `tree` forks them from zygotes of the import-cache tree, `off` makes
+/// each a fresh sandbox. Any other value fails the config load, naming
+/// these two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportCache {
+    #[default]
+    Tree,
+    Off,
+}
+
 /// Suffix of a variable that names the file holding a key's value.
 const FILE_SUFFIX: &str = "_FILE";
 
@@ -132,6 +144,7 @@ mod tests {
     struct Demo {
         listen: String,
         cache_ms: u64,
+        import_cache: ImportCache,
     }
 
     impl Default for Demo {
@@ -139,8 +152,31 @@ mod tests {
             Demo {
                 listen: "127.0.0.1:1".into(),
                 cache_ms: 5000,
+                import_cache: ImportCache::Tree,
             }
         }
+    }
+
+    #[test]
+    fn import_cache_is_tree_or_off_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock.toml");
+        std::fs::write(&path, "[demo]\nimport_cache = \"off\"\n").expect("write");
+        let cfg: Demo = load_config("demo", Some(&path)).expect("load");
+        assert_eq!(cfg.import_cache, ImportCache::Off);
+
+        std::fs::write(&path, "[demo]\nimport_cache = \"sometimes\"\n").expect("write");
+        let err = load_config::<Demo>("demo", Some(&path)).expect_err("refused");
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(
+            text.contains("sometimes") && text.contains("tree") && text.contains("off"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -154,7 +190,8 @@ mod tests {
             cfg,
             Demo {
                 listen: "127.0.0.1:1".into(),
-                cache_ms: 10
+                cache_ms: 10,
+                import_cache: ImportCache::Tree,
             }
         );
     }

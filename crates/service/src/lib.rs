@@ -16,7 +16,7 @@ pub use auth::{
     require_tokens,
 };
 pub use ceilings::{Ceilings, OverCeiling};
-pub use config::{ConfigError, list_or_commas, load_config};
+pub use config::{ConfigError, ImportCache, list_or_commas, load_config};
 pub use metrics::{METRICS_CONTENT_TYPE, render_metrics, serve_metrics};
 pub use server::{bind, grpc_incoming, http_incoming, with_standard_services};
 pub use shutdown::shutdown_on_signals;

@@ -40,7 +40,7 @@ pub struct Config {
     pub allow_source_builds: bool,
     /// `tree`: answer the import-cache tree node that fits each function;
     /// `off`: no zygote chain.
-    pub import_cache: String,
+    pub import_cache: sock_service::ImportCache,
     /// The import-cache tree: inline JSON, or a path to a JSON file, in
     /// OpenLambda's shape `{"packages": [...], "children": [...]}`; empty
     /// means a tree learned from this node's cold starts (`learn.rs`).
@@ -69,7 +69,7 @@ impl Default for Config {
             index_url: "https://pypi.org/simple".into(),
             installer_timeout_s: 300,
             allow_source_builds: false,
-            import_cache: "tree".into(),
+            import_cache: sock_service::ImportCache::Tree,
             import_tree: String::new(),
             tree_rebuild_ms: 10_000,
             tree_budget_mb: 2048,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use sock_proto::v1::{BuiltWheel, SourceBuild, TreeResponse, ZygoteNode};
+use sock_service::ImportCache;
 
 use crate::closure;
 use crate::config::Config;
@@ -79,19 +80,14 @@ impl Planner {
         tmp: &Path,
         installer: Arc<dyn Installer>,
     ) -> Result<Planner, Error> {
-        let imports = match config.import_cache.as_str() {
-            "tree" if config.import_tree.trim().is_empty() => Imports::Learned(Arc::new(
-                Learner::open(data_dir, tmp, config.tree_budget_mb),
-            )),
-            "tree" => Imports::Configured(Arc::new(
+        let imports = match config.import_cache {
+            ImportCache::Tree if config.import_tree.trim().is_empty() => Imports::Learned(
+                Arc::new(Learner::open(data_dir, tmp, config.tree_budget_mb)),
+            ),
+            ImportCache::Tree => Imports::Configured(Arc::new(
                 ImportTree::load(&config.import_tree).map_err(Error::InvalidConfig)?,
             )),
-            "off" => Imports::Off,
-            other => {
-                return Err(Error::InvalidConfig(format!(
-                    "import_cache {other:?} is neither \"tree\" nor \"off\""
-                )));
-            }
+            ImportCache::Off => Imports::Off,
         };
         let sdists = Sdists::open(
             data_dir,
@@ -539,7 +535,7 @@ mod tests {
         );
         let (_dir, off) = planner_with(
             Config {
-                import_cache: "off".into(),
+                import_cache: ImportCache::Off,
                 ..Config::default()
             },
             installer,
@@ -634,24 +630,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unknown_import_cache_modes_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
-            import_cache: "sometimes".into(),
-            ..Config::default()
-        };
-        let err = Planner::open(
-            &config,
-            dir.path(),
-            dir.path(),
-            Arc::new(FakeInstaller::new(&[])),
-        )
-        .err()
-        .expect("refused");
-        assert!(err.to_string().contains("neither"), "{err}");
-    }
-
     #[tokio::test]
     async fn a_package_with_only_an_sdist_is_built_by_the_caller_then_installed() {
         let links = tempfile::tempdir().expect("tempdir");
@@ -662,7 +640,7 @@ mod tests {
         let config = Config {
             allow_source_builds: true,
             find_links: vec![links.path().to_path_buf()],
-            import_cache: "off".into(),
+            import_cache: ImportCache::Off,
             ..Config::default()
         };
         let (dir, planner) = planner_with(config, Arc::new(installer));
@@ -745,7 +723,7 @@ mod tests {
         installer.sdist_only.push("beta==1.0".into());
         let config = Config {
             allow_source_builds: true,
-            import_cache: "off".into(),
+            import_cache: ImportCache::Off,
             ..Config::default()
         };
         let (_dir, planner) = planner_with(config, Arc::new(installer));

@@ -698,7 +698,7 @@ async fn metadata_is_refreshed_after_the_cache_time_and_survives_a_registry_outa
 
 #[tokio::test]
 async fn a_version_gone_from_the_node_is_resolved_again_once_and_the_call_runs() {
-    let mut registry = Registry::start().await;
+    let registry = Registry::start().await;
     let sandboxd = Arc::new(FakeSandboxd::default());
     let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
     let gateway = Gateway::start(Config {

@@ -84,7 +84,7 @@ pub struct Config {
     /// `tree`: cold starts fork from a zygote of the import-cache tree (the
     /// root zygote when the cache names no node); `off`: every cold start
     /// is a fresh sandbox.
-    pub import_cache: String,
+    pub import_cache: sock_service::ImportCache,
     /// Memory limit of each zygote, reserved from the pool while it lives.
     pub zygote_memory_mb: u64,
     /// After a zygote failed to start (an import raised, it ran out of
@@ -162,7 +162,7 @@ impl Default for Config {
             netns_pool_size: 8,
             shutdown_grace_ms: 10_000,
             init_program: None,
-            import_cache: "tree".into(),
+            import_cache: sock_service::ImportCache::Tree,
             zygote_memory_mb: 256,
             zygote_retry_ms: 5_000,
             zygote_uid: 65533,

@@ -22,6 +22,7 @@ use sock_sandbox::mounts;
 use sock_sandbox::namespaces::{self, NetnsPool};
 use sock_sandbox::protocol::{self, Header, MAX_BODY_BYTES, ProtocolError, RuntimeErrorKind};
 use sock_sandbox::seccomp::{self, Programs};
+use sock_service::ImportCache;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -232,7 +233,7 @@ impl Sandboxes {
         make_dir(&runtime_dir, 0o755)?;
         write_runtime(&runtime_dir, "sock_runtime.py", RUNTIME_PY)?;
         write_runtime(&runtime_dir, ZYGOTE_FILE, ZYGOTE_PY)?;
-        if config.import_cache != "off" {
+        if config.import_cache != ImportCache::Off {
             let library = crate::zygote::library(&init_program)?;
             write_runtime(&runtime_dir, sock_sandbox::LIBRARY_FILE, library)?;
         }
@@ -1147,12 +1148,6 @@ fn check_config(config: &Config) -> Result<(), Error> {
         return Err(Error::InvalidConfig(format!(
             "python {} must be an absolute path",
             config.python.display()
-        )));
-    }
-    if !["tree", "off"].contains(&config.import_cache.as_str()) {
-        return Err(Error::InvalidConfig(format!(
-            "import_cache {:?} must be \"tree\" or \"off\"",
-            config.import_cache
         )));
     }
     if config.zygote_uid == 0

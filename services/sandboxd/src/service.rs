@@ -395,7 +395,7 @@ pub async fn run(
     let peers = sock_service::PeerCredLayer::new(config.client_uid, config.client_gid);
     let default_timeout_ms = config.timeout_ms;
     let max_timeout_ms = config.ceilings.max_timeout_ms;
-    let zygotes = config.import_cache == "tree";
+    let zygotes = config.import_cache == sock_service::ImportCache::Tree;
     let metrics_listen = config.metrics_listen.clone();
     let manager = Manager::new(config)?;
     let calls = Arc::new(AtomicU64::new(0));

@@ -731,7 +731,7 @@ impl Birth {
 
     fn tune(self, config: &mut Config) {
         if self == Birth::Fresh {
-            config.import_cache = "off".into();
+            config.import_cache = sock_service::ImportCache::Off;
         }
     }
 
@@ -1637,7 +1637,8 @@ async fn children_of_a_zygote_with_a_hostile_package_resist_every_probe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_builds_resist_every_probe() {
     const REQUIREMENT: &str = "isoprobe==1.0";
-    let Some(node) = start("build", |c| c.import_cache = "off".into()).await else {
+    let Some(node) = start("build", |c| c.import_cache = sock_service::ImportCache::Off).await
+    else {
         return;
     };
     let mut findings = Findings {

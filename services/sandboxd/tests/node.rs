@@ -1090,7 +1090,11 @@ async fn a_dead_zygote_is_made_anew_and_its_dead_children_are_not_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_import_cache_off_every_cold_start_is_fresh() {
-    let Some(node) = start("zygoff", |c| c.import_cache = "off".into()).await else {
+    let Some(node) = start("zygoff", |c| {
+        c.import_cache = sock_service::ImportCache::Off
+    })
+    .await
+    else {
         return;
     };
     node.publish("a", 1, COUNTER, Function::default());

@@ -350,8 +350,11 @@ def f(event):
     return n
 "#;
 
-async fn every_line_goes_to_the_call_that_printed_it(test: &str, import_cache: &str) {
-    let Some(node) = start(test, |config| config.import_cache = import_cache.into()).await else {
+async fn every_line_goes_to_the_call_that_printed_it(
+    test: &str,
+    import_cache: sock_service::ImportCache,
+) {
+    let Some(node) = start(test, |config| config.import_cache = import_cache).await else {
         return;
     };
     node.publish_v1("numbered", NUMBERED);
@@ -395,12 +398,13 @@ async fn every_line_goes_to_the_call_that_printed_it(test: &str, import_cache: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_goes_to_the_call_that_printed_it_in_a_forked_sandbox() {
-    every_line_goes_to_the_call_that_printed_it("lines-tree", "tree").await;
+    every_line_goes_to_the_call_that_printed_it("lines-tree", sock_service::ImportCache::Tree)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_goes_to_the_call_that_printed_it_in_a_fresh_sandbox() {
-    every_line_goes_to_the_call_that_printed_it("lines-off", "off").await;
+    every_line_goes_to_the_call_that_printed_it("lines-off", sock_service::ImportCache::Off).await;
 }
 
 /// Returns `event` bytes of JSON; with a negative size, writes its own
