@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod body;
 mod config;
 mod cron;
 mod deadline;
@@ -39,9 +40,8 @@ use tonic::transport::Server;
 
 pub use config::Config;
 pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
-pub use error::{ERROR_HEADER, Error, Kind};
+pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error, Kind};
 pub use http::TIMEOUT_HEADER;
-pub use invoke::CALL_ID_HEADER;
 pub use openlambda::VERSION_HEADER;
 
 use grpc::GatewayService;
