@@ -90,10 +90,9 @@ pub fn refuse_too_large<B: Default>(
     refusal: Status,
 ) -> MapResponseLayer<impl Fn(http::Response<B>) -> http::Response<B> + Clone> {
     MapResponseLayer::new(move |response: http::Response<B>| {
-        let refused = response
-            .headers()
-            .get("grpc-status")
-            .is_some_and(|code| tonic::Code::from_bytes(code.as_bytes()) == tonic::Code::OutOfRange);
+        let refused = response.headers().get("grpc-status").is_some_and(|code| {
+            tonic::Code::from_bytes(code.as_bytes()) == tonic::Code::OutOfRange
+        });
         if refused {
             refusal.clone().into_http()
         } else {

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sock_proto::v1::cache_server::{Cache, CacheServer};
-use sock_service::limits::{self, Carrying, MAX_WHEEL_BYTES};
 use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, TreeRequest, TreeResponse};
+use sock_service::limits::{self, Carrying, MAX_WHEEL_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;

@@ -3,12 +3,12 @@ use std::sync::Arc;
 
 use sock_bundle::Size;
 use sock_proto::v1::registry_server::{Registry, RegistryServer};
-use sock_service::limits::{self, Carrying};
 use sock_proto::v1::{
     ClaimFiringRequest, ClaimFiringResponse, DeleteFunctionRequest, DeleteFunctionResponse,
     FunctionInfo, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse,
     PushFunctionRequest,
 };
+use sock_service::limits::{self, Carrying};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
