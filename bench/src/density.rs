@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use sock_e2e::cluster::Cluster;
 use sock_proto::v1::StatusResponse;
 
-use crate::run;
 use crate::sock::{self, Refusal};
 use crate::stats::Series;
 
@@ -187,7 +186,7 @@ pub async fn fill(bin: &Path, sizes: &FillSizes) -> anyhow::Result<Fill> {
     let cluster = Arc::new(
         tokio::task::spawn_blocking({
             let bin = bin.to_path_buf();
-            move || run::start(&bin, &env.each_ref().map(|(k, v)| (*k, v.as_str())))
+            move || sock::start(&bin, &env.each_ref().map(|(k, v)| (*k, v.as_str())))
         })
         .await?,
     );
@@ -195,7 +194,7 @@ pub async fn fill(bin: &Path, sizes: &FillSizes) -> anyhow::Result<Fill> {
     // Every task holding the cluster has ended.
     if let Some(cluster) = Arc::into_inner(cluster) {
         let stopping = Instant::now();
-        run::stop(cluster).await?;
+        sock::stop(cluster).await?;
         eprintln!(
             "sock-bench: density: cluster stopped in {:.1} s",
             stopping.elapsed().as_secs_f64()

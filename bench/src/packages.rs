@@ -319,7 +319,7 @@ async fn measure(
     env.extend(mode.env(tree));
     let cluster = tokio::task::spawn_blocking({
         let bin = bin.to_path_buf();
-        move || run::start(&bin, &borrowed(&env))
+        move || sock::start(&bin, &borrowed(&env))
     })
     .await?;
     let fresh_per_call = mode == Mode::FreshPerCall;
@@ -372,7 +372,7 @@ async fn measure(
         true => None,
         false => Some(density::measure(&cluster, 1).await?),
     };
-    run::stop(cluster).await?;
+    sock::stop(cluster).await?;
     Ok(ModeRun {
         mode,
         env: mode.env(tree),

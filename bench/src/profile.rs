@@ -117,7 +117,7 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     ];
     let mut breakdowns = Vec::new();
     {
-        let cluster = run::start(bin, &traced);
+        let cluster = sock::start(bin, &traced);
         breakdowns.push(
             cold_breakdown(
                 &receiver,
@@ -136,7 +136,7 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
     {
         let mut env = traced.to_vec();
         env.extend(FRESH);
-        let cluster = run::start(bin, &env);
+        let cluster = sock::start(bin, &env);
         breakdowns.push(
             cold_breakdown(
                 &receiver,
@@ -150,7 +150,7 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
 
     let mut flames = Vec::new();
     {
-        let cluster = run::start(bin, &[]);
+        let cluster = sock::start(bin, &[]);
         flames.push(
             cold_flame(
                 &cluster,
@@ -172,7 +172,7 @@ pub async fn run(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<Results>
         ))?);
     }
     {
-        let cluster = run::start(bin, &FRESH);
+        let cluster = sock::start(bin, &FRESH);
         flames.push(
             cold_flame(
                 &cluster,

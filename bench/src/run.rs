@@ -225,15 +225,6 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A cluster of the binaries in `bin` with `env` besides quiet logs and
-/// no telemetry export.
-pub fn start(bin: &Path, env: &[(&str, &str)]) -> Cluster {
-    eprintln!("sock-bench: starting a cluster ({env:?})");
-    let mut all = vec![("RUST_LOG", "warn"), ("OTEL_SDK_DISABLED", "true")];
-    all.extend_from_slice(env);
-    Cluster::start_from(bin, "bench", &all)
-}
-
 async fn cold_run(
     cluster: &Cluster,
     sizes: &Sizes,
@@ -314,12 +305,12 @@ pub async fn warm_only(bin: &Path, quick: bool) -> anyhow::Result<()> {
     let sizes = Sizes::new(quick);
     let cluster = tokio::task::spawn_blocking({
         let bin = bin.to_path_buf();
-        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
+        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
     })
     .await?;
     let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
     let measured = warm(&cluster, &sizes, invoke).await;
-    stop(cluster).await?;
+    sock::stop(cluster).await?;
     let Warm {
         warm1,
         warm8,
@@ -352,7 +343,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
 
     let cluster = tokio::task::spawn_blocking({
         let bin = bin.to_path_buf();
-        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
+        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
     })
     .await?;
     let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
@@ -368,11 +359,11 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
         &format!("{invoke} of a function never called before (code unpacked), import_cache = tree"),
     )
     .await?;
-    stop(cluster).await?;
+    sock::stop(cluster).await?;
 
     let cluster = tokio::task::spawn_blocking({
         let bin = bin.to_path_buf();
-        move || start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "off")])
+        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "off")])
     })
     .await?;
     let fresh = cold_run(
@@ -382,7 +373,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
         &format!("{invoke} of a function never called before (code unpacked), SOCK_SANDBOXD_IMPORT_CACHE=off"),
     )
     .await?;
-    stop(cluster).await?;
+    sock::stop(cluster).await?;
 
     eprintln!(
         "sock-bench: density: paused sandboxes until the {} MB pool is full",
@@ -408,12 +399,4 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
         baselines,
         fill,
     })
-}
-
-pub async fn stop(cluster: Cluster) -> anyhow::Result<()> {
-    let status = tokio::task::spawn_blocking(move || cluster.stop()).await?;
-    if !status.success() {
-        eprintln!("sock-bench: warning: `sock up` exited with {status}");
-    }
-    Ok(())
 }

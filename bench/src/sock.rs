@@ -1,5 +1,6 @@
 //! What sock itself is measured on, through its public gRPC API: warm
 //! calls, throughput, cold starts and sandbox churn.
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -284,4 +285,23 @@ pub async fn churn(
     let rate = calls as f64 / started.elapsed().as_secs_f64();
     let cold = status(cluster).await?.cold_starts_total - before;
     Ok((rate, cold))
+}
+
+/// A cluster of the binaries in `bin` with `env` besides quiet logs and
+/// no telemetry export.
+pub fn start(bin: &Path, env: &[(&str, &str)]) -> Cluster {
+    eprintln!("sock-bench: starting a cluster ({env:?})");
+    let mut all = vec![("RUST_LOG", "warn"), ("OTEL_SDK_DISABLED", "true")];
+    all.extend_from_slice(env);
+    Cluster::start_from(bin, "bench", &all)
+}
+
+/// Stops `cluster` as Ctrl-C would; a `sock up` that does not exit cleanly
+/// is worth a warning, not a failed run.
+pub async fn stop(cluster: Cluster) -> anyhow::Result<()> {
+    let status = tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    if !status.success() {
+        eprintln!("sock-bench: warning: `sock up` exited with {status}");
+    }
+    Ok(())
 }

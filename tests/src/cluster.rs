@@ -16,6 +16,7 @@ use sock_proto::v1::{
     InvokeRequest, InvokeResponse, LogLine, LogsRequest, PushFunctionRequest, StatusRequest,
     StatusResponse,
 };
+use sock_service::limits::Carrying;
 use tonic::transport::Channel;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -159,6 +160,7 @@ impl Cluster {
             self.authed(&self.endpoints.gateway, sock_cli::tokens::Kind::Invoke)
                 .await,
         )
+        .carrying(sock_service::limits::MAX_CALL_BYTES)
     }
 
     /// The registry, with the admin token.

@@ -46,6 +46,57 @@ async fn echo_returns_its_payload() {
     );
 }
 
+/// Payloads and results may be up to 6 MiB (the gateway's
+/// `max_payload_bytes`, sandboxd's `max_result_bytes`), past gRPC's usual
+/// 4 MiB: a 5 MiB one crosses every hop whole, there and back, through
+/// both of the gateway's doors.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_five_mib_payload_comes_back_whole() {
+    if !have_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster
+        .push_bundle("echo", example_bundle("echo"))
+        .await
+        .expect("push echo");
+    let want = serde_json::json!({ "data": "x".repeat(5 << 20) });
+    let payload = want.to_string();
+    let same = |result: &[u8]| {
+        let got: serde_json::Value = serde_json::from_slice(result).expect("JSON result");
+        assert!(
+            got == want,
+            "a result of {} bytes differs from the payload",
+            result.len()
+        );
+    };
+
+    match invoke(&cluster, "echo", &payload)
+        .await
+        .expect("invoke echo over gRPC")
+    {
+        Outcome::Result(result) => same(&result),
+        Outcome::Error(e) => panic!("echo failed: {e:?}"),
+    }
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/run/echo", cluster.endpoints.gateway_http))
+        .bearer_auth(cluster.token(sock_cli::tokens::Kind::Invoke))
+        .body(payload)
+        .send()
+        .await
+        .expect("POST /run/echo");
+    let status = response.status();
+    let body = response.bytes().await.expect("the answer's body");
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    same(&body);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_raising_function_returns_its_traceback() {
     if !have_root() {

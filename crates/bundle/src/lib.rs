@@ -24,39 +24,10 @@ pub mod testing;
 use std::io::{self, Read};
 use std::path::Path;
 
-use sock_proto::v1::FunctionConfig;
-
 pub use cron::Schedule;
 pub use error::{BundleError, Size};
 pub use name::validate_name;
-
-/// Size bounds applied while reading an archive.
-#[derive(Clone, Copy, Debug)]
-pub struct BundleLimits {
-    /// Compressed size of the bundle.
-    pub max_bundle_bytes: u64,
-    /// Sum of the unpacked file sizes (guards against gzip bombs).
-    pub max_unpacked_bytes: u64,
-    pub max_entries: usize,
-}
-
-impl Default for BundleLimits {
-    fn default() -> Self {
-        BundleLimits {
-            max_bundle_bytes: 32 << 20,
-            max_unpacked_bytes: 256 << 20,
-            max_entries: 10_000,
-        }
-    }
-}
-
-/// What validation learned from a bundle.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Manifest {
-    /// From `ol.yaml` and `requirements.txt`, with defaults filled in
-    /// (`entry_file` "f.py", `isolation` "sock", `limits` all zero).
-    pub config: FunctionConfig,
-}
+pub use reader::{BundleLimits, Manifest};
 
 /// Validates an untrusted bundle without writing anything to disk.
 pub fn validate(bundle: &[u8], limits: &BundleLimits) -> Result<Manifest, BundleError> {

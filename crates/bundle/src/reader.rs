@@ -9,12 +9,40 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 
 use flate2::read::GzDecoder;
+use sock_proto::v1::FunctionConfig;
 use tar::EntryType;
 
 use crate::config;
 use crate::error::{BundleError, Size, shown};
 use crate::tree::{Node, PathProblem, Tree, normalize, parent_of};
-use crate::{BundleLimits, Manifest};
+
+/// Size bounds applied while reading an archive.
+#[derive(Clone, Copy, Debug)]
+pub struct BundleLimits {
+    /// Compressed size of the bundle.
+    pub max_bundle_bytes: u64,
+    /// Sum of the unpacked file sizes (guards against gzip bombs).
+    pub max_unpacked_bytes: u64,
+    pub max_entries: usize,
+}
+
+impl Default for BundleLimits {
+    fn default() -> Self {
+        BundleLimits {
+            max_bundle_bytes: 32 << 20,
+            max_unpacked_bytes: 256 << 20,
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// What validation learned from a bundle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// From `ol.yaml` and `requirements.txt`, with defaults filled in
+    /// (`entry_file` "f.py", `isolation` "sock", `limits` all zero).
+    pub config: FunctionConfig,
+}
 
 /// Where checked entries go: nowhere (validate) or onto disk (unpack).
 /// Paths are normalised and relative to the bundle root; parents are

@@ -11,8 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::BundleError;
-use crate::reader::{self, Sink};
-use crate::{BundleLimits, Manifest};
+use crate::reader::{self, BundleLimits, Manifest, Sink};
 
 const DIR_MODE: u32 = 0o755;
 

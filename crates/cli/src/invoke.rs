@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{ErrorKind, InvokeRequest};
+use sock_service::limits::{self, Carrying};
 
 use crate::admin::status_error;
 use sock_cli::endpoints::{Endpoints, connect};
@@ -25,6 +26,7 @@ pub async fn invoke(
     });
     sock_cli::auth::bearer(&mut request, token)?;
     let response = GatewayClient::new(connect(&endpoints.gateway).await?)
+        .carrying(limits::MAX_CALL_BYTES)
         .invoke(request)
         .await
         .map_err(status_error)?

@@ -21,12 +21,12 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, execve, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::lockdown::{
-    Lockdown, LockdownError, SOCKET_FD, close_fds_above, limit_resources, set_ids,
+    Lockdown, LockdownError, SOCKET_FD, close_fds_above, install_seccomp, limit_resources, set_ids,
 };
 use crate::mounts::{self, MountError, RealHost, RootSpec};
 use crate::namespaces::set_hostname;
 use crate::proc::{Proc, mount_proc};
-use crate::seccomp::{self, Programs};
+use crate::seccomp::Programs;
 
 /// `argv[1]` that makes `sock-sandboxd` run as a sandbox init.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -347,7 +347,7 @@ fn become_zygote(
     prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
     nix::unistd::chdir("/").map_err(sys("chdir"))?;
     close_fds_above(SOCKET_FD).map_err(sys("close_range"))?;
-    seccomp::install(&spec.seccomp)?;
+    install_seccomp(&spec.seccomp)?;
     Ok(())
 }
 

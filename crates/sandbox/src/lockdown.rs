@@ -17,7 +17,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
 
-use crate::seccomp::{self, Programs};
+use crate::seccomp::{Insn, Programs};
 
 /// Open files a sandbox process may hold.
 pub(crate) const NOFILE: u64 = 1024;
@@ -74,7 +74,7 @@ impl Lockdown<'_> {
         prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
         nix::unistd::chdir(self.cwd).map_err(sys("chdir"))?;
         close_fds_above(SOCKET_FD).map_err(sys("close_range"))?;
-        seccomp::install(self.seccomp)
+        install_seccomp(self.seccomp)
     }
 }
 
@@ -142,6 +142,25 @@ pub(crate) fn close_fds_above(fd: i32) -> nix::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0) };
     if rc < 0 {
         return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Installs the filters on every thread of the process (TSYNC). Needs
+/// `no_new_privs` or CAP_SYS_ADMIN.
+pub(crate) fn install_seccomp(programs: &Programs) -> Result<(), LockdownError> {
+    for program in programs {
+        let bpf: seccompiler::BpfProgram = program
+            .iter()
+            .map(|Insn(code, jt, jf, k)| seccompiler::sock_filter {
+                code: *code,
+                jt: *jt,
+                jf: *jf,
+                k: *k,
+            })
+            .collect();
+        seccompiler::apply_filter_all_threads(&bpf)
+            .map_err(|e| LockdownError::Seccomp(e.to_string()))?;
     }
     Ok(())
 }

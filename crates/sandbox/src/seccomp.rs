@@ -2,7 +2,7 @@
 //! seccompiler's JSON format and compiled to BPF once per sandboxd start.
 //! The programs travel to each sandbox in its init spec or, for a zygote's
 //! child, over its own socket, as plain data ([`Programs`]); [`Lockdown`]
-//! installs them last (`install`), on every thread, for every birth path.
+//! installs them last (`install_seccomp`), on every thread, for every birth path.
 //! Zygotes install the zygote profile instead.
 //!
 //! [`Lockdown`]: crate::Lockdown
@@ -101,25 +101,6 @@ pub fn compile_profile(profile: Profile) -> Result<Programs, SeccompError> {
         ))),
         None => Ok(programs),
     }
-}
-
-/// Installs the filters on every thread of the process (TSYNC). Needs
-/// `no_new_privs` or CAP_SYS_ADMIN.
-pub(crate) fn install(programs: &Programs) -> Result<(), crate::LockdownError> {
-    for program in programs {
-        let bpf: seccompiler::BpfProgram = program
-            .iter()
-            .map(|Insn(code, jt, jf, k)| seccompiler::sock_filter {
-                code: *code,
-                jt: *jt,
-                jf: *jf,
-                k: *k,
-            })
-            .collect();
-        seccompiler::apply_filter_all_threads(&bpf)
-            .map_err(|e| crate::LockdownError::Seccomp(e.to_string()))?;
-    }
-    Ok(())
 }
 
 /// The seccompiler document of `profile`.

@@ -34,10 +34,12 @@ use serde::Deserialize;
 
 use crate::frame::{self, FrameError, MAX_HEADER_BYTES};
 use crate::init::SETUP_FAILED;
-use crate::lockdown::{Lockdown, LockdownError, SOCKET_FD, close_fds_above, single_threaded};
+use crate::lockdown::{
+    Lockdown, LockdownError, SOCKET_FD, close_fds_above, install_seccomp, single_threaded,
+};
 use crate::namespaces::{bring_up_loopback, set_hostname};
 use crate::proc::{Proc, mount_proc};
-use crate::seccomp::{self, Programs};
+use crate::seccomp::Programs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -222,7 +224,7 @@ fn child(frame: ForkFrame, request: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>,
             single_threaded()?;
             close_fds_above(SOCKET_FD).map_err(sys("close_range"))?;
             nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
-            seccomp::install(&frame.seccomp)?;
+            install_seccomp(&frame.seccomp)?;
             frame::write_header(&mut sock, br#"{"type":"forked"}"#)?;
             Ok(request.to_vec())
         }

@@ -1,11 +1,12 @@
 //! What every sock service shares: start-up (arguments, config in layers,
 //! telemetry), the shutdown signal, the frame of a gRPC server (health, reflection, graceful
-//! stop), and the `/metrics` endpoint. Service logic never lives here.
+//! stop), the size of its messages, and the `/metrics` endpoint. Service logic never lives here.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 mod ceilings;
 mod config;
+pub mod limits;
 mod metrics;
 mod server;
 mod shutdown;

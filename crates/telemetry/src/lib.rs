@@ -21,19 +21,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 use pipeline::Pipeline;
 use settings::Settings;
 
-/// What can go wrong setting telemetry up. None of it stops a service:
-/// it runs on without span export and logs the reason.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TelemetryError {
-    #[error("cannot start the span export runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("cannot export spans to OTLP endpoint {endpoint}: {source}")]
-    Exporter {
-        endpoint: String,
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
-}
-
 /// Flushes and shuts the span exporter down when dropped; keep it alive in
 /// `main` for the life of the process.
 #[must_use = "dropping the guard stops span export"]

@@ -20,7 +20,6 @@ use opentelemetry_sdk::trace::{
 };
 use tokio::runtime::Runtime;
 
-use crate::TelemetryError;
 use crate::settings::Settings;
 
 /// Batch delay when `OTEL_BSP_SCHEDULE_DELAY` is not set. The SDK's 5 s
@@ -29,6 +28,19 @@ const DEFAULT_SCHEDULE_DELAY: Duration = Duration::from_secs(1);
 
 /// How long dropping the guard may wait for the last spans to leave.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What can go wrong setting telemetry up. None of it stops a service:
+/// it runs on without span export and logs the reason.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TelemetryError {
+    #[error("cannot start the span export runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot export spans to OTLP endpoint {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
 
 pub(crate) struct Pipeline {
     provider: SdkTracerProvider,

@@ -4,8 +4,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::error::PackageError;
 use crate::markers::Environment;
-use crate::packages::{Package, PackageError, Packages};
+use crate::packages::{Package, Packages};
 use crate::requirement::Requirement;
 
 /// Resolves `roots` breadth first, in `sys.path` order: the roots in

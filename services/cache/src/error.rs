@@ -4,7 +4,33 @@ use std::path::PathBuf;
 use sock_bundle::BundleError;
 use tonic::Status;
 
-use crate::packages::PackageError;
+/// Why a package is not ready. Cloned to every waiter of a flight, hence
+/// strings only.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("package '{requirement}' failed to install: {log}")]
+    Install { requirement: String, log: String },
+    #[error(
+        "package '{requirement}' has no wheel for this platform, and source builds are off (the operator can allow them with allow_source_builds): {log}"
+    )]
+    NoWheel { requirement: String, log: String },
+    #[error(
+        "package '{requirement}' has no wheel for this platform and cannot be built from source: {reason}"
+    )]
+    SourceBuild { requirement: String, reason: String },
+    /// Not a failure: the caller builds `file_name` from `dir` and asks
+    /// again with the wheel.
+    #[error("package '{requirement}' must be built from source first")]
+    NeedsBuild {
+        requirement: String,
+        dir: String,
+        file_name: String,
+    },
+    #[error("the package installer is unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("cannot store package '{requirement}': {reason}")]
+    Storage { requirement: String, reason: String },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -26,8 +26,8 @@ mod sdist;
 mod server;
 mod store;
 mod tree;
+mod version;
 
 pub use config::Config;
-pub use error::Error;
-pub use packages::PackageError;
+pub use error::{Error, PackageError};
 pub use server::run;

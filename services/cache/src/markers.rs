@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::requirement::{Op, Specifier, normalize_name};
+use crate::version::{Op, Specifier, Version, normalize_name};
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Marker {
@@ -182,8 +182,8 @@ fn compare(left: &str, op: CompareOp, right: &str) -> bool {
                 op,
                 version: right.to_string(),
             };
-            let versions = crate::requirement::Version::parse(left).is_some()
-                && crate::requirement::Version::parse(right.trim_end_matches(".*")).is_some();
+            let versions = Version::parse(left).is_some()
+                && Version::parse(right.trim_end_matches(".*")).is_some();
             if versions {
                 spec.allows(left)
             } else {

@@ -5,7 +5,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::requirement::{Requirement, normalize_name};
+use crate::requirement::Requirement;
+use crate::version::normalize_name;
 
 /// One package as pip left it in a `--target` dir.
 #[derive(Clone, Debug, PartialEq)]

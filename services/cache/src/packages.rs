@@ -29,11 +29,12 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, PackageError};
 use crate::installer::{InstallFailure, Installer, Source};
 use crate::metadata::read_dist_info;
-use crate::requirement::{Requirement, Version, normalize_name};
+use crate::requirement::Requirement;
 use crate::sdist::{Sdists, plain_file_name};
+use crate::version::{Version, normalize_name};
 
 /// One installed package.
 #[derive(Debug, PartialEq)]
@@ -51,33 +52,6 @@ impl Package {
     pub(crate) fn pin(&self) -> String {
         format!("{}=={}", self.name, self.version)
     }
-}
-
-/// Cloned to every waiter of a flight, hence strings only.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum PackageError {
-    #[error("package '{requirement}' failed to install: {log}")]
-    Install { requirement: String, log: String },
-    #[error(
-        "package '{requirement}' has no wheel for this platform, and source builds are off (the operator can allow them with allow_source_builds): {log}"
-    )]
-    NoWheel { requirement: String, log: String },
-    #[error(
-        "package '{requirement}' has no wheel for this platform and cannot be built from source: {reason}"
-    )]
-    SourceBuild { requirement: String, reason: String },
-    /// Not a failure: the caller builds `file_name` from `dir` and asks
-    /// again with the wheel.
-    #[error("package '{requirement}' must be built from source first")]
-    NeedsBuild {
-        requirement: String,
-        dir: String,
-        file_name: String,
-    },
-    #[error("the package installer is unavailable: {reason}")]
-    Unavailable { reason: String },
-    #[error("cannot store package '{requirement}': {reason}")]
-    Storage { requirement: String, reason: String },
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Package>, PackageError>>>;
@@ -436,8 +410,8 @@ impl Packages {
             )));
         }
         let pinned = Requirement {
-            specifiers: vec![crate::requirement::Specifier {
-                op: crate::requirement::Op::Arbitrary,
+            specifiers: vec![crate::version::Specifier {
+                op: crate::version::Op::Arbitrary,
                 version: dist.version.clone(),
             }],
             ..requirement.clone()

@@ -16,11 +16,11 @@ use sock_service::ImportCache;
 
 use crate::closure;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, PackageError};
 use crate::installer::Installer;
 use crate::learn::Learner;
 use crate::markers::Environment;
-use crate::packages::{Package, PackageError, Packages};
+use crate::packages::{Package, Packages};
 use crate::requirement::Requirement;
 use crate::sdist::Sdists;
 use crate::tree::ImportTree;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::requirement::{Version, normalize_name};
+use crate::version::{Version, normalize_name};
 
 /// Larger downloads are refused.
 const MAX_SDIST_BYTES: u64 = 256 << 20;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, TreeRequest, TreeResponse};
+use sock_service::limits::{self, Carrying, MAX_WHEEL_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -71,12 +72,17 @@ pub async fn run(
 
     let (health, _) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServer<CacheService>>().await;
+    let too_large = Status::resource_exhausted(format!(
+        "a built wheel is over the limit of {} MiB",
+        MAX_WHEEL_BYTES >> 20
+    ));
     let mut server = Server::builder()
         .layer(sock_telemetry::grpc::ServerTraceLayer)
-        .layer(sock_service::AuthLayer::new(tokens, access));
+        .layer(sock_service::AuthLayer::new(tokens, access))
+        .layer(limits::refuse_too_large(too_large));
     tracing::info!(addr = ?listener.local_addr().ok(), "cache serving");
     sock_service::with_standard_services(&mut server, health)
-        .add_service(CacheServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(CacheServer::new(service).carrying(MAX_WHEEL_BYTES))
         .serve_with_incoming_shutdown(
             sock_service::grpc_incoming(listener),
             stop.cancelled_owned(),
@@ -98,9 +104,6 @@ async fn relearn(planner: Arc<Planner>, every: Duration, stop: CancellationToken
         }
     }
 }
-
-/// A `Prepare` may carry a built wheel (sandboxd caps one at 256 MiB).
-const MAX_REQUEST_BYTES: usize = 257 << 20;
 
 /// `Prepare` is for the node's sandboxd, with the node token.
 fn access(path: &str) -> sock_service::Access {

@@ -211,7 +211,7 @@ impl Node {
         packages: &Arc<Packages>,
         env: &Environment,
         parent: Option<&Arc<ResolvedNode>>,
-    ) -> Result<Arc<ResolvedNode>, crate::packages::PackageError> {
+    ) -> Result<Arc<ResolvedNode>, crate::error::PackageError> {
         let mut resolved = self.resolved.lock().await;
         if let Some(node) = resolved.as_ref() {
             return Ok(node.clone());

@@ -16,6 +16,9 @@ use tonic::{Code, Status};
 
 /// Response header (and gRPC metadata) naming the error's [`Kind`].
 pub use sock_service::ERROR_HEADER;
+/// Response metadata (and HTTP header) carrying the call's id, on answers
+/// and errors alike.
+pub const CALL_ID_HEADER: &str = "x-sock-call-id";
 /// Seconds a client told "overloaded" should wait before trying again.
 pub(crate) const RETRY_AFTER_SECS: u32 = 1;
 
@@ -268,7 +271,7 @@ impl Error {
         let headers = response.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
         if let Some(value) = call_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-            headers.insert(crate::CALL_ID_HEADER, value);
+            headers.insert(CALL_ID_HEADER, value);
         }
         match &self {
             Error::MethodNotAllowed { allowed, .. } => {

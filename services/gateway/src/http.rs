@@ -18,6 +18,7 @@ use sock_proto::v1::{HttpHeader, HttpRequest, HttpResponse};
 use tracing::Instrument;
 
 use crate::CALL_ID_HEADER;
+use crate::body::read_body;
 use crate::error::Error;
 use crate::grpc::{call_span, log_failure};
 use crate::invoke::{Invocation, Invoker, Outcome};
@@ -137,43 +138,6 @@ fn timeout_header(headers: &HeaderMap) -> Result<Option<u32>, Error> {
                 "{TIMEOUT_HEADER} must be a whole number of milliseconds"
             ))
         })
-}
-
-/// The body, refused (413) once it is over `limit` without reading more.
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: u64,
-) -> Result<Vec<u8>, Error> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|size| *size > limit) {
-        return Err(Error::PayloadTooLarge { size, limit });
-    }
-    let max = usize::try_from(limit).unwrap_or(usize::MAX);
-    match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(e) if is_length_limit(&e) => Err(Error::PayloadTooLarge {
-            size: declared.unwrap_or(limit.saturating_add(1)),
-            limit,
-        }),
-        Err(e) => Err(Error::InvalidRequest(format!(
-            "cannot read the request body: {e}"
-        ))),
-    }
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 /// Hop-by-hop headers belong to one connection, not to the request.

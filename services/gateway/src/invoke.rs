@@ -20,14 +20,10 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::{Admit, ConcurrencyLimitLayer, Queue};
 use crate::deadline::budget;
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::metadata::MetadataCache;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
-
-/// Response metadata (and HTTP header) carrying the call's id, on answers
-/// and errors alike.
-pub const CALL_ID_HEADER: &str = "x-sock-call-id";
 
 /// Time the sandboxd call gets beyond the call's budget. sandboxd enforces
 /// the budget on the function and reports a timeout as the function's
@@ -154,8 +150,9 @@ impl Invoker {
         let started = Instant::now();
         let function = invocation.function.clone();
         let result = self.run(invocation, method, call_id).await;
+        let (function, outcome) = call_labels(&function, &result);
         self.metrics
-            .record_call(&function, &result, started.elapsed());
+            .record_call(function, outcome, started.elapsed());
         result
     }
 
@@ -324,9 +321,51 @@ async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     })
 }
 
+/// What a call is counted by: its function, or "" for a name that is not
+/// one (refused before the lookup, it would let any caller grow the label
+/// set); and its outcome, ok or the error kind.
+fn call_labels<'a>(function: &'a str, result: &Result<Answer, Error>) -> (&'a str, &'static str) {
+    let outcome = match result {
+        Ok(Answer {
+            outcome: Outcome::Error(error),
+            ..
+        }) => Kind::of_function_error(error).as_str(),
+        Ok(_) => "ok",
+        Err(error) => error.kind().as_str(),
+    };
+    let function = match result {
+        Err(Error::InvalidName(_) | Error::NotFound(_)) => "",
+        _ => function,
+    };
+    (function, outcome)
+}
+
 #[cfg(test)]
 mod tests {
+    use sock_proto::v1::ErrorKind;
+
     use super::*;
+
+    #[test]
+    fn calls_are_labelled_by_function_and_outcome() {
+        let ok = Ok(Answer {
+            outcome: Outcome::Result(b"1".to_vec()),
+            version: 1,
+        });
+        assert_eq!(call_labels("echo", &ok), ("echo", "ok"));
+        let raised = Ok(Answer {
+            outcome: Outcome::Error(FunctionError {
+                kind: ErrorKind::Timeout.into(),
+                ..FunctionError::default()
+            }),
+            version: 1,
+        });
+        assert_eq!(call_labels("echo", &raised), ("echo", "timeout"));
+        let overloaded = Err(Error::Overloaded("full".into()));
+        assert_eq!(call_labels("echo", &overloaded), ("echo", "overloaded"));
+        let unknown = Err(Error::NotFound("nope".into()));
+        assert_eq!(call_labels("nope", &unknown), ("", "not_found"));
+    }
 
     #[test]
     fn methods_outside_the_triggers_are_refused_with_the_allowed_ones() {

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod body;
 mod config;
 mod cron;
 mod deadline;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use sock_proto::v1::gateway_server::GatewayServer;
 use sock_proto::v1::registry_client::RegistryClient;
+use sock_service::limits::{self, Carrying};
 use sock_telemetry::grpc::ServerTraceLayer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,9 +41,8 @@ use tonic::transport::Server;
 
 pub use config::Config;
 pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
-pub use error::{ERROR_HEADER, Error, Kind};
+pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error, Kind};
 pub use http::TIMEOUT_HEADER;
-pub use invoke::CALL_ID_HEADER;
 pub use openlambda::VERSION_HEADER;
 
 use grpc::GatewayService;
@@ -55,9 +56,6 @@ const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one `/registry` operation: a push sends and validates a whole
 /// bundle.
 const REGISTRY_ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Room for the rest of an InvokeRequest beside its payload.
-const REQUEST_OVERHEAD: u64 = 64 << 10;
 
 /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` is cancelled,
 /// then lets in-flight calls finish. The registry and sandboxd are
@@ -85,6 +83,16 @@ pub async fn run(
             field: "cron_refresh_ms",
             value: "0".into(),
             reason: "the registry would be asked without pause; give milliseconds".into(),
+        });
+    }
+    if config.max_payload_bytes > limits::MAX_CALL_BYTES {
+        return Err(Error::InvalidConfig {
+            field: "max_payload_bytes",
+            value: config.max_payload_bytes.to_string(),
+            reason: format!(
+                "sandboxd takes payloads of at most {} bytes",
+                limits::MAX_CALL_BYTES
+            ),
         });
     }
     let kafka_brokers = kafka::Brokers::parse(&config.kafka_brokers)?;
@@ -153,19 +161,23 @@ pub async fn run(
             tracing::info!(%addr, "gateway {what} listening");
         }
     }
-    let max_message = config.max_payload_bytes.saturating_add(REQUEST_OVERHEAD);
     let service = GatewayServer::new(GatewayService {
         invoker: invoker.clone(),
         nodes: nodes.clone(),
     })
-    .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
+    .carrying(config.max_payload_bytes);
+    // What tonic refuses is more than a whole envelope over the limit.
+    let too_large = Error::PayloadTooLarge {
+        size: config
+            .max_payload_bytes
+            .saturating_add(limits::ENVELOPE_BYTES),
+        limit: config.max_payload_bytes,
+    };
     let auth = sock_service::AuthLayer::new(tokens, access);
     let mut server = Server::builder()
         .layer(ServerTraceLayer)
         .layer(auth.clone())
-        .layer(tower::util::MapResponseLayer::new(
-            too_large_is_resource_exhausted(config.max_payload_bytes),
-        ));
+        .layer(limits::refuse_too_large(too_large.into()));
     let grpc_server = sock_service::with_standard_services(&mut server, health)
         .add_service(service)
         .serve_with_incoming_shutdown(
@@ -229,26 +241,6 @@ fn access(path: &str) -> sock_service::Access {
         p if p.starts_with("/registry") => Access::Admin,
         // OpenLambda's `/status`, health and reflection: probes.
         _ => Access::Open,
-    }
-}
-
-/// tonic refuses a request over the decoding limit with OUT_OF_RANGE;
-/// gRPC's status codes call for RESOURCE_EXHAUSTED, the code of our
-/// payload_too_large. The gateway's handlers never answer OUT_OF_RANGE,
-/// so every one of them is that refusal.
-fn too_large_is_resource_exhausted<B: Default>(
-    limit: u64,
-) -> impl Fn(::http::Response<B>) -> ::http::Response<B> + Clone {
-    move |response| {
-        let status = response.headers().get("grpc-status");
-        if status.is_none_or(|code| code.as_bytes() != b"11") {
-            return response;
-        }
-        tonic::Status::from(Error::PayloadTooLarge {
-            size: limit.saturating_add(REQUEST_OVERHEAD),
-            limit,
-        })
-        .into_http()
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{SandboxInvokeRequest, SandboxInvokeResponse};
 use sock_service::AuthedChannel;
+use sock_service::limits::{self, Carrying};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tonic_health::pb::health_client::HealthClient;
@@ -43,7 +44,7 @@ impl Node {
     fn new(addr: String, token: Option<&sock_service::Secret>) -> Result<Arc<Node>, Error> {
         let channel = authed("sandboxd_addrs", &addr, token)?;
         Ok(Arc::new(Node {
-            client: SandboxdClient::new(channel.clone()),
+            client: SandboxdClient::new(channel.clone()).carrying(limits::MAX_CALL_BYTES),
             health: HealthClient::new(channel),
             addr,
             // Optimistic until the first check says otherwise, so calls

@@ -31,9 +31,9 @@ use sock_proto::v1::{
 };
 use sock_service::AuthedChannel;
 
+use crate::body::read_body;
 use crate::cron::Refresh;
 use crate::error::Error;
-use crate::http::read_body;
 use crate::invoke::Invoker;
 use crate::nodes::Nodes;
 

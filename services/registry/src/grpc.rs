@@ -8,11 +8,11 @@ use sock_proto::v1::{
     FunctionInfo, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse,
     PushFunctionRequest,
 };
+use sock_service::limits::{self, Carrying};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
-use tower::util::MapResponseLayer;
 
 use crate::error::Error;
 use crate::functions::Functions;
@@ -87,12 +87,9 @@ impl Registry for RegistryService {
     }
 }
 
-/// Room in a push request for what is not the bundle (the name, framing).
-const REQUEST_OVERHEAD: u64 = 1 << 20;
-
 /// Serves the admin API, health and reflection until `shutdown`.
 ///
-/// Requests may be `max_bundle_bytes` plus some room, so a bundle just over
+/// Requests may be `max_bundle_bytes` plus an envelope, so a bundle just over
 /// the limit still arrives and is refused with a message saying by how
 /// much, while a far larger one is cut off by tonic before it is buffered.
 pub(crate) async fn serve(
@@ -107,14 +104,16 @@ pub(crate) async fn serve(
     health
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
-    let max_message = max_bundle_bytes.saturating_add(REQUEST_OVERHEAD);
-    let service = RegistryServer::new(RegistryService { functions, metrics })
-        .max_decoding_message_size(usize::try_from(max_message).unwrap_or(usize::MAX));
-    let too_large = too_large_is_resource_exhausted(Size(max_bundle_bytes));
+    let service =
+        RegistryServer::new(RegistryService { functions, metrics }).carrying(max_bundle_bytes);
+    let too_large = Status::resource_exhausted(format!(
+        "bundle is far over the limit of {}",
+        Size(max_bundle_bytes)
+    ));
     let mut server = Server::builder()
         .layer(sock_telemetry::grpc::ServerTraceLayer)
         .layer(sock_service::AuthLayer::new(tokens, access))
-        .layer(MapResponseLayer::new(too_large));
+        .layer(limits::refuse_too_large(too_large));
     sock_service::with_standard_services(&mut server, health)
         .add_service(service)
         .serve_with_incoming_shutdown(
@@ -138,21 +137,5 @@ fn access(path: &str) -> sock_service::Access {
         | "/sock.v1.Registry/ClaimFiring" => Access::Node,
         p if p.starts_with("/sock.v1.Registry/") => Access::Admin,
         _ => Access::Open,
-    }
-}
-
-/// tonic 0.14 refuses a request over the decoding limit with OUT_OF_RANGE
-/// and a message about "decoded message length"; gRPC's status codes call
-/// for RESOURCE_EXHAUSTED, which is what clients check for. Our handlers
-/// never answer OUT_OF_RANGE, so every one of them is that refusal.
-fn too_large_is_resource_exhausted<B: Default>(
-    limit: Size,
-) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
-    move |response| {
-        let status = response.headers().get("grpc-status");
-        if status.is_none_or(|code| code.as_bytes() != b"11") {
-            return response;
-        }
-        Status::resource_exhausted(format!("bundle is far over the limit of {limit}")).into_http()
     }
 }

@@ -25,6 +25,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use sock_proto::v1::{BuiltWheel, SourceBuild};
 use sock_sandbox::cgroups::CgroupLimits;
+use sock_service::limits::MAX_WHEEL_BYTES;
 
 use crate::error::Error;
 use crate::pool::MemoryPool;
@@ -34,8 +35,6 @@ use crate::sandbox::Sandboxes;
 const LOG_TAIL_BYTES: usize = 4 << 10;
 /// pip and the backend run in processes of their own.
 const BUILD_PIDS: u32 = 128;
-/// A larger wheel is refused (and never read whole).
-pub(crate) const MAX_WHEEL_BYTES: u64 = 256 << 20;
 /// Below sandboxd's data dir: the builds' output dirs.
 const BUILDS_DIR: &str = "builds";
 const IN_DIR: &str = "/in";

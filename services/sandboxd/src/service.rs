@@ -14,6 +14,7 @@ use sock_proto::v1::{
     TreeResponse, ZygoteStatus,
 };
 use sock_service::AuthedChannel;
+use sock_service::limits::{self, Carrying};
 use sock_telemetry::grpc::ServerTraceLayer;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -381,6 +382,13 @@ pub async fn run(
     listener: Listener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    if u64::from(config.max_result_bytes) > limits::MAX_CALL_BYTES {
+        return Err(Error::InvalidConfig(format!(
+            "max_result_bytes {} is over the {} bytes the gateway takes",
+            config.max_result_bytes,
+            limits::MAX_CALL_BYTES
+        )));
+    }
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let channel = Endpoint::from_shared(config.cache_addr.clone())
         .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
@@ -424,12 +432,19 @@ pub async fn run(
         .set_serving::<SandboxdServer<SandboxdService>>()
         .await;
     // Peer credentials first: a unix caller they admit needs no token.
+    // The gateway holds payloads to the same limit, so only another
+    // caller meets this refusal.
+    let too_large = Status::resource_exhausted(format!(
+        "a request is over sandboxd's limit of {} MiB",
+        limits::MAX_CALL_BYTES >> 20
+    ));
     let mut server = Server::builder()
         .layer(ServerTraceLayer)
         .layer(peers)
-        .layer(sock_service::AuthLayer::new(tokens, access));
+        .layer(sock_service::AuthLayer::new(tokens, access))
+        .layer(limits::refuse_too_large(too_large));
     let router = sock_service::with_standard_services(&mut server, health)
-        .add_service(SandboxdServer::new(service));
+        .add_service(SandboxdServer::new(service).carrying(limits::MAX_CALL_BYTES));
     let stopping = shutdown.clone().cancelled_owned();
     // Held until the server is done: dropping it removes the socket file.
     let (serve, _socket_file) = match listener {
