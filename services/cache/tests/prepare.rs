@@ -13,7 +13,9 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, PushFunctionRequest};
+use sock_proto::v1::{
+    ErrorKind, FunctionRef, PrepareRequest, PrepareResponse, PushFunctionRequest,
+};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -486,13 +488,18 @@ async fn asking_for_a_newer_version_fetches_within_the_window() {
 }
 
 #[tokio::test]
-async fn a_version_the_registry_does_not_have_fails_precondition() {
+async fn a_version_the_registry_does_not_have_is_a_platform_error() {
     let mut stack = Stack::start(FOREVER_MS).await;
     let version = stack.push("hello", "one").await;
 
     let status = stack.prepare("hello", version + 5).await.unwrap_err();
 
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        ErrorKind::stamped(&status),
+        Some(ErrorKind::Platform),
+        "{status:?}"
+    );
     assert!(
         status
             .message()

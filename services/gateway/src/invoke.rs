@@ -9,10 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::{
-    FunctionConfig, FunctionError, FunctionRef, HttpRequest, HttpResponse, SandboxInvokeRequest,
-    sandbox_invoke_response,
-};
+use sock_proto::v1::{FunctionConfig, FunctionRef, HttpRequest, SandboxInvokeRequest};
 use sock_service::AuthedChannel;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
@@ -47,17 +44,12 @@ pub(crate) struct Invocation {
     pub http: Option<HttpRequest>,
 }
 
-/// What a call answered.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The JSON f(event) returned.
-    Result(Vec<u8>),
-    /// The function raised, timed out, ran out of memory or died.
-    Error(FunctionError),
-    /// An HTTP call's answer: the app's, or f(event)'s JSON.
-    Http(HttpResponse),
-}
+/// How a call ended, as sandboxd answered it: the JSON f(event) returned,
+/// how the function failed, or an HTTP call's answer (the app's, or
+/// f(event)'s JSON).
+pub(crate) use sock_proto::v1::sandbox_invoke_response::Outcome;
 
+/// sandboxd's answer, once it is known to hold an outcome.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub outcome: Outcome,
@@ -292,12 +284,7 @@ async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, nodes.invoke(request))
         .await
         .map_err(|_| timed_out())??;
-    let outcome = match answer.outcome {
-        Some(sandbox_invoke_response::Outcome::Result(result)) => Outcome::Result(result),
-        Some(sandbox_invoke_response::Outcome::Error(error)) => Outcome::Error(error),
-        Some(sandbox_invoke_response::Outcome::Http(response)) => Outcome::Http(response),
-        None => return Err(Error::EmptyAnswer(call_id)),
-    };
+    let outcome = answer.outcome.ok_or(Error::EmptyAnswer(call_id))?;
     Ok(Answer {
         outcome,
         version: answer.version,

@@ -9,7 +9,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::Error;
-use crate::error::Kind;
 use crate::invoke::{Answer, Outcome};
 
 type Labels = Vec<(&'static str, String)>;
@@ -113,9 +112,9 @@ impl Metrics {
             Ok(Answer {
                 outcome: Outcome::Error(error),
                 ..
-            }) => Kind::of_function_error(error).as_str(),
+            }) => error.kind().name(),
             Ok(_) => "ok",
-            Err(error) => error.kind().as_str(),
+            Err(error) => error.kind().name(),
         };
         // Names that are not functions (refused before the lookup) would
         // let any caller grow the label set.

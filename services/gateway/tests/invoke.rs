@@ -183,9 +183,7 @@ impl Sandboxd for FakeSandboxdService {
                 traceback: "Traceback (most recent call last): ...".into(),
             }),
             FULL => {
-                return Err(Status::resource_exhausted(
-                    "node is full: 0 MiB of memory free",
-                ));
+                return Err(ErrorKind::Overloaded.status("node is full: 0 MiB of memory free"));
             }
             HANG => {
                 // Dropped when the gateway gives up on the call.

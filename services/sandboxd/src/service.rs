@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use sock_proto::v1::cache_client::CacheClient;
-use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
     FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest, PrepareResponse,
@@ -25,7 +24,7 @@ use crate::build::BuildLocks;
 use crate::config::Config;
 use crate::error::Error;
 use crate::listener::Listener;
-use crate::sandbox::{Limits, Outcome, SandboxSpec};
+use crate::sandbox::{Limits, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
 use crate::zygote::ZygoteSpec;
 
@@ -191,11 +190,6 @@ impl SandboxdService {
             .manager
             .invoke(call, || self.prepare(function.clone(), caller_config))
             .await?;
-        let outcome = match outcome {
-            Outcome::Returned(body) => ProtoOutcome::Result(body),
-            Outcome::Failed(error) => ProtoOutcome::Error(error),
-            Outcome::Http(response) => ProtoOutcome::Http(response),
-        };
         Ok(SandboxInvokeResponse {
             outcome: Some(outcome),
             version,

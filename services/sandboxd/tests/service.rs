@@ -191,6 +191,7 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         .await
         .expect_err("unknown function");
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::NotFound));
     assert_eq!(
         status.message(),
         "function 'nope' does not exist; push it with `sock push`"
@@ -200,7 +201,8 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         .invoke("escape", "{}")
         .await
         .expect_err("a code dir outside the cache's");
-    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     assert!(
         status.message().contains("unsafe to mount"),
         "{}",
@@ -215,6 +217,7 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
     };
     let status = node.invoke("echo", "{}").await.expect_err("cache down");
     assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     assert!(
         status.message().starts_with("code cache unavailable:"),
         "{}",
