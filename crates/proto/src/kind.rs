@@ -139,7 +139,8 @@ impl ErrorKind {
         }
     }
 
-    /// Every kind, UNSPECIFIED (which names none) aside.
+    /// Every kind, UNSPECIFIED (which names none) aside: the numbers run
+    /// from 1 without a gap.
     pub fn every() -> impl Iterator<Item = ErrorKind> {
         (1..).map_while(|n| ErrorKind::try_from(n).ok())
     }
