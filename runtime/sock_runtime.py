@@ -100,13 +100,19 @@ def user_traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+# The kind of an error that keeps the function from starting (its entry
+# file does not import or names no entry point): every call fails alike
+# until the function is pushed again, unlike an error one call raised.
+CANNOT_START = "cannot_start"
+
+
 def import_entry(code_dir, entry_file):
     """Imports the entry file; returns (module, None) or (None, error header)."""
     path = os.path.join(code_dir, entry_file)
     name = os.path.splitext(os.path.basename(entry_file))[0]
     if not os.path.isfile(path):
         return None, error_header(
-            "function", f"entry file {entry_file} does not exist in the function's bundle"
+            CANNOT_START, f"entry file {entry_file} does not exist in the function's bundle"
         )
     try:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -117,7 +123,7 @@ def import_entry(code_dir, entry_file):
         spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported
         return None, error_header(
-            "function", f"importing {entry_file} failed: {describe(exc)}", user_traceback(exc)
+            CANNOT_START, f"importing {entry_file} failed: {describe(exc)}", user_traceback(exc)
         )
     return module, None
 
@@ -128,7 +134,7 @@ def import_module(module_name):
         return importlib.import_module(module_name), None
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported
         return None, error_header(
-            "function", f"importing {module_name} failed: {describe(exc)}", user_traceback(exc)
+            CANNOT_START, f"importing {module_name} failed: {describe(exc)}", user_traceback(exc)
         )
 
 
@@ -161,7 +167,7 @@ def discover(code_dir, entry_file, environ):
         name = attr if colon else wsgi_entry or asgi_entry
         app = getattr(module, name, None)
         if not callable(app):
-            return None, None, error_header("function", f"{where} defines no callable {name}")
+            return None, None, error_header(CANNOT_START, f"{where} defines no callable {name}")
         if colon:
             return (ASGI if is_asgi(app) else WSGI), app, None
         return (WSGI if wsgi_entry else ASGI), app, None
@@ -172,7 +178,7 @@ def discover(code_dir, entry_file, environ):
     if callable(app):
         return (ASGI if is_asgi(app) else WSGI), app, None
     return None, None, error_header(
-        "function",
+        CANNOT_START,
         f"{entry_file} defines neither a function f(event) nor a WSGI/ASGI app named app "
         "(or name another with OL_WSGI_ENTRY or OL_ASGI_ENTRY in ol.yaml)",
     )

@@ -241,6 +241,10 @@ async fn the_sock_command_pushes_and_invokes() {
     // The gateway may serve a deleted function for up to registry_cache_ms;
     // a name never pushed fails at once.
     let out = sock(&["invoke", "nosuch"]);
-    assert_eq!(out.status.code(), Some(2), "a platform error exits 2");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown function is a wrong request"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("function 'nosuch' does not exist"));
 }

@@ -9,7 +9,7 @@ use sock_cli::tokens::Kind;
 use sock_e2e::cluster::{Cluster, have_root};
 use sock_e2e::wheels::readable_pypi_wheels;
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{StatusRequest, StatusResponse};
+use sock_proto::v1::{ErrorKind, StatusRequest, StatusResponse};
 use tonic::Code;
 
 /// An HTTP client that sends the cluster's invoke token.
@@ -177,6 +177,7 @@ async fn openlambda_function_dirs_are_discovered_and_served_as_openlambda_serves
         .await
         .expect("POST");
     assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-sock-error"], "cannot_start");
     let body = json(&response.bytes().await.expect("body"));
     assert!(
         body["message"]
@@ -191,7 +192,10 @@ async fn openlambda_function_dirs_are_discovered_and_served_as_openlambda_serves
         .expect("answer")
         .outcome
     {
-        Some(Outcome::Error(e)) => assert!(e.message.contains("defines neither"), "{e:?}"),
+        Some(Outcome::Error(e)) => {
+            assert!(e.message.contains("defines neither"), "{e:?}");
+            assert_eq!(e.kind(), ErrorKind::CannotStart, "{e:?}");
+        }
         other => panic!("expected the function's error, got {other:?}"),
     }
 

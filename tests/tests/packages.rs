@@ -5,10 +5,13 @@
 //! when the versions agree. `network_pypi_*` installs from the real PyPI.
 use std::path::Path;
 
-use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
+use sock_cli::tokens::Kind;
+use sock_e2e::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
 use sock_e2e::wheels::{module_wheel, wheel_dir};
-use sock_proto::v1::TreeRequest;
+use sock_proto::ERROR_HEADER;
 use sock_proto::v1::cache_client::CacheClient;
+use sock_proto::v1::{ErrorKind, TreeRequest};
+use tonic::Code;
 
 /// The first call installs with pip: give it room.
 const FIRST_CALL_MS: u32 = 120_000;
@@ -334,6 +337,32 @@ async fn a_failed_install_names_the_package_and_is_retried_on_a_later_call() {
         status.message().contains("No matching distribution"),
         "pip's reason is passed on: {status:?}"
     );
+    // One kind at every edge: gRPC's code and stamp, HTTP's status and
+    // header, the CLI's exit code.
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(
+        ErrorKind::stamped(&status),
+        Some(ErrorKind::CannotStart),
+        "{status:?}"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/run/needs", cluster.endpoints.gateway_http))
+        .bearer_auth(cluster.token(Kind::Invoke))
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()[ERROR_HEADER], "cannot_start");
+    let out = std::process::Command::new(bin_dir().join("sock"))
+        .arg("--data-dir")
+        .arg(cluster.data_dir())
+        .args(["invoke", "needs", "{}"])
+        .output()
+        .expect("run sock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("socklater==1.0"), "{stderr}");
 
     // Not remembered as failed: once the wheel is there, it installs.
     module_wheel(wheels.path(), "socklater", "1.0", &[], "X = 42\n");

@@ -8,6 +8,7 @@ use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{DeleteFunctionRequest, ListFunctionsRequest, PushFunctionRequest};
 
 use sock_cli::endpoints::{Endpoints, connect};
+use sock_cli::failure::Failed;
 
 /// Bundles may be up to the registry's limit; leave room for the envelope.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -19,9 +20,10 @@ async fn client(
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Turns a gRPC status into the message the service wrote for users.
+/// Turns a gRPC status into the message the service wrote for users,
+/// keeping its kind for the exit code.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    Failed::from_status(&status).into()
 }
 
 pub async fn push(

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sock_proto::v1::ErrorKind;
+
+use crate::failure::Failed;
 
 pub const FILE_NAME: &str = "endpoints.json";
 
@@ -101,10 +104,13 @@ pub async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| anyhow::anyhow!("invalid address {addr}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(3));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}; is sock running (`sock up`)?"))
+    endpoint.connect().await.map_err(|e| {
+        Failed::new(
+            ErrorKind::Platform,
+            format!("cannot reach {addr}: {e}; is sock running (`sock up`)?"),
+        )
+        .into()
+    })
 }
 
 #[cfg(test)]

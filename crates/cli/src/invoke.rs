@@ -1,16 +1,17 @@
 //! `sock invoke`: one call through the gateway.
 use std::process::ExitCode;
 
+use sock_proto::v1::InvokeRequest;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
-use sock_proto::v1::{ErrorKind, InvokeRequest};
 use sock_service::limits::{self, Carrying};
 
 use crate::admin::status_error;
 use sock_cli::endpoints::{Endpoints, connect};
 
 /// Prints the result on stdout and exits 0; a function error goes to
-/// stderr with its traceback and exits 1; a platform error exits 2.
+/// stderr with its traceback and exits with its kind's code (1, or 3 when
+/// the function could not start); a failed call is an error of its kind.
 pub async fn invoke(
     endpoints: &Endpoints,
     token: Option<&str>,
@@ -37,13 +38,13 @@ pub async fn invoke(
             Ok(ExitCode::SUCCESS)
         }
         Some(Outcome::Error(error)) => {
-            let kind = ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Unspecified);
-            eprintln!("{name} failed ({}): {}", kind.as_str_name(), error.message);
+            let kind = error.kind();
+            eprintln!("{name} failed ({}): {}", kind.name(), error.message);
             if !error.traceback.is_empty() {
                 eprint!("{}", error.traceback);
             }
             eprintln!("call id: {}", response.call_id);
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(kind.exit_code()))
         }
         None => anyhow::bail!("the gateway answered neither a result nor an error"),
     }

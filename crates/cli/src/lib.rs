@@ -5,4 +5,5 @@
 
 pub mod auth;
 pub mod endpoints;
+pub mod failure;
 pub mod tokens;

@@ -18,7 +18,8 @@ use sock_cli::tokens::Kind;
 #[command(
     name = "sock",
     version,
-    about = "Serverless Python functions on SOCK containers"
+    about = "Serverless Python functions on SOCK containers",
+    after_help = sock_cli::failure::exit_codes_help()
 )]
 struct Cli {
     /// Gateway gRPC address [default: from ./.sock/endpoints.json, else http://127.0.0.1:7070]
@@ -134,7 +135,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(sock_cli::failure::exit_code(&err))
         }
     }
 }

@@ -96,6 +96,9 @@ pub enum RuntimeErrorKind {
     Function,
     InvalidPayload,
     InvalidResult,
+    /// The entry file does not import or names no entry point: every call
+    /// fails so until the function is pushed again.
+    CannotStart,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 
 use axum::response::IntoResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
+use sock_proto::ERROR_HEADER;
+use sock_proto::v1::ErrorKind;
 use tower::{Layer, Service};
 
 /// A token in a service's config: read like a string, never printed (the
@@ -182,20 +184,6 @@ fn refusal_message(access: Access) -> String {
     )
 }
 
-/// The header (and gRPC metadata key) naming the kind of a sock error, so
-/// clients tell errors that share a status apart.
-pub const ERROR_HEADER: &str = "x-sock-error";
-const UNAUTHENTICATED: &str = "unauthenticated";
-
-fn unauthenticated_status(message: String) -> tonic::Status {
-    let mut status = tonic::Status::unauthenticated(message);
-    status.metadata_mut().insert(
-        ERROR_HEADER,
-        tonic::metadata::MetadataValue::from_static(UNAUTHENTICATED),
-    );
-    status
-}
-
 /// How a refusal is written for the server the layer guards.
 pub trait Refusal: Sized {
     fn unauthenticated(grpc: bool, message: String) -> Self;
@@ -203,26 +191,27 @@ pub trait Refusal: Sized {
 
 impl Refusal for Response<tonic::body::Body> {
     fn unauthenticated(_: bool, message: String) -> Self {
-        unauthenticated_status(message).into_http()
+        ErrorKind::Unauthenticated.status(message).into_http()
     }
 }
 
 impl Refusal for Response<axum::body::Body> {
     fn unauthenticated(grpc: bool, message: String) -> Self {
+        let kind = ErrorKind::Unauthenticated;
         if grpc {
-            return unauthenticated_status(message).into_http::<axum::body::Body>();
+            return kind.status(message).into_http::<axum::body::Body>();
         }
         let body = axum::Json(serde_json::json!({
-            "error": UNAUTHENTICATED,
+            "error": kind.name(),
             "message": message,
         }));
-        let mut response = (http::StatusCode::UNAUTHORIZED, body).into_response();
+        let mut response = (kind.http_status(), body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             http::header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer"),
         );
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(UNAUTHENTICATED));
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.name()));
         response
     }
 }

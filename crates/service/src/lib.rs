@@ -13,8 +13,7 @@ mod shutdown;
 mod start;
 
 pub use auth::{
-    Access, AuthLayer, AuthedChannel, Bearer, ERROR_HEADER, PeerCredLayer, Secret, Tokens, authed,
-    require_tokens,
+    Access, AuthLayer, AuthedChannel, Bearer, PeerCredLayer, Secret, Tokens, authed, require_tokens,
 };
 pub use ceilings::{Ceilings, OverCeiling};
 pub use config::{ConfigError, ImportCache, list_or_commas, load_config};

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use sock_bundle::BundleError;
+use sock_proto::v1::ErrorKind;
 use tonic::Status;
 
 /// Why a package is not ready. Cloned to every waiter of a flight, hence
@@ -109,26 +110,27 @@ impl Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
-        match err {
+        let kind = match err {
             Error::MissingFunction | Error::InvalidName { .. } | Error::InvalidBundle { .. } => {
-                Status::invalid_argument(message)
+                ErrorKind::InvalidRequest
             }
-            Error::Requirement { .. } => Status::invalid_argument(message),
-            Error::Package {
+            // The function's own requirements: only a new push helps.
+            Error::Requirement { .. }
+            | Error::Package {
                 source:
                     PackageError::Install { .. }
                     | PackageError::NoWheel { .. }
                     | PackageError::SourceBuild { .. },
                 ..
-            } => Status::failed_precondition(message),
-            Error::Package {
-                source: PackageError::Unavailable { .. },
-                ..
-            } => Status::unavailable(message),
+            } => ErrorKind::CannotStart,
             // Not found, as the function would be: whoever resolved the
             // version looks the function up again.
-            Error::NotFound { .. } | Error::VersionNotKept { .. } => Status::not_found(message),
-            Error::RegistryUnavailable { .. } => Status::unavailable(message),
+            Error::NotFound { .. } | Error::VersionNotKept { .. } => ErrorKind::NotFound,
+            Error::RegistryUnavailable { .. }
+            | Error::Package {
+                source: PackageError::Unavailable { .. },
+                ..
+            } => ErrorKind::Platform,
             // Host paths and client internals stay in the log.
             Error::RegistryProtocol { .. }
             | Error::Unpack { .. }
@@ -143,10 +145,64 @@ impl From<Error> for Status {
             | Error::Serve(_)
             | Error::Metrics(_) => {
                 tracing::error!(error = %message, "prepare failed");
-                Status::internal(
-                    "the code cache failed to prepare the function; see the cache's log",
-                )
+                return ErrorKind::Platform
+                    .status("the code cache failed to prepare the function; see the cache's log");
             }
+        };
+        kind.status(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_is_stamped_with_its_kind_and_has_the_kinds_code() {
+        let cases = [
+            (Error::MissingFunction, ErrorKind::InvalidRequest),
+            (
+                Error::Requirement {
+                    name: "f".into(),
+                    version: 1,
+                    reason: "'-e .' is not a requirement".into(),
+                },
+                ErrorKind::CannotStart,
+            ),
+            (
+                Error::Package {
+                    name: "f".into(),
+                    source: PackageError::Install {
+                        requirement: "nope==1.0".into(),
+                        log: "No matching distribution found for nope==1.0".into(),
+                    },
+                },
+                ErrorKind::CannotStart,
+            ),
+            (Error::NotFound { name: "f".into() }, ErrorKind::NotFound),
+            (
+                Error::VersionNotKept {
+                    name: "f".into(),
+                    asked: 1,
+                    reason: "the registry keeps 2 and 3".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+            (
+                Error::RegistryUnavailable {
+                    reason: "connection refused".into(),
+                },
+                ErrorKind::Platform,
+            ),
+            (
+                Error::InvalidConfig("data_dir is empty".into()),
+                ErrorKind::Platform,
+            ),
+        ];
+        for (error, kind) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), kind.grpc_code(), "{status:?}");
+            assert_eq!(ErrorKind::stamped(&status), Some(kind), "{status:?}");
         }
     }
 }

@@ -616,6 +616,10 @@ mod tests {
             .expect_err("fails");
         let status = tonic::Status::from(missing);
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            sock_proto::v1::ErrorKind::stamped(&status),
+            Some(sock_proto::v1::ErrorKind::CannotStart)
+        );
         assert!(
             status
                 .message()

@@ -13,7 +13,9 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::{FunctionRef, PrepareRequest, PrepareResponse, PushFunctionRequest};
+use sock_proto::v1::{
+    ErrorKind, FunctionRef, PrepareRequest, PrepareResponse, PushFunctionRequest,
+};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -553,6 +555,11 @@ async fn a_version_not_pushed_yet_is_not_found() {
     let status = stack.prepare("hello", version + 5).await.unwrap_err();
 
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        ErrorKind::stamped(&status),
+        Some(ErrorKind::NotFound),
+        "{status:?}"
+    );
     assert!(
         status.message().starts_with(&format!(
             "function 'hello' version {} is not available",

@@ -1,110 +1,28 @@
 //! Everything that can fail in the gateway, and the one place it becomes a
 //! gRPC status or an HTTP response.
 //!
-//! Each failure has a [`Kind`]: a machine-readable name (the
-//! `x-sock-error` header and the `error` field of HTTP error bodies), a
-//! gRPC code and an HTTP status. A function that raised, timed out, ran out
-//! of memory or was killed is an answer on gRPC (`InvokeResponse.error`)
-//! but an error response on HTTP, so [`Error::Function`] carries it.
+//! Each failure has an [`ErrorKind`], whose name (the `x-sock-error`
+//! header and the `error` field of HTTP error bodies), gRPC code and HTTP
+//! status come from sock_proto's one table. A failure sandboxd or the
+//! cache answered keeps the kind they stamped on it. A function that
+//! raised, timed out, ran out of memory, was killed or could not start is
+//! an answer on gRPC (`InvokeResponse.error`) but an error response on
+//! HTTP, so [`Error::Function`] carries it.
 use std::error::Error as _;
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use sock_proto::v1::{ErrorKind, FunctionError};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-/// Response header (and gRPC metadata) naming the error's [`Kind`].
-pub use sock_service::ERROR_HEADER;
+/// Response header (and gRPC metadata) naming the error's [`ErrorKind`].
+pub use sock_proto::ERROR_HEADER;
 /// Response metadata (and HTTP header) carrying the call's id, on answers
 /// and errors alike.
 pub const CALL_ID_HEADER: &str = "x-sock-call-id";
 /// Seconds a client told "overloaded" should wait before trying again.
 pub(crate) const RETRY_AFTER_SECS: u32 = 1;
-
-/// The taxonomy users see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// The function raised (or returned something that is not JSON).
-    Function,
-    Timeout,
-    OutOfMemory,
-    Killed,
-    NotFound,
-    MethodNotAllowed,
-    Overloaded,
-    PayloadTooLarge,
-    /// sock itself failed: a node, the registry or the cache is down.
-    Platform,
-    /// Stamped by sock_service's auth layer, before any handler runs.
-    Unauthenticated,
-    /// The request itself is wrong: a bad name, a zero timeout, a payload
-    /// that is not JSON, an f(event) call of a web app.
-    InvalidRequest,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Function => "function",
-            Kind::Timeout => "timeout",
-            Kind::OutOfMemory => "out_of_memory",
-            Kind::Killed => "killed",
-            Kind::NotFound => "not_found",
-            Kind::MethodNotAllowed => "method_not_allowed",
-            Kind::Overloaded => "overloaded",
-            Kind::PayloadTooLarge => "payload_too_large",
-            Kind::Platform => "platform",
-            Kind::Unauthenticated => "unauthenticated",
-            Kind::InvalidRequest => "invalid_request",
-        }
-    }
-
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            Kind::Function | Kind::OutOfMemory | Kind::Killed => StatusCode::INTERNAL_SERVER_ERROR,
-            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::NotFound => StatusCode::NOT_FOUND,
-            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Kind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Kind::Platform => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Kind::InvalidRequest => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// The code of a failed gRPC call of this kind. Function outcomes are
-    /// answers on gRPC; the code is what they would be as statuses.
-    pub fn grpc_code(self) -> Code {
-        match self {
-            Kind::Function | Kind::Killed => Code::Unknown,
-            Kind::Timeout => Code::DeadlineExceeded,
-            Kind::OutOfMemory | Kind::Overloaded | Kind::PayloadTooLarge => Code::ResourceExhausted,
-            Kind::NotFound => Code::NotFound,
-            Kind::MethodNotAllowed => Code::FailedPrecondition,
-            Kind::Platform => Code::Unavailable,
-            Kind::Unauthenticated => Code::Unauthenticated,
-            Kind::InvalidRequest => Code::InvalidArgument,
-        }
-    }
-
-    /// The kind of a function outcome sandboxd reported.
-    pub(crate) fn of_function_error(error: &FunctionError) -> Kind {
-        match error.kind() {
-            ErrorKind::Timeout => Kind::Timeout,
-            ErrorKind::OutOfMemory => Kind::OutOfMemory,
-            ErrorKind::Killed => Kind::Killed,
-            ErrorKind::InvalidPayload => Kind::InvalidRequest,
-            ErrorKind::NotFound => Kind::NotFound,
-            ErrorKind::MethodNotAllowed => Kind::MethodNotAllowed,
-            ErrorKind::Overloaded => Kind::Overloaded,
-            ErrorKind::PayloadTooLarge => Kind::PayloadTooLarge,
-            ErrorKind::Platform => Kind::Platform,
-            ErrorKind::Function | ErrorKind::Unspecified => Kind::Function,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -182,38 +100,33 @@ impl Error {
         }
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidName(_) | Error::ZeroTimeout | Error::InvalidRequest(_) => {
-                Kind::InvalidRequest
+                ErrorKind::InvalidRequest
             }
-            Error::NotFound(_) => Kind::NotFound,
-            Error::MethodNotAllowed { .. } => Kind::MethodNotAllowed,
-            Error::PayloadTooLarge { .. } => Kind::PayloadTooLarge,
-            Error::Overloaded(_) => Kind::Overloaded,
-            Error::DeadlineExceeded { .. } | Error::QueueTimeout { .. } => Kind::Timeout,
-            Error::Function(error) => Kind::of_function_error(error),
-            Error::Sandboxd(status) => match status.code() {
-                Code::InvalidArgument => Kind::InvalidRequest,
-                Code::NotFound => Kind::NotFound,
-                Code::ResourceExhausted => Kind::Overloaded,
-                Code::DeadlineExceeded => Kind::Timeout,
-                _ => Kind::Platform,
-            },
-            Error::Registry(status) => match status.code() {
-                Code::InvalidArgument => Kind::InvalidRequest,
-                Code::NotFound => Kind::NotFound,
-                // The registry's code for a bundle far over its limit.
-                Code::ResourceExhausted => Kind::PayloadTooLarge,
-                Code::Unauthenticated => Kind::Unauthenticated,
-                _ => Kind::Platform,
-            },
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
+            Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            Error::Overloaded(_) => ErrorKind::Overloaded,
+            Error::DeadlineExceeded { .. } | Error::QueueTimeout { .. } => ErrorKind::Timeout,
+            Error::Function(error) => error.kind(),
+            // A status sandboxd did not stamp is tonic's own (a message
+            // over its limit, say): the platform's.
+            Error::Sandboxd(status) => ErrorKind::stamped(status).unwrap_or(ErrorKind::Platform),
+            // The registry stamps what it answers, but for a bundle far
+            // over its limit, which tonic refuses before the registry sees
+            // it.
+            Error::Registry(status) => ErrorKind::stamped(status).unwrap_or(match status.code() {
+                Code::ResourceExhausted => ErrorKind::PayloadTooLarge,
+                _ => ErrorKind::Platform,
+            }),
             Error::RegistryUnavailable(_)
             | Error::SandboxdUnreachable(_)
             | Error::EmptyAnswer(_)
             | Error::InvalidConfig { .. }
             | Error::Serve(_)
-            | Error::ServeHttp(_) => Kind::Platform,
+            | Error::ServeHttp(_) => ErrorKind::Platform,
         }
     }
 
@@ -227,18 +140,7 @@ impl Error {
                 | Error::DeadlineExceeded { .. }
                 | Error::EmptyAnswer(_)
         ) || matches!(self, Error::Sandboxd(_) | Error::Registry(_))
-            && self.kind() == Kind::Platform
-    }
-
-    fn grpc_code(&self) -> Code {
-        match self {
-            Error::Sandboxd(status) => status.code(),
-            Error::EmptyAnswer(_)
-            | Error::InvalidConfig { .. }
-            | Error::Serve(_)
-            | Error::ServeHttp(_) => Code::Internal,
-            other => other.kind().grpc_code(),
-        }
+            && self.kind() == ErrorKind::Platform
     }
 
     /// The HTTP error response: the kind's status, `x-sock-error`, the
@@ -254,7 +156,7 @@ impl Error {
             }
             _ => {
                 let mut body = serde_json::json!({
-                    "error": kind.as_str(),
+                    "error": kind.name(),
                     "message": self.to_string(),
                 });
                 if let Some(call_id) = call_id {
@@ -269,7 +171,7 @@ impl Error {
             }
         };
         let headers = response.headers_mut();
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.name()));
         if let Some(value) = call_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(CALL_ID_HEADER, value);
         }
@@ -316,11 +218,11 @@ pub(crate) fn reason(status: &Status) -> String {
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let kind = error.kind();
-        let mut status = Status::new(error.grpc_code(), error.to_string());
-        let metadata = status.metadata_mut();
-        metadata.insert(ERROR_HEADER, MetadataValue::from_static(kind.as_str()));
-        if kind == Kind::Overloaded {
-            metadata.insert("retry-after", MetadataValue::from(RETRY_AFTER_SECS));
+        let mut status = kind.status(error.to_string());
+        if kind == ErrorKind::Overloaded {
+            status
+                .metadata_mut()
+                .insert("retry-after", MetadataValue::from(RETRY_AFTER_SECS));
         }
         status
     }
@@ -328,14 +230,25 @@ impl From<Error> for Status {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
-    fn statuses_sandboxd_sent_pass_through_unchanged() {
+    fn statuses_sandboxd_stamped_pass_through_unchanged() {
         let status: Status =
-            Error::from_sandboxd(Status::resource_exhausted("node is full: 0 MiB free")).into();
+            Error::from_sandboxd(ErrorKind::Overloaded.status("node is full: 0 MiB free")).into();
         assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Overloaded));
         assert_eq!(status.message(), "node is full: 0 MiB free");
+    }
+
+    #[test]
+    fn a_status_sandboxd_did_not_stamp_is_the_platforms() {
+        let status: Status =
+            Error::from_sandboxd(Status::out_of_range("decoded message length too large")).into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     }
 
     #[test]
@@ -358,25 +271,29 @@ mod tests {
     }
 
     #[test]
-    fn registry_refusals_keep_their_message_and_get_the_kind_of_their_code() {
+    fn registry_refusals_keep_their_message_and_their_kind() {
         let cases = [
             (
-                Status::invalid_argument("bundle is not a gzip-compressed tar archive"),
-                Kind::InvalidRequest,
+                ErrorKind::InvalidRequest.status("bundle is not a gzip-compressed tar archive"),
+                ErrorKind::InvalidRequest,
             ),
             (
-                Status::not_found("function 'f' does not exist"),
-                Kind::NotFound,
+                ErrorKind::NotFound.status("function 'f' does not exist"),
+                ErrorKind::NotFound,
             ),
             (
                 Status::resource_exhausted("bundle is far over the limit of 32 MiB"),
-                Kind::PayloadTooLarge,
+                ErrorKind::PayloadTooLarge,
             ),
             (
-                Status::unauthenticated("missing or wrong admin token"),
-                Kind::Unauthenticated,
+                ErrorKind::Unauthenticated.status("missing or wrong admin token"),
+                ErrorKind::Unauthenticated,
             ),
-            (Status::internal("the registry failed"), Kind::Platform),
+            (
+                ErrorKind::Platform.status("the registry failed"),
+                ErrorKind::Platform,
+            ),
+            (Status::internal("tonic's own"), ErrorKind::Platform),
         ];
         for (status, kind) in cases {
             let message = status.message().to_string();
@@ -394,7 +311,7 @@ mod tests {
             error.to_string(),
             "registry unavailable: Connection refused (os error 111)"
         );
-        assert_eq!(error.kind(), Kind::Platform);
+        assert_eq!(error.kind(), ErrorKind::Platform);
     }
 
     #[test]
@@ -421,50 +338,79 @@ mod tests {
         );
     }
 
+    /// Errors of every kind as they start: in the gateway, in a function
+    /// (sandboxd's answer), or stamped by sandboxd, the cache behind it or
+    /// the registry's auth layer.
+    fn one_of_each_kind() -> Vec<(ErrorKind, Error)> {
+        let stamped = |kind: ErrorKind| Error::from_sandboxd(kind.status("stamped"));
+        let answered = |kind: ErrorKind| {
+            Error::Function(FunctionError {
+                kind: kind.into(),
+                message: "answered".into(),
+                traceback: String::new(),
+            })
+        };
+        vec![
+            (ErrorKind::Function, answered(ErrorKind::Function)),
+            (ErrorKind::Timeout, answered(ErrorKind::Timeout)),
+            (
+                ErrorKind::Timeout,
+                Error::QueueTimeout {
+                    function: "f".into(),
+                },
+            ),
+            (ErrorKind::OutOfMemory, answered(ErrorKind::OutOfMemory)),
+            (ErrorKind::Killed, answered(ErrorKind::Killed)),
+            (ErrorKind::CannotStart, answered(ErrorKind::CannotStart)),
+            (ErrorKind::CannotStart, stamped(ErrorKind::CannotStart)),
+            (
+                ErrorKind::InvalidRequest,
+                answered(ErrorKind::InvalidRequest),
+            ),
+            (ErrorKind::InvalidRequest, Error::ZeroTimeout),
+            (
+                ErrorKind::InvalidRequest,
+                stamped(ErrorKind::InvalidRequest),
+            ),
+            (ErrorKind::NotFound, Error::NotFound("f".into())),
+            (ErrorKind::NotFound, stamped(ErrorKind::NotFound)),
+            (
+                ErrorKind::MethodNotAllowed,
+                Error::MethodNotAllowed {
+                    function: "f".into(),
+                    method: "PUT".into(),
+                    allowed: vec!["GET".into()],
+                },
+            ),
+            (
+                ErrorKind::PayloadTooLarge,
+                Error::PayloadTooLarge { size: 2, limit: 1 },
+            ),
+            (
+                ErrorKind::Unauthenticated,
+                Error::from_registry(ErrorKind::Unauthenticated.status("no token")),
+            ),
+            (ErrorKind::Overloaded, Error::Overloaded("full".into())),
+            (ErrorKind::Overloaded, stamped(ErrorKind::Overloaded)),
+            (ErrorKind::Platform, stamped(ErrorKind::Platform)),
+            (ErrorKind::Platform, Error::EmptyAnswer("c".into())),
+        ]
+    }
+
     #[test]
-    fn every_kind_has_one_code_one_status_and_one_name() {
-        let cases = [
-            (Kind::Function, Code::Unknown, 500, "function"),
-            (Kind::Timeout, Code::DeadlineExceeded, 504, "timeout"),
-            (
-                Kind::OutOfMemory,
-                Code::ResourceExhausted,
-                500,
-                "out_of_memory",
-            ),
-            (Kind::Killed, Code::Unknown, 500, "killed"),
-            (Kind::NotFound, Code::NotFound, 404, "not_found"),
-            (
-                Kind::MethodNotAllowed,
-                Code::FailedPrecondition,
-                405,
-                "method_not_allowed",
-            ),
-            (Kind::Overloaded, Code::ResourceExhausted, 429, "overloaded"),
-            (
-                Kind::PayloadTooLarge,
-                Code::ResourceExhausted,
-                413,
-                "payload_too_large",
-            ),
-            (Kind::Platform, Code::Unavailable, 503, "platform"),
-            (
-                Kind::Unauthenticated,
-                Code::Unauthenticated,
-                401,
-                "unauthenticated",
-            ),
-            (
-                Kind::InvalidRequest,
-                Code::InvalidArgument,
-                400,
-                "invalid_request",
-            ),
-        ];
-        for (kind, code, http, name) in cases {
-            assert_eq!(kind.grpc_code(), code, "{kind:?}");
-            assert_eq!(kind.http_status().as_u16(), http, "{kind:?}");
-            assert_eq!(kind.as_str(), name, "{kind:?}");
+    fn every_kind_reaches_both_edges_with_the_tables_code_status_and_name() {
+        let cases = one_of_each_kind();
+        for kind in ErrorKind::every() {
+            assert!(cases.iter().any(|(k, _)| *k == kind), "no case of {kind:?}");
+        }
+        for ((kind, grpc), (_, http)) in cases.into_iter().zip(one_of_each_kind()) {
+            assert_eq!(grpc.kind(), kind, "{grpc:?}");
+            let status = Status::from(grpc);
+            assert_eq!(status.code(), kind.grpc_code(), "{kind:?}");
+            assert_eq!(ErrorKind::stamped(&status), Some(kind));
+            let response = http.into_http(None);
+            assert_eq!(response.status(), kind.http_status(), "{kind:?}");
+            assert_eq!(response.headers()[ERROR_HEADER], kind.name());
         }
     }
 

@@ -9,10 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::{
-    FunctionConfig, FunctionError, FunctionRef, HttpRequest, HttpResponse, SandboxInvokeRequest,
-    sandbox_invoke_response,
-};
+use sock_proto::v1::{ErrorKind, FunctionConfig, FunctionRef, HttpRequest, SandboxInvokeRequest};
 use sock_service::AuthedChannel;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
@@ -20,7 +17,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::{Admit, ConcurrencyLimitLayer, Queue};
 use crate::deadline::budget;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::metadata::MetadataCache;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
@@ -43,17 +40,12 @@ pub(crate) struct Invocation {
     pub http: Option<HttpRequest>,
 }
 
-/// What a call answered.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The JSON f(event) returned.
-    Result(Vec<u8>),
-    /// The function raised, timed out, ran out of memory or died.
-    Error(FunctionError),
-    /// An HTTP call's answer: the app's, or f(event)'s JSON.
-    Http(HttpResponse),
-}
+/// How a call ended, as sandboxd answered it: the JSON f(event) returned,
+/// how the function failed, or an HTTP call's answer (the app's, or
+/// f(event)'s JSON).
+pub(crate) use sock_proto::v1::sandbox_invoke_response::Outcome;
 
+/// sandboxd's answer, once it is known to hold an outcome.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub outcome: Outcome,
@@ -226,7 +218,8 @@ impl Invoker {
                 // registry (pushed over twice since, or the function
                 // deleted): nothing ran. Forget it and resolve once more.
                 Err(Error::Sandboxd(status))
-                    if status.code() == tonic::Code::NotFound && !looked_up_again =>
+                    if ErrorKind::stamped(&status) == Some(ErrorKind::NotFound)
+                        && !looked_up_again =>
                 {
                     tracing::info!(function = %function, version = info.version, reason = %status.message(), "version gone; resolving again");
                     self.functions.invalidate(&function);
@@ -309,12 +302,7 @@ async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, sent)
         .await
         .map_err(|_| timed_out())??;
-    let outcome = match answer.outcome {
-        Some(sandbox_invoke_response::Outcome::Result(result)) => Outcome::Result(result),
-        Some(sandbox_invoke_response::Outcome::Error(error)) => Outcome::Error(error),
-        Some(sandbox_invoke_response::Outcome::Http(response)) => Outcome::Http(response),
-        None => return Err(Error::EmptyAnswer(call_id)),
-    };
+    let outcome = answer.outcome.ok_or(Error::EmptyAnswer(call_id))?;
     Ok(Answer {
         outcome,
         version: answer.version,
@@ -329,9 +317,9 @@ fn call_labels<'a>(function: &'a str, result: &Result<Answer, Error>) -> (&'a st
         Ok(Answer {
             outcome: Outcome::Error(error),
             ..
-        }) => Kind::of_function_error(error).as_str(),
+        }) => error.kind().name(),
         Ok(_) => "ok",
-        Err(error) => error.kind().as_str(),
+        Err(error) => error.kind().name(),
     };
     let function = match result {
         Err(Error::InvalidName(_) | Error::NotFound(_)) => "",
@@ -342,7 +330,7 @@ fn call_labels<'a>(function: &'a str, result: &Result<Answer, Error>) -> (&'a st
 
 #[cfg(test)]
 mod tests {
-    use sock_proto::v1::ErrorKind;
+    use sock_proto::v1::FunctionError;
 
     use super::*;
 

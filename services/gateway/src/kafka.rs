@@ -35,7 +35,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{
-    FunctionInfo, HttpHeader, HttpRequest, HttpResponse, KafkaTrigger, ListFunctionsRequest,
+    ErrorKind, FunctionInfo, HttpHeader, HttpRequest, HttpResponse, KafkaTrigger,
+    ListFunctionsRequest,
 };
 use sock_service::AuthedChannel;
 use tokio::task::JoinHandle;
@@ -429,6 +430,9 @@ impl Verdict {
                 ..
             }) => Verdict::FunctionError,
             Err(Error::Overloaded(_)) => Verdict::Retry,
+            // As when its entry file does not import (an answer above):
+            // it runs no message until it is pushed again.
+            Err(error) if error.kind() == ErrorKind::CannotStart => Verdict::FunctionError,
             Err(error) if error.is_platform_failure() => Verdict::Retry,
             // Deleted since the last listing: its consumer stops at the next.
             Err(Error::NotFound(_)) => Verdict::Retry,
@@ -864,6 +868,11 @@ mod tests {
             version: 1,
         });
         assert_eq!(Verdict::of(&raised), Verdict::FunctionError);
+        let failed_install = Error::from_sandboxd(
+            ErrorKind::CannotStart
+                .status("function 'f' cannot start: package 'nope==1.0' failed to install"),
+        );
+        assert_eq!(Verdict::of(&Err(failed_install)), Verdict::FunctionError);
         for retried in [
             Error::Overloaded("queue full".into()),
             Error::RegistryUnavailable("down".into()),

@@ -41,7 +41,7 @@ use tonic::transport::Server;
 
 pub use config::Config;
 pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
-pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error, Kind};
+pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error};
 pub use http::TIMEOUT_HEADER;
 pub use openlambda::VERSION_HEADER;
 

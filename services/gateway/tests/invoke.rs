@@ -153,7 +153,7 @@ impl Sandboxd for FakeSandboxdService {
         let version = request.function.as_ref().map_or(0, |f| f.version);
         let oldest_kept = self.0.oldest_kept.load(std::sync::atomic::Ordering::SeqCst);
         if version < oldest_kept {
-            return Err(Status::not_found(format!(
+            return Err(ErrorKind::NotFound.status(format!(
                 "function version {version} is not available: the registry keeps {oldest_kept}"
             )));
         }
@@ -186,6 +186,16 @@ impl Sandboxd for FakeSandboxdService {
                 version,
             }));
         }
+        // `"stamp:<kind>"` fails the call as sandboxd does: a status
+        // stamped with its kind.
+        if let Some(kind) = std::str::from_utf8(&request.payload)
+            .ok()
+            .and_then(|payload| payload.strip_prefix("\"stamp:"))
+            .and_then(|name| name.strip_suffix('"'))
+            .and_then(ErrorKind::from_name)
+        {
+            return Err(kind.status(format!("stamped {}", kind.name())));
+        }
         let outcome = match request.payload.as_slice() {
             RAISE => sandbox_invoke_response::Outcome::Error(FunctionError {
                 kind: ErrorKind::Function.into(),
@@ -193,9 +203,7 @@ impl Sandboxd for FakeSandboxdService {
                 traceback: "Traceback (most recent call last): ...".into(),
             }),
             FULL => {
-                return Err(Status::resource_exhausted(
-                    "node is full: 0 MiB of memory free",
-                ));
+                return Err(ErrorKind::Overloaded.status("node is full: 0 MiB of memory free"));
             }
             HANG => {
                 // Dropped when the gateway gives up on the call.
@@ -589,6 +597,40 @@ async fn sandboxd_statuses_pass_through() {
         .expect_err("sandboxd refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "node is full: 0 MiB of memory free");
+}
+
+#[tokio::test]
+async fn every_kind_sandboxd_stamps_reaches_grpc_and_http_callers_as_the_table_says() {
+    let registry = Registry::start().await;
+    let sandboxd = Arc::new(FakeSandboxd::default());
+    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    registry.push("stamped", None).await;
+
+    for kind in ErrorKind::every() {
+        let payload = format!("\"stamp:{}\"", kind.name());
+        let status = gateway
+            .invoke("stamped", payload.as_bytes())
+            .await
+            .expect_err(kind.name());
+        assert_eq!(status.code(), kind.grpc_code(), "{kind:?}");
+        assert_eq!(ErrorKind::stamped(&status), Some(kind), "{status:?}");
+        assert_eq!(status.message(), format!("stamped {}", kind.name()));
+
+        let response = reqwest::Client::new()
+            .post(gateway.url("/run/stamped"))
+            .body(payload)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(
+            response.status().as_u16(),
+            kind.http_status().as_u16(),
+            "{kind:?}"
+        );
+        assert_eq!(response.headers()[sock_gateway::ERROR_HEADER], kind.name());
+        assert_eq!(json_body(response).await["error"], kind.name());
+    }
 }
 
 #[tokio::test]

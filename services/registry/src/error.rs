@@ -5,6 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sock_bundle::BundleError;
+use sock_proto::v1::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,14 +67,14 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
             e @ (Error::Invalid(_) | Error::OverCeiling(_)) => {
-                tonic::Status::invalid_argument(e.to_string())
+                ErrorKind::InvalidRequest.status(e.to_string())
             }
             e @ (Error::NotFound(_) | Error::VersionNotKept { .. }) => {
-                tonic::Status::not_found(e.to_string())
+                ErrorKind::NotFound.status(e.to_string())
             }
             e => {
                 tracing::error!(error = %e, "registry request failed");
-                tonic::Status::internal(INTERNAL)
+                ErrorKind::Platform.status(INTERNAL)
             }
         }
     }

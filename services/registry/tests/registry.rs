@@ -11,7 +11,7 @@ use reqwest::header::{
 use sock_bundle::testing::{TarBuilder, hostile_bundles, incompressible};
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{
-    ClaimFiringRequest, DeleteFunctionRequest, FunctionInfo, GetFunctionRequest,
+    ClaimFiringRequest, DeleteFunctionRequest, ErrorKind, FunctionInfo, GetFunctionRequest,
     ListFunctionsRequest, PushFunctionRequest,
 };
 use sock_registry::{Config, Error};
@@ -293,6 +293,7 @@ async fn refuses_hostile_bundles_and_keeps_serving_the_previous_version() {
 
     let status = registry.push("Victim!", good).await.expect_err("bad name");
     assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::InvalidRequest));
     assert!(
         status
             .message()
@@ -415,6 +416,7 @@ async fn deleted_functions_are_gone_and_versions_go_on() {
     );
     let status = registry.info("gone").await.expect_err("deleted");
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::NotFound));
     assert_eq!(status.message(), text);
     let again = registry
         .grpc

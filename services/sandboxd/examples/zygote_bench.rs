@@ -63,7 +63,7 @@ async fn first_answer(mut sandbox: Sandbox, started: Instant) -> anyhow::Result<
     let took = started.elapsed();
     sandbox.destroy().await;
     match outcome {
-        Outcome::Returned(body) if body == b"true" => Ok(took),
+        Outcome::Result(body) if body == b"true" => Ok(took),
         other => anyhow::bail!("unexpected answer {other:?}"),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Messages name what failed (path, syscall, cgroup) for the log; the
 //! status a caller sees says what happened without host internals.
-use tonic::{Code, Status};
+use sock_proto::v1::ErrorKind;
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -73,18 +74,17 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
-            Error::InvalidRequest(msg) => Status::invalid_argument(msg),
+            Error::InvalidRequest(msg) => ErrorKind::InvalidRequest.status(msg),
             // Its reason is the build's own output: the function author's.
-            build @ Error::Build { .. } => Status::failed_precondition(build.to_string()),
-            Error::Pool(e) => Status::resource_exhausted(e.to_string()),
-            uids @ Error::Uids { .. } => Status::resource_exhausted(uids.to_string()),
-            Error::Cache(status) => match status.code() {
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-                    Status::unavailable(format!("code cache unavailable: {}", status.message()))
-                }
-                // NOT_FOUND, INVALID_ARGUMENT, …: the cache already said it
-                // in words meant for the caller.
-                code => Status::new(code, status.message()),
+            build @ Error::Build { .. } => ErrorKind::CannotStart.status(build.to_string()),
+            Error::Pool(e) => ErrorKind::Overloaded.status(e.to_string()),
+            uids @ Error::Uids { .. } => ErrorKind::Overloaded.status(uids.to_string()),
+            // The cache stamped what it answered, in words meant for the
+            // caller; a status it did not stamp is the transport's.
+            Error::Cache(status) => match ErrorKind::stamped(&status) {
+                Some(kind) => kind.status(status.message()),
+                None => ErrorKind::Platform
+                    .status(format!("code cache unavailable: {}", status.message())),
             },
             other => {
                 tracing::error!(error = %other, "sandbox platform failure");
@@ -104,7 +104,8 @@ impl From<Error> for Status {
                     Error::Destroyed { .. } => "the sandbox was destroyed during the call",
                     _ => "sandboxd failed",
                 };
-                Status::internal(format!("{what}; the node's sandboxd log has the details"))
+                ErrorKind::Platform
+                    .status(format!("{what}; the node's sandboxd log has the details"))
             }
         }
     }
@@ -112,6 +113,8 @@ impl From<Error> for Status {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     #[test]
@@ -120,21 +123,24 @@ mod tests {
             program: "/work/secret/target/sock-sandboxd".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
-        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
         assert!(!status.message().contains("/work"), "{}", status.message());
         assert!(status.message().starts_with("cannot start a sandbox"));
     }
 
     #[test]
-    fn cache_outage_is_unavailable_and_its_answers_pass_through() {
+    fn cache_outage_is_a_platform_error_and_its_stamped_answers_pass_through() {
         let down = Status::from(Error::Cache(Status::unavailable("tcp connect error")));
         assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(ErrorKind::stamped(&down), Some(ErrorKind::Platform));
         assert_eq!(down.message(), "code cache unavailable: tcp connect error");
 
-        let missing = Status::from(Error::Cache(Status::not_found(
-            "function 'x' does not exist; push it with `sock push`",
-        )));
+        let missing = Status::from(Error::Cache(
+            ErrorKind::NotFound.status("function 'x' does not exist; push it with `sock push`"),
+        ));
         assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(ErrorKind::stamped(&missing), Some(ErrorKind::NotFound));
         assert_eq!(
             missing.message(),
             "function 'x' does not exist; push it with `sock push`"

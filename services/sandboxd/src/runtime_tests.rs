@@ -130,7 +130,7 @@ async fn exceptions_carry_type_message_and_a_user_traceback() {
 async fn import_errors_are_reported_on_the_call() {
     let mut rt = start("import no_such_module_anywhere\n").await;
     let (kind, message, traceback) = error_of(rt.call(b"").await.0);
-    assert_eq!(kind, RuntimeErrorKind::Function);
+    assert_eq!(kind, RuntimeErrorKind::CannotStart);
     assert!(
         message.starts_with("importing f.py failed: ModuleNotFoundError"),
         "{message}"
@@ -329,7 +329,7 @@ async fn a_module_with_neither_f_nor_app_fails_every_call_saying_so() {
     for _ in 0..2 {
         let (header, _) = rt.call(b"{}").await;
         let (kind, message, _) = error_of(header);
-        assert_eq!(kind, RuntimeErrorKind::Function);
+        assert_eq!(kind, RuntimeErrorKind::CannotStart);
         assert!(
             message.starts_with("f.py defines neither a function f(event) nor a WSGI/ASGI app"),
             "{message}"

@@ -66,16 +66,11 @@ pub struct SandboxSpec {
     pub limits: Limits,
 }
 
-/// How a call ended, as far as the function is concerned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// `f(event)` returned this JSON.
-    Returned(Vec<u8>),
-    /// The function raised, timed out, ran out of memory or died.
-    Failed(FunctionError),
-    /// An HTTP call's answer (the app's, or f(event)'s JSON).
-    Http(HttpResponse),
-}
+/// How a call ended, as far as the function is concerned: the JSON
+/// `f(event)` returned, how the function failed (raised, timed out, ran
+/// out of memory, died), or an HTTP call's answer. The answer's own type,
+/// so it goes out as it was made.
+pub use sock_proto::v1::sandbox_invoke_response::Outcome;
 
 /// The sandboxes of one sandboxd instance. Clones share them.
 #[derive(Clone)]
@@ -583,27 +578,6 @@ impl Drop for ChildOf {
     }
 }
 
-/// What the runtime answered to one invoke.
-enum Reply {
-    Result(Vec<u8>),
-    /// A reply frame over `max_result_bytes`, left unread: only a function
-    /// writing its own frames sends one, the runtime refuses to.
-    TooLarge {
-        len: u32,
-        limit: u32,
-    },
-    Http {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    },
-    Error {
-        kind: RuntimeErrorKind,
-        message: String,
-        traceback: String,
-    },
-}
-
 impl Sandbox {
     pub(crate) fn new(
         id: String,
@@ -804,12 +778,18 @@ impl Sandbox {
             self.limits_sent = true;
         }
         match exchanged {
-            Ok(Ok(Reply::Result(body))) => Ok(Outcome::Returned(body)),
-            Ok(Ok(Reply::TooLarge { len, limit })) => {
+            Ok(Ok(outcome)) => Ok(outcome),
+            // Only a function writing its own frames sends one over
+            // `max_result_bytes`: the runtime refuses to.
+            Ok(Err(ProtocolError::TooLarge {
+                part: "body",
+                len,
+                limit,
+            })) => {
                 tracing::warn!(sandbox = %self.id, len, limit, "reply over max_result_bytes");
                 // Its frame was not read: the stream cannot go on.
                 self.destroy().await;
-                Ok(Outcome::Failed(function_error(
+                Ok(Outcome::Error(function_error(
                     ErrorKind::Function,
                     format!(
                         "the function's reply is {len} bytes, over the limit of {limit} bytes; \
@@ -818,37 +798,11 @@ impl Sandbox {
                     String::new(),
                 )))
             }
-            Ok(Ok(Reply::Http {
-                status,
-                headers,
-                body,
-            })) => Ok(Outcome::Http(HttpResponse {
-                status: status.into(),
-                headers: headers
-                    .into_iter()
-                    .map(|(name, value)| HttpHeader { name, value })
-                    .collect(),
-                body,
-            })),
-            Ok(Ok(Reply::Error {
-                kind,
-                message,
-                traceback,
-            })) => Ok(Outcome::Failed(function_error(
-                match kind {
-                    RuntimeErrorKind::InvalidPayload => ErrorKind::InvalidPayload,
-                    RuntimeErrorKind::Function | RuntimeErrorKind::InvalidResult => {
-                        ErrorKind::Function
-                    }
-                },
-                message,
-                traceback,
-            ))),
             Ok(Err(ProtocolError::Closed | ProtocolError::Io(_))) => self.died().await,
             Ok(Err(broken)) => {
                 tracing::warn!(sandbox = %self.id, error = %broken, "runtime broke the protocol");
                 self.destroy().await;
-                Ok(Outcome::Failed(function_error(
+                Ok(Outcome::Error(function_error(
                     ErrorKind::Killed,
                     format!("sandbox sent an invalid reply ({broken}); it was destroyed"),
                     String::new(),
@@ -856,7 +810,7 @@ impl Sandbox {
             }
             Err(_elapsed) => {
                 self.destroy().await;
-                Ok(Outcome::Failed(function_error(
+                Ok(Outcome::Error(function_error(
                     ErrorKind::Timeout,
                     format!("function exceeded its timeout of {} ms", limit.as_millis()),
                     String::new(),
@@ -876,7 +830,7 @@ impl Sandbox {
             // account of an OOM kill.
             let oom = live.cgroup.oom_killed();
             self.destroy().await;
-            return Ok(Outcome::Failed(if oom {
+            return Ok(Outcome::Error(if oom {
                 function_error(
                     ErrorKind::OutOfMemory,
                     format!("function ran out of memory (limit {} MB)", self.memory_mb),
@@ -897,7 +851,7 @@ impl Sandbox {
         let status = match status {
             Ok(Ok(status)) => status,
             _ => {
-                return Ok(Outcome::Failed(function_error(
+                return Ok(Outcome::Error(function_error(
                     ErrorKind::Killed,
                     "sandbox closed its connection to sandboxd; it was destroyed".into(),
                     String::new(),
@@ -905,7 +859,7 @@ impl Sandbox {
             }
         };
         if oom {
-            return Ok(Outcome::Failed(function_error(
+            return Ok(Outcome::Error(function_error(
                 ErrorKind::OutOfMemory,
                 format!("function ran out of memory (limit {} MB)", self.memory_mb),
                 String::new(),
@@ -917,7 +871,7 @@ impl Sandbox {
                 status: describe(status),
             });
         }
-        Ok(Outcome::Failed(function_error(
+        Ok(Outcome::Error(function_error(
             ErrorKind::Killed,
             format!("sandbox exited unexpectedly ({})", describe(status)),
             String::new(),
@@ -1019,7 +973,7 @@ async fn exchange(
     live: &mut Live,
     calls: Option<&Calls>,
     call: Call<'_>,
-) -> Result<Reply, ProtocolError> {
+) -> Result<Outcome, ProtocolError> {
     if !live.ready {
         match protocol::read_frame(&mut live.conn).await? {
             (Header::Ready, _) => live.ready = true,
@@ -1033,26 +987,22 @@ async fn exchange(
         calls.begin(call.id).await;
     }
     protocol::write_frame(&mut live.conn, &call.request, call.payload).await?;
-    let reply = match protocol::read_frame_within(&mut live.conn, call.max_result_bytes).await {
-        Err(ProtocolError::TooLarge {
-            part: "body",
-            len,
-            limit,
-        }) => return Ok(Reply::TooLarge { len, limit }),
-        reply => reply?,
-    };
+    let reply = protocol::read_frame_within(&mut live.conn, call.max_result_bytes).await?;
     // Not on a failed read: the sandbox is then destroyed, and what it
     // printed until its pipes close stays with the call.
     if let Some(calls) = calls {
         calls.end().await;
     }
     match reply {
-        (Header::Result, body) => Ok(Reply::Result(body)),
-        (Header::HttpResponse { status, headers }, body) => Ok(Reply::Http {
-            status,
-            headers,
+        (Header::Result, body) => Ok(Outcome::Result(body)),
+        (Header::HttpResponse { status, headers }, body) => Ok(Outcome::Http(HttpResponse {
+            status: status.into(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| HttpHeader { name, value })
+                .collect(),
             body,
-        }),
+        })),
         (
             Header::Error {
                 kind,
@@ -1060,11 +1010,14 @@ async fn exchange(
                 traceback,
             },
             _,
-        ) => Ok(Reply::Error {
-            kind,
-            message,
-            traceback,
-        }),
+        ) => {
+            let kind = match kind {
+                RuntimeErrorKind::InvalidPayload => ErrorKind::InvalidRequest,
+                RuntimeErrorKind::Function | RuntimeErrorKind::InvalidResult => ErrorKind::Function,
+                RuntimeErrorKind::CannotStart => ErrorKind::CannotStart,
+            };
+            Ok(Outcome::Error(function_error(kind, message, traceback)))
+        }
         (other, _) => Err(unexpected(&other)),
     }
 }

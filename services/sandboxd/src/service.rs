@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use sock_proto::v1::cache_client::CacheClient;
-use sock_proto::v1::sandbox_invoke_response::Outcome as ProtoOutcome;
 use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest, PrepareResponse,
-    SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse, TreeRequest,
-    TreeResponse, ZygoteStatus,
+    ErrorKind, FunctionConfig, FunctionRef, FunctionSandboxes, LogsRequest, PrepareRequest,
+    PrepareResponse, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest, StatusResponse,
+    TreeRequest, TreeResponse, ZygoteStatus,
 };
 use sock_service::AuthedChannel;
 use sock_service::limits::{self, Carrying};
@@ -26,7 +25,7 @@ use crate::build::BuildLocks;
 use crate::config::Config;
 use crate::error::Error;
 use crate::listener::Listener;
-use crate::sandbox::{Limits, Outcome, SandboxSpec};
+use crate::sandbox::{Limits, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
 use crate::zygote::ZygoteSpec;
 
@@ -192,11 +191,6 @@ impl SandboxdService {
             .manager
             .invoke(call, || self.prepare(function.clone(), caller_config))
             .await?;
-        let outcome = match outcome {
-            Outcome::Returned(body) => ProtoOutcome::Result(body),
-            Outcome::Failed(error) => ProtoOutcome::Error(error),
-            Outcome::Http(response) => ProtoOutcome::Http(response),
-        };
         Ok(SandboxInvokeResponse {
             outcome: Some(outcome),
             version,
@@ -236,7 +230,7 @@ impl SandboxdService {
         // The caller resolved the version and checked the call against its
         // config: another version must not run in its place.
         if function.version != 0 && version != function.version {
-            return Err(Error::Cache(Status::internal(format!(
+            return Err(Error::Cache(ErrorKind::Platform.status(format!(
                 "the cache prepared version {version} of '{}', not version {} as asked; \
                  is the cache older than sandboxd?",
                 function.name, function.version

@@ -474,9 +474,9 @@ impl Manager {
             .instrument(span)
             .await;
         let reusable = match &outcome {
-            Ok(Outcome::Returned(_) | Outcome::Http(_)) => true,
-            Ok(Outcome::Failed(e)) => match e.kind() {
-                ErrorKind::Function | ErrorKind::InvalidPayload => true,
+            Ok(Outcome::Result(_) | Outcome::Http(_)) => true,
+            Ok(Outcome::Error(e)) => match e.kind() {
+                ErrorKind::Function | ErrorKind::InvalidRequest | ErrorKind::CannotStart => true,
                 ErrorKind::Killed | ErrorKind::OutOfMemory => {
                     lease.safe().exited();
                     false

@@ -117,16 +117,16 @@ fn assert_empty(dirs: &[PathBuf]) {
 
 fn json(outcome: Outcome) -> serde_json::Value {
     match outcome {
-        Outcome::Returned(body) => serde_json::from_slice(&body).expect("result is JSON"),
-        Outcome::Failed(e) => panic!("function failed: {e:?}"),
+        Outcome::Result(body) => serde_json::from_slice(&body).expect("result is JSON"),
+        Outcome::Error(e) => panic!("function failed: {e:?}"),
         Outcome::Http(r) => panic!("expected JSON, got an HTTP answer {r:?}"),
     }
 }
 
 fn failure(outcome: Outcome) -> FunctionError {
     match outcome {
-        Outcome::Failed(e) => e,
-        Outcome::Returned(body) => {
+        Outcome::Error(e) => e,
+        Outcome::Result(body) => {
             panic!("expected a failure, got {}", String::from_utf8_lossy(&body))
         }
         Outcome::Http(r) => panic!("expected a failure, got an HTTP answer {r:?}"),

@@ -210,6 +210,7 @@ async fn only_the_version_asked_runs() {
     // words, and nothing else runs in its place.
     let status = ask(2).await.expect_err("a version the cache does not have");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::NotFound));
     assert_eq!(
         status.message(),
         "function 'echo' version 2 is not available: the registry keeps 3"
@@ -227,7 +228,8 @@ async fn only_the_version_asked_runs() {
         },
     );
     let status = ask(2).await.expect_err("another version prepared");
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     assert_eq!(
         status.message(),
         "the cache prepared version 3 of 'echo', not version 2 as asked; is the cache older \
@@ -247,6 +249,7 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         .await
         .expect_err("unknown function");
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::NotFound));
     assert_eq!(
         status.message(),
         "function 'nope' does not exist; push it with `sock push`"
@@ -256,7 +259,8 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
         .invoke("escape", "{}")
         .await
         .expect_err("a code dir outside the cache's");
-    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     assert!(
         status.message().contains("unsafe to mount"),
         "{}",
@@ -271,6 +275,7 @@ async fn cache_answers_and_outages_reach_the_caller_clearly() {
     };
     let status = node.invoke("echo", "{}").await.expect_err("cache down");
     assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(ErrorKind::stamped(&status), Some(ErrorKind::Platform));
     assert!(
         status.message().starts_with("code cache unavailable:"),
         "{}",

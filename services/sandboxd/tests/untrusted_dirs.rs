@@ -202,7 +202,7 @@ async fn probe(mut sandbox: sock_sandboxd::Sandbox) -> serde_json::Value {
         .expect("invoke");
     sandbox.destroy().await;
     let seen: serde_json::Value = match outcome {
-        Outcome::Returned(body) => serde_json::from_slice(&body).expect("JSON result"),
+        Outcome::Result(body) => serde_json::from_slice(&body).expect("JSON result"),
         other => panic!("probe failed: {other:?}"),
     };
     assert!(!seen.to_string().contains(SECRET), "secret read: {seen}");

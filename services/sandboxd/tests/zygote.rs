@@ -100,7 +100,7 @@ impl Drop for Fixture {
 
 fn json(outcome: Outcome) -> serde_json::Value {
     match outcome {
-        Outcome::Returned(body) => serde_json::from_slice(&body).expect("result is JSON"),
+        Outcome::Result(body) => serde_json::from_slice(&body).expect("result is JSON"),
         other => panic!("function failed: {other:?}"),
     }
 }
@@ -343,13 +343,13 @@ async fn children_cannot_see_or_signal_the_zygote_or_each_other_and_have_their_o
 
     // Over its own memory limit: OOM for a, nobody else is touched.
     let outcome = call(&mut a, r#"{"hog": 200}"#).await;
-    let Outcome::Failed(error) = outcome else {
+    let Outcome::Error(error) = outcome else {
         panic!("expected OOM, got {outcome:?}");
     };
     assert_eq!(error.kind(), ErrorKind::OutOfMemory, "{error:?}");
     // A crash: the zygote keeps serving.
     let outcome = call(&mut b, r#"{"crash": true}"#).await;
-    let Outcome::Failed(error) = outcome else {
+    let Outcome::Error(error) = outcome else {
         panic!("expected a crash, got {outcome:?}");
     };
     assert_eq!(error.kind(), ErrorKind::Killed, "{error:?}");

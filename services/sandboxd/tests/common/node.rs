@@ -14,7 +14,7 @@ use std::time::Duration;
 use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
-    FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
+    ErrorKind, FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
     SourceBuild, StatusRequest, StatusResponse, TreeNode, TreeRequest, TreeResponse, ZygoteNode,
 };
 use sock_sandboxd::Config;
@@ -87,12 +87,12 @@ impl Cache for FakeCache {
         }
         let functions = self.catalog.functions.lock().expect("catalog lock");
         let Some((version, function)) = functions.get(&name).cloned() else {
-            return Err(Status::not_found(format!(
+            return Err(ErrorKind::NotFound.status(format!(
                 "function '{name}' does not exist; push it with `sock push`"
             )));
         };
         if asked != 0 && asked != version && !function.any_version {
-            return Err(Status::not_found(format!(
+            return Err(ErrorKind::NotFound.status(format!(
                 "function '{name}' version {asked} is not available: the registry keeps {version}"
             )));
         }
