@@ -6,12 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod kind;
+pub mod v1;
+
 pub use kind::ERROR_HEADER;
-
-pub mod v1 {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("sock.v1");
-
-    /// Encoded descriptors of every sock service, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sock_descriptor");
-}
