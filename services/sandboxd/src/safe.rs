@@ -343,9 +343,19 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sandbox) = self.sandbox.take() {
-            let inner = self.safe.inner();
-            self.safe
-                .destroy_locked(inner, Some(sandbox), Why::Cancelled);
+            let safe = self.safe.clone();
+            let teardown = move || {
+                let inner = safe.inner();
+                safe.destroy_locked(inner, Some(sandbox), Why::Cancelled);
+            };
+            // A cancelled call drops its lease where its future was
+            // dropped, on a runtime thread: the teardown waits for the
+            // kernel (kill, reap, drain the cgroup), so it goes to a
+            // blocking thread. It holds its reservation until it is done.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(teardown)),
+                Err(_) => teardown(),
+            }
         }
     }
 }

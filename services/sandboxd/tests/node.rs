@@ -313,6 +313,31 @@ fn sleep_in_background(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_caller_gives_up_has_its_sandbox_destroyed_and_memory_freed() {
+    let Some(node) = start("cancelled", |_| {}).await else {
+        return;
+    };
+    node.publish("sleeper", 1, COUNTING_SLEEPER, Function::default());
+    let mut client = node.client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .invoke(request("sleeper", 1, "", br#"{"sleep": 600}"#, 600_000))
+            .await
+    });
+    node.wait_for("the call running", |s| s.running == 1).await;
+    // The caller goes away mid-call: its request is cancelled.
+    call.abort();
+    node.wait_for("the sandbox destroyed", |s| s.sandboxes == 0)
+        .await;
+    // Its memory goes back only once its teardown is over (its processes
+    // gone, its cgroup empty).
+    let status = node
+        .wait_for("its memory back", |s| s.pool_reserved_mb == zygotes_mb(s))
+        .await;
+    assert_eq!(status.running, 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sandbox_whose_runtime_is_killed_is_forgotten_and_its_memory_freed() {
     let Some(node) = start("diedpaused", |c| c.pause_after_ms = 100).await else {
         return;
