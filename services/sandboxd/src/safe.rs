@@ -220,7 +220,8 @@ impl SafeSandbox {
                 }
                 if let Err(e) = sandbox.unpause() {
                     tracing::warn!(sandbox = %self.id, error = %e, "cannot unpause sandbox");
-                    self.destroy_locked(inner, Some(sandbox), Why::Broken);
+                    drop(inner);
+                    self.clone().destroy_off_runtime(sandbox, Why::Broken);
                     return Err(Unleased::Gone);
                 }
                 self.emit(EventKind::Unpaused);
@@ -291,6 +292,17 @@ impl SafeSandbox {
         }
     }
 
+    /// Any → Destroyed, with `sandbox` (taken out of its state by the
+    /// caller) torn down where it does not hold up a runtime thread: a
+    /// teardown waits for the kernel (kill, reap, drain the cgroup). The
+    /// reservation is held until it is done.
+    fn destroy_off_runtime(self: Arc<Self>, sandbox: Sandbox, why: Why) {
+        off_runtime(move || {
+            let inner = self.inner();
+            self.destroy_locked(inner, Some(sandbox), why);
+        });
+    }
+
     /// The runtime died on its own during a call.
     pub fn exited(&self) {
         self.emit(EventKind::Exited);
@@ -317,7 +329,7 @@ impl Lease {
 
     /// Running → Idle; returns the idle epoch for the pause timer, or None
     /// when the sandbox died or was destroyed meanwhile (it is then torn
-    /// down here). Blocks for that teardown.
+    /// down on a blocking thread).
     pub fn keep(mut self) -> Option<u64> {
         let sandbox = self.sandbox.take().expect("a lease ends once");
         let mut inner = self.safe.inner();
@@ -327,8 +339,10 @@ impl Lease {
             inner.idle_epoch += 1;
             return Some(inner.idle_epoch);
         }
+        drop(inner);
         self.safe
-            .destroy_locked(inner, Some(sandbox), Why::CallFailed);
+            .clone()
+            .destroy_off_runtime(sandbox, Why::CallFailed);
         None
     }
 
@@ -341,21 +355,21 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    /// A cancelled call drops its lease where its future was dropped.
     fn drop(&mut self) {
         if let Some(sandbox) = self.sandbox.take() {
-            let safe = self.safe.clone();
-            let teardown = move || {
-                let inner = safe.inner();
-                safe.destroy_locked(inner, Some(sandbox), Why::Cancelled);
-            };
-            // A cancelled call drops its lease where its future was
-            // dropped, on a runtime thread: the teardown waits for the
-            // kernel (kill, reap, drain the cgroup), so it goes to a
-            // blocking thread. It holds its reservation until it is done.
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(teardown)),
-                Err(_) => teardown(),
-            }
+            self.safe
+                .clone()
+                .destroy_off_runtime(sandbox, Why::Cancelled);
         }
+    }
+}
+
+/// Runs `work`, which blocks, on a blocking thread when called on a tokio
+/// runtime, else here.
+pub(crate) fn off_runtime(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
     }
 }
