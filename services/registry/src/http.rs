@@ -80,9 +80,6 @@ async fn bundle(
     Ok((validators, kind, Bytes::from_owner(bundle)).into_response())
 }
 
-/// RFC 9110 §13.1.2-3 and §13.2.2: If-None-Match decides when present
-/// (weak comparison, so `W/` is ignored); only without it does
-/// If-Modified-Since count, at the second precision of HTTP dates.
 /// One version's bundle, as a node asks for the exact version a gateway
 /// resolved. A version never changes: no conditional request, and caches
 /// may keep the answer.
@@ -111,6 +108,9 @@ fn validators(info: &FunctionInfo) -> ([(HeaderName, String); 3], u64) {
     (validators, modified_secs)
 }
 
+/// RFC 9110 §13.1.2-3 and §13.2.2: If-None-Match decides when present
+/// (weak comparison, so `W/` is ignored); only without it does
+/// If-Modified-Since count, at the second precision of HTTP dates.
 fn not_modified(request: &HeaderMap, etag: &str, modified_secs: u64) -> bool {
     if request.contains_key(IF_NONE_MATCH) {
         let ours = opaque(etag);
