@@ -269,12 +269,24 @@ struct Warm {
     throughput: Vec<(usize, f64)>,
 }
 
-async fn warm(cluster: &Cluster, sizes: &Sizes, invoke: &str) -> anyhow::Result<Warm> {
+/// One echo call through the gateway, as the report names it.
+const INVOKE: &str = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
+
+/// A bench cluster whose sandboxd has `import_cache` (`tree` or `off`).
+async fn start_cluster(bin: &Path, import_cache: &'static str) -> anyhow::Result<Cluster> {
+    let bin = bin.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || {
+        sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", import_cache)])
+    })
+    .await?)
+}
+
+async fn warm(cluster: &Cluster, sizes: &Sizes) -> anyhow::Result<Warm> {
     sock::push(cluster, "echo", &[("f.py", sock::ECHO)]).await?;
     eprintln!("sock-bench: warm latency, 1 client × {}", sizes.warm_calls);
     let mut warm1 = Series::new(
         "sock warm, 1 client",
-        format!("{invoke}, 1 client, sequential"),
+        format!("{INVOKE}, 1 client, sequential"),
     );
     warm1.samples = sock::warm_latency(cluster, "echo", 1, sizes.warm_calls, sizes.warmup).await?;
     eprintln!(
@@ -283,7 +295,7 @@ async fn warm(cluster: &Cluster, sizes: &Sizes, invoke: &str) -> anyhow::Result<
     );
     let mut warm8 = Series::new(
         "sock warm, 8 clients",
-        format!("{invoke}, 8 clients (own connections), closed loop"),
+        format!("{INVOKE}, 8 clients (own connections), closed loop"),
     );
     warm8.samples =
         sock::warm_latency(cluster, "echo", 8, sizes.warm8_calls, sizes.warmup / 4).await?;
@@ -303,13 +315,8 @@ async fn warm(cluster: &Cluster, sizes: &Sizes, invoke: &str) -> anyhow::Result<
 /// `--only warm`: the warm rows of a full run, printed.
 pub async fn warm_only(bin: &Path, quick: bool) -> anyhow::Result<()> {
     let sizes = Sizes::new(quick);
-    let cluster = tokio::task::spawn_blocking({
-        let bin = bin.to_path_buf();
-        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
-    })
-    .await?;
-    let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
-    let measured = warm(&cluster, &sizes, invoke).await;
+    let cluster = start_cluster(bin, "tree").await?;
+    let measured = warm(&cluster, &sizes).await;
     sock::stop(cluster).await?;
     let Warm {
         warm1,
@@ -341,36 +348,27 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Results> {
     let sizes = Sizes::new(quick);
     let mut machine = machine(bin);
 
-    let cluster = tokio::task::spawn_blocking({
-        let bin = bin.to_path_buf();
-        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "tree")])
-    })
-    .await?;
-    let invoke = "gRPC sock.v1.Gateway/Invoke(echo, {\"hello\":\"world\"})";
+    let cluster = start_cluster(bin, "tree").await?;
     let Warm {
         warm1,
         warm8,
         throughput,
-    } = warm(&cluster, &sizes, invoke).await?;
+    } = warm(&cluster, &sizes).await?;
     let tree = cold_run(
         &cluster,
         &sizes,
         "sock cold, zygote fork",
-        &format!("{invoke} of a function never called before (code unpacked), import_cache = tree"),
+        &format!("{INVOKE} of a function never called before (code unpacked), import_cache = tree"),
     )
     .await?;
     sock::stop(cluster).await?;
 
-    let cluster = tokio::task::spawn_blocking({
-        let bin = bin.to_path_buf();
-        move || sock::start(&bin, &[("SOCK_SANDBOXD_IMPORT_CACHE", "off")])
-    })
-    .await?;
+    let cluster = start_cluster(bin, "off").await?;
     let fresh = cold_run(
         &cluster,
         &sizes,
         "sock cold, fresh sandbox",
-        &format!("{invoke} of a function never called before (code unpacked), SOCK_SANDBOXD_IMPORT_CACHE=off"),
+        &format!("{INVOKE} of a function never called before (code unpacked), SOCK_SANDBOXD_IMPORT_CACHE=off"),
     )
     .await?;
     sock::stop(cluster).await?;
