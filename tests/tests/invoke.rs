@@ -12,8 +12,15 @@ async fn invoke(cluster: &Cluster, name: &str, payload: &str) -> Result<Outcome,
     Ok(response.outcome.expect("an outcome"))
 }
 
-fn example_bundle(name: &str) -> Vec<u8> {
-    sock_bundle::pack(&example(name)).expect("pack example")
+/// A cluster with the example function `name` pushed under its own name.
+async fn with_example(name: &str) -> Cluster {
+    let cluster = Cluster::start();
+    let bundle = sock_bundle::pack(&example(name)).expect("pack example");
+    cluster
+        .push_bundle(name, bundle)
+        .await
+        .unwrap_or_else(|e| panic!("push {name}: {e}"));
+    cluster
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,11 +28,7 @@ async fn echo_returns_its_payload() {
     if !have_root() {
         return;
     }
-    let cluster = Cluster::start();
-    cluster
-        .push_bundle("echo", example_bundle("echo"))
-        .await
-        .expect("push echo");
+    let cluster = with_example("echo").await;
     let payload = r#"{"hello":"sock","n":[1,2,3]}"#;
     match invoke(&cluster, "echo", payload)
         .await
@@ -55,11 +58,7 @@ async fn a_five_mib_payload_comes_back_whole() {
     if !have_root() {
         return;
     }
-    let cluster = Cluster::start();
-    cluster
-        .push_bundle("echo", example_bundle("echo"))
-        .await
-        .expect("push echo");
+    let cluster = with_example("echo").await;
     let want = serde_json::json!({ "data": "x".repeat(5 << 20) });
     let payload = want.to_string();
     let same = |result: &[u8]| {
@@ -102,11 +101,7 @@ async fn a_raising_function_returns_its_traceback() {
     if !have_root() {
         return;
     }
-    let cluster = Cluster::start();
-    cluster
-        .push_bundle("error", example_bundle("error"))
-        .await
-        .expect("push error");
+    let cluster = with_example("error").await;
     match invoke(&cluster, "error", "{}")
         .await
         .expect("the call itself succeeds")
