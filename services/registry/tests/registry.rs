@@ -710,6 +710,27 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
         .await
         .expect("answer");
     assert_eq!(served.status(), StatusCode::OK);
+    // A version by number is guarded as the latest is.
+    let by_version = |token: Option<&str>| {
+        let request = registry
+            .http
+            .get(format!("{}/functions/hello/versions/1", registry.base));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    for token in [None, Some("node-s3creX")] {
+        let refused = by_version(token).send().await.expect("answer");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+        let text = refused.text().await.expect("body");
+        assert!(!text.contains("def f"), "{text}");
+    }
+    let served = by_version(Some("node-s3cret"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(served.status(), StatusCode::OK);
 
     let delete = registry
         .grpc
