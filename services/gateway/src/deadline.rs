@@ -1,7 +1,63 @@
-//! How long one call may take.
+//! How long one call may take: worked out once, when the call's function
+//! is known, and carried from there to the node as one [`Deadline`].
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+
+use crate::error::Error;
+
+/// Time the sandboxd call gets beyond the call's budget. sandboxd enforces
+/// the budget on the function and reports a timeout as the function's
+/// error; the gateway gives up only if sandboxd itself does not answer.
+const SANDBOXD_GRACE: Duration = Duration::from_millis(500);
+
+/// One call's deadline: its budget, counted from when it started.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    pub fn new(start: Instant, budget: Duration) -> Self {
+        Deadline {
+            at: start + budget,
+            budget,
+        }
+    }
+
+    /// When the call's budget runs out.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// What is left for the function, in sandboxd's whole milliseconds
+    /// (rounded up: a call that did not wait keeps its whole budget), or
+    /// the call's timeout once nothing is.
+    pub fn left_ms(&self, function: &str) -> Result<u32, Error> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        match u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX) {
+            0 => Err(self.exceeded(function)),
+            ms => Ok(ms),
+        }
+    }
+
+    /// The gRPC deadline of the call to sandboxd: what is left and a
+    /// grace. The gateway stops waiting then, and the node stops working
+    /// on the call.
+    pub fn left_at_node(&self) -> Duration {
+        (self.at + SANDBOXD_GRACE).saturating_duration_since(Instant::now())
+    }
+
+    /// The error of a call whose budget ran out before it was answered.
+    pub fn exceeded(&self, function: &str) -> Error {
+        Error::DeadlineExceeded {
+            function: function.to_string(),
+            budget_ms: self.budget.as_millis().try_into().unwrap_or(u64::MAX),
+        }
+    }
+}
 
 /// The caller's gRPC deadline, from the `grpc-timeout` header (an integer
 /// of at most 8 digits and a unit: H, M, S, m, u or n). A malformed header
@@ -75,6 +131,25 @@ mod tests {
             assert_eq!(timeout_of(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&MetadataMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_left_is_counted_from_the_start_and_rounded_up() {
+        let deadline = Deadline::new(Instant::now(), Duration::from_millis(1_000));
+        assert_eq!(deadline.left_ms("f").expect("left"), 1_000);
+        tokio::time::advance(Duration::from_micros(400_100)).await;
+        assert_eq!(deadline.left_ms("f").expect("left"), 600, "599.9 ms");
+        assert_eq!(deadline.left_at_node(), Duration::from_micros(1_099_900));
+        tokio::time::advance(Duration::from_micros(599_900)).await;
+        let Err(Error::DeadlineExceeded {
+            function,
+            budget_ms,
+        }) = deadline.left_ms("f")
+        else {
+            panic!("nothing is left");
+        };
+        assert_eq!((function.as_str(), budget_ms), ("f", 1_000));
+        assert_eq!(deadline.left_at_node(), SANDBOXD_GRACE, "the node's grace");
     }
 
     #[test]

@@ -16,16 +16,11 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admission::{Admit, ConcurrencyLimitLayer, Queue};
-use crate::deadline::budget;
+use crate::deadline::{Deadline, budget};
 use crate::error::Error;
 use crate::metadata::MetadataCache;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
-
-/// Time the sandboxd call gets beyond the call's budget. sandboxd enforces
-/// the budget on the function and reports a timeout as the function's
-/// error; the gateway gives up only if sandboxd itself does not answer.
-const SANDBOXD_GRACE: Duration = Duration::from_millis(500);
 
 /// A call as it arrives.
 pub(crate) struct Invocation {
@@ -56,8 +51,7 @@ pub(crate) struct Answer {
 pub(crate) struct Call {
     /// Shared with `run`, which gets the payload back for a second try.
     request: Arc<SandboxInvokeRequest>,
-    deadline: Instant,
-    budget: Duration,
+    deadline: Deadline,
 }
 
 impl Admit for Call {
@@ -69,7 +63,7 @@ impl Admit for Call {
     }
 
     fn deadline(&self) -> Instant {
-        self.deadline
+        self.deadline.at()
     }
 }
 
@@ -129,6 +123,12 @@ impl Invoker {
     /// or deleted through this gateway, and its next call must see that.
     pub fn invalidate(&self, function: &str) {
         self.functions.invalidate(function);
+    }
+
+    /// Forgets every cached version and config: changes may have been
+    /// missed.
+    pub fn forget_all(&self) {
+        self.functions.clear();
     }
 
     /// Runs one call; `method` is the HTTP method of an HTTP call, checked
@@ -210,8 +210,7 @@ impl Invoker {
             });
             let call = Call {
                 request: request.clone(),
-                deadline: start + budget,
-                budget,
+                deadline: Deadline::new(start, budget),
             };
             match self.stack.clone().oneshot(call).await {
                 // The version this gateway resolved is gone from the node's
@@ -277,32 +276,14 @@ impl Service<Call> for Dispatch {
 }
 
 async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
-    let Call {
-        request,
-        deadline,
-        budget,
-    } = call;
-    let function = request
-        .function
-        .as_ref()
-        .map_or_else(String::new, |f| f.name.clone());
-    let timed_out = || Error::DeadlineExceeded {
-        function: function.clone(),
-        budget_ms: budget.as_millis().try_into().unwrap_or(u64::MAX),
-    };
-    // What queueing left of the budget, in sandboxd's whole milliseconds
-    // (rounded up: a call that did not wait keeps its whole budget).
-    let left = deadline.saturating_duration_since(Instant::now());
-    let timeout_ms = u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
-    if timeout_ms == 0 {
-        return Err(timed_out());
-    }
-    let call_id = request.call_id.clone();
-    let sent = nodes.invoke(&request, timeout_ms);
-    let (answer, _node) = tokio::time::timeout_at(deadline + SANDBOXD_GRACE, sent)
-        .await
-        .map_err(|_| timed_out())??;
-    let outcome = answer.outcome.ok_or(Error::EmptyAnswer(call_id))?;
+    let Call { request, deadline } = call;
+    let function = request.function.as_ref().map_or("", |f| f.name.as_str());
+    // Queueing may have used it all.
+    deadline.left_ms(function)?;
+    let (answer, _node) = nodes.invoke(&request, deadline).await?;
+    let outcome = answer
+        .outcome
+        .ok_or_else(|| Error::EmptyAnswer(request.call_id.clone()))?;
     Ok(Answer {
         outcome,
         version: answer.version,

@@ -23,6 +23,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tracing::Instrument;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, reason};
 
 /// A peer that does not accept a connection within this is treated as
@@ -239,12 +240,13 @@ impl Nodes {
     }
 
     /// Runs a call on the function's node, or the next one if the first
-    /// could not be reached before the call was sent; sandboxd gets
-    /// `timeout_ms` of it left.
+    /// could not be reached before the call was sent. sandboxd gets what
+    /// is left of `deadline` as the function's budget, and the call to it
+    /// that and the grace as its gRPC deadline.
     pub async fn invoke(
         &self,
         request: &SandboxInvokeRequest,
-        timeout_ms: u32,
+        deadline: Deadline,
     ) -> Result<(SandboxInvokeResponse, Arc<Node>), Error> {
         let function = request.function.as_ref().map_or("", |f| f.name.as_str());
         let order = self.order(function);
@@ -257,15 +259,12 @@ impl Nodes {
             let _in_flight = InFlight(node.clone());
             let span =
                 tracing::info_span!("sandboxd.invoke", otel.kind = "client", node = %node.addr);
-            let result = node
-                .client
-                .clone()
-                .invoke(SandboxInvokeRequest {
-                    timeout_ms,
-                    ..request.clone()
-                })
-                .instrument(span)
-                .await;
+            let mut call = tonic::Request::new(SandboxInvokeRequest {
+                timeout_ms: deadline.left_ms(function)?,
+                ..request.clone()
+            });
+            call.set_timeout(deadline.left_at_node());
+            let result = node.client.clone().invoke(call).instrument(span).await;
             match result {
                 Ok(response) => return Ok((response.into_inner(), node.clone())),
                 Err(status) if not_sent(&status) => {
@@ -274,6 +273,11 @@ impl Nodes {
                         return Err(Error::from_sandboxd(status));
                     }
                     tracing::info!(node = %node.addr, error = %reason(&status), "node unreachable; trying the next one");
+                }
+                // The gRPC deadline passed: sandboxd did not answer within
+                // the budget and its grace.
+                Err(status) if caused_by::<tonic::TimeoutExpired>(&status) => {
+                    return Err(deadline.exceeded(function));
                 }
                 Err(status) => {
                     if status.source().is_some() {
@@ -289,35 +293,19 @@ impl Nodes {
     }
 }
 
-/// Whether a failed call never left the gateway: the connection could not
-/// be made, so the node did not see the request.
+/// Whether a failed call never left the gateway: tonic wraps every error
+/// of making the connection (refused, unreachable, a name that no longer
+/// resolves, the connect timeout) in [`tonic::ConnectError`], so the node
+/// did not see the request.
 fn not_sent(status: &tonic::Status) -> bool {
+    caused_by::<tonic::ConnectError>(status)
+}
+
+/// Whether tonic's error `E` is among the causes of `status`.
+fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     let mut cause = status.source();
     while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            )
-        {
-            return true;
-        }
-        // hyper's connector says so in words; a name that no longer
-        // resolves (a node's container gone from DNS) is as unsent as a
-        // refused connection.
-        let text = error.to_string();
-        if [
-            "tcp connect error",
-            "connect timed out",
-            "dns error",
-            "failed to lookup address",
-        ]
-        .iter()
-        .any(|words| text.contains(words))
-        {
+        if error.is::<E>() {
             return true;
         }
         cause = error.source();
@@ -464,18 +452,46 @@ mod tests {
         assert_eq!(nodes.order("f")[0].addr, first.addr, "and rejoins");
     }
 
-    #[test]
-    fn a_node_name_that_no_longer_resolves_counts_as_not_sent() {
-        // The words hyper's connector used when a stopped compose node's
-        // name left Docker's DNS.
-        let mut status = tonic::Status::unavailable("error trying to connect");
-        status.set_source(std::sync::Arc::new(std::io::Error::other(
-            "dns error: failed to lookup address information: Name or service not known",
-        )));
-        assert!(not_sent(&status));
-        assert!(!not_sent(&tonic::Status::unavailable(
-            "connection reset mid-call"
-        )));
+    /// The status of one call to a node at `addr`.
+    async fn call_status(addr: String) -> tonic::Status {
+        let node = Node::new(addr, None).expect("a valid address");
+        node.client
+            .clone()
+            .invoke(SandboxInvokeRequest::default())
+            .await
+            .expect_err("no sandboxd there")
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_or_a_socket_gone_is_not_sent() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let refused = call_status(format!("http://127.0.0.1:{port}")).await;
+        assert!(not_sent(&refused), "{refused:?}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gone = call_status(format!("unix:{}", dir.path().join("gone.sock").display())).await;
+        assert!(not_sent(&gone), "{gone:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_breaks_after_it_was_made_may_have_been_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        // Accepts, reads what comes, and hangs up without an answer.
+        let peer = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+        });
+        let broken = call_status(addr).await;
+        peer.await.expect("peer");
+        assert!(!not_sent(&broken), "{broken:?}");
     }
 
     #[tokio::test]

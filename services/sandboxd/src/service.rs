@@ -170,14 +170,15 @@ impl SandboxdService {
             .filter(|f| !f.name.is_empty())
             .ok_or_else(|| Error::InvalidRequest("the request names no function".into()))?;
         let caller_config = req.config.unwrap_or_default();
-        let limit_ms = caller_config.limits.as_ref().map_or(0, |l| l.timeout_ms);
-        // Capped whatever asked for it: the caller, the function's ol.yaml
-        // (through a registry that may have other ceilings) or our default.
-        let timeout_ms = [req.timeout_ms, limit_ms, self.default_timeout_ms]
-            .into_iter()
-            .find(|ms| *ms > 0)
-            .unwrap_or(self.default_timeout_ms)
-            .min(self.max_timeout_ms);
+        // The gateway worked the budget out once (the shortest of its
+        // caller's, its gRPC deadline and the function's limit) and sends
+        // what is left of it; a caller that sends none gets our default.
+        // Capped whoever asks: the operator's ceiling holds.
+        let timeout_ms = match req.timeout_ms {
+            0 => self.default_timeout_ms,
+            ms => ms,
+        }
+        .min(self.max_timeout_ms);
         let call = Call {
             name: &function.name,
             version: function.version,
