@@ -2,7 +2,8 @@
 //! OpenLambda-style HTTP (`/run/<name>[/<path>]`, `/status`, `/registry`).
 //!
 //! A call looks the function's current version and config up in a cache
-//! of the registry's answers (`metadata`), is checked against the function
+//! of the registry's answers (`metadata`, kept current by the registry's
+//! announcements: `watch`), is checked against the function
 //! (method, kind, size) and bounded in time (`deadline`), passes admission
 //! control (`admission`: concurrency limits and a bounded queue), and runs
 //! on the sandbox node its function hashes to (`nodes`). `invoke` holds
@@ -27,6 +28,7 @@ mod metadata;
 mod metrics;
 mod nodes;
 mod openlambda;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +103,11 @@ pub async fn run(
         registry.clone().timeout(REGISTRY_ADMIN_TIMEOUT),
         None,
     )?);
+    // A watch is one long call, so its channel has no per-call timeout.
+    let registry_watch = RegistryClient::new(nodes::with_token(
+        registry.clone(),
+        config.node_token.as_ref(),
+    )?);
     let registry = RegistryClient::new(nodes::with_token(
         registry.timeout(REGISTRY_TIMEOUT),
         config.node_token.as_ref(),
@@ -143,6 +150,14 @@ pub async fn run(
         holder: format!("gateway-{}", uuid::Uuid::new_v4()),
     });
 
+    let watch = watch::follow(
+        registry_watch,
+        watch::Watchers {
+            invoker: invoker.clone(),
+            cron: cron.refresh.clone(),
+        },
+        stop.clone(),
+    );
     let kafka = kafka::run(
         registry,
         Arc::new(kafka::Deliver {
@@ -212,7 +227,7 @@ pub async fn run(
     let scheduler = cron.run(stop.clone());
     tokio::try_join!(
         async move {
-            tokio::join!(scheduler, kafka);
+            tokio::join!(scheduler, kafka, watch);
             Ok(())
         },
         async move {

@@ -128,6 +128,11 @@ impl<S: FunctionSource> MetadataCache<S> {
         self.slots.lock().expect("metadata cache lock").remove(name);
     }
 
+    /// Drops what is known of every function, as `invalidate` does one.
+    pub fn clear(&self) {
+        self.slots.lock().expect("metadata cache lock").clear();
+    }
+
     fn slot(&self, name: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().expect("metadata cache lock");
         Arc::clone(slots.entry(name.to_string()).or_default())

@@ -1,21 +1,29 @@
-//! What both front ends ask of the registry: validate, store, look up.
-//! Validation and sled work block, so they run on the blocking pool.
+//! What both front ends ask of the registry: validate, store, look up,
+//! and announce each change of a function's current version to its
+//! watchers. Validation and sled work block, so they run on the blocking
+//! pool.
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::IVec;
 use sock_bundle::{BundleLimits, validate_name};
-use sock_proto::v1::FunctionInfo;
+use sock_proto::v1::{FunctionChange, FunctionInfo};
 use sock_service::Ceilings;
+use tokio::sync::broadcast;
 
 use crate::error::Error;
 use crate::store::Store;
+
+/// Changes a watcher may fall behind by before it is told to forget
+/// everything instead.
+const CHANGES_KEPT: usize = 1024;
 
 #[derive(Clone)]
 pub(crate) struct Functions {
     store: Arc<Store>,
     limits: BundleLimits,
     ceilings: Ceilings,
+    changes: broadcast::Sender<FunctionChange>,
 }
 
 impl Functions {
@@ -24,7 +32,22 @@ impl Functions {
             store: Arc::new(store),
             limits,
             ceilings,
+            changes: broadcast::channel(CHANGES_KEPT).0,
         }
+    }
+
+    /// Each change made from now on, as it is made: a push as the new
+    /// version, a delete as version 0.
+    pub(crate) fn watch(&self) -> broadcast::Receiver<FunctionChange> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, name: &str, version: u64) {
+        // No watcher is not a failure.
+        let _ = self.changes.send(FunctionChange {
+            name: name.to_string(),
+            version,
+        });
     }
 
     /// Validates name, bundle and the limits its ol.yaml asks, then stores the bundle as the next
@@ -43,7 +66,8 @@ impl Functions {
         .await?;
         match &pushed {
             Ok(info) => {
-                tracing::info!(function = %info.name, version = info.version, bytes = info.bundle_bytes, "pushed")
+                tracing::info!(function = %info.name, version = info.version, bytes = info.bundle_bytes, "pushed");
+                self.announce(&info.name, info.version);
             }
             Err(reason @ (Error::Invalid(_) | Error::OverCeiling(_))) => {
                 tracing::info!(%reason, "push refused")
@@ -79,6 +103,7 @@ impl Functions {
         self.blocking(name.clone(), |store, name| store.delete(name))
             .await?;
         tracing::info!(function = %name, "deleted");
+        self.announce(&name, 0);
         Ok(())
     }
 

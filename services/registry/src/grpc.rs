@@ -1,15 +1,18 @@
 //! The gRPC admin API, `sock.v1.Registry`.
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use sock_bundle::Size;
 use sock_proto::v1::registry_server::{Registry, RegistryServer};
 use sock_proto::v1::{
     ClaimFiringRequest, ClaimFiringResponse, DeleteFunctionRequest, DeleteFunctionResponse,
-    FunctionInfo, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse,
-    PushFunctionRequest,
+    ErrorKind, FunctionChange, FunctionInfo, GetFunctionRequest, ListFunctionsRequest,
+    ListFunctionsResponse, PushFunctionRequest, WatchFunctionsRequest,
 };
 use sock_service::limits::{self, Carrying};
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -21,10 +24,16 @@ use crate::metrics::Metrics;
 struct RegistryService {
     functions: Functions,
     metrics: Arc<Metrics>,
+    /// Ends the watch streams, which would otherwise hold the server's
+    /// graceful shutdown open for ever.
+    shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
+    type WatchFunctionsStream =
+        Pin<Box<dyn Stream<Item = Result<FunctionChange, Status>> + Send + 'static>>;
+
     async fn push_function(
         &self,
         request: Request<PushFunctionRequest>,
@@ -75,15 +84,30 @@ impl Registry for RegistryService {
             holder,
         } = request.into_inner();
         if holder.is_empty() {
-            return Err(Status::invalid_argument(
-                "a claim needs a holder: who fires the function",
-            ));
+            return Err(
+                ErrorKind::InvalidRequest.status("a claim needs a holder: who fires the function")
+            );
         }
         let claimed = self
             .functions
             .claim_firing(name, schedule, fire_at_unix_ms, holder)
             .await?;
         Ok(Response::new(ClaimFiringResponse { claimed }))
+    }
+
+    async fn watch_functions(
+        &self,
+        _: Request<WatchFunctionsRequest>,
+    ) -> Result<Response<Self::WatchFunctionsStream>, Status> {
+        // Subscribed before the first message, so nothing made after it
+        // is missed; a watcher that falls behind gets an empty name too.
+        let changes = BroadcastStream::new(self.functions.watch())
+            .map(|change| Ok(change.unwrap_or_default()));
+        let live = futures::stream::once(async { Ok(FunctionChange::default()) });
+        let stream = live
+            .chain(changes)
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -104,8 +128,12 @@ pub(crate) async fn serve(
     health
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
-    let service =
-        RegistryServer::new(RegistryService { functions, metrics }).carrying(max_bundle_bytes);
+    let service = RegistryServer::new(RegistryService {
+        functions,
+        metrics,
+        shutdown: shutdown.clone(),
+    })
+    .carrying(max_bundle_bytes);
     let too_large = Status::resource_exhausted(format!(
         "bundle is far over the limit of {}",
         Size(max_bundle_bytes)
@@ -131,10 +159,12 @@ pub(crate) async fn serve(
 fn access(path: &str) -> sock_service::Access {
     use sock_service::Access;
     match path {
-        // Gateways list functions to find their cron and Kafka triggers.
+        // Gateways list functions to find their cron and Kafka triggers,
+        // and watch them to keep their cached versions current.
         "/sock.v1.Registry/GetFunction"
         | "/sock.v1.Registry/ListFunctions"
-        | "/sock.v1.Registry/ClaimFiring" => Access::Node,
+        | "/sock.v1.Registry/ClaimFiring"
+        | "/sock.v1.Registry/WatchFunctions" => Access::Node,
         p if p.starts_with("/sock.v1.Registry/") => Access::Admin,
         _ => Access::Open,
     }

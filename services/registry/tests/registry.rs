@@ -12,7 +12,7 @@ use sock_bundle::testing::{TarBuilder, hostile_bundles, incompressible};
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{
     ClaimFiringRequest, DeleteFunctionRequest, ErrorKind, FunctionInfo, GetFunctionRequest,
-    ListFunctionsRequest, PushFunctionRequest,
+    ListFunctionsRequest, PushFunctionRequest, WatchFunctionsRequest,
 };
 use sock_registry::{Config, Error};
 use tokio::net::TcpListener;
@@ -740,6 +740,22 @@ async fn tokens_guard_the_admin_api_reads_and_the_bundle_store() {
         .await
         .expect_err("no token");
     assert_eq!(delete.code(), Code::Unauthenticated);
+
+    // Watching versions is the gateways', with the node token.
+    let watch = registry
+        .grpc
+        .watch_functions(WatchFunctionsRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(watch.code(), Code::Unauthenticated);
+    let mut watched = registry
+        .grpc
+        .watch_functions(with_token(WatchFunctionsRequest {}, "node-s3cret"))
+        .await
+        .expect("a node watches")
+        .into_inner();
+    let live = watched.message().await.expect("a message");
+    assert_eq!(live.map(|c| c.name), Some(String::new()), "live");
     registry.stop().await;
 }
 
@@ -779,4 +795,61 @@ async fn the_admin_api_refuses_a_public_address_without_a_token() {
     assert!(!task.is_finished(), "serving");
     shutdown.cancel();
     task.await.expect("task").expect("clean stop");
+}
+
+#[tokio::test]
+async fn watchers_hear_of_each_push_and_delete_and_the_watch_ends_with_the_registry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start(dir.path()).await;
+    let mut watched = registry
+        .grpc
+        .watch_functions(WatchFunctionsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut next = async || {
+        let change = tokio::time::timeout(Duration::from_secs(10), watched.message())
+            .await
+            .expect("announced within 10 s")
+            .expect("a message")
+            .expect("the watch goes on");
+        (change.name, change.version)
+    };
+    assert_eq!(next().await, (String::new(), 0), "first: the watch is live");
+    registry.push("echo", bundle("1")).await.expect("push");
+    registry.push("other", bundle("1")).await.expect("push");
+    registry
+        .push("echo", b"not a bundle".to_vec())
+        .await
+        .expect_err("refused");
+    registry.push("echo", bundle("2")).await.expect("push");
+    registry
+        .grpc
+        .delete_function(DeleteFunctionRequest {
+            name: "other".into(),
+        })
+        .await
+        .expect("delete");
+    let mut heard = Vec::new();
+    for _ in 0..4 {
+        heard.push(next().await);
+    }
+    assert_eq!(
+        heard,
+        [
+            ("echo".to_string(), 1),
+            ("other".to_string(), 1),
+            ("echo".to_string(), 2),
+            ("other".to_string(), 0),
+        ],
+        "each change once, in order; a refused push changes nothing"
+    );
+    // An open watch does not hold the registry's shutdown.
+    tokio::time::timeout(Duration::from_secs(10), registry.stop())
+        .await
+        .expect("the registry stops with a watch open");
+    let after = tokio::time::timeout(Duration::from_secs(10), watched.message())
+        .await
+        .expect("the watch ends");
+    assert!(matches!(after, Ok(None) | Err(_)), "{after:?}");
 }
