@@ -2,7 +2,7 @@
 
 Started as `python3 -I -S -B sock_runtime.py CODE_DIR ENTRY_FILE [PACKAGE_DIR...]`
 with one end of a socketpair as fd 3. It speaks the protocol of
-ARCHITECTURE.md ("Sandbox ⇄ runtime protocol"): a frame is a 4-byte
+crates/sandbox/src/protocol.rs: a frame is a 4-byte
 big-endian length and a JSON header, then a 4-byte length and a raw body.
 
 It imports the entry file once and finds its entry point as OpenLambda's

@@ -7,7 +7,7 @@ paths, added to sys.path) and `imports` (modules imported once, here, so
 every child has them already).
 
 It says ready, then serves fork requests: one byte carrying the child's
-fds (SCM_RIGHTS), then a `fork` frame (ARCHITECTURE.md, "crates/sandbox"). The
+fds (SCM_RIGHTS), then a `fork` frame (crates/sandbox/src/protocol.rs). The
 loop that reads them and forks, and everything a child does up to its
 lockdown, is sock's Rust (`libsock_sandbox.so`, loaded here with ctypes):
 the zygote runs no Python between forks, and no Python runs in a child, at-fork

@@ -2,6 +2,8 @@
 //! that reads the event on stdin and prints f(event), as OpenFaaS's classic
 //! watchdog runs functions. What they need and this machine lacks is
 //! installed first, never skipped.
+//!
+//! Each call runs `bench/runner.py` under the baseline.
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

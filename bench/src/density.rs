@@ -1,6 +1,9 @@
 //! Memory of idle paused sandboxes: PSS of their processes, found through
 //! the cgroups sandboxd keeps under `sock/<instance>`; and the density run,
 //! which pauses new sandboxes until the node's memory pool is full.
+//!
+//! PSS is read for the pids of the `sock/<instance>/pool-N` cgroups that are
+//! frozen (the cgroup2 leaf, or the v1 freezer).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

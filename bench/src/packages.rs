@@ -3,6 +3,10 @@
 //! under four node configurations, each its own cluster: the default after
 //! a warm-up, the import cache off, a fresh sandbox per call, and an
 //! explicit import-cache tree.
+//!
+//! The tree's convergence is timed by polling sandboxd's `Status` for a
+//! zygote whose id names a set's package; the wheels come from
+//! `sock_e2e::wheels`.
 use std::path::Path;
 use std::time::{Duration, Instant};
 

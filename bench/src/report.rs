@@ -2,6 +2,10 @@
 //! run's, the package phase's) each sit between two markers of their own;
 //! everything outside them (the analysis, other benchmarks' sections such
 //! as "Cold start (zygotes)") is kept as it is.
+//!
+//! The markers are `sock-bench:begin`/`end` and
+//! `sock-bench:packages:begin`/`end`; the plot reads the first table of
+//! "Cold start (zygotes)".
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -2,6 +2,11 @@
 //! density run's cluster, then the baselines, on the same machine, one
 //! after the other. Also the helpers every phase shares: the binaries, the
 //! machine, starting a cluster.
+//!
+//! It builds the service binaries of its own profile and starts clusters
+//! with `sock_e2e::cluster::Cluster::start_from` (zygotes on, then
+//! `SOCK_SANDBOXD_IMPORT_CACHE=off`); `sock.rs` then measures through the
+//! public gRPC API only.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

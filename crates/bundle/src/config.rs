@@ -1,5 +1,17 @@
 //! A function's configuration from its bundle: `ol.yaml` (OpenLambda's
 //! format, plus sock's `limits` and `isolation`) and `requirements.txt`.
+//!
+//! Defaults: `entry_file` "f.py", `isolation` "sock", `limits` present with
+//! zeros (the platform's defaults apply). `OL_ENTRY_FILE`, `OL_WSGI_ENTRY`
+//! and `OL_ASGI_ENTRY` stay in `environment` too (the runtime reads them).
+//! `OL_ENTRY_FILE` must end in `.py` and exist. `wsgi_entry` is
+//! `OL_WSGI_ENTRY`, else `OL_ASGI_ENTRY`: a Python name (an attribute of the
+//! entry file) or, for WSGI, sock's `pkg.mod:app`, for which `pkg/mod.py` or
+//! `pkg/mod/__init__.py` must exist instead of the entry file.
+//! `reuse-sandbox: false` (OpenLambda's key) sets `fresh_sandbox_per_call`.
+//! A `triggers.http` method `*` (OpenLambda's default) means every method,
+//! kept as an empty list. `triggers.cron` is parsed by `cron.rs`.
+//! Requirements follow pip's comment rules, with `\` continuations joined.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;

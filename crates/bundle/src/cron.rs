@@ -9,6 +9,12 @@
 //! from when each boss started, so two gateways could not agree on its
 //! fire times. Schedules are evaluated in UTC on every gateway, so all of
 //! them compute the same fire times.
+//!
+//! Parsing is croner's, with OpenLambda's five fields and descriptors plus
+//! the optional seconds field; there is no year field. A schedule is
+//! refused at push with the schedule and why ("it has 4 fields", "it never
+//! fires", or croner's reason with the field ranges); repeated schedules
+//! are dropped.
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};

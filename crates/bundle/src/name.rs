@@ -3,6 +3,9 @@
 //! (letters of both cases, digits, `-`, `_`) without its `.`, which could
 //! make a path (`..`). Names are case-sensitive: `L0` and `l0` are two
 //! functions (Linux file names are too).
+//!
+//! [`validate_name`] (`[A-Za-z0-9][A-Za-z0-9_-]{0,62}`) is the one check:
+//! the gateway, the registry and the cache all call it.
 use crate::error::{BundleError, shown};
 
 const MAX_LEN: usize = 63;

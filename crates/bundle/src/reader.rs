@@ -5,6 +5,10 @@
 //! every limit before reading the data it guards, and hands only checked
 //! entries to a [`Sink`]. Symlinks reach the sink last, after the whole
 //! archive is known to be sound, so nothing is ever written through one.
+//!
+//! GNU long names are read up to 4 KiB and pax headers up to 64 KiB; a pax
+//! `size` record is refused (the size the reader checks is the header's);
+//! the decompressed stream itself is capped.
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 

@@ -2,6 +2,9 @@
 //! names a well-behaved tar writer refuses, and a catalogue of hostile
 //! bundles with the message each must be refused with, so every crate that
 //! takes bundles tests against the same attacks.
+//!
+//! [`TarBuilder`] writes the raw archives; [`hostile_bundles`] is the
+//! catalogue.
 use std::io::Write;
 
 use flate2::Compression;

@@ -1,6 +1,11 @@
 //! The shape of a bundle as a map of normalised paths, built entry by entry.
 //! It is what decides whether a path, a hard link or a symlink stays inside
 //! the bundle, so reading an archive and packing a directory share it.
+//!
+//! Paths are normalised (`./`, `a/../b`); nothing may sit below a file or a
+//! symlink; symlinks are resolved as the kernel would (through the bundle's
+//! other symlinks, at most 40 hops) and must stay inside; hard links may
+//! point only to earlier regular files.
 use std::collections::BTreeMap;
 
 use crate::error::{BundleError, shown};

@@ -5,6 +5,9 @@
 //! last (the reader's contract), so no write ever goes through one. Modes
 //! ignore the archive's: 0755 directories and 0644 files (0755 when any
 //! execute bit was set), so an unprivileged sandbox user can read them.
+//!
+//! `dest` is created here, every file with `create_new` under directories
+//! this writer made; on any error `dest` is removed again.
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -1,6 +1,9 @@
 //! Where the services listen. `sock up` writes them to
 //! `<data dir>/endpoints.json`, so the other commands find a local cluster
 //! with no flags; flags and env override.
+//!
+//! Besides each service's address: `gateway_http`, `registry_metrics`,
+//! `cache_metrics`, `sandboxd_metrics` and `pids` (service name → pid).
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -11,6 +11,18 @@
 //! as `--user` (a `sock` system user, made if missing), own their data
 //! dirs, and reach sandboxd over its unix socket, which admits root and
 //! that user alone. Every TCP port wants a token (see [`sock_cli::tokens`]).
+//!
+//! Ports: gateway gRPC `--port` (7070), registry gRPC base+1, registry HTTP
+//! base+2, cache base+3, the gateway's HTTP API base+5, the `/metrics` of
+//! registry, cache and sandboxd base+6 to base+8; sandboxd answers on
+//! `<data dir>/sandboxd.sock`. The data dir (default `./.sock`) holds
+//! `registry/` (sled) and `cache/` (unpacked code and packages, readable by
+//! sandboxes, writable by none), owned by the services' user; `sandboxd/`
+//! (sandbox state, root's); `tokens/`; the socket and `endpoints.json`. Run
+//! as root, `up` refuses a data dir whose parents that user cannot pass
+//! through. Without `--keep-going` (`SOCK_UP_KEEP_GOING`) one service's exit
+//! stops them all; with it, the exit is reported and the others keep running
+//! (outage rehearsals, the registry-down e2e test).
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,4 +1,4 @@
-//! One cgroup per sandbox, at `<controller>/sock/<instance>/<sandbox-id>`,
+//! One cgroup per sandbox, below `<controller>/sock/<instance>/`,
 //! through cgroups-rs: memory, pids and cpu on v1 (what the test machines
 //! run), the unified tree on v2.
 //!
@@ -11,6 +11,26 @@
 //! reaches processes in every pid namespace, also those of a previous run
 //! in another container. Only a v1 host without a cgroup2 mount uses the v1
 //! freezer.
+//!
+//! Cgroups are made ahead of time, `cgroup_pool_size` of them, as
+//! `<controller>/sock/<instance>/pool-N` (v1: memory, pids and cpu; never
+//! cpuset, whose new cgroups have no cpus), and recycled after their
+//! sandbox dies: killed, `force_empty`, limits rewritten, OOM count
+//! re-based. Destroying a sandbox freezes it, SIGKILLs its pid namespace's
+//! processes first (the init then reaps the runtime), then whatever is
+//! left, thaws and waits until the cgroup is empty; only then does the
+//! cgroup go back to the pool (and sandboxd release its memory). When the
+//! pool closes (sandboxd's shutdown, after it killed every sandbox and
+//! waited a few seconds for their owners) the ready cgroups and
+//! `sock/<instance>` go, and a sandbox that ends later removes its cgroup
+//! and the parents rather than keep it: the process may exit right after,
+//! so nothing waits for a last reference to drop. At start
+//! ([`remove_leftovers`]) a crashed run's cgroups are cleaned up:
+//! `cgroup.kill` on every leaf under `sock/<instance>` (the old run's pids
+//! may be in another container's pid namespace, unseen), then every
+//! cgroup killed and removed. Inits die with sandboxd (parent-death
+//! signal), runtimes with their init, a zygote's children with the zygote
+//! (its pid namespace).
 //!
 //! Architecture invariant: sandboxd only ever creates, kills or removes
 //! cgroups below `sock/<instance>`, so daemons of other instances (parallel

@@ -1,5 +1,5 @@
 //! The child's side of the sandbox protocol while it is still in the
-//! zygote's code (ARCHITECTURE.md, "Sandbox ⇄ runtime protocol"):
+//! zygote's code (the frames are in [`crate::protocol`]):
 //! blocking, since nothing else runs in the child yet. A frame is a 4-byte
 //! big-endian length and a JSON header, then a 4-byte length and a body;
 //! the child only ever sends and takes headers with empty bodies here.

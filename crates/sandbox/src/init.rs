@@ -6,6 +6,22 @@
 //! new pid namespace, mounts `/proc`, drops every privilege and execs the
 //! Python runtime. The init waits for it and exits with its status.
 //!
+//! sandboxd starts it as `sock-sandboxd __sandbox-init` (`/proc/self/exe`,
+//! or its `init_program` for embedders such as tests), in new mnt, pid,
+//! ipc and uts namespaces and a network namespace from the pool (`setns`),
+//! joined to a pooled cgroup (see [`crate::cgroups`]) before it reads its
+//! JSON spec on stdin. The runtime it execs is pid 1 of the pid namespace
+//! with a masked `/proc`, locked down by [`crate::Lockdown::apply`] (its
+//! own uid, no capabilities, the allow-list filter compiled once at
+//! sandboxd's start and passed in the spec), cwd `/code`:
+//! `python3 -I -S -B /sock/sock_runtime.py /code ENTRY [/packages/N…]`.
+//! A source build's spec names pip's command instead; a root zygote's
+//! ([`ZygoteInit`]) makes the runtime leave host root for `zygote_uid`
+//! before it creates its user namespace, so that namespace, and every
+//! per-user kernel count of what runs in it, belongs to that uid. A
+//! failed setup exits 125 before the runtime says `ready`; sandboxd
+//! reports it as `platform`, with the details only in its log.
+//!
 //! Architecture invariant: this runs single-threaded (main dispatches here
 //! before any runtime starts), which is what makes `fork` sound.
 use std::ffi::{CString, NulError};

@@ -15,6 +15,37 @@
 //! children with (`sock_zygote_serve`), so that they are set up and locked
 //! down by this same code before any Python runs in them.
 //!
+//! sandboxd decides *which* sandbox and *when* (RPC, memory pool,
+//! evictor, zygote tree, warm set); this crate is *how*, with no idea of
+//! functions, calls or the cache (no tonic, no sock-proto). Every process
+//! that will run code nobody vetted is sandboxed through one function,
+//! [`Lockdown::apply`], written once in Rust, whichever way it is born:
+//!
+//! ```text
+//!                        sandboxd (root): RPC, pool, evictor, zygote tree
+//!                           │  sock_sandbox: cgroups, mounts, netns, init spec, protocol
+//!     ┌──────────────┬──────┴────────┬─────────────────┬──────────────────────────┐
+//!   fresh          source build    root zygote       zygote child              parked spare
+//!   __sandbox-init __sandbox-init  __sandbox-init    sock_zygote.py ─ctypes─▶  libsock_sandbox.so
+//!   (runtime)      (pip wheel)     setresuid(zygote) sock_zygote_serve: cgroups, unshare
+//!     │              │             then userns        (own mnt ns), fork → pid 1, park,
+//!     │              │               │                ids+env+seccomp over its own socket,
+//!     │              │               │                attach root, chroot, /proc
+//!     ▼              ▼               ▼                  ▼                          ▼
+//!   Lockdown::apply  Lockdown::apply zygote lockdown  Lockdown::apply (function) / zygote lockdown
+//!   own uid          sandbox_uid     zygote seccomp   own uid, before any Python, at-fork hooks too
+//!     │              │               │                  │
+//!   exec python      exec pip        exec python:      return to Python: serve the function
+//!                                    imports, forks    (or import and fork, a child zygote)
+//! ```
+//!
+//! A zygote's lockdown differs from a function's only where a zygote must:
+//! it stays root of its user namespace and installs the zygote profile.
+//!
+//! The library carries [`BUILD_STAMP`], a hash of the sources it was built
+//! from (`build.rs`): sandboxd loads into zygotes only a library with its
+//! own stamp, since a stale build would lock children down with other code.
+//!
 //! A program that uses [`init`] must hand a re-execution with `argv[1]`
 //! equal to [`INIT_ARG`] to [`sandbox_init`] before it starts any thread,
 //! as `sock-sandboxd`'s main does.

@@ -10,6 +10,15 @@
 //! working dir and the fds, and seccomp last, so none of the steps before
 //! runs under the filter; with TSYNC the filter covers every thread, and a
 //! process with a second thread is refused before anything changes.
+//!
+//! In full: refuse a process with more than one thread
+//! (`/proc/self/status`: ids change on every thread, but the bounding set
+//! and `no_new_privs` are per thread); RLIMIT_NOFILE 1024 and RLIMIT_CORE
+//! 0; drop the whole bounding set; `setgroups([])`, `setresgid`,
+//! `setresuid` to the sandbox's uid (which clears every capability); the
+//! parent-death signal again (for a fresh sandbox: the credential change
+//! cleared it); `no_new_privs`; the working dir; close every fd above 3;
+//! then seccomp with `SECCOMP_FILTER_FLAG_TSYNC`.
 use std::path::Path;
 
 use nix::sys::prctl;

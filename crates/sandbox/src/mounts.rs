@@ -13,6 +13,19 @@
 //! with no symlink allowed anywhere on their path ([`open_untrusted_dir`]),
 //! then mounted from that fd, so a symlink planted on the way can never make
 //! root mount a host dir of its choosing.
+//!
+//! In detail: the root is a tmpfs on `<data_dir>/root`, private to the
+//! namespace, then `pivot_root` and read-only; `/tmp` a tmpfs of `tmp_mb`;
+//! `/dev` holds null, zero, full, random and urandom. Code, package and
+//! installer dirs (written by the cache or pip, never by sandboxd) are
+//! opened with `openat2(O_PATH, RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`,
+//! beneath an fd of `cache_data_dir` (`RESOLVE_BENEATH`) when below it,
+//! then bound by `open_tree(OPEN_TREE_CLONE)` + `move_mount` from that fd,
+//! in fresh and forked roots alike. A symlink anywhere on the path (or `..`
+//! out of the cache dir) is refused, "… is or passes through a symlink":
+//! sandboxd checks before a start, for the caller's error (`platform`),
+//! and the mount checks again. At start, mounts a crashed run left below
+//! the data dir are detached.
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

@@ -9,7 +9,8 @@
 //! made ahead of time: a short-lived thread unshares its own network
 //! namespace, brings `lo` up, opens `/proc/thread-self/ns/net` and exits;
 //! the fd keeps the namespace alive until the sandbox init `setns`es into
-//! it. Each namespace serves one sandbox only.
+//! it. Each namespace serves one sandbox only; sandboxd keeps
+//! `netns_pool_size` of them ready, refilled in the background.
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,50 @@
-//! The sandbox ⇄ runtime protocol (ARCHITECTURE.md): a frame is a 4-byte
-//! big-endian length and a JSON header, then a 4-byte length and a raw
-//! body. The peer runs untrusted code, so every length is bounded before
-//! anything is allocated.
+//! The sandbox ⇄ runtime protocol: sandboxd and the Python runtime
+//! (`runtime/sock_runtime.py`) talk over one end of a socketpair, fd 3
+//! inside the sandbox. A frame is a 4-byte big-endian length and a JSON
+//! header, then a 4-byte length and a raw body. The peer runs untrusted
+//! code, so every length is bounded before anything is allocated.
+//!
+//! - runtime → sandboxd, once after start: `{"type":"ready"}`. Before it,
+//!   the runtime imports the entry file and finds its entry point as
+//!   OpenLambda's runtime does (`discover`): `OL_WSGI_ENTRY`, else
+//!   `OL_ASGI_ENTRY`, names an attribute (sock's `OL_WSGI_ENTRY=module:app`
+//!   imports that module instead); else `f` (f(event)); else `app`, ASGI
+//!   when it or its `__call__` is a coroutine function, WSGI otherwise;
+//!   else every call fails with a `cannot_start` error saying so.
+//! - sandboxd → runtime, before the first call, no answer:
+//!   `{"type":"limits","max_result_bytes":N}`. The runtime answers a larger
+//!   result or response body with an `invalid_result` error ("… is N
+//!   bytes, over the limit of M bytes"); sandboxd never reads a larger
+//!   reply frame (one a function wrote itself): the call fails with that
+//!   size and limit, and the sandbox is destroyed. Default 6 MiB, as AWS
+//!   Lambda.
+//! - sandboxd → runtime: `{"type":"invoke","call_id":"…"}`, body = payload.
+//! - runtime → sandboxd: `{"type":"result"}`, body = the JSON result; or
+//!   `{"type":"error","kind":"function"|"invalid_payload"|"invalid_result"|
+//!   "cannot_start","message":"…","traceback":"…"}` with an empty body
+//!   (`cannot_start`: the entry file did not import or names no entry
+//!   point).
+//! - sandboxd → runtime, for every HTTP call (only the runtime knows, once
+//!   it imported the module, whether an app or f answers):
+//!   `{"type":"http","call_id","method","path","query",
+//!   "headers":[[k,v],…],"root_path"}`, body = request body; answer
+//!   `{"type":"http_response","status":N,"headers":[[k,v],…]}`, body =
+//!   response body. An app gets the request with the host `root`, as
+//!   OpenLambda's worker re-sends it (`http://root/run/<name>/…`, so
+//!   Flask's `url_root` is `http://root/run/<name>/`); f(event) gets the
+//!   body as its event and answers 200 `application/json` (or an error
+//!   frame). An `invoke` of an app is an `invalid_payload` error.
+//! - sandboxd → zygote: one byte with SCM_RIGHTS (the child's socket, for
+//!   a child zygote also its root, stdout, stderr; then its `cgroup.procs`
+//!   files) and `{"type":"fork","kind":"spare"|"zygote",…}`; the child, on
+//!   its own socket: `{"type":"parked"}` (a spare), then, from sandboxd,
+//!   one byte with root, stdout, stderr and `{"type":"fork","kind":
+//!   "function","uid","gid","environment","seccomp","entry_file",
+//!   "package_dirs",…}`; `{"type":"forked"}` once it is locked down; then
+//!   `ready` as above. The child's side of these is `frame.rs`.
+//!
+//! Logs are out of band: nothing on stdout or stderr is protocol (see
+//! sandboxd's `logs.rs`).
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

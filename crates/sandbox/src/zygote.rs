@@ -5,8 +5,23 @@
 //! before its lockdown is complete, and the zygote itself runs no Python
 //! between forks.
 //!
-//! The loop takes each `fork` frame and its fds from sandboxd. The child
-//! (ARCHITECTURE.md, "crates/sandbox"):
+//! Why no Python between forks: a page the zygote writes after a fork is
+//! copied while its children keep the old one, and the copy is charged to
+//! the zygote's cgroup, so Python's own fork loop made a zygote with many
+//! live children run out of memory (bench/RESULTS.md has the numbers). The
+//! Python zygote (`runtime/sock_zygote.py`) hands its control socket to
+//! this loop through ctypes `PyDLL`, with `PyOS_BeforeFork` and
+//! `PyOS_AfterFork_Parent` as its hooks; the loop returns only in a child,
+//! where Python (`PyOS_AfterFork_Child`, the zygote's at-fork hooks
+//! included) resumes after the lockdown. No ctypes lockdown remains in the
+//! runtime.
+//!
+//! The loop takes each `fork` frame and its fds from sandboxd (the frames:
+//! [`crate::protocol`]). Every function child parks first: a `spare` frame
+//! carries only the child's socket and cgroup files, and the function's
+//! request (ids, environment, seccomp), root and output come later over
+//! the child's own socket, never through the zygote's memory. A cold fork
+//! is park + give; a parked spare skips the park. The child:
 //! 1. joins its cgroups (sandboxd opened their `cgroup.procs`), unshares
 //!    pid, network, ipc, uts and mount namespaces (owned by the zygote's
 //!    user namespace) and forks once more, so it is pid 1 there;
@@ -15,7 +30,8 @@
 //!    function's environment and ids reach the child only, never the
 //!    zygote's memory; a `zygote` child got its root and output already;
 //! 3. attaches its root (a detached mount tree sandboxd built) to its own
-//!    mount namespace, chroots into it and mounts `/proc`;
+//!    mount namespace (`move_mount` over `/`), chroots into it and mounts
+//!    `/proc` for its pid namespace;
 //! 4. is locked down: a function child by [`Lockdown`] (its uid, no
 //!    capabilities, `no_new_privs`, its seccomp filter on every thread); a
 //!    zygote child stays root of the user namespace under the zygote's

@@ -9,6 +9,12 @@
 //! unset is open, so a service with no tokens at all must not listen
 //! where others can reach it ([`require_tokens`]). Health and reflection
 //! stay open for probes.
+//!
+//! Tokens are compared in constant time. A wrong or missing token is
+//! UNAUTHENTICATED (HTTP 401) with `x-sock-error: unauthenticated`, and the
+//! message says which token is wanted and where an operator finds it
+//! (`sock up`: `<data dir>/tokens/`; compose: the secrets volume). The
+//! admin token also passes where the node token is asked.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -8,6 +8,12 @@
 //! ([`Carrying`]). A request over a server's limit is refused by tonic
 //! before it is buffered; [`refuse_too_large`] makes that refusal the
 //! service's own clear error.
+//!
+//! Payloads and results are held to [`MAX_CALL_BYTES`]: the gateway's
+//! `max_payload_bytes` and sandboxd's `max_result_bytes` may not exceed it,
+//! and sandboxd's server and the gateway's and the CLI's clients take it,
+//! so no hop refuses what the two ends allowed. Every limit adds
+//! [`ENVELOPE_BYTES`] for what a message holds besides its payload.
 use sock_proto::v1::{
     cache_server::CacheServer, gateway_client::GatewayClient, gateway_server::GatewayServer,
     registry_server::RegistryServer, sandboxd_client::SandboxdClient,

@@ -1,5 +1,11 @@
 //! Prometheus text at `GET /metrics` on an address of its own, for the
 //! services whose other ports speak gRPC or serve bundles.
+//!
+//! It wants the admin token. Registry, cache and sandboxd serve it on their
+//! own `metrics_listen`, whose default `""` serves nothing (so embedded
+//! services and tests bind no port; `sock up` gives them ports of their
+//! own); the gateway serves it on its HTTP API instead. Each service's
+//! `metrics.rs` says what it exposes.
 use std::net::SocketAddr;
 use std::sync::Arc;
 

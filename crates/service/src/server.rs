@@ -1,4 +1,12 @@
 //! The parts of a gRPC server every sock service carries.
+//!
+//! Every gRPC server is `Server::builder()` with
+//! `sock_telemetry::grpc::ServerTraceLayer` and [`crate::AuthLayer`] (a
+//! `fn(path) -> Access` saying which token each path needs), then
+//! [`with_standard_services`] (health and reflection), then the service,
+//! which marks itself SERVING in health once it is ready. Every gRPC client
+//! channel is [`crate::authed`] (traced, and sending the caller's token);
+//! every outgoing HTTP request gets `sock_telemetry::http::inject_context`.
 use axum::serve::{ListenerExt, TapIo};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Server;

@@ -1,4 +1,11 @@
 //! The first steps of every service binary's `main`.
+//!
+//! Every `services/<name>` crate is a library (`Config`, `run`) plus a small
+//! `main.rs` binary `sock-<name>`: `main` calls [`start`] (parses
+//! `--config FILE`, loads the config in layers, installs telemetry, logs the
+//! effective config at debug level with secrets redacted), binds, and calls
+//! `run(config, listener(s), shutdown)`, where `shutdown` is the token of
+//! [`crate::shutdown_on_signals`].
 use std::fmt::Debug;
 use std::path::PathBuf;
 

@@ -4,6 +4,19 @@
 //! and spans to OpenTelemetry, exported over OTLP/gRPC when an endpoint is
 //! configured. `grpc` and `http` carry W3C trace context across process
 //! boundaries so one invocation is one trace.
+//!
+//! Logs go to stderr at `RUST_LOG` (default `info`); spans at `info` and
+//! above reach OpenTelemetry whatever `RUST_LOG` says. Export is OTLP/gRPC,
+//! only when `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` is set and
+//! `OTEL_SDK_DISABLED` is not `true`; without it spans still get ids, so
+//! trace context passes through a service that exports nothing.
+//! `service.name` is `OTEL_SERVICE_NAME` or `sock-<service>`; the batch
+//! delay is 1 s unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise. A
+//! collector outage is logged once (warn), then at debug until it is back.
+//! Server spans are named `grpc <path>` (with `rpc.*` attributes) or
+//! `HTTP <method> <route>` (the route is axum's `MatchedPath`, so add the
+//! layer with `Router::layer`); a successful gRPC call's status code comes
+//! in trailers and is not recorded.
 #![forbid(unsafe_code)]
 
 pub mod grpc;

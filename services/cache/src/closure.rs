@@ -1,6 +1,13 @@
 //! The dependency closure of a set of requirements: every package they
 //! need, each installed in the store, following `Requires-Dist` with
 //! markers evaluated for the sandboxes' Python.
+//!
+//! Breadth first, the function's own lines first (the first version chosen
+//! for a name wins). Each installed package's `Requires-Dist` are followed
+//! with markers evaluated (`extra` only when asked for). Pinned lines use
+//! the store; unpinned function lines take what pip picks; unpinned
+//! dependencies take the newest store version their specifier allows, else
+//! pip's pick.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 

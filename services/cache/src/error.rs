@@ -1,4 +1,16 @@
 //! The one error type of the cache, and its single mapping to gRPC status.
+//!
+//! Kinds are stamped where an error starts. Code: an unknown function, or a
+//! version the registry no longer keeps, is `not_found` (in the registry's
+//! words); registry down is the cached copy (with a warning) or `platform`
+//! "registry unavailable: …"; a bad bundle or name is `invalid_request`.
+//! Packages: a bad requirement line is `cannot_start` naming the function
+//! and the line; pip failed is `cannot_start` "function 'f' cannot start:
+//! package 'x==1' failed to install: <pip's tail>"; a package with no wheel
+//! while source builds are off is `cannot_start` "package 'x==1' has no
+//! wheel for this platform, and source builds are off …"; pip not runnable
+//! is `platform`. Disk and storage failures are `platform` with a fixed
+//! message, the details in the log.
 use std::path::PathBuf;
 
 use sock_bundle::BundleError;

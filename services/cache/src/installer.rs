@@ -7,6 +7,15 @@
 //!
 //! A trait, so the store's single-flight and failure rules are testable
 //! without pip.
+//!
+//! The command: `python -I -m pip install --only-binary :all: --no-deps
+//! --no-compile --target tmp/install-*/files`, offline with `--no-index` from
+//! `find_links` when set, else from `index_url`; bounded by
+//! `installer_timeout_s`, HOME `pip-home/`, modes made 0755/0644 afterwards.
+//! A sandbox per install would cost a cold start and guard nothing, since
+//! installing a wheel runs no package code. A wheel sandboxd built from
+//! source is installed the same way, pip reading it from a temp find-links
+//! dir.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -9,7 +9,7 @@
 //! greedily, as OpenLambda's offline split generation does: among a node's
 //! functions, the *unit* (a package with the dependencies it brings,
 //! pinned as those functions have them) with the largest cold starts ×
-//! (1 + installed MB) becomes a child, the functions holding it move under
+//! (10 + installed MB) becomes a child, the functions holding it move under
 //! it and are split again below it, and the rest are split again beside
 //! it, as long as the unit was needed by at least [`MIN_COLD_STARTS`] cold
 //! starts (lately) and its estimated memory fits what is left of the budget.
@@ -20,6 +20,14 @@
 //! gets exactly the versions its functions have and its id names them all.
 //! What was seen is kept in `<data_dir>/learned.json`: a restarted cache
 //! rebuilds the same tree before it serves.
+//!
+//! A unit needs its cold starts within about an hour, and what is left of
+//! `tree_budget_mb` must hold it. A changed tree is swapped in whole (plans
+//! in flight keep the one they hold); `learned.json` is written at each
+//! rebuild and read at start (damaged: learned anew), and the tree is
+//! rebuilt from it before the cache serves. `Tree` answers the tree in
+//! use: its source, the nodes depth first with their packages, `chosen`
+//! and estimated MB.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};

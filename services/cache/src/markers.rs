@@ -1,5 +1,8 @@
 //! PEP 508 environment markers (`python_version >= "3.8" and sys_platform
 //! == "linux"`), evaluated for the sandboxes' Python.
+//!
+//! The environment is what the sandboxes' `python` reports at the cache's
+//! start, else CPython 3.11 on x86_64 Linux.
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -2,6 +2,11 @@
 //! (`METADATA`'s Name, Version and Requires-Dist; `top_level.txt`) and,
 //! when `top_level.txt` is missing, its top-level modules read from the
 //! installed files.
+//!
+//! METADATA's headers end at the first empty line only: a line of spaces
+//! continues a header (pandas' `License:` holds the license text and comes
+//! before its `Requires-Dist`). Modules: `top_level.txt`, else the packages,
+//! `*.py` files and extension modules at the top of `files`.
 use std::fs;
 use std::path::Path;
 

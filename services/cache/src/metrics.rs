@@ -1,6 +1,9 @@
 //! The cache's Prometheus metrics, served at `metrics_listen`: prepares
 //! answered from what it holds (hits) and its requests to the registry by
 //! answer.
+//!
+//! `sock_cache_hits_total` (answered with no HTTP) and
+//! `sock_cache_fetches_total{answer=bundle|not_modified|not_found|unavailable|error}`.
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;

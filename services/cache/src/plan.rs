@@ -3,8 +3,15 @@
 //! is answered.
 //!
 //! A version's closure is resolved once (unpinned lines pinned to what pip
-//! picked) and written to `<data_dir>/pins/<name>/<version>`, so a
-//! restarted cache serves the same versions without asking pip again.
+//! picked) and kept in memory and in `<data_dir>/pins/<name>/<version>`
+//! (with the requirements it came from), so a restarted cache serves the same versions without asking pip again.
+//!
+//! The answer: `package_dirs` = the chain's dirs first, then the rest of the
+//! closure; `imports` = the closure's modules the chain did not import;
+//! `zygote_chain` empty when the import cache is off or not even the root
+//! fits (sandboxd then uses its own root zygote). With
+//! `allow_source_builds`, a package with only an sdist makes `Prepare`
+//! answer only `builds`, and sandboxd asks again with the wheels.
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,17 @@
 //! `Prepare`: per-function state, freshness and single-flight fetching.
+//!
+//! One slot per function (its newest version: ETag, Last-Modified, last
+//! check, dir, config) behind its own async mutex. `Prepare(name, version)`
+//! prepares exactly the version asked: from disk when it is unpacked there
+//! (the slot's, or the one kept beside it), else by one
+//! `GET /functions/{name}/versions/{n}`; a version never changes, so it is
+//! never revalidated. Version 0 means "the latest": a slot checked within
+//! `registry_cache_ms` answers with no HTTP, otherwise one conditional GET.
+//! A fetch is a spawned task that owns the slot's lock, so concurrent
+//! callers share it and a caller that gives up does not cancel it. The cache
+//! trusts that a version number names one bundle: after the registry's data
+//! is wiped (numbers start again at 1), wipe the nodes' caches too. The
+//! package half follows (`plan.rs`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

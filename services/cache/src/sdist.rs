@@ -1,5 +1,5 @@
 //! Finding and fetching source distributions (for `allow_source_builds`,
-//! and to tell "no wheel" from "no such package"), without pip: `pip download` prepares an
+//! which builds pinned requirements only, and to tell "no wheel" from "no such package"), without pip: `pip download` prepares an
 //! sdist's metadata, which runs its build backend, with network. Here the
 //! file is only found and copied, never opened.
 //!

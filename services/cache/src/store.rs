@@ -10,6 +10,10 @@
 //! Architecture invariant: a `code/<name>/<version>` directory is only
 //! ever created by `rename` of a completely unpacked tree, so a
 //! half-unpacked bundle is never served.
+//!
+//! Dirs are 0755. A 200 for a version already on disk reuses it when the
+//! ETag matches and replaces it otherwise (a reset registry). Kept per
+//! function: the current version and the newest other one.
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

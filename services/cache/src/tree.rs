@@ -9,6 +9,16 @@
 //! very same version (OpenLambda compared names only, so a function
 //! pinning another version was served the zygote's). The deepest such
 //! node wins.
+//!
+//! `import_cache` is `tree` (default) or `off`. `import_tree` is inline JSON
+//! or a file (OpenLambda's `split_generation` is ignored); when it is empty
+//! the tree is learned (`learn.rs`). A node is resolved (installed) only
+//! when all its names are in a function's closure: its packages and their
+//! whole dependency closure (`closure.rs`, on top of its parent's packages),
+//! so its zygote can import them. The deepest fitting node is counted
+//! (`chosen`). A node's `package_dirs` in the chain are all the packages it
+//! adds, dependencies included. Ids: `root`, `root/a==1,b==2` (`root:…` for
+//! a root with packages).
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,6 +18,25 @@
 //! node, deadline), in a span with `sock.trigger` = `cron`. It also says
 //! which schedule and fire time it is (`x-sock-cron-*` headers, for
 //! apps). `triggers.http` limits HTTP calls, not this trigger.
+//!
+//! In detail: the scheduler starts beside the servers and stops with the
+//! same token, waiting for its firings in flight. It reads the schedules
+//! every `cron_refresh_ms` (10 s) and keeps the last answer while the
+//! registry is down; a schedule dropped by a delete or a new version
+//! stops. A holder is `gateway-<uuid>`, one per process; the same holder
+//! asking again wins again. The price of a lease per firing is one
+//! registry call per gateway per fire time, and no firing while the
+//! registry is unreachable (`claim_failed`: at most once rather than maybe
+//! twice); two gateways with stale views can never both fire one time. A
+//! firing is a `POST` of `{}` to `/` with `x-sock-trigger: cron`,
+//! `x-sock-cron-schedule` and `x-sock-cron-fire-time` (RFC 3339, UTC), in
+//! an `invoke` span whose `sock.trigger` is `cron` (`grpc` and `http` for
+//! the other doors). A schedule that fell behind (the gateway was stopped
+//! or starved) fires once, for its latest time; after an outage a burst of
+//! old firings is rarely wanted. A failure (an error, or an answer other
+//! than 2xx) is logged at warn with function, schedule, fire time and
+//! reason, and every firing is counted in
+//! `sock_gateway_cron_firings_total{function,outcome=ok|failed|lost|claim_failed}`.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

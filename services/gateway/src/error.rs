@@ -8,6 +8,13 @@
 //! raised, timed out, ran out of memory, was killed or could not start is
 //! an answer on gRPC (`InvokeResponse.error`) but an error response on
 //! HTTP, so [`Error::Function`] carries it.
+//!
+//! HTTP error bodies are `{"error","message","call_id"[,"traceback"]}`. A
+//! payload too large is RESOURCE_EXHAUSTED (gRPC's code for it; tonic's own
+//! OUT_OF_RANGE is rewritten) and HTTP 413 with `connection: close` (the
+//! rest of the body is left unread on the connection); overloaded is
+//! RESOURCE_EXHAUSTED with `retry-after: 1`; `x-sock-error` tells the two
+//! apart. Bad requests are `invalid_request` (400 / INVALID_ARGUMENT).
 use std::error::Error as _;
 
 use axum::http::HeaderValue;

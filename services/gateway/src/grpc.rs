@@ -1,4 +1,10 @@
 //! `sock.v1.Gateway` over gRPC.
+//!
+//! `Logs` fans in `Sandboxd/Logs` of every node: kept lines merged by
+//! time, and with `follow` the live streams merged, each line naming its
+//! node. `Tree` (`sock tree`) asks every node's `Sandboxd/Tree` at once
+//! and answers the trees in node order, each naming its node; a node that
+//! fails is logged and left out, and the call fails only when all do.
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};

@@ -6,6 +6,8 @@
 //! method, the path below `/run/<name>`, the query, the headers and the
 //! body, and its status, headers and body come back unchanged. Errors are
 //! JSON `{"error": kind, "message", "call_id"}` with `x-sock-error`.
+//! With an invoke token configured, the caller's `authorization` is the
+//! platform's and is not forwarded to apps.
 use std::sync::Arc;
 
 use axum::Router;

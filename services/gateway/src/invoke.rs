@@ -2,6 +2,24 @@
 //! resolve the function's current version, check the request against the
 //! function, bound it in time, pass admission control, and run it on a
 //! sandbox node.
+//!
+//! In order: `validate_name` → payload ≤ `max_payload_bytes` → the
+//! function's version and config (`metadata`: one registry `GetFunction`
+//! per name per `registry_cache_ms`; an outage serves the last known
+//! version) → the HTTP method against `triggers.http` (405 and `Allow`) →
+//! the budget (`deadline`: the least of `timeout_ms` or
+//! `x-sock-timeout-ms`, the gRPC deadline, and the function's limit or
+//! `default_timeout_ms`) → admission (`admission`: the per-function, then
+//! the global concurrency limit, one shared queue of `max_queue`, waits
+//! bounded by the deadline) → a node (`nodes`). A version the registry no
+//! longer keeps comes back from sandboxd as `not_found`; the gateway then
+//! resolves once more and resends. Every HTTP call carries
+//! `SandboxInvokeRequest.http`, and its answer, an `HttpResponse`, passes
+//! through unchanged: an app's, or f(event)'s 200 JSON (the runtime
+//! decides). A gRPC `Invoke` of a function whose ol.yaml names an app
+//! (`wsgi_entry`) is INVALID_ARGUMENT; of an app found by discovery, the
+//! runtime's `invalid_payload`. Cron firings and Kafka messages come
+//! through `Invoker::invoke` like HTTP calls.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -26,6 +26,27 @@
 //! servers is in the operator's `kafka_brokers` (`Brokers`); any other is
 //! never connected to, so ol.yaml cannot make the gateway probe hosts and
 //! ports from its place in the network.
+//!
+//! In detail (rdkafka, with librdkafka built from source): every
+//! `kafka_poll_interval_ms` (10 s; 0 = this gateway consumes nothing) the
+//! gateway lists functions (registry `ListFunctions`, with the node token)
+//! and starts, replaces (changed triggers) or stops a consumer per
+//! `triggers.kafka` entry. `kafka_brokers` entries are `host:port`, the
+//! host compared in any case; empty by default, so nothing is consumed; an
+//! entry that is not `host:port` is refused at start. A refused trigger is
+//! logged and counted (`sock_gateway_kafka_triggers_total{function,
+//! outcome="refused"}`) once per function version, and a consumer is given
+//! the servers as checked. The allowed brokers are trusted: the addresses
+//! they advertise are connected to as well. Each consumer runs one call at
+//! a time, in a `kafka.message` span (`sock.trigger=kafka`, topic,
+//! partition, offset) above the call's `invoke` span. Retries back off from
+//! 100 ms, doubling to 5 s. `X-Kafka-Seek-Offset: N` also stores N as
+//! where to resume. At shutdown a consumer lets its call answer, commits
+//! and leaves its group, so partitions move at once; a crash instead
+//! redelivers up to a second of messages.
+//! `sock_gateway_kafka_messages_total{function,outcome}` counts `ok`,
+//! `function_error`, `refused` (a message no retry can help, e.g. too
+//! large) and `retried`.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,11 @@
 //! Kafka triggers into calls on it. `openlambda` passes OpenLambda's
 //! registry API on to the registry. Errors become gRPC
 //! statuses and HTTP responses in one place (`error`).
+//!
+//! Both servers carry `sock_service::AuthLayer` (`access` below):
+//! `invoke_token` for `Invoke` and `/run`, `admin_token` for `Logs`,
+//! `Tree`, `/registry…` and `/metrics`; `/status` is open. The gateway
+//! sends `node_token` to the registry and to nodes reached over TCP.
 #![forbid(unsafe_code)]
 
 mod admission;

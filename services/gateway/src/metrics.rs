@@ -1,4 +1,12 @@
 //! The gateway's Prometheus metrics, served as text at `/metrics`.
+//!
+//! `sock_gateway_calls_total{function,outcome}` (a cron firing counts as a
+//! call too), `sock_gateway_call_duration_seconds{function}`,
+//! `sock_gateway_queue_depth`, `sock_gateway_nodes`,
+//! `sock_gateway_nodes_healthy`,
+//! `sock_gateway_cron_firings_total{function,outcome}`,
+//! `sock_gateway_kafka_messages_total{function,outcome}` and
+//! `sock_gateway_kafka_triggers_total{function,outcome}`.
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 

@@ -7,6 +7,15 @@
 //! calls spill to the next node in the function's order. A call that could
 //! not be sent at all (connection refused, connect timeout) is retried once
 //! on the next node; a call that may have started is never retried.
+//!
+//! The nodes are `sandboxd_addrs` (URLs, `unix:PATH`, or `dns:HOST:PORT`
+//! for every address the name resolves to, resolved again every
+//! `dns_refresh_ms`), else `sandboxd_addr`. A function's order: healthy
+//! nodes with fewer than `max_concurrency_per_node` calls in flight, then
+//! healthy full ones, then unhealthy ones. `grpc.health.v1` checks run
+//! every `health_interval_ms`; a node whose call failed at the transport
+//! level stays unhealthy until a check passes. Nodes reached over TCP get
+//! the `node_token`.
 use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -7,14 +7,24 @@
 //! - `POST /registry/<name>`, body a tar.gz of the function dir: 201
 //!   `Lambda <name> uploaded successfully`, `x-sock-version` the new version.
 //! - `DELETE /registry/<name>`: 200 `Lambda <name> deleted successfully`.
-//! - `GET /registry/<name>/config`: 200, the config in OpenLambda's JSON.
+//! - `GET /registry/<name>/config`: 200, the config in OpenLambda's JSON
+//!   (`Triggers.HTTP` `[{"Method": "*"}]` for every method, `Cron`
+//!   `[{"Schedule": …}]` or null, `Kafka` its triggers or null,
+//!   `Environment`, `ReuseSandbox`).
 //!
 //! Failures are the gateway's JSON errors: 400 for a bad name or bundle
 //! (with the registry's reason), 401, 404 for an unknown function (where
 //! OpenLambda's delete answers 500), 405, 413 over `max_bundle_mb`.
 //! Registry routes pass the caller's `authorization` on to the registry,
 //! which checks the admin token again: the gateway itself holds no token
-//! that changes what is deployed.
+//! that changes what is deployed: each route is the registry's gRPC admin
+//! API on a channel of its own that sends no token. Bodies over
+//! `max_bundle_mb` (32; keep it equal to the registry's) are refused unread;
+//! the registry validates the bundle, and its refusals keep their message.
+//! A push or delete drops the function from this gateway's metadata cache,
+//! so its next `/run` sees the change at once (other gateways after
+//! `registry_cache_ms`), and makes its cron scheduler read the schedules
+//! again at once (other gateways after `cron_refresh_ms`).
 use std::sync::Arc;
 
 use axum::Router;

@@ -2,6 +2,12 @@
 //! and announce each change of a function's current version to its
 //! watchers. Validation and sled work block, so they run on the blocking
 //! pool.
+//!
+//! A push whose ol.yaml `limits:` ask for more than the registry's ceilings
+//! (`sock_service::Ceilings`: the same four `max_*` keys and defaults as
+//! sandboxd's) is INVALID_ARGUMENT "ol.yaml asks for limits.memory_mb = 1024,
+//! over this platform's ceiling of 512 (max_memory_mb)". A refused push
+//! uses no version.
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 

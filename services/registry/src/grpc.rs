@@ -1,4 +1,13 @@
 //! The gRPC admin API, `sock.v1.Registry`.
+//!
+//! Push and delete want the admin token; `GetFunction`, `ListFunctions` (the
+//! gateways find cron and Kafka triggers with it; it shows nothing
+//! `GetFunction` does not), `ClaimFiring` and `WatchFunctions` (the
+//! gateways keep their cached versions current with it) want the node
+//! token (or the admin token). Requests may be `max_bundle_mb` + 1 MiB;
+//! tonic refuses larger ones with OUT_OF_RANGE, which a response layer
+//! turns into RESOURCE_EXHAUSTED "bundle is far over the limit of N MiB",
+//! as gRPC's status codes prescribe.
 use std::pin::Pin;
 use std::sync::Arc;
 

@@ -1,6 +1,16 @@
 //! The HTTP bundle store: `GET|HEAD /functions/{name}` answers the latest
 //! bundle with validators, or 304 when the caller's copy is current, so
 //! caches can poll cheaply.
+//!
+//! `GET|HEAD /functions/{name}`: `ETag` `"<version>-<16 hex of sha256>"`,
+//! `Last-Modified`, `X-Sock-Version`, `Cache-Control: no-cache`; 304 as
+//! RFC 9110 says (If-None-Match wins over If-Modified-Since). 400 for a bad
+//! name, 404 for an unknown one, 405 with `Allow: GET, HEAD`; bodies are
+//! plain text. `GET|HEAD /functions/{name}/versions/{n}`: exactly version n
+//! while it is the current or the previous one (the two the store keeps),
+//! with the same validators and `Cache-Control: immutable`; 404 otherwise,
+//! naming what is kept. The store wants the node token (or the admin
+//! token): bundles hold every function's code and ol.yaml.
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 

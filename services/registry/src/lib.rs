@@ -6,6 +6,8 @@
 //! anything is stored, and a refused push leaves the previous version
 //! serving. The HTTP store serves the latest bundle of each function with
 //! ETag / Last-Modified validators and answers 304 to a current copy.
+//!
+//! With no token configured at all, the registry serves loopback only.
 #![forbid(unsafe_code)]
 
 mod config;

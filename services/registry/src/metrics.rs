@@ -1,5 +1,11 @@
 //! The registry's Prometheus metrics: pushes by outcome and bundle-store
 //! answers (sent, not modified, not found), served at `metrics_listen`.
+//!
+//! `sock_registry_pushes_total{outcome=ok|refused|error}` (a refusal for a
+//! missing token happens in the auth layer, before the handler, and is not
+//! counted) and
+//! `sock_registry_fetches_total{answer=bundle|not_modified|not_found|error}`
+//! (a middleware on the bundle store).
 use std::sync::Arc;
 
 use axum::extract::{Request, State};

@@ -13,6 +13,11 @@
 //!
 //! Every change of functions is one transaction over the trees, flushed
 //! to disk before the method returns (claims are not: see `claim_firing`). Methods block; callers run them off the runtime.
+//!
+//! A cron claim is one sled `compare_and_swap` from empty: of any number of
+//! concurrent claimants exactly one wins, and the same holder asking again
+//! wins again (a retried call). This is the lease the gateways' cron
+//! schedulers share: one record per firing, none between firings.
 use std::path::Path;
 
 use prost::Message;

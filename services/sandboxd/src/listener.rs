@@ -3,6 +3,12 @@
 //! (or gid) the operator names, and each connection's peer credentials are
 //! checked again. TCP (a node on another host) is refused unless calls
 //! must carry the node token.
+//!
+//! The socket (`<data dir>/sandboxd.sock` under `sock up`) is 0600, owned
+//! by `client_uid` (the services' user), or 0660 with `client_gid`; and
+//! `SO_PEERCRED` must say uid 0, `client_uid` or `client_gid`. Over TCP (`listen = HOST:PORT`, e.g. a node on another
+//! host) every caller must send `node_token`: a per-node token rather than
+//! mTLS.
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 

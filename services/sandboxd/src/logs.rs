@@ -8,6 +8,32 @@
 //! function prints is text in its own log, never a claim on another call.
 //! What a sandbox prints is bounded per call and over time; the excess is
 //! read and dropped, and the call's log says how much.
+//!
+//! Nothing on stdout or stderr is protocol. The code that sends a call
+//! tells the forwarder where the call begins (after `ready`) and ends (once
+//! the reply is read). The runtime flushes stdout and stderr before `ready`
+//! and before each reply, and at each switch the forwarder first reads
+//! exactly what the pipes hold (FIONREAD), so every line goes to the call
+//! that printed it. Lines printed between calls (a stray thread) get no call
+//! id, not the next call's, which its caller did not cause; after a failed
+//! reply (timeout, crash) the rest, until the pipes close, stays with the
+//! call.
+//!
+//! Bounds: `max_output_bytes_per_call` (1 MiB) per call, and a token bucket
+//! per sandbox of `output_bytes_per_s` (256 KiB/s) whose burst is one call's
+//! allowance; each line counts 128 bytes besides its text, so a flood of
+//! empty lines costs no more than text. The excess is read and dropped (a
+//! flooding function never blocks on a full pipe, and sandboxd never
+//! buffers it), counted in `sock_sandboxd_output_dropped_bytes_total{reason=
+//! "call_limit"|"rate_limit"}`, and the call's log gets one line, stream
+//! `sandboxd`: `sock: dropped N bytes of this call's output (…)`. Lines over
+//! 8 KiB are logged in pieces.
+//!
+//! `Sandboxd/Logs` serves the ring of a function: at most 1000 lines and
+//! `log_ring_bytes` (1 MiB), for at most `log_ring_functions` (64)
+//! functions; a new function's ring replaces the one written longest ago, so
+//! a function just called keeps its lines and the node keeps at most
+//! `log_ring_bytes` × `log_ring_functions` of them.
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind::WouldBlock;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -1,6 +1,16 @@
 //! sandboxd's Prometheus metrics, served at `metrics_listen`. They are read
 //! on each scrape from the same counters and snapshot the `Status` RPC
 //! answers, so the two never disagree and nothing is counted twice.
+//!
+//! `sock_sandboxd_calls_total`, `sock_sandboxd_sandboxes{state}`,
+//! `sock_sandboxd_pool_memory_bytes{kind=total|reserved|free|used}`,
+//! `sock_sandboxd_pool_waiting`, `sock_sandboxd_starts_total{kind=warm|cold}`,
+//! `sock_sandboxd_zygote_forks_total`,
+//! `sock_sandboxd_zygote_start_failures_total`,
+//! `sock_sandboxd_zygote_hits_total{zygote}`,
+//! `sock_sandboxd_zygote_misses_total{zygote}`,
+//! `sock_sandboxd_evictions_total`, `sock_sandboxd_zygotes` and
+//! `sock_sandboxd_output_dropped_bytes_total{reason}` (see `logs.rs`).
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,6 +15,14 @@
 //!
 //! The pool counts KiB: a paused sandbox holds a MiB or two, and rounding
 //! each up to a whole MB would cost a third of the density.
+//!
+//! Its size is `mem_pool_mb` (0 = the machine's RAM minus 500 MB). A
+//! paused sandbox whose shrink v1 refused holds its full limit. When a
+//! thaw's reservation cannot be had by the call's deadline, the paused
+//! sandbox is destroyed and the call goes the cold way. A deadline passing
+//! in the queue is RESOURCE_EXHAUSTED "memory pool full: N MB reserved of
+//! M MB; …". A waiter also takes the next sandbox of its version that goes
+//! idle.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 

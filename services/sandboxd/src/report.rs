@@ -1,5 +1,13 @@
 //! The Tree RPC's answer: the cache's import-cache tree, with what this
 //! node's zygotes did filled in per node.
+//!
+//! The cache's `Tree` is asked (passing `rebuild` on), and each node is
+//! filled in from the zygote tree: live, hits (cold starts forked from it),
+//! misses (cold starts whose chain ended there that an ancestor or a fresh
+//! sandbox served), PSS (`/proc/<pid>/smaps_rollup` of the processes in the
+//! zygote's cgroup) and last fork; live zygotes the cache's tree does not
+//! list are appended. Hits and misses are kept per id across zygotes, for
+//! at most 1024 ids (the least recently used go).
 use std::collections::HashSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

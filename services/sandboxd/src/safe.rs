@@ -8,6 +8,9 @@
 //! listeners (metrics, logs); the memory reservation is released only once
 //! the sandbox's processes are gone. A paused sandbox holds only the memory
 //! its shrunk limit allows and must get the rest back before it thaws.
+//! A failed pause or unpause destroys the sandbox. The events (created,
+//! paused, unpaused, exited, destroyed and why) reach the listeners (the
+//! metrics registry, the debug log) synchronously.
 use sock_sandbox::cgroups::SandboxCgroup;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;

@@ -1,4 +1,12 @@
 //! The `sock.v1.Sandboxd` gRPC service and the server around it.
+//!
+//! `Status` answers the sandboxes by state and per function version, the
+//! pool's total, reserved, free and used memory, its waiters, evictions,
+//! warm and cold starts, spares, zygote forks and start failures, and each
+//! zygote (id, live children, memory used and reserved); `metrics.rs` reads
+//! the same snapshot. `Tree` is `report.rs`'s; `Logs` serves `logs.rs`'s
+//! rings. A cold start whose `Prepare` answers source builds runs them
+//! (`build.rs`) and asks again, at most 16 rounds.
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

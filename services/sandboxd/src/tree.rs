@@ -12,6 +12,21 @@
 //! the root zygote works is a cold start a fresh sandbox; a fork that
 //! fails is tried again from each ancestor that lives, deepest first.
 //!
+//! With `import_cache = "tree"` (the default) a cold start forks from the
+//! last zygote of `Prepare`'s `zygote_chain` (an empty chain: the root
+//! zygote, which imported only the runtime); with `"off"` it is always a
+//! fresh sandbox. Each zygote is made by a task of its own (imports may
+//! take up to 120 s), each child zygote forked from its parent; a cold
+//! start waits for it at most half its remaining time. A zygote that
+//! cannot be made right now (no `zygote_memory_mb` free in the pool:
+//! zygotes never wait for memory) is passed over like one still starting.
+//! A failed start (an import raised: the zygote sends an `error` frame
+//! naming the module and exception before it exits; or no `ready` in
+//! time) is counted (`zygote_start_failures`) and logged once with its
+//! reason, and the node is not tried again for `zygote_retry_ms` (5 s),
+//! doubled for each failure in a row up to 64×; a start that works resets
+//! it.
+//!
 //! Per node id, the tree counts the cold starts its zygote served (hits)
 //! and those whose chain ended there that it could not (misses), across
 //! the zygotes that come and go for the id (`sock tree`, the metrics).

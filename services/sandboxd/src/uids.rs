@@ -4,6 +4,12 @@
 //! destroyed. So no two sandboxes (of one function or two) share a uid:
 //! not a per-user kernel quota (processes, inotify instances, locked
 //! memory), not the right to signal each other, not a file's owner.
+//!
+//! Defaults: `function_uid_base` 1879048192 (above systemd's container
+//! ranges), `function_uids` 65536; a uid is taken back once its sandbox's
+//! cgroup is empty. Fresh and forked sandboxes alike get one. Code and
+//! package dirs are world-readable and mounted read-only, so any uid reads
+//! them. Source builds run as `sandbox_uid` (65534) instead.
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 

@@ -18,6 +18,23 @@
 //! A cold start with an import-cache chain forks from that chain's zygote
 //! (made lazily by the zygote [`Tree`]); without one, or when the zygote
 //! cannot fork, it starts a fresh sandbox.
+//!
+//! Details. Paused means frozen, with the cgroup's memory limit shrunk to
+//! what it uses (restored before the thaw). A sandbox goes back idle
+//! unless it timed out, was OOM-killed or died. A `reuse-sandbox: false`
+//! function (`FunctionConfig.fresh_sandbox_per_call`) never parks: its
+//! sandbox is destroyed (`Why::OneCall`) after answering, in the background,
+//! at most 16 teardowns at once (past that, the next call to end waits for
+//! one). The sweeper destroys (`Why::Died`) idle and paused sandboxes whose
+//! runtime died while they waited (killed from outside, or with their
+//! zygote), so neither `Status` nor the pool counts them until a call or
+//! the evictor finds them. The evictor runs when the pool's head waiter does
+//! not fit or `MemAvailable` falls under `min_free_mb`; a zygote's age is
+//! its last fork. A fork counts its child before it starts, and eviction
+//! retires a zygote only while that count is zero (one atomic), so a
+//! zygote picked as childless is never killed under a fork that was just
+//! starting; a retired zygote forks none, and the call goes to a new
+//! zygote or a fresh sandbox.
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
