@@ -18,7 +18,8 @@ pub struct Config {
     /// name resolves to (resolved again every `dns_refresh_ms`).
     pub sandboxd_addrs: Vec<String>,
     /// How long a function's version and config are served from memory
-    /// before the registry is asked again.
+    /// before the registry is asked again, while the registry's watch is
+    /// down; while it is up, a change is seen as soon as it is made.
     pub registry_cache_ms: u64,
     /// Budget of a call when neither the caller nor the function's limits
     /// set a shorter one.

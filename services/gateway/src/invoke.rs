@@ -5,15 +5,18 @@
 //!
 //! In order: `validate_name` → payload ≤ `max_payload_bytes` → the
 //! function's version and config (`metadata`: one registry `GetFunction`
-//! per name per `registry_cache_ms`; an outage serves the last known
-//! version) → the HTTP method against `triggers.http` (405 and `Allow`) →
-//! the budget (`deadline`: the least of `timeout_ms` or
-//! `x-sock-timeout-ms`, the gRPC deadline, and the function's limit or
-//! `default_timeout_ms`) → admission (`admission`: the per-function, then
-//! the global concurrency limit, one shared queue of `max_queue`, waits
-//! bounded by the deadline) → a node (`nodes`). A version the registry no
-//! longer keeps comes back from sandboxd as `not_found`; the gateway then
-//! resolves once more and resends. Every HTTP call carries
+//! per name, kept until the registry announces a change (`watch`) or, while
+//! the watch is down, for `registry_cache_ms`; an outage serves the last
+//! known version) → the HTTP method against `triggers.http` (405 and
+//! `Allow`) → the budget, worked out once (`deadline`: the least of
+//! `timeout_ms` or `x-sock-timeout-ms`, the gRPC deadline, and the
+//! function's limit or `default_timeout_ms`) → admission (`admission`: the
+//! per-function, then the global concurrency limit, one shared queue of
+//! `max_queue`, waits bounded by the deadline) → a node (`nodes`), which
+//! gets what is left of the budget and, with a grace, as its gRPC
+//! deadline. A version the registry no longer keeps comes back from
+//! sandboxd as `not_found`; the gateway then resolves once more and
+//! resends. Every HTTP call carries
 //! `SandboxInvokeRequest.http`, and its answer, an `HttpResponse`, passes
 //! through unchanged: an app's, or f(event)'s 200 JSON (the runtime
 //! decides). A gRPC `Invoke` of a function whose ol.yaml names an app

@@ -2,7 +2,8 @@
 //! described it.
 //!
 //! A description is served from memory for `ttl` before the registry is
-//! asked again. Callers that miss at the same time share one registry call.
+//! asked again, or until `watch` drops it because the registry announced a
+//! change. Callers that miss at the same time share one registry call.
 //! When the registry cannot be reached, the last description keeps being
 //! served (and the registry is asked again after another `ttl`), so a
 //! registry outage does not stop calls to functions already known.
