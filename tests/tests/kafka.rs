@@ -235,7 +235,7 @@ async fn kafka_messages_reach_a_wsgi_app_and_an_f_event_function_and_an_app_seek
 /// A gateway of the test's own, on the cluster's registry and sandboxd.
 struct Gateway {
     stop: CancellationToken,
-    task: JoinHandle<Result<(), sock_gateway::Error>>,
+    task: JoinHandle<Result<(), sock_gateway::StartError>>,
 }
 
 impl Gateway {

@@ -93,12 +93,20 @@ pub enum Error {
     },
     #[error("function '{name}' cannot start: {source}")]
     Package { name: String, source: PackageError },
+}
+
+/// What keeps the cache from starting or serving: the operator's to fix,
+/// never the answer to a `Prepare`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
     #[error("invalid cache config: {0}")]
     InvalidConfig(String),
     #[error("invalid registry_url '{url}': {reason}")]
     RegistryUrl { url: String, reason: String },
     #[error("cannot build the registry http client: {0}")]
     HttpClient(reqwest::Error),
+    #[error("cannot set up the data dir: {0}")]
+    DataDir(#[from] Error),
     #[error("cache gRPC server failed: {0}")]
     Serve(tonic::transport::Error),
     #[error("cannot serve metrics: {0}")]
@@ -150,12 +158,7 @@ impl From<Error> for Status {
                 source: PackageError::Storage { .. } | PackageError::NeedsBuild { .. },
                 ..
             }
-            | Error::InvalidConfig(_)
-            | Error::Io { .. }
-            | Error::RegistryUrl { .. }
-            | Error::HttpClient(_)
-            | Error::Serve(_)
-            | Error::Metrics(_) => {
+            | Error::Io { .. } => {
                 tracing::error!(error = %message, "prepare failed");
                 return ErrorKind::Platform
                     .status("the code cache failed to prepare the function; see the cache's log");
@@ -207,7 +210,11 @@ mod tests {
                 ErrorKind::Platform,
             ),
             (
-                Error::InvalidConfig("data_dir is empty".into()),
+                Error::io(
+                    "create",
+                    "/var/lib/sock/cache/code",
+                    std::io::Error::other("disk full"),
+                ),
                 ErrorKind::Platform,
             ),
         ];

@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StartError};
 
 /// Output kept from one pip run: its reason is at the end.
 const LOG_TAIL_BYTES: usize = 16 << 10;
@@ -73,12 +73,12 @@ pub(crate) struct PipInstaller {
 impl PipInstaller {
     /// Blocking: checks the find_links dirs and creates pip's HOME under
     /// `data_dir`.
-    pub(crate) fn new(config: &Config, data_dir: &Path) -> Result<PipInstaller, Error> {
+    pub(crate) fn new(config: &Config, data_dir: &Path) -> Result<PipInstaller, StartError> {
         let mut find_links = Vec::new();
         for dir in &config.find_links {
-            let absolute = dir
-                .canonicalize()
-                .map_err(|e| Error::InvalidConfig(format!("find_links {}: {e}", dir.display())))?;
+            let absolute = dir.canonicalize().map_err(|e| {
+                StartError::InvalidConfig(format!("find_links {}: {e}", dir.display()))
+            })?;
             find_links.push(absolute);
         }
         let home = data_dir.join("pip-home");

@@ -29,5 +29,5 @@ mod tree;
 mod version;
 
 pub use config::Config;
-pub use error::{Error, PackageError};
+pub use error::{Error, PackageError, StartError};
 pub use server::run;

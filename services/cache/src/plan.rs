@@ -23,7 +23,7 @@ use sock_service::ImportCache;
 
 use crate::closure;
 use crate::config::Config;
-use crate::error::{Error, PackageError};
+use crate::error::{Error, PackageError, StartError};
 use crate::installer::Installer;
 use crate::learn::Learner;
 use crate::markers::Environment;
@@ -86,13 +86,13 @@ impl Planner {
         data_dir: &Path,
         tmp: &Path,
         installer: Arc<dyn Installer>,
-    ) -> Result<Planner, Error> {
+    ) -> Result<Planner, StartError> {
         let imports = match config.import_cache {
             ImportCache::Tree if config.import_tree.trim().is_empty() => Imports::Learned(
                 Arc::new(Learner::open(data_dir, tmp, config.tree_budget_mb)),
             ),
             ImportCache::Tree => Imports::Configured(Arc::new(
-                ImportTree::load(&config.import_tree).map_err(Error::InvalidConfig)?,
+                ImportTree::load(&config.import_tree).map_err(StartError::InvalidConfig)?,
             )),
             ImportCache::Off => Imports::Off,
         };

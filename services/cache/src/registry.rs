@@ -10,7 +10,7 @@ use reqwest::header::{
     AUTHORIZATION, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
 
-use crate::error::Error;
+use crate::error::{Error, StartError};
 
 /// Header carrying the version of the bundle in a 200 answer.
 const VERSION_HEADER: &str = "x-sock-version";
@@ -49,23 +49,24 @@ impl Registry {
     pub(crate) fn new(
         registry_url: &str,
         node_token: Option<&sock_service::Secret>,
-    ) -> Result<Registry, Error> {
-        let url = reqwest::Url::parse(registry_url).map_err(|e| Error::RegistryUrl {
+    ) -> Result<Registry, StartError> {
+        let url = reqwest::Url::parse(registry_url).map_err(|e| StartError::RegistryUrl {
             url: registry_url.to_string(),
             reason: e.to_string(),
         })?;
         // Built without TLS: the registry is reached over the node's
         // private network, like every other sock service.
         if url.scheme() != "http" {
-            return Err(Error::RegistryUrl {
+            return Err(StartError::RegistryUrl {
                 url: registry_url.to_string(),
                 reason: "only http:// URLs are supported".into(),
             });
         }
         let mut headers = HeaderMap::new();
         if let Some(token) = node_token.map(|t| t.expose()).filter(|t| !t.is_empty()) {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| Error::InvalidConfig("node_token must be printable ASCII".into()))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                StartError::InvalidConfig("node_token must be printable ASCII".into())
+            })?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
@@ -77,7 +78,7 @@ impl Registry {
             // outside world must not capture it.
             .no_proxy()
             .build()
-            .map_err(Error::HttpClient)?;
+            .map_err(StartError::HttpClient)?;
         Ok(Registry {
             http,
             base: registry_url.trim_end_matches('/').to_string(),

@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StartError};
 use crate::installer::PipInstaller;
 use crate::metrics::Metrics;
 use crate::plan::Planner;
@@ -25,7 +25,7 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     let tokens = sock_service::Tokens::new(
         None,
         config.admin_token.as_ref(),
@@ -33,8 +33,8 @@ pub async fn run(
     );
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::InvalidConfig(format!("cannot read the listen address: {e}")))?;
-    sock_service::require_tokens("the cache", addr, &tokens).map_err(Error::InvalidConfig)?;
+        .map_err(|e| StartError::InvalidConfig(format!("cannot read the listen address: {e}")))?;
+    sock_service::require_tokens("the cache", addr, &tokens).map_err(StartError::InvalidConfig)?;
     let registry = Registry::new(&config.registry_url, config.node_token.as_ref())?;
     let data_dir = config.data_dir.clone();
     let planner_config = config.clone();
@@ -42,7 +42,7 @@ pub async fn run(
         let store = Store::open(&data_dir)?;
         let installer = Arc::new(PipInstaller::new(&planner_config, store.root())?);
         let planner = Planner::open(&planner_config, store.root(), store.tmp(), installer)?;
-        Ok::<_, Error>((store, planner))
+        Ok::<_, StartError>((store, planner))
     })
     .await
     .expect("preparing the data dir does not panic")?;
@@ -52,7 +52,7 @@ pub async fn run(
     let (metrics, exposed) = Metrics::new();
     sock_service::serve_metrics(&config.metrics_listen, exposed, &tokens, stop.clone())
         .await
-        .map_err(Error::Metrics)?;
+        .map_err(StartError::Metrics)?;
     let preparer = Preparer::new(
         store,
         registry,
@@ -88,7 +88,7 @@ pub async fn run(
             stop.cancelled_owned(),
         )
         .await
-        .map_err(Error::Serve)
+        .map_err(StartError::Serve)
 }
 
 /// Rebuilds a learned import tree every `every` while something new was

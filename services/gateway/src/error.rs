@@ -1,5 +1,6 @@
-//! Everything that can fail in the gateway, and the one place it becomes a
-//! gRPC status or an HTTP response.
+//! Everything that can fail in a call through the gateway, and the one
+//! place it becomes a gRPC status or an HTTP response; and, apart, what
+//! can keep the gateway from starting ([`StartError`]).
 //!
 //! Each failure has an [`ErrorKind`], whose name (the `x-sock-error`
 //! header and the `error` field of HTTP error bodies), gRPC code and HTTP
@@ -75,6 +76,12 @@ pub enum Error {
     Function(FunctionError),
     #[error("the sandbox node answered call {0} with neither a result nor an error")]
     EmptyAnswer(String),
+}
+
+/// What keeps the gateway from starting or serving: the operator's to
+/// fix, never the answer to a call, so it has no [`ErrorKind`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
     #[error("invalid {field} '{value}': {reason}")]
     InvalidConfig {
         field: &'static str,
@@ -130,10 +137,7 @@ impl Error {
             }),
             Error::RegistryUnavailable(_)
             | Error::SandboxdUnreachable(_)
-            | Error::EmptyAnswer(_)
-            | Error::InvalidConfig { .. }
-            | Error::Serve(_)
-            | Error::ServeHttp(_) => ErrorKind::Platform,
+            | Error::EmptyAnswer(_) => ErrorKind::Platform,
         }
     }
 

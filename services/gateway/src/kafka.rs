@@ -64,7 +64,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, StartError};
 use crate::grpc::{call_span, log_failure};
 use crate::invoke::{Answer, Invocation, Invoker, Outcome};
 use crate::metrics::Metrics;
@@ -97,11 +97,11 @@ impl Brokers {
     /// The allow-list of `kafka_brokers`. An entry that is not `host:port`
     /// is refused rather than left to never match, which would turn the
     /// triggers naming that broker off without a word.
-    pub(crate) fn parse(entries: &[String]) -> Result<Brokers, Error> {
+    pub(crate) fn parse(entries: &[String]) -> Result<Brokers, StartError> {
         entries
             .iter()
             .map(|entry| {
-                host_port(entry).map_err(|reason| Error::InvalidConfig {
+                host_port(entry).map_err(|reason| StartError::InvalidConfig {
                     field: "kafka_brokers",
                     value: entry.clone(),
                     reason,

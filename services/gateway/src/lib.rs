@@ -48,7 +48,7 @@ use tonic::transport::Server;
 
 pub use config::Config;
 pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
-pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error};
+pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error, StartError};
 pub use http::TIMEOUT_HEADER;
 pub use openlambda::VERSION_HEADER;
 
@@ -73,12 +73,12 @@ pub async fn run(
     grpc: TcpListener,
     http: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     let tokens = config.tokens();
     for (field, listener) in [("listen", &grpc), ("http_listen", &http)] {
-        let addr = listener.local_addr().map_err(Error::ServeHttp)?;
+        let addr = listener.local_addr().map_err(StartError::ServeHttp)?;
         sock_service::require_tokens("the gateway", addr, &tokens).map_err(|reason| {
-            Error::InvalidConfig {
+            StartError::InvalidConfig {
                 field,
                 value: addr.to_string(),
                 reason,
@@ -86,14 +86,14 @@ pub async fn run(
         })?;
     }
     if config.cron_refresh_ms == 0 {
-        return Err(Error::InvalidConfig {
+        return Err(StartError::InvalidConfig {
             field: "cron_refresh_ms",
             value: "0".into(),
             reason: "the registry would be asked without pause; give milliseconds".into(),
         });
     }
     if config.max_payload_bytes > limits::MAX_CALL_BYTES {
-        return Err(Error::InvalidConfig {
+        return Err(StartError::InvalidConfig {
             field: "max_payload_bytes",
             value: config.max_payload_bytes.to_string(),
             reason: format!(
@@ -236,12 +236,12 @@ pub async fn run(
             Ok(())
         },
         async move {
-            let served = grpc_server.await.map_err(Error::Serve);
+            let served = grpc_server.await.map_err(StartError::Serve);
             stop_grpc.cancel();
             served
         },
         async move {
-            let served = http_server.await.map_err(Error::ServeHttp);
+            let served = http_server.await.map_err(StartError::ServeHttp);
             stop_http.cancel();
             served
         },

@@ -33,7 +33,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 use tracing::Instrument;
 
 use crate::deadline::Deadline;
-use crate::error::{Error, reason};
+use crate::error::{Error, StartError, reason};
 
 /// A peer that does not accept a connection within this is treated as
 /// down, rather than holding calls for the kernel's much longer timeout.
@@ -51,7 +51,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    fn new(addr: String, token: Option<&sock_service::Secret>) -> Result<Arc<Node>, Error> {
+    fn new(addr: String, token: Option<&sock_service::Secret>) -> Result<Arc<Node>, StartError> {
         let channel = authed("sandboxd_addrs", &addr, token)?;
         Ok(Arc::new(Node {
             client: SandboxdClient::new(channel.clone()).carrying(limits::MAX_CALL_BYTES),
@@ -122,7 +122,7 @@ impl Nodes {
         health_interval: Duration,
         dns_refresh: Duration,
         stop: CancellationToken,
-    ) -> Result<Arc<Nodes>, Error> {
+    ) -> Result<Arc<Nodes>, StartError> {
         let (names, urls): (Vec<String>, Vec<String>) =
             addrs.into_iter().partition(|a| a.starts_with(DNS_PREFIX));
         let mut fixed = Vec::new();
@@ -138,7 +138,7 @@ impl Nodes {
                 .rsplit_once(':')
                 .is_none_or(|(_, port)| port.parse::<u16>().is_err())
             {
-                return Err(Error::InvalidConfig {
+                return Err(StartError::InvalidConfig {
                     field: "sandboxd_addrs",
                     value: format!("{DNS_PREFIX}{name}"),
                     reason: "a DNS entry is dns:HOST:PORT".into(),
@@ -375,7 +375,7 @@ fn authed(
     field: &'static str,
     addr: &str,
     token: Option<&sock_service::Secret>,
-) -> Result<AuthedChannel, Error> {
+) -> Result<AuthedChannel, StartError> {
     with_token(endpoint(field, addr)?, token)
 }
 
@@ -383,21 +383,24 @@ fn authed(
 pub(crate) fn with_token(
     endpoint: Endpoint,
     token: Option<&sock_service::Secret>,
-) -> Result<AuthedChannel, Error> {
-    sock_service::authed(endpoint.connect_lazy(), token).map_err(|reason| Error::InvalidConfig {
-        field: "node_token",
-        value: "<redacted>".into(),
-        reason,
+) -> Result<AuthedChannel, StartError> {
+    sock_service::authed(endpoint.connect_lazy(), token).map_err(|reason| {
+        StartError::InvalidConfig {
+            field: "node_token",
+            value: "<redacted>".into(),
+            reason,
+        }
     })
 }
 
 /// The endpoint of a peer from the config field `field`.
-pub(crate) fn endpoint(field: &'static str, addr: &str) -> Result<Endpoint, Error> {
-    let endpoint = Endpoint::from_shared(addr.to_string()).map_err(|e| Error::InvalidConfig {
-        field,
-        value: addr.to_string(),
-        reason: e.to_string(),
-    })?;
+pub(crate) fn endpoint(field: &'static str, addr: &str) -> Result<Endpoint, StartError> {
+    let endpoint =
+        Endpoint::from_shared(addr.to_string()).map_err(|e| StartError::InvalidConfig {
+            field,
+            value: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
 }
 
@@ -514,7 +517,7 @@ mod tests {
             CancellationToken::new(),
         )
         .await;
-        assert!(matches!(result, Err(Error::InvalidConfig { .. })));
+        assert!(matches!(result, Err(StartError::InvalidConfig { .. })));
     }
 
     #[tokio::test]

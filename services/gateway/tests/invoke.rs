@@ -323,7 +323,7 @@ struct Gateway {
     addr: SocketAddr,
     http: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), sock_gateway::Error>>>,
+    task: Option<JoinHandle<Result<(), sock_gateway::StartError>>>,
 }
 
 impl Gateway {

@@ -1,5 +1,7 @@
-//! The registry's one error type, and the two places it becomes a protocol
-//! status: `tonic::Status` for gRPC and an HTTP response for the store.
+//! The registry's error type for requests, and the two places it becomes a
+//! protocol status: `tonic::Status` for gRPC and an HTTP response for the
+//! store; and, apart, what can keep the registry from starting
+//! ([`StartError`]).
 //! Storage failures are logged here in full and shown to callers only as a
 //! short message, so host paths and sled internals stay in the log.
 use axum::http::StatusCode;
@@ -31,12 +33,6 @@ pub enum Error {
         current: u64,
     },
 
-    #[error("cannot open the store in {path}: {source}", path = .path.display())]
-    Open {
-        path: std::path::PathBuf,
-        source: sled::Error,
-    },
-
     #[error("store failed: {0}")]
     Storage(#[from] sled::Error),
 
@@ -44,6 +40,20 @@ pub enum Error {
     Corrupt { name: String, reason: String },
 
     #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What keeps the registry from starting or serving: the operator's to
+/// fix, never the answer to a request.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store in {path}: {source}", path = .path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: sled::Error,
+    },
+
+    #[error("the task opening the store failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 
     #[error("gRPC server failed: {0}")]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
+use crate::error::StartError;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
 
@@ -132,7 +132,7 @@ pub(crate) async fn serve(
     tokens: sock_service::Tokens,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     let (health, _) = tonic_health::server::health_reporter();
     health
         .set_serving::<RegistryServer<RegistryService>>()

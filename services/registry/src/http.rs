@@ -27,7 +27,7 @@ use sock_proto::v1::FunctionInfo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
+use crate::error::{Error, StartError};
 use crate::functions::Functions;
 use crate::metrics::Metrics;
 
@@ -56,7 +56,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tokens: sock_service::Tokens,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     // Bundles hold every function's code and ol.yaml (secrets included):
     // only the cache, with the node token, reads them.
     let app = router(functions)
@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     axum::serve(sock_service::http_incoming(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(Error::Http)
+        .map_err(StartError::Http)
 }
 
 async fn bundle(

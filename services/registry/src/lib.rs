@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, StartError};
 
 use functions::Functions;
 use store::Store;
@@ -35,11 +35,12 @@ pub async fn run(
     grpc: TcpListener,
     http: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     let tokens = config.tokens();
     for listener in [&grpc, &http] {
-        let addr = listener.local_addr().map_err(Error::Http)?;
-        sock_service::require_tokens("the registry", addr, &tokens).map_err(Error::Insecure)?;
+        let addr = listener.local_addr().map_err(StartError::Http)?;
+        sock_service::require_tokens("the registry", addr, &tokens)
+            .map_err(StartError::Insecure)?;
     }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
@@ -55,7 +56,7 @@ pub async fn run(
     let (metrics, exposed) = metrics::Metrics::new();
     sock_service::serve_metrics(&config.metrics_listen, exposed, &tokens, stop.clone())
         .await
-        .map_err(Error::Metrics)?;
+        .map_err(StartError::Metrics)?;
     tracing::info!(
         grpc = %local_addr(&grpc),
         http = %local_addr(&http),

@@ -26,7 +26,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional};
 use sock_proto::v1::{FunctionConfig, FunctionInfo};
 
-use crate::error::Error;
+use crate::error::{Error, StartError};
 
 pub(crate) struct Store {
     db: sled::Db,
@@ -46,8 +46,8 @@ pub(crate) const CLAIM_RETENTION_MS: i64 = 60 * 60 * 1000;
 type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
 
 impl Store {
-    pub(crate) fn open(dir: &Path) -> Result<Store, Error> {
-        let open_error = |source| Error::Open {
+    pub(crate) fn open(dir: &Path) -> Result<Store, StartError> {
+        let open_error = |source| StartError::Open {
             path: dir.to_path_buf(),
             source,
         };

@@ -14,7 +14,7 @@ use sock_proto::v1::{
     ClaimFiringRequest, DeleteFunctionRequest, ErrorKind, FunctionInfo, GetFunctionRequest,
     ListFunctionsRequest, PushFunctionRequest, WatchFunctionsRequest,
 };
-use sock_registry::{Config, Error};
+use sock_registry::{Config, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ struct Registry {
     http: reqwest::Client,
     base: String,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), Error>>>,
+    task: Option<JoinHandle<Result<(), StartError>>>,
 }
 
 impl Registry {
