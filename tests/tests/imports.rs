@@ -8,22 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
-/// Cycles known today, each with why it stays for now. A cycle counts as
-/// known while all its files are in the entry; an entry no cycle matches
-/// fails the test, so the list only shrinks.
-const KNOWN: &[(&str, &[&str], &str)] = &[(
-    "services/sandboxd",
-    &["build", "sandbox", "zygote"],
-    "sandbox.rs holds five concerns and is to be split",
-)];
-
 #[test]
 fn no_file_imports_from_a_file_that_imports_it_back() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the e2e crate lives in the workspace");
-    let mut unknown = Vec::new();
-    let mut matched = BTreeSet::new();
+    let mut found = Vec::new();
     for member in members(root) {
         let files = Crate::read(&root.join(&member).join("src"));
         for (set, cycle) in files.cycles() {
@@ -32,33 +22,13 @@ fn no_file_imports_from_a_file_that_imports_it_back() {
                 let all: Vec<&str> = set.iter().map(String::as_str).collect();
                 text.push_str(&format!("; {} reach each other", all.join(", ")));
             }
-            let known = KNOWN.iter().position(|(krate, known, _)| {
-                *krate == member && set.iter().all(|file| known.contains(&file.as_str()))
-            });
-            match known {
-                Some(i) => {
-                    eprintln!("known cycle ({}): {text}", KNOWN[i].2);
-                    matched.insert(i);
-                }
-                None => unknown.push(text),
-            }
+            found.push(text);
         }
     }
-    let stale: Vec<String> = KNOWN
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !matched.contains(i))
-        .map(|(_, (krate, files, _))| format!("{krate}: {}", files.join(", ")))
-        .collect();
     assert!(
-        unknown.is_empty(),
+        found.is_empty(),
         "import cycles between files:\n{}",
-        unknown.join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "known cycles that are gone; take them off KNOWN:\n{}",
-        stale.join("\n")
+        found.join("\n")
     );
 }
 

@@ -36,8 +36,8 @@
 //! cgroups below `sock/<instance>`, so daemons of other instances (parallel
 //! test clusters) are never touched.
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cgroup::Cgroup;
@@ -49,6 +49,8 @@ use cgroups_rs::fs::{Controller, MaxValue};
 use cgroups_rs::{CgroupPid, FreezerState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::spares::Spares;
 
 /// The v1 controllers a sandbox joins; the freezer only where no cgroup2
 /// mount offers a killable one. cpuset is left out on purpose: a new v1
@@ -191,43 +193,27 @@ fn dirs_of(cg: &Cgroup) -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct CgroupPool {
     instance: String,
-    free: Mutex<Free>,
-    /// Held while refilling, so that close waits for a refill under way.
-    refilling: Mutex<()>,
-    next: AtomicU64,
-    /// How many empty cgroups to keep ready.
-    spares: usize,
-}
-
-#[derive(Debug, Default)]
-struct Free {
-    names: Vec<String>,
-    /// Set by [`CgroupPool::close`]: nothing is kept or made ready any
+    /// The names of the empty cgroups ready, up to the pool's size. Once
+    /// closed ([`CgroupPool::close`]), nothing is kept or made ready any
     /// more, so a sandbox that ends after it leaves nothing behind.
-    closed: bool,
+    free: Spares<String>,
+    next: AtomicU64,
 }
 
 impl CgroupPool {
     pub fn new(instance: &str, spares: usize) -> CgroupPool {
         let pool = CgroupPool {
             instance: instance.to_string(),
-            free: Mutex::new(Free::default()),
-            refilling: Mutex::new(()),
+            free: Spares::new(spares),
             next: AtomicU64::new(0),
-            spares,
         };
         pool.refill();
         pool
     }
 
-    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
-        // Pushes, pops and a flag: poisoning cannot leave it broken.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Empty cgroups ready right now.
     pub fn spare(&self) -> usize {
-        self.free().names.len()
+        self.free.len()
     }
 
     fn create(&self) -> Result<String, CgroupError> {
@@ -249,44 +235,20 @@ impl CgroupPool {
         Ok(name)
     }
 
-    /// Creates cgroups until `spares` are ready; true if it created any.
-    pub fn refill(&self) -> bool {
-        // Nothing is left half done inside: poisoning is harmless.
-        let _refilling = self.refilling.lock().unwrap_or_else(|p| p.into_inner());
-        let mut created = false;
-        while self.spare() < self.spares {
-            match self.create() {
-                Ok(name) => {
-                    if let Err(name) = self.keep(name) {
-                        // Closed meanwhile.
-                        self.discard(&name);
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot pre-create a sandbox cgroup");
-                    break;
-                }
-            }
-            created = true;
+    /// Creates cgroups until the pool holds as many as its size; a pool
+    /// closed meanwhile removes the one just made.
+    pub fn refill(&self) {
+        if let Err(e) = self
+            .free
+            .refill(|| self.create(), |name| self.discard(&name))
+        {
+            tracing::warn!(error = %e, "cannot pre-create a sandbox cgroup");
         }
-        created
-    }
-
-    /// Adds an empty cgroup to the ready ones, unless the pool is closed
-    /// or has enough (then the name comes back).
-    fn keep(&self, name: String) -> Result<(), String> {
-        let mut free = self.free();
-        if free.closed || free.names.len() >= self.spares {
-            return Err(name);
-        }
-        free.names.push(name);
-        Ok(())
     }
 
     /// A cgroup with `limits` written, from the pool when it has one.
     pub fn take(&self, limits: CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
-        let recycled = self.free().names.pop();
+        let recycled = self.free.take();
         let name = match recycled {
             Some(name) => name,
             None => self.create()?,
@@ -309,12 +271,12 @@ impl CgroupPool {
         let name = cgroup.name.rsplit('/').next().expect("split yields one");
         if cgroup.cg.exists() && cgroup.cg.procs().is_empty() {
             cgroup.release_pages();
-            if self.keep(name.to_string()).is_ok() {
+            if self.free.put(name.to_string()).is_ok() {
                 return;
             }
         }
         cgroup.remove();
-        if self.free().closed {
+        if self.free.is_closed() {
             // The last sandbox to end after close takes the parents along.
             remove_parents(&self.instance);
         }
@@ -329,13 +291,8 @@ impl CgroupPool {
     /// keeping it. Parents that still hold a sandbox's cgroup stay until
     /// that sandbox is recycled.
     pub fn close(&self) {
-        let names = {
-            let mut free = self.free();
-            free.closed = true;
-            std::mem::take(&mut free.names)
-        };
         // A refill under way ends at its next cgroup, which it removes.
-        drop(self.refilling.lock().unwrap_or_else(|p| p.into_inner()));
+        let names = self.free.close();
         for name in names {
             self.discard(&name);
         }

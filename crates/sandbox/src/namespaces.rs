@@ -12,8 +12,8 @@
 //! it. Each namespace serves one sandbox only; sandboxd keeps
 //! `netns_pool_size` of them ready, refilled in the background.
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use crate::lockdown::SOCKET_FD;
+use crate::spares::Spares;
 
 /// The sandbox's hostname, the same for every sandbox.
 pub(crate) const HOSTNAME: &str = "sandbox";
@@ -86,8 +87,7 @@ pub fn prepare_init(cmd: &mut tokio::process::Command, socket: &OwnedFd, netns: 
 /// Ready, empty network namespaces (only `lo`, up), held as fds.
 #[derive(Debug)]
 pub struct NetnsPool {
-    free: Mutex<Vec<OwnedFd>>,
-    spares: usize,
+    free: Spares<OwnedFd>,
     refilling: AtomicBool,
 }
 
@@ -95,40 +95,29 @@ impl NetnsPool {
     /// Fills the pool before returning.
     pub fn new(spares: usize) -> Arc<NetnsPool> {
         let pool = Arc::new(NetnsPool {
-            free: Mutex::new(Vec::with_capacity(spares)),
-            spares,
+            free: Spares::new(spares),
             refilling: AtomicBool::new(false),
         });
         pool.refill();
         pool
     }
 
-    fn free(&self) -> std::sync::MutexGuard<'_, Vec<OwnedFd>> {
-        // Pushes and pops only: poisoning cannot leave the list broken.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn spare(&self) -> usize {
-        self.free().len()
+        self.free.len()
     }
 
     fn refill(&self) {
-        while self.spare() < self.spares {
-            match new_netns() {
-                Ok(fd) => self.free().push(fd),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot pre-create a network namespace");
-                    return;
-                }
-            }
+        // Never closed: nothing made is discarded.
+        if let Err(e) = self.free.refill(new_netns, drop) {
+            tracing::warn!(error = %e, "cannot pre-create a network namespace");
         }
     }
 
     /// A ready namespace; made on the spot when the pool ran dry. Refills
     /// in the background (call from within a tokio runtime).
     pub fn take(self: &Arc<Self>) -> std::io::Result<OwnedFd> {
-        let ready = self.free().pop();
-        if self.spare() < self.spares && !self.refilling.swap(true, Ordering::AcqRel) {
+        let ready = self.free.take();
+        if self.spare() < self.free.cap() && !self.refilling.swap(true, Ordering::AcqRel) {
             let pool = self.clone();
             tokio::task::spawn_blocking(move || {
                 pool.refill();

@@ -27,16 +27,14 @@ use sock_proto::v1::{BuiltWheel, SourceBuild};
 use sock_sandbox::cgroups::CgroupLimits;
 use sock_service::limits::MAX_WHEEL_BYTES;
 
-use crate::error::Error;
+use crate::error::{Error, io};
 use crate::pool::MemoryPool;
-use crate::sandbox::Sandboxes;
+use crate::sandboxes::{BUILDS_DIR, Sandboxes};
 
 /// The tail of pip's output a failure carries.
 const LOG_TAIL_BYTES: usize = 4 << 10;
 /// pip and the backend run in processes of their own.
 const BUILD_PIDS: u32 = 128;
-/// Below sandboxd's data dir: the builds' output dirs.
-const BUILDS_DIR: &str = "builds";
 const IN_DIR: &str = "/in";
 const OUT_DIR: &str = "/out";
 
@@ -68,8 +66,8 @@ pub(crate) async fn build(
     let deadline = tokio::time::Instant::now() + timeout;
     let memory_mb = config.installer_mem_mb;
     let reservation = pool.reserve(memory_mb, deadline).await?;
-    let data_dir = std::path::absolute(&config.data_dir)
-        .map_err(crate::sandbox::io("data dir", &config.data_dir))?;
+    let data_dir =
+        std::path::absolute(&config.data_dir).map_err(io("data dir", &config.data_dir))?;
     let out = OutDir::create(
         &data_dir.join(BUILDS_DIR),
         Uid::from_raw(config.sandbox_uid),
@@ -165,19 +163,6 @@ impl BuildLocks {
     }
 }
 
-/// At start: output dirs of builds a crashed run left (no build runs yet).
-pub(crate) fn remove_leftovers(data_dir: &Path) {
-    let builds = data_dir.join(BUILDS_DIR);
-    let left = std::fs::read_dir(&builds).map_or(0, Iterator::count);
-    match std::fs::remove_dir_all(&builds) {
-        Ok(()) if left > 0 => tracing::warn!(left, "removed leftover build dirs"),
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!(path = %builds.display(), %error, "cannot remove leftover build dirs");
-        }
-        _ => {}
-    }
-}
-
 /// A build's output dir: made by sandboxd below a dir of its own (root's,
 /// 0700, so no sandbox can swap it), handed to the sandbox uid by fd, and
 /// removed when dropped.
@@ -190,7 +175,7 @@ impl OutDir {
     fn create(parent: &Path, uid: Uid, gid: Gid) -> Result<OutDir, Error> {
         match std::fs::DirBuilder::new().mode(0o700).create(parent) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(crate::sandbox::io("cannot create", parent)(e));
+                return Err(io("cannot create", parent)(e));
             }
             _ => {}
         }

@@ -2,6 +2,8 @@
 //!
 //! Messages name what failed (path, syscall, cgroup) for the log; the
 //! status a caller sees says what happened without host internals.
+use std::path::Path;
+
 use sock_proto::v1::ErrorKind;
 use tonic::Status;
 
@@ -69,6 +71,12 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot serve metrics: {0}")]
     Metrics(#[source] std::io::Error),
+}
+
+/// An [`Error::Io`] saying what failed on `path`, for `map_err`.
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |source| Error::Io { what, path, source }
 }
 
 impl From<Error> for Status {

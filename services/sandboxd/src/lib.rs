@@ -94,27 +94,37 @@
 #![deny(unsafe_code)]
 
 mod build;
+mod call;
+mod children;
 mod config;
+mod demand;
 mod error;
+mod fork;
 mod listener;
 mod logs;
 mod metrics;
 mod pool;
 mod report;
+mod runtime;
 #[cfg(test)]
 mod runtime_tests;
 mod safe;
 mod sandbox;
+mod sandboxes;
 mod service;
+mod spec;
 mod tree;
 mod uids;
 mod warm;
 mod zygote;
 
+pub use call::Outcome;
 pub use config::Config;
 pub use error::Error;
 pub use listener::{Listener, bind};
-pub use sandbox::{Limits, Outcome, Sandbox, SandboxSpec, Sandboxes};
+pub use sandbox::Sandbox;
+pub use sandboxes::Sandboxes;
 pub use service::run;
 pub use sock_sandbox::{INIT_ARG, sandbox_init};
+pub use spec::{Limits, SandboxSpec};
 pub use zygote::{Zygote, ZygoteSpec};

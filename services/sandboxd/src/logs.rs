@@ -303,6 +303,22 @@ pub(crate) fn take_calls(id: &str) -> Option<Calls> {
     lock(&ring().calls).remove(id)
 }
 
+/// Logs what the sandbox `id` prints, line by line, each line tagged
+/// with the call it was serving (the [`Sandbox`](crate::sandbox::Sandbox)
+/// made with `id` says).
+pub(crate) fn forward_logs(
+    function: &Arc<str>,
+    id: &str,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+) {
+    let origin = Origin {
+        function: function.clone(),
+        sandbox: id.into(),
+    };
+    forward(origin, stdout, stderr);
+}
+
 /// Logs a sandbox's stdout and stderr line by line until both close.
 /// Reading never stops early: a full pipe would block the function.
 pub(crate) fn forward(origin: Origin, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) {

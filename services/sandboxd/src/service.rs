@@ -33,7 +33,7 @@ use crate::build::BuildLocks;
 use crate::config::Config;
 use crate::error::Error;
 use crate::listener::Listener;
-use crate::sandbox::{Limits, SandboxSpec};
+use crate::spec::{Limits, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
 use crate::zygote::ZygoteSpec;
 

@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::pool::{MemoryPool, Reservation};
-use crate::sandbox::{Sandbox, SandboxSpec, Sandboxes};
+use crate::sandbox::Sandbox;
+use crate::sandboxes::Sandboxes;
+use crate::spec::SandboxSpec;
 use crate::zygote::{Zygote, ZygoteSpec};
 
 /// A live zygote and the memory it holds from the pool.

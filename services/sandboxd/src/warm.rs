@@ -48,13 +48,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::call::Outcome;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pool::{MemoryPool, PoolSnapshot};
 use crate::safe::{
     Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Unleased, Why,
 };
-use crate::sandbox::{Outcome, Sandbox, SandboxSpec, Sandboxes};
+use crate::sandbox::Sandbox;
+use crate::sandboxes::Sandboxes;
+use crate::spec::SandboxSpec;
 use crate::tree::{Node, NodeReport, Tree, Uses, ZygoteInfo};
 use crate::zygote::ZygoteSpec;
 

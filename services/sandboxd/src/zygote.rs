@@ -6,7 +6,7 @@
 //! Every other zygote, and every function sandbox made this way, is a
 //! child forked from one. For each fork sandboxd prepares, from outside:
 //! a cgroup from the pool (the child writes itself into its
-//! `cgroup.procs`, opened here), a detached mount tree as its root (the
+//! `cgroup.procs`, opened by sandboxd), a detached mount tree as its root (the
 //! zygote's package dirs at the same paths, then the function's code and
 //! its own packages), a socketpair and two pipes for its output. The fds
 //! go to the zygote in one SCM_RIGHTS message, then the request as a
@@ -16,26 +16,31 @@
 //! Architecture invariant: a zygote holds no host privilege. The powers a
 //! fork needs (chroot, unshare) come from its user namespace; what needs
 //! host root (cgroups, mounts) sandboxd does before the fork.
+//!
+//! This file is a zygote's lifecycle: start, fork, park, destroy. The
+//! fds of a fork are [`crate::fork`]'s; how many children stay parked,
+//! [`crate::demand`]'s.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
 use sock_sandbox::cgroups::{CgroupLimits, SandboxCgroup};
 use sock_sandbox::init::{ZygoteInit, envp};
 use sock_sandbox::mounts::{self, RealHost, RootSpec};
 use sock_sandbox::protocol::{self, ForkKind, ForkRequest, Header};
 use sock_sandbox::seccomp::{self, Profile, Programs};
-use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tracing::Instrument;
 
+use crate::children::{ChildOf, Children};
+use crate::demand::{Demand, Forking};
 use crate::error::Error;
-use crate::sandbox::{
-    ChildOf, Children, Live, Sandbox, SandboxSpec, Sandboxes, Shared, check_dirs, check_spec,
-    forward_logs,
-};
+use crate::fork::{cgroup_files, output_pipes, send, socketpair};
+use crate::logs::forward_logs;
+use crate::sandbox::{Live, Sandbox, closed};
+use crate::sandboxes::{Sandboxes, Shared};
+use crate::spec::{SandboxSpec, check_dirs, check_spec};
 
 /// How long a child may take to reach `forked`: setup only, no imports.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,75 +88,6 @@ pub struct Zygote {
     parking: tokio::sync::Mutex<()>,
     demand: Mutex<Demand>,
     shared: Arc<Shared>,
-}
-
-/// Most children one zygote keeps parked.
-const MAX_SPARES: usize = 4;
-/// How long a peak of concurrent forks keeps its spares wanted.
-const DEMAND_WINDOW: Duration = Duration::from_secs(60);
-
-/// Concurrent forks of one zygote, which size its parked children: as many
-/// as the highest concurrency of this window or the last, 1 to
-/// [`MAX_SPARES`], so a burst of cold starts for one node finds children
-/// ready instead of queueing on the zygote's fork loop.
-struct Demand {
-    forking: usize,
-    peak: usize,
-    last_peak: usize,
-    since: Instant,
-}
-
-impl Demand {
-    fn new(now: Instant) -> Demand {
-        Demand {
-            forking: 0,
-            peak: 0,
-            last_peak: 0,
-            since: now,
-        }
-    }
-
-    fn roll(&mut self, now: Instant) {
-        if now.duration_since(self.since) >= DEMAND_WINDOW {
-            self.last_peak = self.peak;
-            self.peak = self.forking;
-            self.since = now;
-        }
-    }
-
-    fn started(&mut self, now: Instant) {
-        self.roll(now);
-        self.forking += 1;
-        self.peak = self.peak.max(self.forking);
-    }
-
-    fn ended(&mut self) {
-        self.forking = self.forking.saturating_sub(1);
-    }
-
-    fn wanted(&mut self, now: Instant) -> usize {
-        self.roll(now);
-        self.peak.max(self.last_peak).clamp(1, MAX_SPARES)
-    }
-}
-
-/// One fork in flight, counted in its zygote's demand until dropped.
-struct Forking<'a>(&'a Mutex<Demand>);
-
-impl<'a> Forking<'a> {
-    fn start(demand: &'a Mutex<Demand>) -> Forking<'a> {
-        demand
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .started(Instant::now());
-        Forking(demand)
-    }
-}
-
-impl Drop for Forking<'_> {
-    fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).ended();
-    }
 }
 
 impl Sandboxes {
@@ -353,7 +289,7 @@ impl Zygote {
             // A fork is being sent right now.
             return true;
         };
-        !crate::sandbox::closed(control.as_raw_fd())
+        !closed(control.as_raw_fd())
     }
 
     /// Marks the zygote for eviction if it has no child, so that no fork
@@ -765,44 +701,6 @@ impl Zygote {
     }
 }
 
-/// `libsock_sandbox.so` (the zygote's fork and lockdown, built from the
-/// `sock-sandbox` crate): beside the sandboxd binary, as `cargo build` of
-/// the workspace and the release images put it, or in cargo's `deps/`
-/// beside it when only sandboxd was built. Only a library built from the
-/// same sources as this sandboxd is taken; returns its bytes.
-pub(crate) fn library(init_program: &Path) -> Result<Vec<u8>, Error> {
-    let program = match init_program == Path::new("/proc/self/exe") {
-        true => std::env::current_exe().unwrap_or_else(|_| init_program.to_path_buf()),
-        false => init_program.to_path_buf(),
-    };
-    let dir = program.parent().unwrap_or(Path::new("."));
-    let candidates = [
-        dir.join(sock_sandbox::LIBRARY_FILE),
-        dir.join("deps").join(sock_sandbox::LIBRARY_FILE),
-    ];
-    let mut found = Vec::new();
-    for path in &candidates {
-        let Ok(bytes) = std::fs::read(path) else {
-            continue;
-        };
-        if sock_sandbox::same_build(&bytes) {
-            return Ok(bytes);
-        }
-        found.push(path.display().to_string());
-    }
-    let why = match found.is_empty() {
-        true => "found none".to_string(),
-        false => format!("{} built from other sources", found.join(" and ")),
-    };
-    Err(Error::InvalidConfig(format!(
-        "zygotes need the {} built with this sock-sandboxd beside it ({}, or {}): {why}; \
-         build the workspace again (cargo build), or set import_cache = \"off\" to run without zygotes",
-        sock_sandbox::LIBRARY_FILE,
-        candidates[0].display(),
-        candidates[1].display(),
-    )))
-}
-
 /// A child forked ahead of need, parked until a function comes.
 struct Spare {
     /// Both taken when the child becomes a sandbox.
@@ -819,78 +717,6 @@ impl Drop for Spare {
     }
 }
 
-fn spawn_err(program: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |source| Error::Spawn {
-        program: program.into(),
-        source,
-    }
-}
-
-/// The cgroup's `cgroup.procs` files, open for the child to write itself in.
-fn cgroup_files(cgroup: &SandboxCgroup) -> Result<Vec<OwnedFd>, Error> {
-    cgroup
-        .dirs()
-        .iter()
-        .map(|dir| {
-            let path = dir.join("cgroup.procs");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map(OwnedFd::from)
-                .map_err(crate::sandbox::io("cannot open", &path))
-        })
-        .collect()
-}
-
-/// Our end (async) and the child's end of its socket.
-fn socketpair() -> Result<(UnixStream, OwnedFd), Error> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err("socketpair"))?;
-    ours.set_nonblocking(true)
-        .map_err(spawn_err("socketpair"))?;
-    let ours = UnixStream::from_std(ours).map_err(spawn_err("socketpair"))?;
-    Ok((ours, theirs.into()))
-}
-
-/// Pipes for the child's stdout and stderr: its ends, then ours.
-#[allow(clippy::type_complexity)]
-fn output_pipes() -> Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd)), Error> {
-    let pipe = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Spawn {
-            program: "pipe".into(),
-            source: e.into(),
-        })
-    };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    Ok(((out_w, err_w), (out_r, err_r)))
-}
-
-/// One byte carrying `fds`, then `header`. Our copies of the fds close
-/// after: a child's socket must close when the child (or, should the fork
-/// fail, the zygote) closes its own.
-async fn send(stream: &mut UnixStream, fds: Vec<OwnedFd>, header: &Header) -> Result<(), String> {
-    let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let fd = stream.as_raw_fd();
-    stream
-        .async_io(Interest::WRITABLE, || {
-            sendmsg::<UnixAddr>(
-                fd,
-                &[std::io::IoSlice::new(&[0])],
-                &[ControlMessage::ScmRights(&raw)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(std::io::Error::from)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    protocol::write_frame(stream, header, b"")
-        .await
-        .map_err(|e| e.to_string())?;
-    drop(fds);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -904,27 +730,5 @@ mod tests {
                       Pss_Anon:           7000 kB\n";
         assert_eq!(pss_kb_of(rollup), Some(12345));
         assert_eq!(pss_kb_of("Rss: 1 kB\n"), None);
-    }
-
-    #[test]
-    fn parked_children_follow_the_peak_of_concurrent_forks_for_two_windows() {
-        let start = Instant::now();
-        let mut demand = Demand::new(start);
-        assert_eq!(demand.wanted(start), 1, "one child parked at rest");
-        for _ in 0..3 {
-            demand.started(start);
-        }
-        assert_eq!(demand.wanted(start), 3);
-        for _ in 0..3 {
-            demand.ended();
-        }
-        assert_eq!(demand.wanted(start), 3, "a burst keeps its children parked");
-        let later = start + DEMAND_WINDOW;
-        assert_eq!(demand.wanted(later), 3, "for the next window too");
-        assert_eq!(demand.wanted(later + DEMAND_WINDOW), 1, "then back to one");
-        for _ in 0..10 {
-            demand.started(later);
-        }
-        assert_eq!(demand.wanted(later), MAX_SPARES, "never more than the cap");
     }
 }
