@@ -13,6 +13,20 @@
 //! by fd. The wheel is read back through that dir's fd with
 //! `O_NOFOLLOW`, so nothing the build left there (a symlink, a fifo, a
 //! second file) makes root read anything else.
+//!
+//! A cold start's `Prepare` may answer `builds` (the pin, the cache's dir
+//! holding only the sdist, its file name); sandboxd builds each, then
+//! calls `Prepare` again with the wheels (at most 16 rounds). A build is a
+//! spawned task, so a caller giving up wastes no build; one build per
+//! requirement at a time, and other cold starts wait and ask again. It
+//! runs `python3 -I -m pip wheel --no-deps --no-index --no-build-isolation
+//! --wheel-dir /out /in/FILE`, `installer_mem_mb` also bounding `/tmp`.
+//! `/out` is made in sandboxd's own `builds/` (root's, 0700) with
+//! `mkdirat` and handed over by `fchown` on its fd; afterwards exactly one
+//! regular `*.whl` is read through that fd (at most
+//! `sock_service::limits::MAX_WHEEL_BYTES`) and the dir removed. A failure
+//! is `cannot_start` "function 'f' cannot start: package 'x==1' failed to
+//! build from source: <pip's tail>". No RPC takes a path to install into.
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;

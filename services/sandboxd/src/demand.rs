@@ -1,6 +1,14 @@
 //! How many children a zygote keeps parked: as many as it recently had
 //! forks in flight at once ([`Demand`]), each fork counted while it runs
 //! ([`Forking`]).
+//!
+//! Each zygote keeps children parked (`Zygote::park_spare`, refilled in
+//! the background after every fork, with default limits), as many as its
+//! peak of concurrent forks in this 60 s window or the last (1 to 4), so a
+//! burst for one node does not queue on its fork loop; a fork then writes
+//! the function's limits over the spare's cgroup and gives it the
+//! function. A parked child is no zygote child (not counted, not in the
+//! pool) and dies with its zygote.
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

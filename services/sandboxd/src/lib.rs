@@ -22,75 +22,12 @@
 //!
 //! `warm.rs` (`Manager`) owns the node's sandboxes; `sandbox.rs`
 //! (`Sandboxes::create` → `Sandbox::invoke` → destroy, also on `Drop`)
-//! builds one; `safe.rs` (`SafeSandbox`) is the only handle the rest holds.
+//! builds one (limits: `spec.rs`; outcomes: `call.rs`), `zygote.rs` forks
+//! one (plumbing: `fork.rs`; parked children: `demand.rs`); `safe.rs`
+//! (`SafeSandbox`) is the only handle the rest holds. Source builds are
+//! `build.rs`'s.
 //! sandboxd parses no untrusted archive or requirement: it takes dirs the
 //! cache unpacked and installed.
-//!
-//! # Sandboxes (`sandbox.rs`)
-//!
-//! Limits come from ol.yaml, else from [`Config`] (`cpu_percent` 100 = one
-//! CPU): memory (and memsw on v1), pids, cpu quota and timeout, each then
-//! capped at the operator's ceilings (`sock_service::Ceilings`), whatever
-//! the registry let through; the timeout also caps the caller's. A timeout
-//! is TIMEOUT "function exceeded its timeout of N ms", an OOM kill
-//! OUT_OF_MEMORY "function ran out of memory (limit N MB)"; both destroy
-//! the sandbox. Other outcomes: the runtime's `invalid_result` is
-//! FUNCTION; a runtime gone is OUT_OF_MEMORY when the memory cgroup saw an
-//! OOM kill, else KILLED; an init that exits 125 before `ready` is a failed
-//! setup (`platform`, the details only in the log); an entry file that does
-//! not import is CANNOT_START. Destroying (see `sock_sandbox::cgroups`)
-//! returns the cgroup to the pool, and only then the memory. At SIGTERM,
-//! after a grace period, every sandbox is destroyed.
-//!
-//! # Zygotes (`zygote.rs`)
-//!
-//! A root zygote is a fresh sandbox whose runtime becomes root of a user
-//! namespace of its own, owned by `zygote_uid` (65533), not host root. A
-//! fork: sandboxd takes a pooled cgroup and opens its `cgroup.procs`
-//! files, and builds the child's root as a *detached* mount tree (a thread
-//! with a private mount namespace builds it as the init does, then
-//! `open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`): the chain's package dirs at
-//! the zygote's `/packages/N`, then `/code` and the function's other
-//! package dirs. A child zygote gets its root, output and cgroup files
-//! with its `fork` frame; a function child is parked first and gets
-//! everything of its function over its own socket (`sock_sandbox`'s
-//! zygote loop). Copy-on-write pages stay charged to the zygote (v1 moves
-//! no charges). A fork that fails (the zygote died under it, no cgroup or
-//! root for the child) is tried from each living ancestor, deepest first.
-//!
-//! Each zygote keeps children parked (`Zygote::park_spare`, refilled in
-//! the background after every fork, with default limits), as many as its
-//! peak of concurrent forks in this 60 s window or the last (`Demand`, 1
-//! to 4), so a burst for one node does not queue on its fork loop; a fork
-//! then writes the function's limits over the spare's cgroup and gives it
-//! the function. A parked child is no zygote child (not counted, not in
-//! the pool) and dies with its zygote. Children live in their zygote's pid
-//! namespace, so a zygote's death kills them (sandboxd then skips a dead
-//! idle sandbox and starts another).
-//!
-//! sandboxd copies `libsock_sandbox.so` into its runtime dir from beside
-//! its binary (or cargo's `deps/`), and only a library whose bytes carry
-//! the stamp of the sources sandboxd was built from
-//! (`sock_sandbox::BUILD_STAMP`).
-//!
-//! # Source builds (`build.rs`)
-//!
-//! Only when the cache allows them: a cold start's `Prepare` may answer
-//! `builds` (the pin, the cache's dir holding only the sdist, its file
-//! name); sandboxd builds each, then calls `Prepare` again with the wheels
-//! (at most 16 rounds). A build is a spawned task, so a caller giving up
-//! wastes no build; one build per requirement at a time, and other cold
-//! starts wait and ask again. It runs `python3 -I -m pip wheel --no-deps
-//! --no-index --no-build-isolation --wheel-dir /out /in/FILE` as
-//! `sandbox_uid` under seccomp, in a netns from the pool (only `lo`), `/in`
-//! read-only, with `installer_mem_mb` (also for `/tmp`),
-//! `installer_timeout_s` and memory from the pool. `/out` is made by
-//! sandboxd in its own `builds/` (root's, 0700) with `mkdirat` and handed
-//! over by `fchown` on its fd; afterwards exactly one regular `*.whl` is
-//! read through that fd (`openat` `O_NOFOLLOW`, at most
-//! `sock_service::limits::MAX_WHEEL_BYTES`) and the dir removed. A failure
-//! is `cannot_start` "function 'f' cannot start: package 'x==1' failed to
-//! build from source: <pip's tail>". No RPC takes a path to install into.
 #![deny(unsafe_code)]
 
 mod build;

@@ -1,6 +1,10 @@
 //! The runtime dir every sandbox mounts read-only: the Python runtime and
 //! zygote embedded in sandboxd, and the `libsock_sandbox.so` zygotes fork
 //! with, written where an unprivileged sandbox can read them.
+//!
+//! sandboxd copies `libsock_sandbox.so` from beside its binary (or
+//! cargo's `deps/`), and only a library whose bytes carry the stamp of the
+//! sources sandboxd was built from (`sock_sandbox::BUILD_STAMP`).
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

@@ -6,7 +6,9 @@
 //! exchange over the socket is [`crate::call`]'s. Destroying is the one
 //! path every sandbox takes, whether the call succeeded, failed, timed
 //! out, or the future was dropped: it kills everything in the sandbox's
-//! cgroup and removes it.
+//! cgroup and removes it. Destroying (see `sock_sandbox::cgroups`) returns
+//! the cgroup to the pool, and only then the memory. At SIGTERM, after a
+//! grace period, every sandbox is destroyed.
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;

@@ -3,6 +3,14 @@
 //! fresh ([`Sandboxes::create`]) and one forked from a zygote
 //! ([`Zygote::fork`]) take the same spec and the same checks.
 //!
+//! Limits come from ol.yaml, else from [`crate::Config`] (`cpu_percent`
+//! 100 = one CPU): memory (and memsw on v1), pids and cpu quota, each then
+//! capped at the operator's ceilings (`sock_service::Ceilings`), whatever
+//! the registry let through. A call's time is the budget the gateway
+//! worked out once (the shortest of its caller's, its gRPC deadline and
+//! ol.yaml's `timeout_ms`) and sent as `timeout_ms`; 0 means the node's
+//! `timeout_ms`, and `max_timeout_ms` caps it whoever asks.
+//!
 //! [`Sandboxes::create`]: crate::Sandboxes::create
 //! [`Zygote::fork`]: crate::Zygote::fork
 use std::path::{Component, Path, PathBuf};

@@ -17,6 +17,21 @@
 //! fork needs (chroot, unshare) come from its user namespace; what needs
 //! host root (cgroups, mounts) sandboxd does before the fork.
 //!
+//! The root zygote's user namespace is owned by `zygote_uid` (65533), not
+//! host root. A child's root is a *detached* mount tree: a thread with a
+//! private mount namespace builds it as the init does, then
+//! `open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`; the chain's package dirs sit
+//! at the zygote's `/packages/N`, then `/code` and the function's other
+//! package dirs. A child zygote gets its root, output and cgroup files
+//! with its `fork` frame; a function child is parked first and gets
+//! everything of its function over its own socket (`sock_sandbox`'s
+//! zygote loop). Copy-on-write pages stay charged to the zygote (v1 moves
+//! no charges). A fork that fails (the zygote died under it, no cgroup or
+//! root for the child) is tried from each living ancestor, deepest first.
+//! Children live in their zygote's pid namespace, so a zygote's death
+//! kills them (sandboxd then skips a dead idle sandbox and starts
+//! another).
+//!
 //! This file is a zygote's lifecycle: start, fork, park, destroy. The
 //! fds of a fork are [`crate::fork`]'s; how many children stay parked,
 //! [`crate::demand`]'s.
@@ -576,7 +591,7 @@ impl Zygote {
     }
 
     /// Forks children ahead of need and parks them, as many as recent
-    /// demand wants (see [`Demand`]): each in its own cgroup (the default
+    /// demand wants (see `demand.rs`): each in its own cgroup (the default
     /// limits until it serves a function) and namespaces, pid 1, waiting
     /// for a function. A [`fork`](Self::fork) that finds one skips the
     /// fork, the cgroup move and the namespaces. A no-op while another
