@@ -1,4 +1,5 @@
-//! sandboxd's one error type, and its one mapping to a gRPC status.
+//! sandboxd's error type for calls, and its one mapping to a gRPC status;
+//! and, apart, what can keep sandboxd from starting ([`StartError`]).
 //!
 //! Messages name what failed (path, syscall, cgroup) for the log; the
 //! status a caller sees says what happened without host internals.
@@ -9,13 +10,6 @@ use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "sock-sandboxd must run as root: it creates namespaces, mounts and cgroups \
-         (running as uid {uid})"
-    )]
-    NotRoot { uid: u32 },
-    #[error("invalid sandboxd config: {0}")]
-    InvalidConfig(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -67,6 +61,23 @@ pub enum Error {
     Uids { base: u32, count: u32 },
     #[error("cache: {}", .0.message())]
     Cache(Status),
+}
+
+/// What keeps sandboxd from starting or serving: the operator's to fix,
+/// never the answer to a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "sock-sandboxd must run as root: it creates namespaces, mounts and cgroups \
+         (running as uid {uid})"
+    )]
+    NotRoot { uid: u32 },
+    #[error("invalid sandboxd config: {0}")]
+    InvalidConfig(String),
+    /// The data dir, runtime dir, cgroups or seccomp filters could not be
+    /// set up.
+    #[error("cannot set up the node: {0}")]
+    Node(#[from] Error),
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot serve metrics: {0}")]

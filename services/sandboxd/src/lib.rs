@@ -57,7 +57,7 @@ mod zygote;
 
 pub use call::Outcome;
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use listener::{Listener, bind};
 pub use sandbox::Sandbox;
 pub use sandboxes::Sandboxes;

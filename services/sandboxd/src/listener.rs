@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::StartError;
 
 /// Prefix of a `listen` address that names a unix socket path.
 pub const UNIX_PREFIX: &str = "unix:";
@@ -49,7 +49,7 @@ impl Listener {
 
 /// Binds `config.listen`: `unix:PATH`, or `HOST:PORT` when `node_token` is
 /// set.
-pub async fn bind(config: &Config) -> Result<Listener, Error> {
+pub async fn bind(config: &Config) -> Result<Listener, StartError> {
     match config.listen.strip_prefix(UNIX_PREFIX) {
         Some(path) => bind_unix(Path::new(path), config.client_uid, config.client_gid),
         None => {
@@ -58,7 +58,7 @@ pub async fn bind(config: &Config) -> Result<Listener, Error> {
                 .as_ref()
                 .is_none_or(|t| t.expose().is_empty())
             {
-                return Err(Error::InvalidConfig(format!(
+                return Err(StartError::InvalidConfig(format!(
                     "refusing to listen on TCP {} without a node_token: sandboxd is root's API; \
                      listen on unix:PATH (the default), or set node_token and give the gateway \
                      the same one",
@@ -67,15 +67,15 @@ pub async fn bind(config: &Config) -> Result<Listener, Error> {
             }
             let listener = sock_service::bind(&config.listen)
                 .await
-                .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                .map_err(|e| StartError::InvalidConfig(e.to_string()))?;
             Ok(Listener::Tcp(listener))
         }
     }
 }
 
-fn bind_unix(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Listener, Error> {
+fn bind_unix(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Listener, StartError> {
     let failed = |what: &str, e: std::io::Error| {
-        Error::InvalidConfig(format!("cannot {what} socket {}: {e}", path.display()))
+        StartError::InvalidConfig(format!("cannot {what} socket {}: {e}", path.display()))
     };
     // A socket left by a run that crashed is ours to replace; anything
     // else at that path is not.
@@ -84,7 +84,7 @@ fn bind_unix(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Listener
             std::fs::remove_file(path).map_err(|e| failed("remove the stale", e))?;
         }
         Ok(_) => {
-            return Err(Error::InvalidConfig(format!(
+            return Err(StartError::InvalidConfig(format!(
                 "cannot listen on {}: something that is not a socket is there",
                 path.display()
             )));

@@ -11,7 +11,7 @@ use std::path::Path;
 use sock_sandbox::init::ZYGOTE_FILE;
 use sock_service::ImportCache;
 
-use crate::error::{Error, io};
+use crate::error::{Error, StartError, io};
 
 /// The runtime and the zygote, embedded so sandboxd and its runtime always
 /// match.
@@ -24,7 +24,7 @@ pub(crate) fn write(
     runtime_dir: &Path,
     import_cache: ImportCache,
     init_program: &Path,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     write_runtime(runtime_dir, "sock_runtime.py", RUNTIME_PY)?;
     write_runtime(runtime_dir, ZYGOTE_FILE, ZYGOTE_PY)?;
     if import_cache != ImportCache::Off {
@@ -51,7 +51,7 @@ fn write_runtime(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<(
 /// the workspace and the release images put it, or in cargo's `deps/`
 /// beside it when only sandboxd was built. Only a library built from the
 /// same sources as this sandboxd is taken; returns its bytes.
-fn library(init_program: &Path) -> Result<Vec<u8>, Error> {
+fn library(init_program: &Path) -> Result<Vec<u8>, StartError> {
     let program = match init_program == Path::new("/proc/self/exe") {
         true => std::env::current_exe().unwrap_or_else(|_| init_program.to_path_buf()),
         false => init_program.to_path_buf(),
@@ -75,7 +75,7 @@ fn library(init_program: &Path) -> Result<Vec<u8>, Error> {
         true => "found none".to_string(),
         false => format!("{} built from other sources", found.join(" and ")),
     };
-    Err(Error::InvalidConfig(format!(
+    Err(StartError::InvalidConfig(format!(
         "zygotes need the {} built with this sock-sandboxd beside it ({}, or {}): {why}; \
          build the workspace again (cargo build), or set import_cache = \"off\" to run without zygotes",
         sock_sandbox::LIBRARY_FILE,

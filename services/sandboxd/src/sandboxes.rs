@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 use crate::config::Config;
-use crate::error::{Error, io};
+use crate::error::{Error, StartError, io};
 use crate::logs::{self, forward_logs};
 use crate::spec::Limits;
 use crate::uids::UidPool;
@@ -160,10 +160,10 @@ impl Shared {
 impl Sandboxes {
     /// Prepares the data dir and the runtime, and removes what an earlier
     /// run of the same instance left behind. Needs root.
-    pub fn new(config: Config) -> Result<Sandboxes, Error> {
+    pub fn new(config: Config) -> Result<Sandboxes, StartError> {
         let uid = nix::unistd::geteuid();
         if !uid.is_root() {
-            return Err(Error::NotRoot { uid: uid.as_raw() });
+            return Err(StartError::NotRoot { uid: uid.as_raw() });
         }
         check_config(&config)?;
         logs::configure(&config);
@@ -207,12 +207,12 @@ impl Sandboxes {
         {
             tracing::warn!(error = %e, "cgroup moves stay slow");
         }
-        let seccomp = seccomp::compile()?;
+        let seccomp = seccomp::compile().map_err(Error::from)?;
         let cgroups = CgroupPool::new(&config.instance, config.cgroup_pool_size);
         let netns = NetnsPool::new(config.netns_pool_size);
         let uids = UidPool::new(config.function_uid_base, config.function_uids);
         let cache_data_dir = std::path::absolute(&config.cache_data_dir).map_err(|e| {
-            Error::InvalidConfig(format!(
+            StartError::InvalidConfig(format!(
                 "cache_data_dir {}: {e}",
                 config.cache_data_dir.display()
             ))
@@ -395,7 +395,7 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), Error> {
         .map_err(io("cannot set permissions of", path))
 }
 
-fn check_config(config: &Config) -> Result<(), Error> {
+fn check_config(config: &Config) -> Result<(), StartError> {
     let instance = &config.instance;
     let valid_instance = !instance.is_empty()
         && instance != "."
@@ -404,12 +404,12 @@ fn check_config(config: &Config) -> Result<(), Error> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid_instance {
-        return Err(Error::InvalidConfig(format!(
+        return Err(StartError::InvalidConfig(format!(
             "instance {instance:?} must be letters, digits, '-', '_' or '.'"
         )));
     }
     if !config.python.is_absolute() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(StartError::InvalidConfig(format!(
             "python {} must be an absolute path",
             config.python.display()
         )));
@@ -419,12 +419,12 @@ fn check_config(config: &Config) -> Result<(), Error> {
         || config.zygote_uid == config.sandbox_uid
         || config.zygote_gid == config.sandbox_gid
     {
-        return Err(Error::InvalidConfig(
+        return Err(StartError::InvalidConfig(
             "zygote_uid and zygote_gid must be neither 0 nor the sandbox uid and gid".into(),
         ));
     }
     if config.sandbox_uid == 0 || config.sandbox_gid == 0 {
-        return Err(Error::InvalidConfig(
+        return Err(StartError::InvalidConfig(
             "sandbox_uid and sandbox_gid must not be 0: functions never run as root".into(),
         ));
     }
@@ -443,7 +443,7 @@ fn check_config(config: &Config) -> Result<(), Error> {
             .iter()
             .any(|id| function_ids.contains(&u64::from(*id)))
     {
-        return Err(Error::InvalidConfig(format!(
+        return Err(StartError::InvalidConfig(format!(
             "function_uid_base {} and function_uids {} must make a range of ids above 0, below 2^32-1, \
              holding neither the sandbox nor the zygote ids",
             config.function_uid_base, config.function_uids

@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::build::BuildLocks;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StartError};
 use crate::listener::Listener;
 use crate::spec::{Limits, SandboxSpec};
 use crate::warm::{Call, Manager, Prepared};
@@ -384,9 +384,9 @@ pub async fn run(
     config: Config,
     listener: Listener,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     if u64::from(config.max_result_bytes) > limits::MAX_CALL_BYTES {
-        return Err(Error::InvalidConfig(format!(
+        return Err(StartError::InvalidConfig(format!(
             "max_result_bytes {} is over the {} bytes the gateway takes",
             config.max_result_bytes,
             limits::MAX_CALL_BYTES
@@ -394,10 +394,10 @@ pub async fn run(
     }
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let channel = Endpoint::from_shared(config.cache_addr.clone())
-        .map_err(|e| Error::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
+        .map_err(|e| StartError::InvalidConfig(format!("cache_addr {:?}: {e}", config.cache_addr)))?
         .connect_lazy();
     let cache = sock_service::authed(channel, config.node_token.as_ref())
-        .map_err(|e| Error::InvalidConfig(format!("node_token: {e}")))?;
+        .map_err(|e| StartError::InvalidConfig(format!("node_token: {e}")))?;
     let tokens = sock_service::Tokens::new(
         None,
         config.admin_token.as_ref(),
@@ -418,7 +418,7 @@ pub async fn run(
         sock_service::serve_metrics(&metrics_listen, exposed, &tokens, stop_metrics).await
     {
         manager.shutdown().await;
-        return Err(Error::Metrics(err));
+        return Err(StartError::Metrics(err));
     }
     let service = SandboxdService {
         manager: manager.clone(),
@@ -475,7 +475,7 @@ pub async fn run(
         }
     };
     manager.shutdown().await;
-    served.map_err(Error::Serve)
+    served.map_err(StartError::Serve)
 }
 
 #[cfg(test)]

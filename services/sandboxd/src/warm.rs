@@ -50,7 +50,7 @@ use tracing::Instrument;
 
 use crate::call::Outcome;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StartError};
 use crate::pool::{MemoryPool, PoolSnapshot};
 use crate::safe::{
     Event, EventKind, Key, Lease, Listener, Listeners, Phase, SafeSandbox, Unleased, Why,
@@ -234,7 +234,7 @@ impl Listener for LogEvents {
 impl Manager {
     /// Prepares the sandboxes and starts the evictor and the free-memory
     /// watcher. Needs root and a tokio runtime.
-    pub fn new(config: Config) -> Result<Arc<Manager>, Error> {
+    pub fn new(config: Config) -> Result<Arc<Manager>, StartError> {
         let pool_mb = match config.mem_pool_mb {
             0 => total_ram_mb()?.saturating_sub(HOST_RESERVE_MB),
             mb => mb,
@@ -876,9 +876,9 @@ fn available_mb() -> Option<u64> {
     meminfo_mb("MemAvailable")
 }
 
-fn total_ram_mb() -> Result<u64, Error> {
+fn total_ram_mb() -> Result<u64, StartError> {
     meminfo_mb("MemTotal").ok_or_else(|| {
-        Error::InvalidConfig("cannot read MemTotal from /proc/meminfo; set mem_pool_mb".into())
+        StartError::InvalidConfig("cannot read MemTotal from /proc/meminfo; set mem_pool_mb".into())
     })
 }
 

@@ -156,7 +156,7 @@ pub struct Node {
     pub client: SandboxdClient<Channel>,
     /// Cancelled: the sandboxd in this process shuts down.
     pub shutdown: CancellationToken,
-    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::Error>>>,
+    served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::StartError>>>,
     /// Dropped last: what a failed test's sandboxd had no time to destroy.
     _instance: crate::common::Instance,
 }
