@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::kafka::Broker;
+use sock_testkit::cluster::{Cluster, have_root};
 use sock_testkit::gateway::Gateway;
+use sock_testkit::kafka::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
