@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sock_e2e::cluster::Cluster;
 use sock_proto::v1::StatusResponse;
+use sock_testkit::cluster::Cluster;
 
 use crate::sock::{self, Refusal};
 use crate::stats::Series;

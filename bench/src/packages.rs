@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sock_e2e::cluster::Cluster;
-use sock_e2e::wheels;
 use sock_proto::v1::ZygoteStatus;
+use sock_testkit::cluster::Cluster;
+use sock_testkit::wheels;
 
 use crate::density::{self, Density};
 use crate::run::{self, Machine};

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sock_e2e::cluster::Cluster;
-use sock_e2e::otlp::{OtlpReceiver, Span};
+use sock_testkit::cluster::Cluster;
+use sock_testkit::otlp::{OtlpReceiver, Span};
 
 use crate::baselines;
 use crate::run::{self, Machine};

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sock_e2e::cluster::Cluster;
+use sock_testkit::cluster::Cluster;
 
 use crate::baselines;
 use crate::density::{self, Density, Fill, FillSizes};

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Authed, Cluster};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{
     ErrorKind, FunctionRef, InvokeRequest, PrepareRequest, StatusRequest, StatusResponse,
 };
+use sock_testkit::cluster::{Authed, Cluster};
 use tokio::sync::Barrier;
 
 pub const ECHO: &str = "def f(event):\n    return event\n";

@@ -12,14 +12,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml::Value;
-use sock_e2e::cluster::{Authed, have_root, leftover_cgroups};
-use sock_e2e::functions::example;
-use sock_e2e::otlp::{OtlpReceiver, Span};
-use sock_e2e::wheels::pypi_wheels;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{InvokeRequest, PushFunctionRequest};
+use sock_testkit::cluster::{Authed, have_root, leftover_cgroups};
+use sock_testkit::functions::example;
+use sock_testkit::otlp::{OtlpReceiver, Span};
+use sock_testkit::wheels::pypi_wheels;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
@@ -1408,7 +1408,7 @@ const FLASK: &str = "3.0.3";
 /// A Flask app (WSGI, served at `/run/flask/...`) whose requirements.txt
 /// names Flask: the node's cache installs it before the first call.
 fn flask_app() -> Vec<u8> {
-    sock_e2e::functions::bundle(&[
+    sock_testkit::functions::bundle(&[
         (
             "web.py",
             "from importlib.metadata import version\n\
@@ -1585,7 +1585,7 @@ async fn the_compose_stack_serves_calls_and_a_pypi_flask_app_with_traces_and_lea
         .await
         .push_function(PushFunctionRequest {
             name: "slow".into(),
-            bundle: sock_e2e::functions::bundle(&[(
+            bundle: sock_testkit::functions::bundle(&[(
                 "f.py",
                 "import time\n\ndef f(event):\n    time.sleep(10)\n    return 'late'\n",
             )]),

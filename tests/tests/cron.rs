@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::functions::bundle;
-use sock_e2e::otlp::OtlpReceiver;
-use sock_e2e::process::{free_addr, start, wait_for};
+use sock_testkit::cluster::{Cluster, have_root};
+use sock_testkit::functions::bundle;
+use sock_testkit::otlp::OtlpReceiver;
+use sock_testkit::process::{free_addr, start, wait_for};
 
 const REFRESH_MS: &str = "1000";
 
@@ -209,7 +209,7 @@ async fn each_fire_time_runs_once_across_two_gateways_until_the_trigger_is_dropp
 
     // Each firing is a call of its own, traced like any other and marked
     // as the cron trigger's.
-    let is_cron_call = |span: &sock_e2e::otlp::Span| {
+    let is_cron_call = |span: &sock_testkit::otlp::Span| {
         span.name == "invoke"
             && span.attribute("sock.function") == Some("tick")
             && span.attribute("sock.trigger") == Some("cron")

@@ -2,11 +2,11 @@
 use std::time::{Duration, Instant};
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, channel, have_root};
-use sock_e2e::functions::bundle;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{InvokeRequest, LogsRequest, PushFunctionRequest};
+use sock_testkit::cluster::{Cluster, channel, have_root};
+use sock_testkit::functions::bundle;
 use tonic::Code;
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {

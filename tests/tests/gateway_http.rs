@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
 use sock_proto::v1::InvokeRequest;
+use sock_testkit::cluster::{Cluster, have_root};
 use tonic::Code;
 
 const CACHE_MS: u64 = 1000;

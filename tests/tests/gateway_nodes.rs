@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
-use sock_e2e::functions::bundle;
-use sock_e2e::process::{free_addr, start, wait_for};
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{InvokeRequest, PushFunctionRequest, StatusRequest};
+use sock_testkit::cluster::{Cluster, have_root, leftover_cgroups};
+use sock_testkit::functions::bundle;
+use sock_testkit::process::{free_addr, start, wait_for};
 use tonic::Code;
 
 /// A node on TCP answers no caller without the node token.

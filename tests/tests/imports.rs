@@ -15,7 +15,12 @@ fn no_file_imports_from_a_file_that_imports_it_back() {
         .expect("the e2e crate lives in the workspace");
     let mut found = Vec::new();
     for member in members(root) {
-        let files = Crate::read(&root.join(&member).join("src"));
+        let src = root.join(&member).join("src");
+        // tests/ holds only integration tests: no src, no files to link.
+        if !src.is_dir() {
+            continue;
+        }
+        let files = Crate::read(&src);
         for (set, cycle) in files.cycles() {
             let mut text = format!("{member}: {}", files.describe(&cycle));
             if set.len() > cycle.len() {

@@ -1,9 +1,9 @@
 //! One function call end to end: client → gateway → sandboxd → cache →
 //! registry, with real processes started the way `sock up` starts them.
-use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
-use sock_e2e::functions::{bundle, example};
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{ErrorKind, GetFunctionRequest};
+use sock_testkit::cluster::{Cluster, have_root, leftover_cgroups};
+use sock_testkit::functions::{bundle, example};
 use tonic::Code;
 
 async fn invoke(cluster: &Cluster, name: &str, payload: &str) -> Result<Outcome, tonic::Status> {
@@ -193,7 +193,7 @@ async fn the_sock_command_pushes_and_invokes() {
     }
     let cluster = Cluster::start();
     let sock = |args: &[&str]| {
-        std::process::Command::new(sock_e2e::cluster::bin_dir().join("sock"))
+        std::process::Command::new(sock_testkit::cluster::bin_dir().join("sock"))
             .arg("--data-dir")
             .arg(cluster.data_dir())
             .args(args)

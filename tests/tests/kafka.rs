@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::kafka::Broker;
+use sock_testkit::cluster::{Cluster, have_root};
+use sock_testkit::gateway::Gateway;
+use sock_testkit::kafka::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Generous: a cold start, a group join and a poll of the registry.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -233,38 +232,16 @@ async fn kafka_messages_reach_a_wsgi_app_and_an_f_event_function_and_an_app_seek
 }
 
 /// A gateway of the test's own, on the cluster's registry and sandboxd.
-struct Gateway {
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), sock_gateway::StartError>>,
-}
-
-impl Gateway {
-    async fn start(cluster: &Cluster, broker: &Broker) -> Gateway {
-        let config = sock_gateway::Config {
-            kafka_brokers: vec![broker.addr.clone()],
-            registry_addr: cluster.endpoints.registry.clone(),
-            sandboxd_addr: cluster.endpoints.sandboxd.clone(),
-            node_token: Some(cluster.token(Kind::Node).into()),
-            kafka_poll_interval_ms: POLL_MS.parse().expect("a number"),
-            ..sock_gateway::Config::default()
-        };
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(sock_gateway::run(config, grpc, http, stop.clone()));
-        Gateway { stop, task }
-    }
-
-    /// Stops it as SIGTERM would: consumers finish their call, commit and
-    /// leave their group.
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("the gateway stops")
-            .expect("the gateway task")
-            .expect("the gateway ran cleanly");
-    }
+async fn start_gateway(cluster: &Cluster, broker: &Broker) -> Gateway {
+    Gateway::start(sock_gateway::Config {
+        kafka_brokers: vec![broker.addr.clone()],
+        registry_addr: cluster.endpoints.registry.clone(),
+        sandboxd_addr: cluster.endpoints.sandboxd.clone(),
+        node_token: Some(cluster.token(Kind::Node).into()),
+        kafka_poll_interval_ms: POLL_MS.parse().expect("a number"),
+        ..sock_gateway::Config::default()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,7 +276,7 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
             .count()
     };
 
-    let gateway = Gateway::start(&cluster, &broker).await;
+    let mut gateway = start_gateway(&cluster, &broker).await;
     broker.produce("numbers", &first).await;
     wait_printed(&cluster, "numbers", "some of the first messages", |lines| {
         lines.len() >= 5
@@ -313,7 +290,7 @@ async fn a_gateway_restart_in_the_middle_of_a_topic_loses_no_message() {
     );
 
     broker.produce("numbers", &second).await;
-    let gateway = Gateway::start(&cluster, &broker).await;
+    let mut gateway = start_gateway(&cluster, &broker).await;
     let lines = wait_printed(&cluster, "numbers", "all 40 messages", |lines| {
         seen(lines, 40) == 40
     })

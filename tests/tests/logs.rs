@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sock_e2e::cluster::{Cluster, bin_dir, have_root};
+use sock_testkit::cluster::{Cluster, bin_dir, have_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -1,10 +1,10 @@
 //! Prometheus `/metrics` of all four services, through the real processes
 //! `sock up` starts: the names are there and the counters follow the calls.
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{FunctionRef, InvokeRequest, PrepareRequest};
+use sock_testkit::cluster::{Cluster, have_root};
 
 /// The body of `GET <base>/metrics`, after checking that it wants the
 /// admin token and is OpenMetrics text.

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::wheels::readable_pypi_wheels;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{ErrorKind, StatusRequest, StatusResponse};
+use sock_testkit::cluster::{Cluster, have_root};
+use sock_testkit::wheels::readable_pypi_wheels;
 use tonic::Code;
 
 /// An HTTP client that sends the cluster's invoke token.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, channel, have_root};
-use sock_e2e::functions::function_dir;
+use sock_testkit::cluster::{Cluster, channel, have_root};
+use sock_testkit::functions::function_dir;
 
 /// What an OpenLambda client does with a function dir: `tar czf`.
 fn tar_gz(dir: &Path) -> Vec<u8> {

@@ -6,11 +6,11 @@
 use std::path::Path;
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
-use sock_e2e::wheels::{module_wheel, wheel_dir};
 use sock_proto::ERROR_HEADER;
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::{ErrorKind, TreeRequest};
+use sock_testkit::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
+use sock_testkit::wheels::{module_wheel, wheel_dir};
 use tonic::Code;
 
 /// The first call installs with pip: give it room.

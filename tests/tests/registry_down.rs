@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, bin_dir, have_root};
 use sock_proto::v1::invoke_response::Outcome;
+use sock_testkit::cluster::{Cluster, bin_dir, have_root};
 use tonic::Code;
 
 /// Both metadata caches ask the registry again after this long, so the

@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use sock_e2e::cluster::{Cluster, have_root, leftover_cgroups};
-use sock_e2e::wheels::{sdist, wheel_dir};
+use sock_testkit::cluster::{Cluster, have_root, leftover_cgroups};
+use sock_testkit::wheels::{sdist, wheel_dir};
 
 /// A build and an install before the first answer.
 const FIRST_CALL_MS: u32 = 180_000;

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sock_e2e::cluster::{Cluster, have_root};
-use sock_e2e::functions::example;
-use sock_e2e::otlp::{OtlpReceiver, Span};
 use sock_proto::v1::InvokeRequest;
+use sock_testkit::cluster::{Cluster, have_root};
+use sock_testkit::functions::example;
+use sock_testkit::otlp::{OtlpReceiver, Span};
 
 const SERVICES: [&str; 4] = [
     "sock-gateway",

@@ -3,7 +3,7 @@
 //! rows.
 use std::process::Command;
 
-use sock_e2e::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
+use sock_testkit::cluster::{Cluster, bin_dir, have_root, leftover_cgroups};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sock_tree_names_the_root_zygote_after_a_cold_start() {

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::Command;
 
 use sock_cli::tokens::Kind;
-use sock_e2e::cluster::{Cluster, bin_dir, channel, have_root};
 use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::registry_client::RegistryClient;
@@ -16,6 +15,7 @@ use sock_proto::v1::{
     ClaimFiringRequest, DeleteFunctionRequest, FunctionRef, GetFunctionRequest, InvokeRequest,
     ListFunctionsRequest, PrepareRequest, PushFunctionRequest,
 };
+use sock_testkit::cluster::{Cluster, bin_dir, channel, have_root};
 use tonic::Code;
 
 /// A uid no account here has, standing for any other local user.

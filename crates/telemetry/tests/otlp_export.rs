@@ -24,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-#[path = "../../../tests/src/otlp.rs"]
+#[path = "../../testkit/src/otlp.rs"]
 mod otlp;
 
 use otlp::{OtlpReceiver, Span};

@@ -119,30 +119,17 @@ impl Drop for Server {
     }
 }
 
-/// A registry on its own data dir.
+/// A registry of the test's, and a client of it.
 struct Registry {
-    server: Server,
+    server: sock_testkit::registry::Registry,
     grpc: RegistryClient<Channel>,
-    http_url: String,
-    _dir: TempDir,
 }
 
 async fn start_registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (listener().await, listener().await);
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let config = sock_registry::Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    let server = spawn(|shutdown| sock_registry::run(config, grpc, http, shutdown));
+    let server = sock_testkit::registry::Registry::start().await;
     Registry {
+        grpc: server.client(),
         server,
-        grpc: RegistryClient::connect(format!("http://{grpc_addr}"))
-            .await
-            .unwrap(),
-        http_url: format!("http://{http_addr}"),
-        _dir: dir,
     }
 }
 
@@ -204,7 +191,7 @@ async fn start_cache(
 impl Stack {
     async fn start(registry_cache_ms: u64) -> Stack {
         let registry = start_registry().await;
-        let upstream = Arc::new(Mutex::new(registry.http_url.clone()));
+        let upstream = Arc::new(Mutex::new(registry.server.http_url()));
 
         let (arrived, arrived_rx) = watch::channel(0);
         let (open, open_rx) = watch::channel(true);
@@ -290,7 +277,7 @@ impl Stack {
     async fn reset_registry(&mut self) {
         self.registry.server.stop().await;
         self.registry = start_registry().await;
-        *self.upstream.lock().unwrap() = self.registry.http_url.clone();
+        *self.upstream.lock().unwrap() = self.registry.server.http_url();
     }
 
     /// Version directories of `name` on the cache's disk.

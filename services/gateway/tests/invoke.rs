@@ -2,395 +2,67 @@
 //! fake sandboxd that records what it is asked and answers by payload.
 //! sandboxd itself needs root and a real cache; the end-to-end tests cover
 //! it.
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sock_bundle::testing::TarBuilder;
 use sock_gateway::{CALL_ID_HEADER, Config};
-use sock_proto::v1::gateway_client::GatewayClient;
-use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::sandboxd_server::{Sandboxd, SandboxdServer};
 use sock_proto::v1::{
-    ErrorKind, FunctionError, HttpHeader, HttpResponse, InvokeRequest, InvokeResponse, LogLine,
-    LogsRequest, PushFunctionRequest, SandboxInvokeRequest, SandboxInvokeResponse, StatusRequest,
-    StatusResponse, TreeNode, TreeRequest, TreeResponse, invoke_response, sandbox_invoke_response,
+    ErrorKind, InvokeRequest, InvokeResponse, LogsRequest, PushFunctionRequest, TreeRequest,
+    invoke_response,
 };
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
+use sock_testkit::fake_sandboxd::{FULL, FakeSandboxd, HANG, RAISE, SLOW};
+use sock_testkit::gateway::Gateway;
+use sock_testkit::registry::Registry;
+use sock_testkit::serve::closed_endpoint;
 use tonic::{Code, Request, Response, Status};
 
-// ---------------------------------------------------------------- registry
-
-/// A real registry on a temp dir; stopped when dropped.
-struct Registry {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
-    _data: TempDir,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let data = tempfile::tempdir().expect("temp dir for the registry");
-        let grpc = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind registry gRPC");
-        let http = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind registry HTTP");
-        let addr = grpc.local_addr().expect("registry address");
-        let config = sock_registry::Config {
-            data_dir: data.path().join("registry"),
-            ..sock_registry::Config::default()
-        };
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            sock_registry::run(config, grpc, http, token)
-                .await
-                .expect("registry runs");
-        });
-        Registry {
-            addr,
-            shutdown,
-            task: Some(task),
-            _data: data,
-        }
+/// Pushes function `name` with `ol_yaml` (if any) and returns its version.
+async fn push(registry: &Registry, name: &str, ol_yaml: Option<&str>) -> u64 {
+    let mut bundle = TarBuilder::with_entry_file().file("app.py", b"app = None\n");
+    if let Some(yaml) = ol_yaml {
+        bundle = bundle.file("ol.yaml", yaml.as_bytes());
     }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Pushes function `name` with `ol_yaml` (if any) and returns its version.
-    async fn push(&self, name: &str, ol_yaml: Option<&str>) -> u64 {
-        let mut bundle = TarBuilder::with_entry_file().file("app.py", b"app = None\n");
-        if let Some(yaml) = ol_yaml {
-            bundle = bundle.file("ol.yaml", yaml.as_bytes());
-        }
-        let mut client = RegistryClient::connect(self.endpoint())
-            .await
-            .expect("connect registry");
-        client
-            .push_function(PushFunctionRequest {
-                name: name.to_string(),
-                bundle: bundle.bundle(),
-            })
-            .await
-            .expect("push")
-            .into_inner()
-            .version
-    }
-
-    /// Stops the registry and waits until it no longer serves.
-    async fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.expect("registry task");
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-// ---------------------------------------------------------------- sandboxd
-
-/// Payloads that make the fake sandboxd do something else than echo.
-const RAISE: &[u8] = b"\"raise\"";
-const FULL: &[u8] = b"\"full\"";
-const HANG: &[u8] = b"\"hang\"";
-const SLOW: &[u8] = b"\"slow\"";
-
-#[derive(Default)]
-struct FakeSandboxd {
-    calls: Mutex<Vec<SandboxInvokeRequest>>,
-    /// Versions below this are gone from the node's registry: not found,
-    /// as sandboxd answers then.
-    oldest_kept: std::sync::atomic::AtomicU64,
-    /// Awaited by the next call before it is answered: what happens while
-    /// a call is on its way.
-    meanwhile: tokio::sync::Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
-
-    /// Notified when a call arrives.
-    arrived: Notify,
-}
-
-impl FakeSandboxd {
-    fn calls(&self) -> Vec<SandboxInvokeRequest> {
-        self.calls.lock().expect("calls lock").clone()
-    }
-
-    fn last_call(&self) -> SandboxInvokeRequest {
-        self.calls().pop().expect("sandboxd got a call")
-    }
-}
-
-struct FakeSandboxdService(Arc<FakeSandboxd>);
-
-#[tonic::async_trait]
-impl Sandboxd for FakeSandboxdService {
-    async fn invoke(
-        &self,
-        request: Request<SandboxInvokeRequest>,
-    ) -> Result<Response<SandboxInvokeResponse>, Status> {
-        let request = request.into_inner();
-        self.0
-            .calls
-            .lock()
-            .expect("calls lock")
-            .push(request.clone());
-        self.0.arrived.notify_one();
-        let meanwhile = self.0.meanwhile.lock().await.take();
-        if let Some(meanwhile) = meanwhile {
-            meanwhile.await;
-        }
-        let version = request.function.as_ref().map_or(0, |f| f.version);
-        let oldest_kept = self.0.oldest_kept.load(std::sync::atomic::Ordering::SeqCst);
-        if version < oldest_kept {
-            return Err(ErrorKind::NotFound.status(format!(
-                "function version {version} is not available: the registry keeps {oldest_kept}"
-            )));
-        }
-        // An app as ol.yaml names it; any other function is f(event), whose
-        // answer to an HTTP call is the result of f(body).
-        let is_app = request
-            .config
-            .as_ref()
-            .is_some_and(|c| !c.wsgi_entry.is_empty());
-        if let Some(http) = request.http.as_ref().filter(|_| is_app) {
-            // An app that shows what it got and answers like a teapot.
-            let mut headers = vec![
-                header("x-method", &http.method),
-                header("x-path", &http.path),
-                header("x-query", &http.query),
-                header("x-root", &http.root_path),
-            ];
-            headers.extend(
-                http.headers
-                    .iter()
-                    .filter(|h| h.name == "x-custom")
-                    .cloned(),
-            );
-            return Ok(Response::new(SandboxInvokeResponse {
-                outcome: Some(sandbox_invoke_response::Outcome::Http(HttpResponse {
-                    status: 418,
-                    headers,
-                    body: request.payload,
-                })),
-                version,
-            }));
-        }
-        // `"stamp:<kind>"` fails the call as sandboxd does: a status
-        // stamped with its kind.
-        if let Some(kind) = std::str::from_utf8(&request.payload)
-            .ok()
-            .and_then(|payload| payload.strip_prefix("\"stamp:"))
-            .and_then(|name| name.strip_suffix('"'))
-            .and_then(ErrorKind::from_name)
-        {
-            return Err(kind.status(format!("stamped {}", kind.name())));
-        }
-        let outcome = match request.payload.as_slice() {
-            RAISE => sandbox_invoke_response::Outcome::Error(FunctionError {
-                kind: ErrorKind::Function.into(),
-                message: "ZeroDivisionError: division by zero".into(),
-                traceback: "Traceback (most recent call last): ...".into(),
-            }),
-            FULL => {
-                return Err(ErrorKind::Overloaded.status("node is full: 0 MiB of memory free"));
-            }
-            HANG => {
-                // Dropped when the gateway gives up on the call.
-                std::future::pending::<()>().await;
-                unreachable!("a pending future never completes")
-            }
-            SLOW => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                sandbox_invoke_response::Outcome::Result(request.payload)
-            }
-            _ => sandbox_invoke_response::Outcome::Result(request.payload),
-        };
-        Ok(Response::new(SandboxInvokeResponse {
-            outcome: Some(outcome),
-            version,
-        }))
-    }
-
-    type LogsStream = tokio_stream::Iter<std::vec::IntoIter<Result<LogLine, Status>>>;
-
-    async fn logs(
-        &self,
-        request: Request<LogsRequest>,
-    ) -> Result<Response<Self::LogsStream>, Status> {
-        let function = request.into_inner().function;
-        let line = |call_id: &str, unix_ms| {
-            Ok(LogLine {
-                function: function.clone(),
-                call_id: call_id.into(),
-                stream: "stdout".into(),
-                line: format!("printed by {call_id}"),
-                unix_ms,
-                node: String::new(),
-            })
-        };
-        Ok(Response::new(tokio_stream::iter(vec![
-            line("c2", 2),
-            line("c1", 1),
-        ])))
-    }
-
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
-    }
-
-    /// A root with one child; `rebuild` shows as the tree's source.
-    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
-        let source = match request.into_inner().rebuild {
-            true => "rebuilt",
-            false => "learned",
-        };
-        let node = |id: &str, depth| TreeNode {
-            id: id.into(),
-            depth,
-            live: true,
-            hits: 1,
-            ..TreeNode::default()
-        };
-        Ok(Response::new(TreeResponse {
-            source: source.into(),
-            nodes: vec![node("root", 0), node("root/six==1.16.0", 1)],
-            ..TreeResponse::default()
-        }))
-    }
-}
-
-fn header(name: &str, value: &str) -> HttpHeader {
-    HttpHeader {
-        name: name.into(),
-        value: value.into(),
-    }
-}
-
-/// Serves `fake` on a free port; stops when the returned task is aborted.
-async fn serve_sandboxd(fake: Arc<FakeSandboxd>) -> (String, AbortOnDrop) {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    registry
+        .client()
+        .push_function(PushFunctionRequest {
+            name: name.to_string(),
+            bundle: bundle.bundle(),
+        })
         .await
-        .expect("bind fake sandboxd");
-    let addr = listener.local_addr().expect("fake sandboxd address");
-    let task = tokio::spawn(async move {
-        Server::builder()
-            .add_service(SandboxdServer::new(FakeSandboxdService(fake)))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-            .expect("fake sandboxd serves");
-    });
-    (format!("http://{addr}"), AbortOnDrop(task))
+        .expect("push")
+        .into_inner()
+        .version
 }
 
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// An address nothing listens on.
-async fn closed_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    drop(listener);
-    format!("http://{addr}")
-}
-
-// ----------------------------------------------------------------- gateway
-
-struct Gateway {
-    client: GatewayClient<Channel>,
-    addr: SocketAddr,
-    http: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), sock_gateway::StartError>>>,
-}
-
-impl Gateway {
-    async fn start(config: Config) -> Gateway {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gateway");
-        let addr = listener.local_addr().expect("gateway address");
-        let http_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gateway HTTP");
-        let http = http_listener.local_addr().expect("gateway HTTP address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sock_gateway::run(
-            config,
-            listener,
-            http_listener,
-            shutdown.clone(),
-        ));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("gateway endpoint")
-            .connect_lazy();
-        Gateway {
-            client: GatewayClient::new(channel),
-            addr,
-            http,
-            shutdown,
-            task: Some(task),
-        }
-    }
-
-    async fn invoke(
-        &self,
-        function: &str,
-        payload: &[u8],
-    ) -> Result<Response<InvokeResponse>, Status> {
-        self.send(InvokeRequest {
+async fn invoke(
+    gateway: &Gateway,
+    function: &str,
+    payload: &[u8],
+) -> Result<Response<InvokeResponse>, Status> {
+    send(
+        gateway,
+        InvokeRequest {
             function: function.to_string(),
             payload: payload.to_vec(),
             timeout_ms: None,
-        })
-        .await
-    }
-
-    async fn send(
-        &self,
-        request: impl tonic::IntoRequest<InvokeRequest>,
-    ) -> Result<Response<InvokeResponse>, Status> {
-        self.client.clone().invoke(request).await
-    }
-
-    async fn version_of(&self, function: &str) -> u64 {
-        self.invoke(function, b"{}")
-            .await
-            .expect("invoke")
-            .into_inner()
-            .version
-    }
+        },
+    )
+    .await
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
+async fn send(
+    gateway: &Gateway,
+    request: impl tonic::IntoRequest<InvokeRequest>,
+) -> Result<Response<InvokeResponse>, Status> {
+    gateway.client().invoke(request).await
+}
+
+async fn version_of(gateway: &Gateway, function: &str) -> u64 {
+    invoke(gateway, function, b"{}")
+        .await
+        .expect("invoke")
+        .into_inner()
+        .version
 }
 
 fn config(registry: &str, sandboxd: &str) -> Config {
@@ -425,12 +97,10 @@ fn assert_status(
 #[tokio::test]
 async fn unknown_function_is_not_found_with_a_hint() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
 
-    let status = gateway
-        .invoke("nope", b"{}")
+    let status = invoke(&gateway, "nope", b"{}")
         .await
         .expect_err("unknown function");
     assert_eq!(status.code(), Code::NotFound);
@@ -448,13 +118,12 @@ async fn unknown_function_is_not_found_with_a_hint() {
 #[tokio::test]
 async fn invalid_names_and_zero_timeouts_are_invalid_arguments() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("echo", None).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "echo", None).await;
 
     assert_status(
-        gateway.invoke("Not/A/Name", b"{}").await,
+        invoke(&gateway, "Not/A/Name", b"{}").await,
         Code::InvalidArgument,
         "invalid function name",
     );
@@ -464,7 +133,7 @@ async fn invalid_names_and_zero_timeouts_are_invalid_arguments() {
         timeout_ms: Some(0),
     };
     assert_status(
-        gateway.send(zero).await,
+        send(&gateway, zero).await,
         Code::InvalidArgument,
         "timeout_ms must be greater than 0",
     );
@@ -474,14 +143,12 @@ async fn invalid_names_and_zero_timeouts_are_invalid_arguments() {
 #[tokio::test]
 async fn invoke_passes_function_config_and_payload_through() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
     let yaml = "environment:\n  GREETING: hi\nlimits:\n  memory_mb: 64\n  timeout_ms: 1500\n";
-    let version = registry.push("hello", Some(yaml)).await;
+    let version = push(&registry, "hello", Some(yaml)).await;
 
-    let response = gateway
-        .invoke("hello", br#"{"name": "sock"}"#)
+    let response = invoke(&gateway, "hello", br#"{"name": "sock"}"#)
         .await
         .expect("invoke");
     let header = response
@@ -514,8 +181,7 @@ async fn invoke_passes_function_config_and_payload_through() {
     assert_eq!(limits.memory_mb, 64);
     assert_eq!(call.timeout_ms, 1500, "the function's own timeout");
 
-    let second = gateway
-        .invoke("hello", b"{}")
+    let second = invoke(&gateway, "hello", b"{}")
         .await
         .expect("invoke")
         .into_inner();
@@ -525,16 +191,15 @@ async fn invoke_passes_function_config_and_payload_through() {
 #[tokio::test]
 async fn the_budget_is_the_shortest_of_request_deadline_and_function_limit() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         default_timeout_ms: 4321,
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
-    registry.push("plain", None).await;
+    push(&registry, "plain", None).await;
 
-    gateway.invoke("plain", b"{}").await.expect("invoke");
+    invoke(&gateway, "plain", b"{}").await.expect("invoke");
     assert_eq!(
         sandboxd.last_call().timeout_ms,
         4321,
@@ -546,7 +211,7 @@ async fn the_budget_is_the_shortest_of_request_deadline_and_function_limit() {
         payload: b"{}".to_vec(),
         timeout_ms: Some(250),
     };
-    gateway.send(asked).await.expect("invoke");
+    send(&gateway, asked).await.expect("invoke");
     assert_eq!(
         sandboxd.last_call().timeout_ms,
         250,
@@ -559,7 +224,7 @@ async fn the_budget_is_the_shortest_of_request_deadline_and_function_limit() {
         timeout_ms: None,
     });
     with_deadline.set_timeout(Duration::from_secs(2));
-    gateway.send(with_deadline).await.expect("invoke");
+    send(&gateway, with_deadline).await.expect("invoke");
     let budget = sandboxd.last_call().timeout_ms;
     assert!(
         budget > 0 && budget <= 2000,
@@ -570,13 +235,11 @@ async fn the_budget_is_the_shortest_of_request_deadline_and_function_limit() {
 #[tokio::test]
 async fn a_function_that_raised_is_an_answer_not_a_failed_call() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("divide", None).await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "divide", None).await;
 
-    let answer = gateway
-        .invoke("divide", RAISE)
+    let answer = invoke(&gateway, "divide", RAISE)
         .await
         .expect("an answer")
         .into_inner();
@@ -593,13 +256,11 @@ async fn a_function_that_raised_is_an_answer_not_a_failed_call() {
 #[tokio::test]
 async fn sandboxd_statuses_pass_through() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("big", None).await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "big", None).await;
 
-    let status = gateway
-        .invoke("big", FULL)
+    let status = invoke(&gateway, "big", FULL)
         .await
         .expect_err("sandboxd refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -609,15 +270,13 @@ async fn sandboxd_statuses_pass_through() {
 #[tokio::test]
 async fn every_kind_sandboxd_stamps_reaches_grpc_and_http_callers_as_the_table_says() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("stamped", None).await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "stamped", None).await;
 
     for kind in ErrorKind::every() {
         let payload = format!("\"stamp:{}\"", kind.name());
-        let status = gateway
-            .invoke("stamped", payload.as_bytes())
+        let status = invoke(&gateway, "stamped", payload.as_bytes())
             .await
             .expect_err(kind.name());
         assert_eq!(status.code(), kind.grpc_code(), "{kind:?}");
@@ -625,7 +284,7 @@ async fn every_kind_sandboxd_stamps_reaches_grpc_and_http_callers_as_the_table_s
         assert_eq!(status.message(), format!("stamped {}", kind.name()));
 
         let response = reqwest::Client::new()
-            .post(gateway.url("/run/stamped"))
+            .post(url(&gateway, "/run/stamped"))
             .body(payload)
             .send()
             .await
@@ -643,17 +302,16 @@ async fn every_kind_sandboxd_stamps_reaches_grpc_and_http_callers_as_the_table_s
 #[tokio::test]
 async fn a_sandboxd_that_does_not_answer_in_time_is_deadline_exceeded() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("stuck", None).await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "stuck", None).await;
 
     let request = InvokeRequest {
         function: "stuck".into(),
         payload: HANG.to_vec(),
         timeout_ms: Some(100),
     };
-    let status = gateway.send(request).await.expect_err("no answer");
+    let status = send(&gateway, request).await.expect_err("no answer");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(
         status.message(),
@@ -665,9 +323,13 @@ async fn a_sandboxd_that_does_not_answer_in_time_is_deadline_exceeded() {
 async fn sandboxd_down_is_unavailable_with_the_reason() {
     let registry = Registry::start().await;
     let gateway = Gateway::start(config(&registry.endpoint(), &closed_endpoint().await)).await;
-    registry.push("lonely", None).await;
+    push(&registry, "lonely", None).await;
 
-    let status = assert_status(gateway.invoke("lonely", b"{}").await, Code::Unavailable, "");
+    let status = assert_status(
+        invoke(&gateway, "lonely", b"{}").await,
+        Code::Unavailable,
+        "",
+    );
     assert!(
         status.message().starts_with("no sandbox node reachable: "),
         "{status:?}"
@@ -678,7 +340,7 @@ async fn sandboxd_down_is_unavailable_with_the_reason() {
 #[tokio::test]
 async fn the_gateway_starts_without_its_peers_and_reports_serving() {
     let gateway = Gateway::start(config(&closed_endpoint().await, &closed_endpoint().await)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.addr))
+    let channel = tonic::transport::Endpoint::from_shared(gateway.endpoint())
         .expect("endpoint")
         .connect_lazy();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -695,7 +357,7 @@ async fn the_gateway_starts_without_its_peers_and_reports_serving() {
     );
 
     assert_status(
-        gateway.invoke("anything", b"{}").await,
+        invoke(&gateway, "anything", b"{}").await,
         Code::Unavailable,
         "registry unavailable: ",
     );
@@ -704,23 +366,22 @@ async fn the_gateway_starts_without_its_peers_and_reports_serving() {
 #[tokio::test]
 async fn a_push_made_at_the_registry_is_served_at_once_and_an_outage_keeps_the_last_version() {
     let mut registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (_, served) = FakeSandboxd::start().await;
     // Cached for an hour: only the registry's announcement can bring the
     // new version in time.
     let gateway = Gateway::start(Config {
         registry_cache_ms: 3_600_000,
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
 
-    assert_eq!(registry.push("counter", None).await, 1);
-    assert_eq!(gateway.version_of("counter").await, 1);
+    assert_eq!(push(&registry, "counter", None).await, 1);
+    assert_eq!(version_of(&gateway, "counter").await, 1);
     // Pushed past this gateway, as another gateway or `sock push` to the
     // registry would.
-    assert_eq!(registry.push("counter", None).await, 2);
+    assert_eq!(push(&registry, "counter", None).await, 2);
     let announced = Instant::now();
-    while gateway.version_of("counter").await != 2 {
+    while version_of(&gateway, "counter").await != 2 {
         assert!(
             announced.elapsed() < Duration::from_secs(10),
             "version 2 was not served within 10 s of its push"
@@ -730,12 +391,12 @@ async fn a_push_made_at_the_registry_is_served_at_once_and_an_outage_keeps_the_l
 
     registry.stop().await;
     assert_eq!(
-        gateway.version_of("counter").await,
+        version_of(&gateway, "counter").await,
         2,
         "the last known version while the registry is down"
     );
     assert_status(
-        gateway.invoke("never-seen", b"{}").await,
+        invoke(&gateway, "never-seen", b"{}").await,
         Code::Unavailable,
         "registry unavailable: ",
     );
@@ -743,29 +404,27 @@ async fn a_push_made_at_the_registry_is_served_at_once_and_an_outage_keeps_the_l
 
 #[tokio::test]
 async fn a_version_gone_from_the_node_is_resolved_again_once_and_the_call_runs() {
-    let registry = Arc::new(Registry::start().await);
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let registry = std::sync::Arc::new(Registry::start().await);
+    let (sandboxd, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         registry_cache_ms: 3_600_000,
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
-    assert_eq!(registry.push("moving", None).await, 1);
-    assert_eq!(gateway.version_of("moving").await, 1);
+    assert_eq!(push(&registry, "moving", None).await, 1);
+    assert_eq!(version_of(&gateway, "moving").await, 1);
 
     // Two pushes land while the next call of version 1 is on its way:
     // version 1 is gone from the node, which answers not found without
     // running anything.
     let (pushes, node) = (registry.clone(), sandboxd.clone());
     *sandboxd.meanwhile.lock().await = Some(Box::pin(async move {
-        pushes.push("moving", None).await;
-        assert_eq!(pushes.push("moving", None).await, 3);
+        push(&pushes, "moving", None).await;
+        assert_eq!(push(&pushes, "moving", None).await, 3);
         node.oldest_kept
             .store(2, std::sync::atomic::Ordering::SeqCst);
     }));
-    let answer = gateway
-        .invoke("moving", b"{\"n\": 1}")
+    let answer = invoke(&gateway, "moving", b"{\"n\": 1}")
         .await
         .expect("served after a second look-up")
         .into_inner();
@@ -788,7 +447,7 @@ async fn a_version_gone_from_the_node_is_resolved_again_once_and_the_call_runs()
         .oldest_kept
         .store(10, std::sync::atomic::Ordering::SeqCst);
     assert_status(
-        gateway.invoke("moving", b"{}").await,
+        invoke(&gateway, "moving", b"{}").await,
         Code::NotFound,
         "function version 3 is not available",
     );
@@ -798,14 +457,13 @@ async fn a_version_gone_from_the_node_is_resolved_again_once_and_the_call_runs()
 #[tokio::test]
 async fn shutdown_lets_calls_in_flight_finish() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let mut gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("slow", None).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let mut gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "slow", None).await;
 
     let arrived = sandboxd.arrived.notified();
     let call = tokio::spawn({
-        let mut client = gateway.client.clone();
+        let mut client = gateway.client();
         async move {
             client
                 .invoke(InvokeRequest {
@@ -817,27 +475,21 @@ async fn shutdown_lets_calls_in_flight_finish() {
         }
     });
     arrived.await;
-    gateway.shutdown.cancel();
 
-    let answer = call
-        .await
+    // `stop` shuts the gateway down and fails unless `run` ends cleanly.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), gateway.stop());
+    let (answer, stopped) = tokio::join!(call, stopped);
+    let answer = answer
         .expect("call task")
         .expect("the call in flight completes");
     assert_eq!(result_of(answer.get_ref()), SLOW);
-    let stopped = gateway.task.take().expect("gateway task");
-    tokio::time::timeout(Duration::from_secs(30), stopped)
-        .await
-        .expect("run returns after shutdown")
-        .expect("gateway task")
-        .expect("run ends cleanly");
+    stopped.expect("run returns after shutdown");
 }
 
 // -------------------------------------------------------------------- HTTP
 
-impl Gateway {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
+fn url(gateway: &Gateway, path: &str) -> String {
+    format!("{}{path}", gateway.http_url())
 }
 
 async fn json_body(response: reqwest::Response) -> serde_json::Value {
@@ -847,13 +499,12 @@ async fn json_body(response: reqwest::Response) -> serde_json::Value {
 #[tokio::test]
 async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry.push("plain", None).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(&registry, "plain", None).await;
 
     let response = reqwest::Client::new()
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .body(r#"{"n": 1}"#)
         .send()
         .await
@@ -873,7 +524,7 @@ async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
     );
 
     let raised = reqwest::Client::new()
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .body(RAISE)
         .send()
         .await
@@ -891,7 +542,7 @@ async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
     );
     assert!(body["call_id"].is_string());
 
-    let missing = reqwest::get(gateway.url("/run/nope")).await.expect("GET");
+    let missing = reqwest::get(url(&gateway, "/run/nope")).await.expect("GET");
     assert_eq!(missing.status(), 404);
     assert_eq!(json_body(missing).await["error"], "not_found");
 }
@@ -899,15 +550,17 @@ async fn http_runs_f_event_with_the_body_as_event_and_json_as_answer() {
 #[tokio::test]
 async fn http_passes_a_web_app_request_and_its_answer_through() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry
-        .push("web", Some("environment:\n  OL_WSGI_ENTRY: app:app\n"))
-        .await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(
+        &registry,
+        "web",
+        Some("environment:\n  OL_WSGI_ENTRY: app:app\n"),
+    )
+    .await;
 
     let response = reqwest::Client::new()
-        .put(gateway.url("/run/web/a/b?x=1&y=2"))
+        .put(url(&gateway, "/run/web/a/b?x=1&y=2"))
         .header("x-custom", "kept")
         .body("teapot")
         .send()
@@ -923,11 +576,11 @@ async fn http_passes_a_web_app_request_and_its_answer_through() {
     assert!(headers.contains_key(CALL_ID_HEADER));
     assert_eq!(response.bytes().await.expect("body"), &b"teapot"[..]);
 
-    let root = reqwest::get(gateway.url("/run/web")).await.expect("GET");
+    let root = reqwest::get(url(&gateway, "/run/web")).await.expect("GET");
     assert_eq!(root.headers()["x-path"], "/");
 
     let status = assert_status(
-        gateway.invoke("web", b"{}").await,
+        invoke(&gateway, "web", b"{}").await,
         Code::InvalidArgument,
         "call it over HTTP",
     );
@@ -943,18 +596,17 @@ async fn http_passes_a_web_app_request_and_its_answer_through() {
 #[tokio::test]
 async fn methods_outside_triggers_get_405_with_allow() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
-    registry
-        .push(
-            "getter",
-            Some("triggers:\n  http:\n    - method: GET\n    - method: POST\n"),
-        )
-        .await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
+    push(
+        &registry,
+        "getter",
+        Some("triggers:\n  http:\n    - method: GET\n    - method: POST\n"),
+    )
+    .await;
 
     let response = reqwest::Client::new()
-        .delete(gateway.url("/run/getter"))
+        .delete(url(&gateway, "/run/getter"))
         .send()
         .await
         .expect("DELETE");
@@ -965,25 +617,26 @@ async fn methods_outside_triggers_get_405_with_allow() {
         "method_not_allowed"
     );
     assert!(sandboxd.calls().is_empty(), "refused before any node");
-    let ok = reqwest::get(gateway.url("/run/getter")).await.expect("GET");
+    let ok = reqwest::get(url(&gateway, "/run/getter"))
+        .await
+        .expect("GET");
     assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test]
 async fn payloads_over_the_limit_are_413_and_resource_exhausted() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         max_payload_bytes: 1024,
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
-    registry.push("plain", None).await;
+    push(&registry, "plain", None).await;
     let big = format!("\"{}\"", "x".repeat(2000));
 
     let response = reqwest::Client::new()
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .body(big.clone())
         .send()
         .await
@@ -997,7 +650,7 @@ async fn payloads_over_the_limit_are_413_and_resource_exhausted() {
     );
 
     let status = assert_status(
-        gateway.invoke("plain", big.as_bytes()).await,
+        invoke(&gateway, "plain", big.as_bytes()).await,
         Code::ResourceExhausted,
         "over the limit of 1024 bytes",
     );
@@ -1012,7 +665,7 @@ async fn payloads_over_the_limit_are_413_and_resource_exhausted() {
     // it before it is buffered, with the same kind.
     let huge = vec![b'x'; 2 << 20];
     let status = assert_status(
-        gateway.invoke("plain", &huge).await,
+        invoke(&gateway, "plain", &huge).await,
         Code::ResourceExhausted,
         "over the limit",
     );
@@ -1029,18 +682,17 @@ async fn payloads_over_the_limit_are_413_and_resource_exhausted() {
 #[tokio::test]
 async fn calls_over_the_limits_are_refused_with_retry_after() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (_, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         max_concurrency: 2,
         max_concurrency_per_function: 1,
         max_queue: 1,
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
-    registry.push("slow", None).await;
+    push(&registry, "slow", None).await;
     // One runs, one waits, the rest are refused at once.
-    let calls = (0..6).map(|_| gateway.invoke("slow", SLOW));
+    let calls = (0..6).map(|_| invoke(&gateway, "slow", SLOW));
     let results = futures::future::join_all(calls).await;
     let answered = results.iter().filter(|r| r.is_ok()).count();
     let refused: Vec<&Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -1062,7 +714,7 @@ async fn calls_over_the_limits_are_refused_with_retry_after() {
     }
     // Over HTTP the same is a 429 with Retry-After.
     let client = reqwest::Client::new();
-    let calls = (0..4).map(|_| client.post(gateway.url("/run/slow")).body(SLOW).send());
+    let calls = (0..4).map(|_| client.post(url(&gateway, "/run/slow")).body(SLOW).send());
     let statuses: Vec<u16> = futures::future::join_all(calls)
         .await
         .into_iter()
@@ -1089,12 +741,10 @@ async fn calls_over_the_limits_are_refused_with_retry_after() {
 #[tokio::test]
 async fn logs_are_gathered_from_the_nodes_in_time_order() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
-    let gateway = Gateway::start(config(&registry.endpoint(), &sandboxd_addr)).await;
+    let (_, served) = FakeSandboxd::start().await;
+    let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
     let mut lines = gateway
-        .client
-        .clone()
+        .client()
         .logs(LogsRequest {
             function: "plain".into(),
             follow: false,
@@ -1104,7 +754,7 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
         .into_inner();
     let mut got = Vec::new();
     while let Some(line) = lines.message().await.expect("line") {
-        assert_eq!(line.node, sandboxd_addr, "each line names its node");
+        assert_eq!(line.node, served.endpoint(), "each line names its node");
         got.push(line.call_id);
     }
     assert_eq!(got, ["c1", "c2"]);
@@ -1113,18 +763,18 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
 #[tokio::test]
 async fn tree_gathers_every_node_that_answers_in_node_order() {
     let registry = Registry::start().await;
-    let (first, _first) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
-    let (second, _second) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
+    let (_, first_served) = FakeSandboxd::start().await;
+    let (_, second_served) = FakeSandboxd::start().await;
+    let (first, second) = (first_served.endpoint(), second_served.endpoint());
     let dead = closed_endpoint().await;
     let gateway = Gateway::start(Config {
-        sandboxd_addrs: vec![first.clone(), dead.clone(), second.clone()],
+        sandboxd_addrs: vec![first.into(), dead.clone(), second.into()],
         health_interval_ms: 3_600_000,
         ..config(&registry.endpoint(), "http://unused")
     })
     .await;
     let trees = gateway
-        .client
-        .clone()
+        .client()
         .tree(TreeRequest { rebuild: true })
         .await
         .expect("tree")
@@ -1136,10 +786,7 @@ async fn tree_gathers_every_node_that_answers_in_node_order() {
         .collect();
     assert_eq!(
         got,
-        [
-            (first.as_str(), "rebuilt", 2),
-            (second.as_str(), "rebuilt", 2)
-        ],
+        [(first, "rebuilt", 2), (second, "rebuilt", 2)],
         "the dead node is left out, and rebuild reached the others"
     );
 
@@ -1150,8 +797,7 @@ async fn tree_gathers_every_node_that_answers_in_node_order() {
     })
     .await;
     let status = nobody
-        .client
-        .clone()
+        .client()
         .tree(TreeRequest { rebuild: false })
         .await
         .expect_err("no node answers");
@@ -1165,11 +811,11 @@ async fn tree_gathers_every_node_that_answers_in_node_order() {
 #[tokio::test]
 async fn tree_needs_the_admin_token() {
     let registry = Registry::start().await;
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::new(FakeSandboxd::default())).await;
+    let (_, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         invoke_token: Some("call-token".into()),
         admin_token: Some("admin-token".into()),
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
     let with = |token: Option<&str>| {
@@ -1180,7 +826,7 @@ async fn tree_needs_the_admin_token() {
                 format!("Bearer {token}").parse().expect("ascii"),
             );
         }
-        let mut client = gateway.client.clone();
+        let mut client = gateway.client();
         async move { client.tree(request).await }
     };
     for token in [None, Some("call-token")] {
@@ -1200,18 +846,17 @@ async fn tree_needs_the_admin_token() {
 #[tokio::test]
 async fn tokens_guard_calls_and_the_admin_surface() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (sandboxd_addr, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (_, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(Config {
         invoke_token: Some("call-token".into()),
         admin_token: Some("admin-token".into()),
-        ..config(&registry.endpoint(), &sandboxd_addr)
+        ..config(&registry.endpoint(), served.endpoint())
     })
     .await;
-    registry.push("plain", None).await;
+    push(&registry, "plain", None).await;
 
     let status = assert_status(
-        gateway.invoke("plain", b"{}").await,
+        invoke(&gateway, "plain", b"{}").await,
         Code::Unauthenticated,
         "missing or wrong invoke token",
     );
@@ -1230,11 +875,13 @@ async fn tokens_guard_calls_and_the_admin_surface() {
     request
         .metadata_mut()
         .insert("authorization", "Bearer call-token".parse().expect("ascii"));
-    gateway.send(request).await.expect("the right token passes");
+    send(&gateway, request)
+        .await
+        .expect("the right token passes");
 
     let http = reqwest::Client::new();
     let refused = http
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .body("{}")
         .send()
         .await
@@ -1242,7 +889,7 @@ async fn tokens_guard_calls_and_the_admin_surface() {
     assert_eq!(refused.status(), 401);
     assert_eq!(json_body(refused).await["error"], "unauthenticated");
     let wrong = http
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .bearer_auth("admin-token")
         .body("{}")
         .send()
@@ -1254,7 +901,7 @@ async fn tokens_guard_calls_and_the_admin_surface() {
         "the admin token is not the invoke token"
     );
     let ok = http
-        .post(gateway.url("/run/plain"))
+        .post(url(&gateway, "/run/plain"))
         .bearer_auth("call-token")
         .body("{}")
         .send()
@@ -1262,10 +909,14 @@ async fn tokens_guard_calls_and_the_admin_surface() {
         .expect("POST");
     assert_eq!(ok.status(), 200);
 
-    let metrics = http.get(gateway.url("/metrics")).send().await.expect("GET");
+    let metrics = http
+        .get(url(&gateway, "/metrics"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(metrics.status(), 401);
     let metrics = http
-        .get(gateway.url("/metrics"))
+        .get(url(&gateway, "/metrics"))
         .bearer_auth("admin-token")
         .send()
         .await
@@ -1282,11 +933,10 @@ async fn tokens_guard_calls_and_the_admin_surface() {
 #[tokio::test]
 async fn calls_that_cannot_reach_a_node_move_to_the_next_one() {
     let registry = Registry::start().await;
-    let sandboxd = Arc::new(FakeSandboxd::default());
-    let (live, _server) = serve_sandboxd(Arc::clone(&sandboxd)).await;
+    let (sandboxd, served) = FakeSandboxd::start().await;
     let dead = closed_endpoint().await;
     let gateway = Gateway::start(Config {
-        sandboxd_addrs: vec![dead, live],
+        sandboxd_addrs: vec![dead, served.endpoint().into()],
         // No health check during the test: the failed calls alone steer.
         health_interval_ms: 3_600_000,
         ..config(&registry.endpoint(), "http://unused")
@@ -1295,9 +945,8 @@ async fn calls_that_cannot_reach_a_node_move_to_the_next_one() {
     // Enough functions that some hash to the dead node first.
     for i in 0..8 {
         let name = format!("fn-{i}");
-        registry.push(&name, None).await;
-        let answer = gateway
-            .invoke(&name, b"{}")
+        push(&registry, &name, None).await;
+        let answer = invoke(&gateway, &name, b"{}")
             .await
             .expect("served by the live node");
         assert_eq!(result_of(answer.get_ref()), b"{}");

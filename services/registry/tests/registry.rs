@@ -14,21 +14,19 @@ use sock_proto::v1::{
     ClaimFiringRequest, DeleteFunctionRequest, ErrorKind, FunctionInfo, GetFunctionRequest,
     ListFunctionsRequest, PushFunctionRequest, WatchFunctionsRequest,
 };
-use sock_registry::{Config, StartError};
+use sock_registry::Config;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// A running registry; dropping it cancels it.
+/// A running registry and its clients; dropping it stops it.
 struct Registry {
+    server: sock_testkit::registry::Registry,
     channel: Channel,
     grpc: RegistryClient<Channel>,
     http: reqwest::Client,
     base: String,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), StartError>>>,
 }
 
 impl Registry {
@@ -41,18 +39,8 @@ impl Registry {
     }
 
     async fn start_with(config: Config) -> Registry {
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let grpc_addr = grpc_listener.local_addr().expect("grpc addr");
-        let http_addr = http_listener.local_addr().expect("http addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sock_registry::run(
-            config,
-            grpc_listener,
-            http_listener,
-            shutdown.clone(),
-        ));
-        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        let server = sock_testkit::registry::Registry::start_with(config).await;
+        let channel = Channel::from_shared(server.endpoint())
             .expect("grpc url")
             .connect()
             .await
@@ -65,19 +53,14 @@ impl Registry {
             grpc: RegistryClient::new(channel.clone()),
             channel,
             http,
-            base: format!("http://{http_addr}"),
-            shutdown,
-            task: Some(task),
+            base: server.http_url(),
+            server,
         }
     }
 
     /// Stops the registry and waits until it has let go of its store.
     async fn stop(mut self) {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("running");
-        task.await
-            .expect("registry task")
-            .expect("registry ran cleanly");
+        self.server.stop().await;
     }
 
     async fn push(&mut self, name: &str, bundle: Vec<u8>) -> Result<FunctionInfo, tonic::Status> {
@@ -101,12 +84,6 @@ impl Registry {
 
     fn get(&self, name: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("{}/functions/{name}", self.base))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
@@ -780,8 +757,7 @@ async fn the_admin_api_refuses_a_public_address_without_a_token() {
     // With tokens, it starts.
     let grpc = TcpListener::bind("0.0.0.0:0").await.expect("bind grpc");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(sock_registry::run(
+    let mut registry = sock_testkit::registry::Registry::serve(
         Config {
             admin_token: Some("admin".into()),
             node_token: Some("node".into()),
@@ -789,12 +765,10 @@ async fn the_admin_api_refuses_a_public_address_without_a_token() {
         },
         grpc,
         http,
-        shutdown.clone(),
-    ));
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(!task.is_finished(), "serving");
-    shutdown.cancel();
-    task.await.expect("task").expect("clean stop");
+    assert!(registry.is_running(), "serving");
+    registry.stop().await;
 }
 
 #[tokio::test]

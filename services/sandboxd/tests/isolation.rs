@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::pids_below;
-use node::{Function, Node, request};
+use node::{Node, request};
 use serde_json::{Value, json};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{FunctionConfig, Limits, SandboxInvokeResponse, SourceBuild, ZygoteNode};
 use sock_sandboxd::Config;
+use sock_testkit::fake_cache::Function;
 use tonic::{Response, Status};
 
 const CALL_MS: u32 = 30_000;

@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{cgroup_dir, pids_below};
-use node::{Function, Node, assert_nothing_left, request, start};
+use node::{Node, assert_nothing_left, request, start};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{
     ErrorKind, FunctionConfig, FunctionError, Limits, SandboxInvokeResponse, StatusRequest,
     StatusResponse, TreeNode, TreeRequest, ZygoteNode,
 };
 use sock_sandboxd::Config;
+use sock_testkit::fake_cache::Function;
 use tonic::{Code, Response, Status};
 
 impl Node {

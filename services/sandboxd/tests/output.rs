@@ -11,10 +11,11 @@ mod node;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use node::{Function, Node, request};
+use node::{Node, request};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::{ErrorKind, FunctionError, LogLine};
 use sock_sandboxd::Config;
+use sock_testkit::fake_cache::Function;
 
 const MIB: usize = 1 << 20;
 

@@ -7,13 +7,14 @@ mod node;
 
 use std::time::Duration;
 
-use node::{Function, Node, assert_nothing_left, request};
+use node::{Node, assert_nothing_left, request};
 use sock_proto::v1::sandbox_invoke_response::Outcome;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{
     ErrorKind, FunctionConfig, SandboxInvokeResponse, StatusRequest, TreeRequest,
 };
 use sock_sandboxd::Config;
+use sock_testkit::fake_cache::Function;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 

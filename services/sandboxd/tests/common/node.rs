@@ -1,150 +1,22 @@
-//! A sandboxd node for one test: its dir, a fake cache whose catalog the
-//! test writes, sandboxd in this process (or, for a test that kills it, a
-//! process the test runs), and the checks that it left nothing behind.
+//! A sandboxd node for one test: its dir, a fake cache
+//! (`sock_testkit::fake_cache`) whose catalog the test writes, sandboxd in
+//! this process (or, for a test that kills it, a process the test runs),
+//! and the checks that it left nothing behind.
 //!
 //! The tests that run a node declare this file with `#[path]`; common/mod.rs
 //! does not, so that the tests that run none do not compile it unused.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sock_proto::v1::cache_server::{Cache, CacheServer};
 use sock_proto::v1::sandboxd_client::SandboxdClient;
-use sock_proto::v1::{
-    ErrorKind, FunctionConfig, FunctionRef, PrepareRequest, PrepareResponse, SandboxInvokeRequest,
-    SourceBuild, StatusRequest, StatusResponse, TreeNode, TreeRequest, TreeResponse, ZygoteNode,
-};
+use sock_proto::v1::{FunctionRef, SandboxInvokeRequest, StatusRequest, StatusResponse};
 use sock_sandboxd::Config;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use sock_testkit::fake_cache::{self, Catalog, Function};
+use sock_testkit::serve::Served;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
-use tonic::{Request, Response, Status};
-
-/// What the fake cache answers for a published function, besides its name
-/// and version.
-#[derive(Clone, Default)]
-pub struct Function {
-    pub config: FunctionConfig,
-    pub package_dirs: Vec<String>,
-    /// The zygote whose children run the function: the cache names the
-    /// chain from the root zygote to it. None: the cache names no chain.
-    pub zygote: Option<ZygoteNode>,
-    /// A source build Prepare asks for until sandboxd sends back its wheel.
-    pub build: Option<SourceBuild>,
-    /// The code dir a compromised cache names instead of the one `publish`
-    /// wrote.
-    pub code_dir: Option<String>,
-    /// Prepares its one version whatever version was asked, as a cache
-    /// older than sandboxd did; else another version is not found, as the
-    /// real cache answers when the registry no longer keeps it.
-    pub any_version: bool,
-}
-
-/// The functions the fake cache knows, and what sandboxd sent it.
-#[derive(Default)]
-pub struct Catalog {
-    /// Name → current version, and what Prepare answers for it.
-    functions: Mutex<HashMap<String, (u64, Function)>>,
-    /// The wheels sandboxd built and sent back, by requirement.
-    pub wheels: Mutex<HashMap<String, Vec<u8>>>,
-    /// Prepare calls so far.
-    pub prepares: AtomicUsize,
-    /// The nodes of the configured tree Tree answers, as the test set them.
-    pub tree: Mutex<Vec<TreeNode>>,
-    /// Tree calls that asked for a rebuild.
-    pub tree_rebuilds: AtomicUsize,
-}
-
-struct FakeCache {
-    code: PathBuf,
-    catalog: Arc<Catalog>,
-}
-
-/// Where version `version` of `name`'s code is below the cache's code dir.
-fn code_dir(code: &Path, name: &str, version: u64) -> PathBuf {
-    code.join(name).join(version.to_string())
-}
-
-#[tonic::async_trait]
-impl Cache for FakeCache {
-    async fn prepare(
-        &self,
-        request: Request<PrepareRequest>,
-    ) -> Result<Response<PrepareResponse>, Status> {
-        self.catalog.prepares.fetch_add(1, Ordering::Relaxed);
-        let request = request.into_inner();
-        let FunctionRef {
-            name,
-            version: asked,
-        } = request.function.unwrap_or_default();
-        let mut wheels = self.catalog.wheels.lock().expect("catalog lock");
-        for wheel in request.built {
-            wheels.insert(wheel.requirement, wheel.wheel);
-        }
-        let functions = self.catalog.functions.lock().expect("catalog lock");
-        let Some((version, function)) = functions.get(&name).cloned() else {
-            return Err(ErrorKind::NotFound.status(format!(
-                "function '{name}' does not exist; push it with `sock push`"
-            )));
-        };
-        if asked != 0 && asked != version && !function.any_version {
-            return Err(ErrorKind::NotFound.status(format!(
-                "function '{name}' version {asked} is not available: the registry keeps {version}"
-            )));
-        }
-        if let Some(build) = function.build
-            && !wheels.contains_key(&build.requirement)
-        {
-            return Ok(Response::new(PrepareResponse {
-                builds: vec![build],
-                ..PrepareResponse::default()
-            }));
-        }
-        let code = function
-            .code_dir
-            .unwrap_or_else(|| code_dir(&self.code, &name, version).display().to_string());
-        Ok(Response::new(PrepareResponse {
-            function: Some(FunctionRef { name, version }),
-            code_dir: code,
-            package_dirs: function.package_dirs,
-            config: Some(function.config),
-            zygote_chain: function.zygote.map_or_else(Vec::new, |zygote| {
-                let root = ZygoteNode {
-                    id: "root".into(),
-                    ..ZygoteNode::default()
-                };
-                vec![root, zygote]
-            }),
-            ..PrepareResponse::default()
-        }))
-    }
-
-    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
-        if request.into_inner().rebuild {
-            self.catalog.tree_rebuilds.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Response::new(TreeResponse {
-            source: "configured".into(),
-            nodes: self.catalog.tree.lock().expect("catalog lock").clone(),
-            ..TreeResponse::default()
-        }))
-    }
-}
-
-async fn start_cache(code: PathBuf, catalog: Arc<Catalog>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cache");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        Server::builder()
-            .add_service(CacheServer::new(FakeCache { code, catalog }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
-}
+use tonic::transport::Channel;
 
 /// One test's node; dropped, it stops its sandboxd and removes what that
 /// left behind.
@@ -157,6 +29,7 @@ pub struct Node {
     /// Cancelled: the sandboxd in this process shuts down.
     pub shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<Result<(), sock_sandboxd::StartError>>>,
+    _cache: Served,
     /// Dropped last: what a failed test's sandboxd had no time to destroy.
     _instance: crate::common::Instance,
 }
@@ -178,10 +51,10 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
     let dir = tempfile::tempdir().expect("tempdir");
     let instance = crate::common::Instance::new(test);
     let catalog = Arc::new(Catalog::default());
-    let cache_addr = start_cache(dir.path().join("code"), catalog.clone()).await;
+    let cache = fake_cache::serve(dir.path().join("code"), catalog.clone()).await;
     let mut config = Config {
         listen: format!("unix:{}", dir.path().join("sandboxd.sock").display()),
-        cache_addr,
+        cache_addr: cache.endpoint().to_string(),
         data_dir: dir.path().join("data"),
         // The fake cache answers dirs below the test's dir.
         cache_data_dir: dir.path().to_path_buf(),
@@ -207,6 +80,7 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
         client,
         shutdown: CancellationToken::new(),
         served: None,
+        _cache: cache,
     })
 }
 
@@ -248,7 +122,7 @@ pub fn request(
 impl Node {
     /// Where `publish` writes version `version` of `name`'s code.
     pub fn code_dir(&self, name: &str, version: u64) -> PathBuf {
-        code_dir(&self.dir.path().join("code"), name, version)
+        fake_cache::code_dir(&self.dir.path().join("code"), name, version)
     }
 
     /// Publishes `source` as the entry file (`f.py` unless the config names
@@ -261,11 +135,7 @@ impl Node {
             entry => entry,
         };
         std::fs::write(code.join(entry), source).expect("write the entry file");
-        self.catalog
-            .functions
-            .lock()
-            .expect("catalog lock")
-            .insert(name.into(), (version, function));
+        self.catalog.publish(name, version, function);
     }
 
     pub async fn status(&self) -> StatusResponse {

@@ -1,5 +1,4 @@
 //! Function directories for tests, written into temp dirs and packed.
-use std::path::Path;
 
 /// Writes `files` (relative path, contents) into a new temp dir.
 pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -22,7 +21,5 @@ pub fn bundle(files: &[(&str, &str)]) -> Vec<u8> {
 
 /// The repository's `examples/<name>` directory.
 pub fn example(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
+    crate::repository().join("examples").join(name)
 }

@@ -147,10 +147,7 @@ print(path)
 /// index. Tests that call this need PyPI on their first run, and say
 /// `pypi` in their names.
 pub fn pypi_wheels(requirements: &[&str], python_version: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository")
-        .join("target/pypi-wheels");
+    let target = crate::repository().join("target/pypi-wheels");
     let name = requirements.join(",");
     let dir = target.join(format!("{name}-py{python_version}"));
     if dir.is_dir() {

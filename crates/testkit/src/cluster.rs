@@ -60,7 +60,7 @@ pub fn bin_dir() -> &'static Path {
             build.arg("--release");
         }
         let status = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(crate::repository())
             .status()
             .expect("run cargo build for the service binaries");
         assert!(status.success(), "building the service binaries failed");
