@@ -233,8 +233,12 @@ async fn the_sock_command_pushes_and_invokes() {
         "rm removed it"
     );
 
-    // The gateway may serve a deleted function for up to registry_cache_ms;
-    // a name never pushed fails at once.
+    // A deleted function is gone at once (the gateway forgets it, and
+    // every other gateway hears of it from the registry's watch), as a
+    // name never pushed is.
+    let out = sock(&["invoke", "hello"]);
+    assert_eq!(out.status.code(), Some(2), "a deleted function is gone");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("function 'hello' does not exist"));
     let out = sock(&["invoke", "nosuch"]);
     assert_eq!(
         out.status.code(),
