@@ -298,9 +298,8 @@ impl Service<Call> for Dispatch {
 
 async fn dispatch(nodes: &Nodes, call: Call) -> Result<Answer, Error> {
     let Call { request, deadline } = call;
-    let function = request.function.as_ref().map_or("", |f| f.name.as_str());
-    // Queueing may have used it all.
-    deadline.left_ms(function)?;
+    // A call whose budget queueing used up is refused by `invoke` before
+    // anything is sent.
     let (answer, _node) = nodes.invoke(&request, deadline).await?;
     let outcome = answer
         .outcome
