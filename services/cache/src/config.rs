@@ -14,9 +14,6 @@ pub struct Config {
     /// Where unpacked code and installed packages live; sandboxes read
     /// them through bind mounts.
     pub data_dir: PathBuf,
-    /// How long a registry answer counts as current before the next
-    /// conditional request.
-    pub registry_cache_ms: u64,
     /// Address of Prometheus `/metrics`; empty = not served.
     pub metrics_listen: String,
     /// Bearer token of `/metrics`; none = open, and then only loopback
@@ -61,7 +58,6 @@ impl Default for Config {
             listen: "127.0.0.1:7073".into(),
             registry_url: "http://127.0.0.1:7072".into(),
             data_dir: PathBuf::from(".sock/cache"),
-            registry_cache_ms: 5000,
             metrics_listen: String::new(),
             admin_token: None,
             node_token: None,

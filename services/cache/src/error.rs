@@ -131,8 +131,13 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
         let kind = match err {
-            Error::MissingFunction | Error::InvalidName { .. } | Error::InvalidBundle { .. } => {
-                ErrorKind::InvalidRequest
+            Error::MissingFunction | Error::InvalidName { .. } => ErrorKind::InvalidRequest,
+            // The registry checked this bundle with the same rules when it
+            // was pushed: one that fails them now was damaged on its way
+            // here or at rest, which is not the caller's doing.
+            Error::InvalidBundle { .. } => {
+                tracing::error!(error = %message, "a bundle the registry accepted fails validation");
+                ErrorKind::Platform
             }
             // The function's own requirements: only a new push helps.
             Error::Requirement { .. }

@@ -3,8 +3,8 @@
 //! `sock.v1.Cache/Prepare` makes sure a function's code is unpacked on
 //! local disk, where sandboxd bind-mounts it into sandboxes. Bundles come
 //! from the registry's HTTP store with conditional requests
-//! (`If-None-Match` / `If-Modified-Since`), at most once per
-//! `registry_cache_ms` per function unless a newer version is asked for.
+//! (`If-None-Match` / `If-Modified-Since`): an exact version once, "the
+//! latest" (version 0) on each ask.
 //! The cache runs unprivileged; it is where untrusted archives get
 //! unpacked, never sandboxd.
 #![forbid(unsafe_code)]

@@ -5,8 +5,10 @@
 //! prepares exactly the version asked: from disk when it is unpacked there
 //! (the slot's, or the one kept beside it), else by one
 //! `GET /functions/{name}/versions/{n}`; a version never changes, so it is
-//! never revalidated. Version 0 means "the latest": a slot checked within
-//! `registry_cache_ms` answers with no HTTP, otherwise one conditional GET.
+//! never revalidated. Version 0 means "the latest" and costs one
+//! conditional GET each time (a 304 when nothing changed): only callers
+//! that did not resolve a version ask for it (the gateway always asks an
+//! exact one), so the cache needs no lifetime setting of its own.
 //! A fetch is a spawned task that owns the slot's lock, so concurrent
 //! callers share it and a caller that gives up does not cancel it. The cache
 //! trusts that a version number names one bundle: after the registry's data
@@ -14,7 +16,6 @@
 //! package half follows (`plan.rs`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
@@ -26,8 +27,6 @@ use crate::store::{Installed, Store};
 pub(crate) struct Preparer {
     store: Arc<Store>,
     registry: Registry,
-    /// How long a registry answer counts as current.
-    fresh_for: Duration,
     metrics: Arc<Metrics>,
     /// One slot per function name. Its async lock is held across the
     /// fetch, so concurrent prepares of one function share one request
@@ -40,29 +39,21 @@ struct Slot {
     /// Whether `current` was looked up on disk after a restart.
     loaded: bool,
     current: Option<Installed>,
-    /// When the registry last confirmed `current`.
-    checked_at: Option<Instant>,
 }
 
 impl Preparer {
-    pub(crate) fn new(
-        store: Store,
-        registry: Registry,
-        fresh_for: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Preparer {
+    pub(crate) fn new(store: Store, registry: Registry, metrics: Arc<Metrics>) -> Preparer {
         Preparer {
             store: Arc::new(store),
             registry,
-            fresh_for,
             metrics,
             slots: Mutex::default(),
         }
     }
 
     /// Makes sure version `asked` of `name` is unpacked, and says where;
-    /// `asked` 0 means the latest, as the registry knows it at most
-    /// `fresh_for` ago. A version never changes, so an exact one is never
+    /// `asked` 0 means the latest, as the registry knows it now. A version
+    /// never changes, so an exact one is never
     /// revalidated: whoever resolved it (a gateway) decides which runs.
     #[tracing::instrument(name = "cache.prepare", skip_all, fields(function = %name, version = asked, prepared))]
     pub(crate) async fn prepare(
@@ -81,23 +72,20 @@ impl Preparer {
             slot.loaded = true;
         }
 
-        let on_hand = match asked {
-            0 => slot.current.clone().filter(|_| {
-                slot.checked_at
-                    .is_some_and(|at| at.elapsed() < self.fresh_for)
-            }),
-            _ => match slot.current.clone().filter(|c| c.version == asked) {
-                Some(current) => Some(current),
-                // The version before the current one stays on disk while
-                // sandboxes may run it (see `Store::prune`).
-                None => {
-                    let store = self.store.clone();
-                    let owned = name.to_string();
-                    tokio::task::spawn_blocking(move || store.installed(&owned, asked))
-                        .await
-                        .expect("reading the cache's own files does not panic")
-                }
-            },
+        // "The latest" is asked of the registry each time; an exact version
+        // is on disk if it was prepared before.
+        let on_hand = if asked == 0 {
+            None
+        } else if let Some(current) = slot.current.clone().filter(|c| c.version == asked) {
+            Some(current)
+        } else {
+            // The version before the current one stays on disk while
+            // sandboxes may run it (see `Store::prune`).
+            let store = self.store.clone();
+            let owned = name.to_string();
+            tokio::task::spawn_blocking(move || store.installed(&owned, asked))
+                .await
+                .expect("reading the cache's own files does not panic")
         };
         let prepared = match on_hand {
             Some(installed) => {
@@ -206,13 +194,11 @@ impl Preparer {
             Err(Error::NotFound { name }) => {
                 // Deleted from the registry: stop serving it.
                 slot.current = None;
-                slot.checked_at = None;
                 return Err(Error::NotFound { name });
             }
             Err(other) => return Err(other),
         }
 
-        slot.checked_at = Some(Instant::now());
         Ok(slot
             .current
             .clone()

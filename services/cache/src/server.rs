@@ -53,12 +53,7 @@ pub async fn run(
     sock_service::serve_metrics(&config.metrics_listen, exposed, &tokens, stop.clone())
         .await
         .map_err(StartError::Metrics)?;
-    let preparer = Preparer::new(
-        store,
-        registry,
-        Duration::from_millis(config.registry_cache_ms),
-        metrics,
-    );
+    let preparer = Preparer::new(store, registry, metrics);
     let planner = Arc::new(planner);
     tokio::spawn(relearn(
         planner.clone(),

@@ -24,9 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Long enough that no test outlives it.
-const FOREVER_MS: u64 = 3_600_000;
-
 /// One HTTP request the cache made to the registry, as the proxy saw it.
 #[derive(Clone, Debug)]
 struct Exchange {
@@ -167,18 +164,13 @@ where
     }
 }
 
-async fn start_cache(
-    data_dir: &Path,
-    registry_url: String,
-    registry_cache_ms: u64,
-) -> (Server, CacheClient<Channel>) {
+async fn start_cache(data_dir: &Path, registry_url: String) -> (Server, CacheClient<Channel>) {
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
     let config = sock_cache::Config {
         listen: addr.to_string(),
         registry_url,
         data_dir: data_dir.to_path_buf(),
-        registry_cache_ms,
         ..Default::default()
     };
     let server = spawn(|shutdown| sock_cache::run(config, listener, shutdown));
@@ -189,7 +181,7 @@ async fn start_cache(
 }
 
 impl Stack {
-    async fn start(registry_cache_ms: u64) -> Stack {
+    async fn start() -> Stack {
         let registry = start_registry().await;
         let upstream = Arc::new(Mutex::new(registry.server.http_url()));
 
@@ -214,8 +206,7 @@ impl Stack {
         });
 
         let cache_dir = tempfile::tempdir().unwrap();
-        let (cache, client) =
-            start_cache(cache_dir.path(), proxy_addr.clone(), registry_cache_ms).await;
+        let (cache, client) = start_cache(cache_dir.path(), proxy_addr.clone()).await;
         Stack {
             registry,
             upstream,
@@ -355,7 +346,7 @@ fn read_code(response: &PrepareResponse) -> String {
 
 #[tokio::test]
 async fn first_prepare_unpacks_the_code_and_answers_its_config() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
 
     let prepared = stack.prepare("hello", version).await.unwrap();
@@ -392,7 +383,7 @@ async fn first_prepare_unpacks_the_code_and_answers_its_config() {
 
 #[tokio::test]
 async fn version_zero_means_the_latest() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     stack.push("hello", "one").await;
     let latest = stack.push("hello", "two").await;
 
@@ -403,20 +394,8 @@ async fn version_zero_means_the_latest() {
 }
 
 #[tokio::test]
-async fn a_second_prepare_within_the_window_makes_no_request() {
-    let mut stack = Stack::start(FOREVER_MS).await;
-    let version = stack.push("hello", "one").await;
-
-    let first = stack.prepare("hello", version).await.unwrap();
-    let second = stack.prepare("hello", version).await.unwrap();
-
-    assert_eq!(first, second);
-    assert_eq!(stack.requests(), 1);
-}
-
-#[tokio::test]
 async fn an_exact_version_is_never_asked_for_again() {
-    let mut stack = Stack::start(0).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
 
     let first = stack.prepare("hello", version).await.unwrap();
@@ -433,8 +412,8 @@ async fn an_exact_version_is_never_asked_for_again() {
 }
 
 #[tokio::test]
-async fn after_the_window_a_304_keeps_the_latest_in_the_same_dir() {
-    let mut stack = Stack::start(0).await;
+async fn the_latest_is_asked_each_time_and_a_304_keeps_it_in_the_same_dir() {
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
 
     let first = stack.prepare("hello", 0).await.unwrap();
@@ -457,8 +436,8 @@ async fn after_the_window_a_304_keeps_the_latest_in_the_same_dir() {
 }
 
 #[tokio::test]
-async fn a_new_push_is_the_latest_after_the_window() {
-    let mut stack = Stack::start(0).await;
+async fn a_new_push_is_the_latest_at_once() {
+    let mut stack = Stack::start().await;
     let v1 = stack.push("hello", "one").await;
     let first = stack.prepare("hello", 0).await.unwrap();
     assert_eq!(version_of(&first), v1);
@@ -475,8 +454,8 @@ async fn a_new_push_is_the_latest_after_the_window() {
 }
 
 #[tokio::test]
-async fn asking_for_a_newer_version_fetches_within_the_window() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+async fn asking_for_a_newer_version_fetches_it_and_an_older_one_is_not_asked_again() {
+    let mut stack = Stack::start().await;
     let v1 = stack.push("hello", "one").await;
     stack.prepare("hello", v1).await.unwrap();
     let v2 = stack.push("hello", "two").await;
@@ -495,7 +474,7 @@ async fn asking_for_a_newer_version_fetches_within_the_window() {
 
 #[tokio::test]
 async fn the_version_asked_is_served_after_newer_pushes_until_the_registry_drops_it() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let v1 = stack.push("hello", "one").await;
     let v2 = stack.push("hello", "two").await;
 
@@ -536,7 +515,7 @@ async fn the_version_asked_is_served_after_newer_pushes_until_the_registry_drops
 
 #[tokio::test]
 async fn a_version_not_pushed_yet_is_not_found() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
 
     let status = stack.prepare("hello", version + 5).await.unwrap_err();
@@ -558,7 +537,7 @@ async fn a_version_not_pushed_yet_is_not_found() {
 
 #[tokio::test]
 async fn only_the_two_newest_versions_stay_on_disk() {
-    let mut stack = Stack::start(0).await;
+    let mut stack = Stack::start().await;
     for marker in ["one", "two", "three"] {
         let version = stack.push("hello", marker).await;
         stack.prepare("hello", version).await.unwrap();
@@ -572,7 +551,7 @@ async fn only_the_two_newest_versions_stay_on_disk() {
 
 #[tokio::test]
 async fn an_unknown_function_is_not_found() {
-    let stack = Stack::start(FOREVER_MS).await;
+    let stack = Stack::start().await;
 
     let status = stack.prepare("nope", 1).await.unwrap_err();
 
@@ -585,7 +564,7 @@ async fn an_unknown_function_is_not_found() {
 
 #[tokio::test]
 async fn an_invalid_name_is_refused_before_any_request() {
-    let stack = Stack::start(FOREVER_MS).await;
+    let stack = Stack::start().await;
 
     for name in ["../etc", "Hel lo", ""] {
         let status = stack.prepare(name, 1).await.unwrap_err();
@@ -595,14 +574,20 @@ async fn an_invalid_name_is_refused_before_any_request() {
 }
 
 #[tokio::test]
-async fn a_bundle_that_fails_validation_is_invalid_argument_and_leaves_nothing() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+async fn a_bundle_damaged_after_its_push_is_a_platform_error_and_leaves_nothing() {
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
     *stack.corrupt_body.lock().unwrap() = Some(b"this is not a gzip file");
 
     let status = stack.prepare("hello", version).await.unwrap_err();
 
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // The registry validated it at push: the caller did nothing wrong.
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        ErrorKind::stamped(&status),
+        Some(ErrorKind::Platform),
+        "{status:?}"
+    );
     assert!(status.message().contains("gzip"), "{status:?}");
     assert!(!stack.cache_dir.path().join("code/hello/1").exists());
     stack.assert_no_staging_left();
@@ -610,7 +595,7 @@ async fn a_bundle_that_fails_validation_is_invalid_argument_and_leaves_nothing()
 
 #[tokio::test]
 async fn with_the_registry_stopped_the_cached_copy_is_still_served() {
-    let mut stack = Stack::start(0).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
     stack.push("other", "one").await;
     let before = stack.prepare("hello", version).await.unwrap();
@@ -630,13 +615,12 @@ async fn with_the_registry_stopped_the_cached_copy_is_still_served() {
 
 #[tokio::test]
 async fn a_restarted_cache_revalidates_its_copy_and_serves_it_without_the_registry() {
-    let mut stack = Stack::start(0).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
     let before = stack.prepare("hello", version).await.unwrap();
     stack.cache.stop().await;
 
-    let (mut cache, client) =
-        start_cache(stack.cache_dir.path(), stack.proxy_addr.clone(), 0).await;
+    let (mut cache, client) = start_cache(stack.cache_dir.path(), stack.proxy_addr.clone()).await;
     // The exact version is on disk: no request at all.
     let exact = prepare(client.clone(), "hello", version).await.unwrap();
     assert_eq!(exact, before);
@@ -649,14 +633,14 @@ async fn a_restarted_cache_revalidates_its_copy_and_serves_it_without_the_regist
 
     stack.stop_registry().await;
     cache.stop().await;
-    let (_cache, client) = start_cache(stack.cache_dir.path(), stack.proxy_addr.clone(), 0).await;
+    let (_cache, client) = start_cache(stack.cache_dir.path(), stack.proxy_addr.clone()).await;
     let offline = prepare(client, "hello", version).await.unwrap();
     assert_eq!(offline, before);
 }
 
 #[tokio::test]
 async fn concurrent_prepares_share_one_fetch_and_one_dir() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
     stack.open.send_replace(false);
 
@@ -689,7 +673,7 @@ async fn concurrent_prepares_share_one_fetch_and_one_dir() {
 
 #[tokio::test]
 async fn different_functions_do_not_wait_on_each_other() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let v = stack.push("slow", "one").await;
     stack.push("fast", "one").await;
     // Warm "fast" first, then hold every registry request: a prepare of
@@ -710,7 +694,7 @@ async fn different_functions_do_not_wait_on_each_other() {
 
 #[tokio::test]
 async fn a_fetch_outlives_a_caller_that_gave_up() {
-    let mut stack = Stack::start(FOREVER_MS).await;
+    let mut stack = Stack::start().await;
     let version = stack.push("hello", "one").await;
     stack.open.send_replace(false);
 
@@ -740,7 +724,7 @@ async fn a_fetch_outlives_a_caller_that_gave_up() {
 
 #[tokio::test]
 async fn a_reset_registry_reuses_an_identical_copy_and_replaces_a_different_one() {
-    let mut stack = Stack::start(0).await;
+    let mut stack = Stack::start().await;
     stack.push("hello", "one").await;
     let first = stack.prepare("hello", 0).await.unwrap();
     stack.push("hello", "two").await;
