@@ -5,7 +5,8 @@
 //!   [`InitSpec`] in, a sandboxed runtime out) with its root file system
 //!   ([`mounts`]), its namespaces and the pool of network namespaces
 //!   ([`namespaces`]), and its cgroup ([`cgroups`]), both pools keeping
-//!   their spares alike (`spares`);
+//!   their spares alike ([`spares`], which sandboxd's zygotes use for their
+//!   parked children too);
 //! - lock down this process: the one lockdown every sandbox process goes
 //!   through, for every birth path ([`Lockdown`]), with the seccomp
 //!   programs it installs ([`seccomp`]: the rules, their compilation and
@@ -59,7 +60,7 @@ pub mod namespaces;
 mod proc;
 pub mod protocol;
 pub mod seccomp;
-mod spares;
+pub mod spares;
 mod zygote;
 
 pub use init::{INIT_ARG, InitSpec, sandbox_init};

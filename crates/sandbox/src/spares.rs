@@ -1,8 +1,11 @@
 //! Things made ahead of need, so that starting a sandbox makes none: the
-//! empty cgroups of [`CgroupPool`] and the network namespaces of
-//! [`NetnsPool`]. Both keep up to a cap, are taken last in first out,
-//! refill one refill at a time, and, once closed, keep and make nothing
-//! more. What an item is, and how it is made and thrown away, is theirs.
+//! empty cgroups of [`CgroupPool`], the network namespaces of
+//! [`NetnsPool`] and the children sandboxd's zygotes park. All keep up to a
+//! cap, are taken last in first out, refill one refill at a time, and, once
+//! closed, keep and make nothing more. What an item is, and how it is made
+//! and thrown away, is theirs; a zygote, whose children are forked
+//! asynchronously and wanted by demand, puts them one by one instead of
+//! [`Spares::refill`].
 //!
 //! [`CgroupPool`]: crate::cgroups::CgroupPool
 //! [`NetnsPool`]: crate::namespaces::NetnsPool
@@ -10,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Up to `cap` items ready to take.
 #[derive(Debug)]
-pub(crate) struct Spares<T> {
+pub struct Spares<T> {
     held: Mutex<Held<T>>,
     /// Held while refilling, so that close waits for a refill under way.
     refilling: Mutex<()>,
@@ -49,6 +52,10 @@ impl<T> Spares<T> {
     /// Items ready right now.
     pub fn len(&self) -> usize {
         self.held().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held().items.is_empty()
     }
 
     pub fn is_closed(&self) -> bool {

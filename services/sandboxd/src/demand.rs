@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Most children one zygote keeps parked.
-const MAX_SPARES: usize = 4;
+pub(crate) const MAX_SPARES: usize = 4;
 /// How long a peak of concurrent forks keeps its spares wanted.
 const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 

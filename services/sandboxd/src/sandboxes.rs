@@ -91,8 +91,15 @@ impl Shared {
         cgroup
     }
 
-    /// Kills what is in a cgroup no sandbox owns and gives it back (blocks).
-    pub fn recycle(&self, cgroup: &SandboxCgroup) {
+    /// Kills what is in a cgroup no sandbox owns and gives it back, on a
+    /// blocking thread: killing waits for the cgroup to empty.
+    pub async fn recycle(self: &Arc<Self>, cgroup: SandboxCgroup) {
+        let shared = self.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.cgroups.recycle(&cgroup)).await;
+    }
+
+    /// [`recycle`](Self::recycle) on the calling thread, for a drop.
+    pub fn recycle_here(&self, cgroup: &SandboxCgroup) {
         self.cgroups.recycle(cgroup);
     }
 

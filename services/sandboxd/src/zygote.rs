@@ -45,11 +45,12 @@ use sock_sandbox::init::{ZygoteInit, envp};
 use sock_sandbox::mounts::{self, RealHost, RootSpec};
 use sock_sandbox::protocol::{self, ForkKind, ForkRequest, Header};
 use sock_sandbox::seccomp::{self, Profile, Programs};
+use sock_sandbox::spares::Spares;
 use tokio::net::UnixStream;
 use tracing::Instrument;
 
 use crate::children::{ChildOf, Children};
-use crate::demand::{Demand, Forking};
+use crate::demand::{Demand, Forking, MAX_SPARES};
 use crate::error::Error;
 use crate::fork::{cgroup_files, output_pipes, send, socketpair};
 use crate::logs::forward_logs;
@@ -98,7 +99,7 @@ pub struct Zygote {
     children: Children,
     last_fork: Mutex<Instant>,
     /// Children forked ahead of need; see [`Zygote::park_spare`].
-    spares: Mutex<Vec<Spare>>,
+    spares: Spares<Spare>,
     /// Held while spares are parked: one refill at a time.
     parking: tokio::sync::Mutex<()>,
     demand: Mutex<Demand>,
@@ -229,7 +230,7 @@ impl Zygote {
             control: tokio::sync::Mutex::new(control),
             children: Children::default(),
             last_fork: Mutex::new(Instant::now()),
-            spares: Mutex::new(Vec::new()),
+            spares: Spares::new(MAX_SPARES),
             parking: tokio::sync::Mutex::new(()),
             demand: Mutex::new(Demand::new(Instant::now())),
             shared: shared.clone(),
@@ -313,8 +314,12 @@ impl Zygote {
         self.children.retire_if_none()
     }
 
-    /// Kills the zygote (and any child still running). Idempotent.
+    /// Kills the zygote (and any child still running) and its parked
+    /// children. Idempotent.
     pub async fn destroy(&self) {
+        for spare in self.spares.close() {
+            spare.discard().await;
+        }
         let sandbox = self
             .sandbox
             .lock()
@@ -365,8 +370,7 @@ impl Zygote {
         };
         let parent = self.enter_child()?;
         let _forking = Forking::start(&self.demand);
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(spare) = spare {
+        if let Some(spare) = self.spares.take() {
             match self.give(&parent, spare, &plan, &request).await {
                 Ok(sandbox) => return Ok(sandbox),
                 Err(e) => {
@@ -539,8 +543,7 @@ impl Zygote {
         let uid = match shared.uids.take() {
             Ok(uid) => uid,
             Err(e) => {
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                shared.recycle(cgroup).await;
                 return Err(e);
             }
         };
@@ -550,8 +553,7 @@ impl Zygote {
             ..request.clone()
         };
         if let Err(e) = cgroup.set_limits(plan.limits) {
-            let shared = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+            shared.recycle(cgroup).await;
             return Err(e.into());
         }
         let cgroup = shared.adopt(&id, cgroup);
@@ -611,16 +613,17 @@ impl Zygote {
                 return Ok(());
             }
             let spare = self.park(shared.cgroup_limits(&Default::default())).await?;
-            self.spares
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(spare);
+            if let Err(unwanted) = self.spares.put(spare) {
+                // Destroyed meanwhile.
+                unwanted.discard().await;
+                return Ok(());
+            }
         }
     }
 
     /// Children parked right now.
     pub fn parked(&self) -> usize {
-        self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.spares.len()
     }
 
     /// Forks a child into a pool cgroup with `limits` and its own
@@ -636,8 +639,7 @@ impl Zygote {
                 shared: shared.clone(),
             }),
             Err(e) => {
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || shared.recycle(&cgroup)).await;
+                shared.recycle(cgroup).await;
                 Err(e)
             }
         }
@@ -724,10 +726,23 @@ struct Spare {
     shared: Arc<Shared>,
 }
 
+impl Spare {
+    /// Kills the child and gives its cgroup back, on a blocking thread.
+    async fn discard(mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            self.shared.recycle(cgroup).await;
+        }
+    }
+}
+
+/// [`Zygote::destroy`] discards parked children on a blocking thread; this
+/// covers one dropped undiscarded (a zygote dropped undestroyed), on the
+/// dropping thread, because a task queued at shutdown may never run and
+/// would leave its cgroup behind.
 impl Drop for Spare {
     fn drop(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
-            self.shared.recycle(&cgroup);
+            self.shared.recycle_here(&cgroup);
         }
     }
 }
