@@ -67,7 +67,7 @@ async fn tokens_logs_and_metrics() {
     // The call's output, tagged with its id, from both streams.
     let started = Instant::now();
     loop {
-        let mut lines = gateway
+        let lines = gateway
             .logs(with_token(
                 LogsRequest {
                     function: "chatty".into(),
@@ -78,10 +78,11 @@ async fn tokens_logs_and_metrics() {
             .await
             .expect("logs")
             .into_inner();
-        let mut got = Vec::new();
-        while let Some(line) = lines.message().await.expect("line") {
-            got.push((line.call_id, line.stream, line.line));
-        }
+        let got: Vec<_> = sock_testkit::collect(lines)
+            .await
+            .into_iter()
+            .map(|line| (line.call_id, line.stream, line.line))
+            .collect();
         let want = [
             (
                 answer.call_id.clone(),

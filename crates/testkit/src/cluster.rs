@@ -179,7 +179,7 @@ impl Cluster {
             self.authed(&self.endpoints.gateway, sock_cli::tokens::Kind::Admin)
                 .await,
         );
-        let mut stream = gateway
+        let stream = gateway
             .logs(LogsRequest {
                 function: function.into(),
                 follow: false,
@@ -187,11 +187,7 @@ impl Cluster {
             .await
             .expect("logs")
             .into_inner();
-        let mut lines = Vec::new();
-        while let Some(line) = stream.message().await.expect("a log line") {
-            lines.push(line);
-        }
-        lines
+        crate::collect(stream).await
     }
 
     /// A channel to `addr` that sends this cluster's `kind` token.
@@ -258,6 +254,7 @@ impl Cluster {
 
     pub async fn sandboxd(&self) -> SandboxdClient<Channel> {
         SandboxdClient::new(channel(&self.endpoints.sandboxd).await)
+            .carrying(sock_service::limits::MAX_CALL_BYTES)
     }
 
     /// sandboxd's `Status`.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sock_gateway::Config;
 use sock_proto::v1::gateway_client::GatewayClient;
+use sock_service::limits::Carrying;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,7 @@ impl Gateway {
                 .expect("gateway URL")
                 .connect_lazy(),
         )
+        .carrying(sock_service::limits::MAX_CALL_BYTES)
     }
 
     /// Stops it as SIGTERM would (calls in flight finish, Kafka consumers

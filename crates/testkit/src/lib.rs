@@ -28,3 +28,13 @@ pub fn repository() -> &'static Path {
         .nth(2)
         .expect("this crate is crates/testkit of the repository")
 }
+
+/// Every message of a server stream that ends (a `Logs` that does not
+/// follow, a watch cut by shutdown).
+pub async fn collect<T>(mut stream: tonic::Streaming<T>) -> Vec<T> {
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await.expect("a streamed message") {
+        messages.push(message);
+    }
+    messages
+}

@@ -761,7 +761,7 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
     let registry = Registry::start().await;
     let (_, served) = FakeSandboxd::start().await;
     let gateway = Gateway::start(config(&registry.endpoint(), served.endpoint())).await;
-    let mut lines = gateway
+    let lines = gateway
         .client()
         .logs(LogsRequest {
             function: "plain".into(),
@@ -771,7 +771,7 @@ async fn logs_are_gathered_from_the_nodes_in_time_order() {
         .expect("logs")
         .into_inner();
     let mut got = Vec::new();
-    while let Some(line) = lines.message().await.expect("line") {
+    for line in sock_testkit::collect(lines).await {
         assert_eq!(line.node, served.endpoint(), "each line names its node");
         got.push(line.call_id);
     }

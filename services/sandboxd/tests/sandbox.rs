@@ -25,7 +25,7 @@ fn fixture(test: &str, f_py: &str) -> Option<Fixture> {
 
 /// A fixture whose sandboxd config `adjust` changed first.
 fn fixture_with(test: &str, f_py: &str, adjust: impl FnOnce(&mut Config)) -> Option<Fixture> {
-    if !common::have_root(test) {
+    if !common::have_root() {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -42,7 +42,7 @@ struct Fixture {
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
-    if !common::have_root(test) {
+    if !common::have_root() {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -20,7 +20,7 @@ struct Fixture {
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
-    if !common::have_root(test) {
+    if !common::have_root() {
         return None;
     }
     // What the sandboxes print (the zygote's and its children's setup

@@ -8,7 +8,7 @@ use crate::node::Node;
 impl Node {
     /// The kept lines of `function`.
     pub async fn logs(&self, function: &str) -> Vec<LogLine> {
-        let mut stream = self
+        let stream = self
             .client
             .clone()
             .logs(LogsRequest {
@@ -18,10 +18,6 @@ impl Node {
             .await
             .expect("logs")
             .into_inner();
-        let mut lines = Vec::new();
-        while let Some(line) = stream.message().await.expect("a log line") {
-            lines.push(line);
-        }
-        lines
+        sock_testkit::collect(stream).await
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use sock_proto::v1::sandboxd_client::SandboxdClient;
 use sock_proto::v1::{FunctionRef, SandboxInvokeRequest, StatusRequest, StatusResponse};
 use sock_sandboxd::Config;
+use sock_service::limits::Carrying;
 use sock_testkit::fake_cache::{self, Catalog, Function};
 use sock_testkit::serve::Served;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +46,7 @@ impl Drop for Node {
 /// A node with its dir, fake cache and config (`tune` applied) but no
 /// sandboxd yet; `None` where the test may not run (see `have_root`).
 pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> {
-    if !crate::common::have_root(test) {
+    if !crate::common::have_root() {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -71,7 +72,8 @@ pub async fn set_up(test: &str, tune: impl FnOnce(&mut Config)) -> Option<Node> 
         tonic::transport::Endpoint::from_shared(config.listen.clone())
             .expect("endpoint")
             .connect_lazy(),
-    );
+    )
+    .carrying(sock_service::limits::MAX_CALL_BYTES);
     Some(Node {
         dir,
         _instance: instance,
