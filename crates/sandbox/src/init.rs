@@ -15,6 +15,9 @@
 //! own uid, no capabilities, the allow-list filter compiled once at
 //! sandboxd's start and passed in the spec), cwd `/code`:
 //! `python3 -I -S -B /sock/sock_runtime.py /code ENTRY [/packages/N…]`.
+//! Its environment is a clean one, nothing of the host's: `PATH`, `HOME`
+//! (`/tmp`), `LANG` and `PYTHONDONTWRITEBYTECODE`, then ol.yaml's
+//! `environment` over them ([`envp`], also for a zygote's children).
 //! A source build's spec names pip's command instead; a root zygote's
 //! ([`ZygoteInit`]) makes the runtime leave host root for `zygote_uid`
 //! before it creates its user namespace, so that namespace, and every

@@ -3,7 +3,8 @@
 //!
 //! The schedules come from the registry's `ListFunctions` (its answer
 //! holds each function's config), asked every `cron_refresh_ms` and at
-//! once after a push or delete through this gateway's `/registry`. At a
+//! once when the registry announces a change (`watch`) or a push or delete
+//! goes through this gateway's `/registry`. At a
 //! fire time each gateway asks the registry to `ClaimFiring` (function,
 //! schedule, fire time) for itself; the first claimant wins and fires, the
 //! others count the firing as lost. A lease per firing rather than a

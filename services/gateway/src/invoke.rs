@@ -5,11 +5,11 @@
 //!
 //! In order: `validate_name` → payload ≤ `max_payload_bytes` → the
 //! function's version and config (`metadata`: one registry `GetFunction`
-//! per name, kept until the registry announces a change (`watch`) or, while
-//! the watch is down, for `registry_cache_ms`; an outage serves the last
-//! known version) → the HTTP method against `triggers.http` (405 and
-//! `Allow`) → the budget, worked out once (`deadline`: the least of
-//! `timeout_ms` or `x-sock-timeout-ms`, the gRPC deadline, and the
+//! per name, kept until the registry announces a change (`watch`) and at
+//! most `registry_cache_ms`; an outage serves the last known version) →
+//! the HTTP method against `triggers.http` (405 and `Allow`) → the
+//! budget, worked out once (`deadline`: the least of `timeout_ms` or
+//! `x-sock-timeout-ms`, the gRPC deadline, and the
 //! function's limit or `default_timeout_ms`) → admission (`admission`: the
 //! per-function, then the global concurrency limit, one shared queue of
 //! `max_queue`, waits bounded by the deadline) → a node (`nodes`), which
@@ -23,6 +23,12 @@
 //! (`wsgi_entry`) is INVALID_ARGUMENT; of an app found by discovery, the
 //! runtime's `invalid_payload`. Cron firings and Kafka messages come
 //! through `Invoker::invoke` like HTTP calls.
+//!
+//! Each call's id (a UUID) and its `invoke` span are made by whatever
+//! brought it in (`grpc::call_span`). The id goes to sandboxd, which tags
+//! the call's log lines with it, and back to the caller as
+//! `x-sock-call-id` (also `InvokeResponse.call_id`, and `call_id` in an
+//! HTTP error body).
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

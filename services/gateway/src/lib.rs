@@ -17,6 +17,12 @@
 //! `invoke_token` for `Invoke` and `/run`, `admin_token` for `Logs`,
 //! `Tree`, `/registry…` and `/metrics`; `/status` is open. The gateway
 //! sends `node_token` to the registry and to nodes reached over TCP.
+//!
+//! The registry and the nodes are connected to lazily ([`run`]): the
+//! gateway starts, and reports SERVING, while they are down, and each call
+//! reports what it could not reach. At shutdown both servers stop taking
+//! calls, those in flight finish, and the cron scheduler, the Kafka
+//! consumers and the watch stop with them.
 #![forbid(unsafe_code)]
 
 mod admission;

@@ -3,10 +3,11 @@
 //! Calls of one function go to the same node (rendezvous hashing on the
 //! function name), so its warm sandboxes and zygotes are reused. A node is
 //! skipped while it is unhealthy (its `grpc.health.v1` check fails, or a
-//! call could not reach it) and, while it runs `max_in_flight` calls, new
-//! calls spill to the next node in the function's order. A call that could
-//! not be sent at all (connection refused, connect timeout) is retried once
-//! on the next node; a call that may have started is never retried.
+//! call could not reach it) and, while it runs `max_concurrency_per_node`
+//! calls, new calls spill to the next node in the function's order. A call
+//! that could not be sent at all (connection refused, connect timeout) is
+//! retried once on the next node; a call that may have started is never
+//! retried.
 //!
 //! The nodes are `sandboxd_addrs` (URLs, `unix:PATH`, or `dns:HOST:PORT`
 //! for every address the name resolves to, resolved again every

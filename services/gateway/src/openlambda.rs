@@ -22,9 +22,11 @@
 //! `max_bundle_mb` (32; keep it equal to the registry's) are refused unread;
 //! the registry validates the bundle, and its refusals keep their message.
 //! A push or delete drops the function from this gateway's metadata cache,
-//! so its next `/run` sees the change at once (other gateways after
-//! `registry_cache_ms`), and makes its cron scheduler read the schedules
-//! again at once (other gateways after `cron_refresh_ms`).
+//! so its next `/run` sees the change at once, and makes its cron
+//! scheduler read the schedules again at once, without waiting for the
+//! registry's announcement; other gateways act on that announcement
+//! (`watch`), or after `registry_cache_ms` and `cron_refresh_ms` while
+//! their watch is down.
 use std::sync::Arc;
 
 use axum::Router;

@@ -5,7 +5,8 @@
 //! deletes functions; every push is validated as a hostile archive before
 //! anything is stored, and a refused push leaves the previous version
 //! serving. The HTTP store serves the latest bundle of each function with
-//! ETag / Last-Modified validators and answers 304 to a current copy.
+//! ETag / Last-Modified validators and answers 304 to a current copy; the
+//! latest and the previous version are also served by number.
 //!
 //! With no token configured at all, the registry serves loopback only.
 #![forbid(unsafe_code)]

@@ -1,15 +1,20 @@
 //! One call over the frame protocol: the request (an invoke or an HTTP
 //! request) as it goes over a sandbox's socket, the reply read back, and
 //! what it means for the caller ([`Outcome`]). The sandbox that owns the
-//! socket ([`crate::sandbox`]) decides what a failed exchange does to it.
+//! socket ([`crate::sandbox`]) decides what a failed exchange does to it:
+//! `Sandbox::invoke` runs the exchange under the call's time, and on a
+//! timeout, a runtime gone, a reply over `max_result_bytes` or a broken
+//! frame it destroys the sandbox and answers the outcome below.
 //!
 //! A timeout is TIMEOUT "function exceeded its timeout of N ms", an OOM
 //! kill OUT_OF_MEMORY "function ran out of memory (limit N MB)"; both
 //! destroy the sandbox. Other outcomes: the runtime's `invalid_result` is
-//! FUNCTION; a runtime gone is OUT_OF_MEMORY when the memory cgroup saw an
-//! OOM kill, else KILLED; an init that exits 125 before `ready` is a
-//! failed setup (`platform`, the details only in the log); an entry file
-//! that does not import is CANNOT_START.
+//! FUNCTION, and so is a reply over `max_result_bytes` (naming its size
+//! and the limit); a broken frame is KILLED; a runtime gone is
+//! OUT_OF_MEMORY when the memory cgroup saw an OOM kill, else KILLED; an
+//! init that exits 125 before `ready` is a failed setup (`platform`, the
+//! details only in the log); an entry file that does not import is
+//! CANNOT_START.
 use sock_proto::v1::{ErrorKind, FunctionError, HttpHeader, HttpRequest, HttpResponse};
 use sock_sandbox::protocol::{self, Header, ProtocolError, RuntimeErrorKind};
 use tokio::net::UnixStream;

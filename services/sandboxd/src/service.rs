@@ -7,6 +7,14 @@
 //! the same snapshot. `Tree` is `report.rs`'s; `Logs` serves `logs.rs`'s
 //! rings. A cold start whose `Prepare` answers source builds runs them
 //! (`build.rs`) and asks again, at most 16 rounds.
+//!
+//! `Invoke` takes the budget the gateway sent (0: the node's `timeout_ms`;
+//! capped at `max_timeout_ms`) and hands the call to `warm.rs`. On a miss
+//! it asks the cache to `Prepare` the version asked, and takes the answer
+//! only when it is that version and every dir it names lies below
+//! `cache_data_dir` (`inside_cache`): root mounts nothing else.
+//! At SIGTERM the server stops taking calls, lets those in flight finish
+//! for `shutdown_grace_ms`, then destroys every sandbox.
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
