@@ -106,7 +106,9 @@ impl Endpoints {
         staged
             .as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        staged.persist(data_dir.join(FILE_NAME)).map_err(|e| e.error)?;
+        staged
+            .persist(data_dir.join(FILE_NAME))
+            .map_err(|e| e.error)?;
         Ok(())
     }
 }

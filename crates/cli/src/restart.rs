@@ -114,10 +114,7 @@ mod tests {
         for _ in 1..FAST_EXITS_ALLOWED {
             delay(restarts.exited(None));
         }
-        assert!(matches!(
-            restarts.exited(None),
-            Verdict::GiveUp { .. }
-        ));
+        assert!(matches!(restarts.exited(None), Verdict::GiveUp { .. }));
     }
 
     #[test]

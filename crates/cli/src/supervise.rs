@@ -103,7 +103,12 @@ pub async fn start_all(
     for (service, child) in services.iter().zip(children.iter_mut()) {
         until_serving(service, child, deadline)
             .await
-            .map_err(|how| anyhow!("sock-{} {how} during start-up; its log is above", service.name))?;
+            .map_err(|how| {
+                anyhow!(
+                    "sock-{} {how} during start-up; its log is above",
+                    service.name
+                )
+            })?;
     }
     Ok(())
 }
@@ -134,7 +139,10 @@ impl Record {
             None => endpoints.pids.remove(service),
         };
         if let Err(e) = endpoints.write(&self.data_dir) {
-            eprintln!("cannot update the endpoints in {}: {e}", self.data_dir.display());
+            eprintln!(
+                "cannot update the endpoints in {}: {e}",
+                self.data_dir.display()
+            );
         }
     }
 
@@ -369,7 +377,10 @@ pub async fn stop_all(names: &[&'static str], children: Vec<Option<Child>>) {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pids fit i32"));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
             eprintln!("sock-{name} did not stop within {STOP_GRACE:?}; killing it");
             let _ = child.kill().await;
         }
