@@ -196,12 +196,13 @@ pub async fn keep_up(
             Some(why)
         }
     };
-    record.remove();
     let mut children = Vec::with_capacity(supervisors.len());
     for supervisor in supervisors {
         // A supervisor that panicked dropped its process, which killed it.
         children.push(supervisor.await.ok().flatten());
     }
+    // Once no supervisor can write it again.
+    record.remove();
     stop_all(&names, children).await;
     failure.map_or(Ok(()), Err)
 }
@@ -242,8 +243,8 @@ async fn supervise(
             Verdict::RestartAfter(delay) => delay,
             Verdict::GiveUp { fast_exits } => {
                 let _ = give_up.send(anyhow!(
-                    "sock-{name} ended {fast_exits} times in a row, each within {FAST_WITHIN:?} \
-                     of starting (last: {how}), so everything was stopped; its log is above"
+                    "sock-{name} ended {fast_exits} times in a row, each before it had served \
+                     {FAST_WITHIN:?} (last: {how}), so everything was stopped; its log is above"
                 ));
                 return None;
             }

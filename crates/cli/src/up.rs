@@ -13,8 +13,8 @@
 //! counts as up, its pid in endpoints.json, once it answers health (a
 //! new sandboxd first removes what its predecessor left: that one's
 //! sandboxes died with it, their cgroups and mounts did not). Five
-//! exits in a row each within 10 s of starting stop the whole suite with
-//! an error naming the service; so does any exit during start-up, which
+//! exits in a row, each before the run had served 10 s, stop the whole
+//! suite with an error naming the service; so does any exit during start-up, which
 //! a restart would only repeat. With `--no-restart` (`SOCK_UP_NO_RESTART`)
 //! an exit is reported and the service left down while the others keep
 //! running (outage rehearsals, the registry-down e2e test). The processes
