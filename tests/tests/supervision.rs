@@ -26,6 +26,17 @@ fn gone(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "))
 }
 
+/// The effective uid `pid` runs as.
+fn uid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .expect("a Uid line");
+    let effective = line.split_whitespace().nth(1).expect("effective uid");
+    effective.parse().expect("a number")
+}
+
 /// Waits until `sock up` records a pid for `service` other than `old`.
 async fn new_pid(cluster: &Cluster, service: &str, old: u32) -> u32 {
     let killed = Instant::now();
@@ -76,6 +87,7 @@ async fn each_service_killed_comes_back_and_nothing_is_lost() {
 
     for service in ["gateway", "registry", "cache", "sandboxd"] {
         let old = cluster.pid(service).expect("sock up records each pid");
+        let user = uid(old);
         let sandboxes = sandbox_pids(&cluster.instance);
         if service == "sandboxd" {
             assert!(!sandboxes.is_empty(), "the calls left a sandbox");
@@ -87,7 +99,11 @@ async fn each_service_killed_comes_back_and_nothing_is_lost() {
             cluster.up_stderr().contains(&said),
             "sock up did not say `{said}`"
         );
-        assert!(kill(pid(back), None).is_ok(), "the new sock-{service} runs");
+        assert_eq!(
+            uid(back),
+            user,
+            "sock-{service} runs as the same user again"
+        );
         if service == "sandboxd" {
             for pid in sandboxes {
                 assert!(

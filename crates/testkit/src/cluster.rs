@@ -72,7 +72,7 @@ pub fn bin_dir() -> &'static Path {
 /// A running cluster: `sock up` and its four services.
 pub struct Cluster {
     up: Child,
-    /// What `sock up` wrote to stderr so far (also copied to the test's).
+    /// The lines `sock up` itself wrote to stderr so far.
     up_stderr: Arc<Mutex<Vec<String>>>,
     data_dir: tempfile::TempDir,
     pub endpoints: Endpoints,
@@ -124,11 +124,16 @@ impl Cluster {
         let up_stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr = up.stderr.take().expect("piped");
         let lines = up_stderr.clone();
+        // All of it is copied to the test's stderr; only `sock up`'s own
+        // lines are kept, not its services' (tagged `[<service>]`), which
+        // a long benchmark would pile up.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("{line}");
-                lines.lock().expect("no panic while held").push(line);
+                if !line.starts_with('[') {
+                    lines.lock().expect("no panic while held").push(line);
+                }
             }
         });
         let mut cluster = Cluster {
@@ -164,8 +169,8 @@ impl Cluster {
         self.data_dir.path()
     }
 
-    /// The lines `sock up` itself wrote to stderr so far (its services'
-    /// are among them, each tagged `[<service>]`).
+    /// The lines `sock up` itself wrote to stderr so far (not its
+    /// services').
     pub fn up_stderr(&self) -> Vec<String> {
         self.up_stderr.lock().expect("no panic while held").clone()
     }
