@@ -311,18 +311,18 @@ async fn until_serving(
 ) -> Result<(), String> {
     let polling = async {
         while !serving(&service.health_addr).await {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "did not answer health at {} within {START_TIMEOUT:?}",
-                    service.health_addr
-                ));
-            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     };
+    // The deadline bounds each check too: a process that takes
+    // connections and never answers must not hold the start for ever.
     tokio::select! {
-        answer = polling => answer,
+        answered = tokio::time::timeout_at(deadline, polling) => answered.map_err(|_| {
+            format!(
+                "did not answer health at {} within {START_TIMEOUT:?}",
+                service.health_addr
+            )
+        }),
         status = child.wait() => Err(ended(status)),
     }
 }
@@ -385,5 +385,131 @@ pub async fn stop_all(names: &[&'static str], children: Vec<Option<Child>>) {
             eprintln!("sock-{name} did not stop within {STOP_GRACE:?}; killing it");
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use sock_cli::endpoints::FILE_NAME;
+
+    use super::*;
+
+    /// A service `sock-flaky` in a bin dir of its own that exits at once,
+    /// noting each run in `runs`; its health address takes no connection.
+    struct Flaky {
+        bin: tempfile::TempDir,
+        data: tempfile::TempDir,
+    }
+
+    impl Flaky {
+        fn new() -> Flaky {
+            let bin = tempfile::tempdir().expect("tempdir");
+            let data = tempfile::tempdir().expect("tempdir");
+            let script = bin.path().join("sock-flaky");
+            let runs = data.path().join("runs");
+            std::fs::write(
+                &script,
+                format!("#!/bin/sh\necho run >> {}\nexit 3\n", runs.display()),
+            )
+            .expect("write");
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            Flaky { bin, data }
+        }
+
+        fn service() -> Service {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = closed.local_addr().expect("addr");
+            Service {
+                name: "flaky",
+                health_addr: format!("http://{addr}"),
+                env: Vec::new(),
+                unprivileged: false,
+            }
+        }
+
+        /// Starts it as `sock up` would have, then keeps it up.
+        async fn keep_up(
+            &self,
+            on_exit: OnExit,
+            shutdown: CancellationToken,
+        ) -> anyhow::Result<()> {
+            let launch = Arc::new(Launch {
+                bin_dir: self.bin.path().to_path_buf(),
+                config: None,
+                run_as: None,
+            });
+            let service = Flaky::service();
+            let child = launch.spawn(&service).expect("spawn");
+            let mut endpoints = Endpoints::default();
+            endpoints
+                .pids
+                .insert("flaky".into(), child.id().expect("running"));
+            let record = Arc::new(Record::new(self.data.path(), endpoints).expect("record"));
+            keep_up(
+                vec![service],
+                vec![child],
+                launch,
+                on_exit,
+                record,
+                shutdown,
+            )
+            .await
+        }
+
+        fn runs(&self) -> usize {
+            std::fs::read_to_string(self.data.path().join("runs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        }
+
+        fn recorded_pid(&self) -> Option<u32> {
+            let bytes = std::fs::read(self.data.path().join(FILE_NAME)).ok()?;
+            let endpoints: Endpoints = serde_json::from_slice(&bytes).expect("valid");
+            endpoints.pids.get("flaky").copied()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_never_serves_is_tried_five_times_then_stops_the_suite() {
+        let flaky = Flaky::new();
+        let err = flaky
+            .keep_up(OnExit::Restart, CancellationToken::new())
+            .await
+            .expect_err("gave up");
+        assert!(
+            err.to_string()
+                .starts_with("sock-flaky ended 5 times in a row"),
+            "{err}"
+        );
+        assert_eq!(flaky.runs(), 5);
+        assert!(
+            !flaky.data.path().join(FILE_NAME).exists(),
+            "endpoints.json outlived the suite"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn left_down_a_service_is_not_restarted_and_shutdown_still_ends_it_all() {
+        let flaky = Flaky::new();
+        let shutdown = CancellationToken::new();
+        let stop_later = async {
+            while flaky.runs() == 0 || flaky.recorded_pid().is_some() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Longer than any restart delay: no second run comes.
+            tokio::time::sleep(2 * crate::restart::MAX_DELAY).await;
+            shutdown.cancel();
+        };
+        let (kept, ()) = tokio::join!(
+            flaky.keep_up(OnExit::LeaveDown, shutdown.clone()),
+            stop_later
+        );
+        kept.expect("a clean stop");
+        assert_eq!(flaky.runs(), 1);
+        assert!(!flaky.data.path().join(FILE_NAME).exists());
     }
 }
