@@ -5,6 +5,8 @@
 //! Besides each service's address: `gateway_http`, `registry_metrics`,
 //! `cache_metrics`, `sandboxd_metrics` and `pids` (service name → pid).
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -91,6 +93,23 @@ impl Endpoints {
             *r = with_scheme(registry);
         }
         endpoints
+    }
+
+    /// Writes `<data_dir>/endpoints.json`: aside, then renamed in, so a
+    /// reader (the CLI, a script waiting for the suite) never sees a
+    /// half-written file.
+    pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
+        let mut staged = tempfile::NamedTempFile::new_in(data_dir)?;
+        staged.write_all(&serde_json::to_vec_pretty(self)?)?;
+        // Addresses and pids only (the tokens live apart): readable by every
+        // user's CLI, as a plain write made it.
+        staged
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        staged
+            .persist(data_dir.join(FILE_NAME))
+            .map_err(|e| e.error)?;
+        Ok(())
     }
 }
 

@@ -5,6 +5,8 @@
 mod admin;
 mod invoke;
 mod logs;
+mod restart;
+mod supervise;
 mod tree;
 mod up;
 

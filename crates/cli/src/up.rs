@@ -3,9 +3,22 @@
 //! Each service is its own binary next to `sock` (or in `--bin-dir`); `up`
 //! gives each its addresses, data dir and tokens through
 //! `SOCK_<SERVICE>_*` variables, waits until all four answer
-//! `grpc.health.v1` with SERVING, records the endpoints in
+//! `grpc.health.v1` with SERVING, records the endpoints and pids in
 //! `<data dir>/endpoints.json`, and on Ctrl-C or SIGTERM stops them in
 //! call order (gateway first, registry last).
+//!
+//! A service that dies once up is started again, as compose's `restart:`
+//! would: one line says which, how it ended and after what delay (0.5 s,
+//! doubling to 30 s; [`crate::restart`] has the rules), and the new run
+//! counts as up, its pid in endpoints.json, once it answers health (a
+//! new sandboxd first removes what its predecessor left: that one's
+//! sandboxes died with it, their cgroups and mounts did not). Five
+//! exits in a row, each before the run had served 10 s, stop the whole
+//! suite with an error naming the service; so does any exit during start-up, which
+//! a restart would only repeat. With `--no-restart` (`SOCK_UP_NO_RESTART`)
+//! an exit is reported and the service left down while the others keep
+//! running (outage rehearsals, the registry-down e2e test). The processes
+//! themselves are [`crate::supervise`]'s.
 //!
 //! Run as root, only sandboxd stays root: registry, cache and gateway run
 //! as `--user` (a `sock` system user, made if missing), own their data
@@ -20,35 +33,24 @@
 //! sandboxes, writable by none), owned by the services' user; `sandboxd/`
 //! (sandbox state, root's); `tokens/`; the socket and `endpoints.json`. Run
 //! as root, `up` refuses a data dir whose parents that user cannot pass
-//! through. Without `--keep-going` (`SOCK_UP_KEEP_GOING`) one service's exit
-//! stops them all; with it, the exit is reported and the others keep running
-//! (outage rehearsals, the registry-down e2e test).
-use std::io::Write;
+//! through.
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::future::select_all;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::signal::unix::{SignalKind, signal};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use sock_cli::endpoints::{Endpoints, FILE_NAME};
+use sock_cli::endpoints::Endpoints;
 use sock_cli::tokens::{self, Tokens};
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_GRACE: Duration = Duration::from_secs(15);
+use crate::supervise::{Launch, OnExit, Record, RunAs, Service, keep_up, start_all, stop_all};
+
 /// TCP ports `sock up` hands out: see [`addresses`].
 const PORTS: u16 = 8;
 /// Port offsets from `--port` of gateway, registry, registry HTTP, cache,
@@ -76,32 +78,16 @@ pub struct UpArgs {
     /// Where the sock-* service binaries are [default: next to `sock`]
     #[arg(long, env = "SOCK_BIN_DIR")]
     bin_dir: Option<PathBuf>,
-    /// When a service exits, report it and keep the others running instead
-    /// of stopping them all: for rehearsing an outage of one service (its
-    /// pid is in endpoints.json).
-    #[arg(long, env = "SOCK_UP_KEEP_GOING")]
-    keep_going: bool,
+    /// When a service exits, report it and leave it down instead of
+    /// restarting it; the others keep running. For rehearsing an outage of
+    /// one service (its pid is in endpoints.json until it exits).
+    #[arg(long, env = "SOCK_UP_NO_RESTART")]
+    no_restart: bool,
     /// When run as root: the user registry, cache and gateway run as
     /// (made as a system user if it is `sock` and missing). Only sandboxd
     /// keeps root.
     #[arg(long, env = "SOCK_UP_USER", default_value = "sock")]
     user: String,
-}
-
-/// One service in start order, with the environment that wires it up.
-struct Service {
-    name: &'static str,
-    health_addr: String,
-    env: Vec<(String, String)>,
-    /// Runs as the unprivileged user (all but sandboxd).
-    unprivileged: bool,
-}
-
-/// The uid and gid the unprivileged services run as.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct RunAs {
-    uid: u32,
-    gid: u32,
 }
 
 fn plan(
@@ -253,35 +239,38 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     };
     let mut endpoints = addresses(&args.host, args.port, &data_dir)?;
     let services = plan(&endpoints, &data_dir, &tokens, run_as);
-
-    let mut children: Vec<(&'static str, Child)> = Vec::new();
-    let started = start_all(
-        &services,
-        &bin_dir,
-        args.config.as_deref(),
+    let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
+    let launch = Arc::new(Launch {
+        bin_dir,
+        config: args.config,
         run_as,
-        &mut children,
-    )
-    .await;
-    if let Err(err) = started {
-        stop_all(&mut children).await;
-        return Err(err);
-    }
-    endpoints.pids = children
+    });
+
+    let shutdown = sock_service::shutdown_on_signals()?;
+    let mut children = Vec::new();
+    let started = tokio::select! {
+        started = start_all(&services, &launch, &mut children) => started.map(|()| true),
+        () = shutdown.cancelled() => Ok(false),
+    };
+    endpoints.pids = names
         .iter()
+        .zip(&children)
         .filter_map(|(name, child)| Some(((*name).to_string(), child.id()?)))
         .collect();
-    let endpoints_file = data_dir.join(FILE_NAME);
-    // Written aside and renamed in, so a reader (the CLI, a script waiting
-    // for the suite) never sees a half-written file.
-    let mut staged = tempfile::NamedTempFile::new_in(&data_dir)?;
-    staged.write_all(&serde_json::to_vec_pretty(&endpoints)?)?;
-    // Addresses and pids only (the tokens live apart): readable by every
-    // user's CLI, as a plain write made it.
-    staged
-        .as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    staged.persist(&endpoints_file).map_err(|e| e.error)?;
+    // Up: record where each service is. Else (an error, or Ctrl-C) stop
+    // what started.
+    let recorded = started.and_then(|up| {
+        up.then(|| Record::new(&data_dir, endpoints.clone()))
+            .transpose()
+    });
+    let record = match recorded {
+        Ok(Some(record)) => Arc::new(record),
+        stopped => {
+            stop_all(&names, children.into_iter().map(Some).collect()).await;
+            println!("sock is down");
+            return stopped.map(|_| ExitCode::SUCCESS);
+        }
+    };
     println!(
         "sock is up: gateway {} (HTTP {}) · registry {} (bundles {}) · cache {} · sandboxd {}",
         endpoints.gateway,
@@ -304,63 +293,14 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let code = loop {
-        tokio::select! {
-            _ = term.recv() => break ExitCode::SUCCESS,
-            _ = int.recv() => break ExitCode::SUCCESS,
-            (name, status) = first_exit(&mut children) => {
-                if !args.keep_going {
-                    eprintln!("sock-{name} stopped unexpectedly ({status}); stopping the others");
-                    break ExitCode::FAILURE;
-                }
-                eprintln!("sock-{name} stopped unexpectedly ({status}); the others keep running (--keep-going)");
-            }
-        }
+    let on_exit = if args.no_restart {
+        OnExit::LeaveDown
+    } else {
+        OnExit::Restart
     };
-    let _ = std::fs::remove_file(&endpoints_file);
-    stop_all(&mut children).await;
+    let kept = keep_up(services, children, launch, on_exit, record, shutdown).await;
     println!("sock is down");
-    Ok(code)
-}
-
-async fn start_all(
-    services: &[Service],
-    bin_dir: &Path,
-    config: Option<&Path>,
-    run_as: Option<RunAs>,
-    children: &mut Vec<(&'static str, Child)>,
-) -> anyhow::Result<()> {
-    for service in services {
-        let binary = bin_dir.join(format!("sock-{}", service.name));
-        let mut command = Command::new(&binary);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        command
-            .envs(service.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if service.unprivileged
-            && let Some(RunAs { uid, gid }) = run_as
-        {
-            // std drops supplementary groups when it sets the uid as root.
-            command.uid(uid).gid(gid);
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        prefix_output(service.name, &mut child);
-        children.push((service.name, child));
-    }
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    for service in services {
-        wait_serving(service, children, deadline).await?;
-    }
-    Ok(())
+    kept.map(|()| ExitCode::SUCCESS)
 }
 
 /// Makes the `sock` system user. Several `sock up` may start at once (the
@@ -516,116 +456,6 @@ fn chown_below(dir: std::os::fd::OwnedFd, run_as: RunAs) -> std::io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// Copies a child's stdout and stderr to ours, each line tagged with the
-/// service, so the four logs stay readable in one terminal.
-fn prefix_output(name: &'static str, child: &mut Child) {
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                println!("[{name}] {line}");
-            }
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[{name}] {line}");
-            }
-        });
-    }
-}
-
-async fn wait_serving(
-    service: &Service,
-    children: &mut [(&'static str, Child)],
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<()> {
-    loop {
-        if let Some((name, child)) = children.iter_mut().find(|(n, _)| *n == service.name)
-            && let Some(status) = child.try_wait()?
-        {
-            bail!("sock-{name} exited during start-up ({status}); its log is above");
-        }
-        if serving(&service.health_addr).await {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "sock-{} did not become healthy at {} within {:?}",
-                service.name,
-                service.health_addr,
-                START_TIMEOUT
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn serving(addr: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(addr.to_string()) else {
-        return false;
-    };
-    let Ok(channel) = endpoint
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    matches!(
-        HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
-            .await,
-        Ok(response) if response.get_ref().status() == ServingStatus::Serving
-    )
-}
-
-/// The first of the children still running to exit; never, when none is.
-async fn first_exit(
-    children: &mut [(&'static str, Child)],
-) -> (&'static str, std::process::ExitStatus) {
-    // A reaped child has no id; waiting on it again would answer at once.
-    let waits: Vec<_> = children
-        .iter_mut()
-        .filter(|(_, child)| child.id().is_some())
-        .map(|(name, child)| {
-            Box::pin(async move {
-                let status = child.wait().await;
-                (*name, status)
-            })
-        })
-        .collect();
-    if waits.is_empty() {
-        return std::future::pending().await;
-    }
-    let ((name, status), _, _) = select_all(waits).await;
-    match status {
-        Ok(status) => (name, status),
-        Err(_) => (name, std::process::ExitStatus::default()),
-    }
-}
-
-/// SIGTERM in reverse start order, so the gateway stops taking calls
-/// before the services it needs go away; SIGKILL what is left after the
-/// grace period.
-async fn stop_all(children: &mut Vec<(&'static str, Child)>) {
-    for (name, child) in children.iter_mut().rev() {
-        if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("sock-{name} did not stop within {STOP_GRACE:?}; killing it");
-                let _ = child.kill().await;
-            }
-        }
-    }
-    children.clear();
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! A local sock cluster started through `sock up`, stopped on drop.
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -71,6 +72,8 @@ pub fn bin_dir() -> &'static Path {
 /// A running cluster: `sock up` and its four services.
 pub struct Cluster {
     up: Child,
+    /// The lines `sock up` itself wrote to stderr so far.
+    up_stderr: Arc<Mutex<Vec<String>>>,
     data_dir: tempfile::TempDir,
     pub endpoints: Endpoints,
     /// The sandboxd instance name: its cgroups live under `sock/<instance>`.
@@ -103,7 +106,7 @@ impl Cluster {
             .prefix(&format!("sock-{prefix}-"))
             .tempdir()
             .expect("temp data dir");
-        let up = Command::new(bin.join("sock"))
+        let mut up = Command::new(bin.join("sock"))
             .args(["up", "--port", "0", "--bin-dir"])
             .arg(bin)
             .arg("--data-dir")
@@ -115,10 +118,27 @@ impl Cluster {
             )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start sock up");
+        let up_stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = up.stderr.take().expect("piped");
+        let lines = up_stderr.clone();
+        // All of it is copied to the test's stderr; only `sock up`'s own
+        // lines are kept, not its services' (tagged `[<service>]`), which
+        // a long benchmark would pile up.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if !line.starts_with('[') {
+                    lines.lock().expect("no panic while held").push(line);
+                }
+            }
+        });
         let mut cluster = Cluster {
             up,
+            up_stderr,
             data_dir,
             endpoints: Endpoints::default(),
             instance,
@@ -147,6 +167,53 @@ impl Cluster {
 
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// The lines `sock up` itself wrote to stderr so far (not its
+    /// services').
+    pub fn up_stderr(&self) -> Vec<String> {
+        self.up_stderr.lock().expect("no panic while held").clone()
+    }
+
+    /// `service`'s pid as `sock up` records it now: `None` while the
+    /// service is down, a new one once a restarted run answers health.
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        let file = self.data_dir().join(sock_cli::endpoints::FILE_NAME);
+        let endpoints: Endpoints =
+            serde_json::from_slice(&std::fs::read(file).ok()?).expect("endpoints.json is valid");
+        endpoints.pids.get(service).copied()
+    }
+
+    /// The processes `sock up` started for this cluster, whatever their
+    /// state: those whose environment names its data dir.
+    pub fn processes(&self) -> Vec<i32> {
+        let dir = self.data_dir().as_os_str().as_encoded_bytes();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.windows(dir.len()).any(|w| w == dir))
+            })
+            .collect()
+    }
+
+    /// Waits up to `within` for `sock up` to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.up.try_wait().expect("poll sock up") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "sock up still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A token of this cluster (`sock up` made them in its data dir).
@@ -270,10 +337,11 @@ impl Cluster {
     /// Stops the cluster as Ctrl-C would, and says whether `sock up` exited
     /// cleanly.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        self.stop_inner()
+        self.stop_in_place()
     }
 
-    fn stop_inner(&mut self) -> std::process::ExitStatus {
+    /// [`Cluster::stop`], keeping the data dir to look at after.
+    pub fn stop_in_place(&mut self) -> std::process::ExitStatus {
         if let Some(status) = self.up.try_wait().expect("poll sock up") {
             return status;
         }
@@ -295,7 +363,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.stop_inner();
+        self.stop_in_place();
     }
 }
 
@@ -306,6 +374,23 @@ pub async fn channel(addr: &str) -> Channel {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// Processes in the cgroups of one sandboxd instance's sandboxes, in any
+/// hierarchy: the sandboxes' inits, runtimes and zygotes.
+pub fn sandbox_pids(instance: &str) -> Vec<i32> {
+    let below = format!("/sock/{instance}/");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cgroups| cgroups.contains(&below))
+        })
+        .collect()
 }
 
 /// Cgroup directories of one sandboxd instance that still exist, in any
