@@ -15,6 +15,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest bundle accepted, compressed, in MiB.
     pub max_bundle_mb: u64,
+    /// Space kept free on the data dir's disk, in MiB: a push that would
+    /// leave less is refused before anything is written, because sled,
+    /// once its log meets a full disk, fails reads too until reopened.
+    pub min_free_mb: u64,
     /// Bearer token of the admin API (push, list, delete) and `/metrics`;
     /// none = open, and then only loopback addresses are served.
     pub admin_token: Option<Secret>,
@@ -37,6 +41,7 @@ impl Default for Config {
             http_listen: "127.0.0.1:7072".into(),
             data_dir: PathBuf::from(".sock/registry"),
             max_bundle_mb: 32,
+            min_free_mb: 64,
             admin_token: None,
             node_token: None,
             metrics_listen: String::new(),

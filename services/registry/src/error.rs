@@ -36,6 +36,21 @@ pub enum Error {
     #[error("store failed: {0}")]
     Storage(#[from] sled::Error),
 
+    #[error(
+        "the registry's disk is full: {free_mb} MiB and {free_inodes} files free, and a push of \
+         {bundle_mb} MiB must leave {keep_mb} MiB (min_free_mb) and 64 files; nothing was \
+         stored, and what was pushed before still serves"
+    )]
+    DiskFull {
+        free_mb: u64,
+        free_inodes: u64,
+        bundle_mb: u64,
+        keep_mb: u64,
+    },
+
+    #[error("cannot tell the free space of the store's disk: {0}")]
+    FreeSpace(#[source] nix::Error),
+
     #[error("stored record of function '{name}' is corrupt: {reason}")]
     Corrupt { name: String, reason: String },
 
@@ -72,6 +87,24 @@ pub enum StartError {
 
 /// What callers see of a failure that is ours, not theirs.
 const INTERNAL: &str = "the registry failed to read or write its store; see the registry's log";
+/// What callers see when the store's disk is full: nothing was stored, and
+/// what was stored before still serves.
+const DISK_FULL: &str = "the registry's disk is full (no space left on device): nothing was stored; \
+     what was pushed before still serves";
+
+impl Error {
+    /// The store's disk (or the data dir's quota) is full.
+    fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(sled::Error::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        )
+    }
+}
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
@@ -82,9 +115,17 @@ impl From<Error> for tonic::Status {
             e @ (Error::NotFound(_) | Error::VersionNotKept { .. }) => {
                 ErrorKind::NotFound.status(e.to_string())
             }
+            e @ Error::DiskFull { .. } => {
+                tracing::warn!(error = %e, "push refused");
+                ErrorKind::Platform.status(e.to_string())
+            }
             e => {
                 tracing::error!(error = %e, "registry request failed");
-                ErrorKind::Platform.status(INTERNAL)
+                ErrorKind::Platform.status(if e.is_disk_full() {
+                    DISK_FULL
+                } else {
+                    INTERNAL
+                })
             }
         }
     }

@@ -44,7 +44,8 @@ pub async fn run(
             .map_err(StartError::Insecure)?;
     }
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let min_free = config.min_free_mb.saturating_mul(1 << 20);
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, min_free)).await??;
     let limits = BundleLimits {
         max_bundle_bytes: config.max_bundle_bytes(),
         ..BundleLimits::default()

@@ -29,6 +29,9 @@ use sock_proto::v1::{FunctionConfig, FunctionInfo};
 use crate::error::{Error, StartError};
 
 pub(crate) struct Store {
+    /// Where sled keeps its files, and the space kept free on their disk.
+    dir: std::path::PathBuf,
+    min_free: u64,
     db: sled::Db,
     functions: sled::Tree,
     previous: sled::Tree,
@@ -43,10 +46,13 @@ pub(crate) struct Store {
 /// fire time, so an hour leaves room for slow calls and clock skew.
 pub(crate) const CLAIM_RETENTION_MS: i64 = 60 * 60 * 1000;
 
+/// Files kept free on the store's disk: sled makes one per large bundle.
+const MIN_FREE_INODES: u64 = 64;
+
 type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
 
 impl Store {
-    pub(crate) fn open(dir: &Path) -> Result<Store, StartError> {
+    pub(crate) fn open(dir: &Path, min_free: u64) -> Result<Store, StartError> {
         let open_error = |source| StartError::Open {
             path: dir.to_path_buf(),
             source,
@@ -59,6 +65,8 @@ impl Store {
             .map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         Ok(Store {
+            dir: dir.to_path_buf(),
+            min_free,
             functions: tree("functions")?,
             previous: tree("previous")?,
             bundles: tree("bundles")?,
@@ -66,6 +74,32 @@ impl Store {
             firings: tree("firings")?,
             db,
         })
+    }
+
+    /// Refuses a push of `bundle_bytes` that would leave less than
+    /// `min_free` on the store's disk, or fewer than [`MIN_FREE_INODES`]
+    /// files. sled writes the bundle to its log or a blob file of its own
+    /// and may write it again when it compacts, so twice its size is
+    /// counted. A write that meets a full disk leaves sled failing, or
+    /// hanging on, what follows, so it must not be attempted.
+    fn check_room(&self, bundle_bytes: u64) -> Result<(), Error> {
+        let disk = nix::sys::statvfs::statvfs(&self.dir).map_err(Error::FreeSpace)?;
+        let free = disk.blocks_available().saturating_mul(disk.fragment_size());
+        let free_inodes = disk.files_available();
+        // A file system that counts no inodes (btrfs) reports 0 files.
+        let counts_inodes = disk.files() > 0;
+        if free < bundle_bytes.saturating_mul(2).saturating_add(self.min_free)
+            || (counts_inodes && free_inodes < MIN_FREE_INODES)
+        {
+            let mb = |bytes: u64| bytes.div_ceil(1 << 20);
+            return Err(Error::DiskFull {
+                free_mb: free >> 20,
+                free_inodes,
+                bundle_mb: mb(bundle_bytes),
+                keep_mb: mb(self.min_free),
+            });
+        }
+        Ok(())
     }
 
     /// Stores an already validated bundle as the next version of `name`,
@@ -77,6 +111,7 @@ impl Store {
         config: FunctionConfig,
         modified_unix_ms: i64,
     ) -> Result<FunctionInfo, Error> {
+        self.check_room(bundle.len() as u64)?;
         let digest = Sha256::digest(bundle);
         let short = hex::encode(&digest[..8]);
         let trees = (
@@ -331,7 +366,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db")).expect("open");
+        let store = Store::open(&dir.path().join("db"), 0).expect("open");
         (dir, store)
     }
 

@@ -1,0 +1,235 @@
+//! The registry's data dir fills up. Pushes that would leave less than
+//! `min_free_mb` are refused before anything is written, with a clear,
+//! typed error; the registry keeps serving every function it had, and once
+//! there is room again pushes work, on the same process and after a
+//! restart. A disk that runs out of files (inodes) before bytes is
+//! refused the same way: sled, whose blob file met ENOSPC there, hung the
+//! registry before the check counted files. Each data dir is a small
+//! tmpfs the test mounts (root), unmounted by a guard even when the test
+//! fails.
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::signal::Signal;
+use sock_proto::v1::registry_client::RegistryClient;
+use sock_proto::v1::{ErrorKind, GetFunctionRequest, PushFunctionRequest};
+use sock_testkit::cluster::have_root;
+use sock_testkit::process::{self, Process, free_addr};
+use tonic::transport::Channel;
+
+/// A tmpfs mounted for this test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `options`: tmpfs's, as `size=8m` or `nr_inodes=16`.
+    fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("{options},mode=0700").as_str()),
+        )
+        .expect("mount a tmpfs");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn resize(&self, options: &str) {
+        mount(
+            Some("tmpfs"),
+            self.dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options),
+        )
+        .expect("resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
+    }
+}
+
+struct Registry {
+    process: Process,
+    client: RegistryClient<Channel>,
+    http: String,
+}
+
+async fn start(data_dir: PathBuf, min_free_mb: u64) -> Registry {
+    let (grpc, http) = (free_addr(), free_addr());
+    let process = process::start(
+        "sock-registry",
+        &[
+            ("SOCK_REGISTRY_GRPC_LISTEN", grpc.clone()),
+            ("SOCK_REGISTRY_HTTP_LISTEN", http.clone()),
+            ("SOCK_REGISTRY_DATA_DIR", data_dir.display().to_string()),
+            ("SOCK_REGISTRY_MIN_FREE_MB", min_free_mb.to_string()),
+        ],
+    );
+    let url = format!("http://{grpc}");
+    process::wait_for(&url).await;
+    let client = RegistryClient::new(Channel::from_shared(url).expect("url").connect_lazy())
+        .max_encoding_message_size(64 << 20);
+    Registry {
+        process,
+        client,
+        http,
+    }
+}
+
+/// A bundle of about `kb` KiB that gzip cannot shrink.
+fn bundle(seed: u64, kb: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let filler: String = (0..kb * 1024 / 16)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            format!("{state:016x}")
+        })
+        .collect();
+    sock_testkit::functions::bundle(&[
+        ("f.py", &format!("def f(event):\n    return {seed}\n")),
+        ("filler.txt", &filler),
+    ])
+}
+
+async fn push(registry: &mut Registry, name: &str, bundle: Vec<u8>) -> Result<u64, tonic::Status> {
+    registry
+        .client
+        .push_function(PushFunctionRequest {
+            name: name.into(),
+            bundle,
+        })
+        .await
+        .map(|info| info.into_inner().version)
+}
+
+/// The latest bundle of `name`, as the registry's HTTP store serves it.
+async fn served(registry: &Registry, name: &str) -> Vec<u8> {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/functions/{name}", registry.http))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200, "{name}");
+    response.bytes().await.expect("body").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_registry_disk_refuses_pushes_clearly_and_loses_nothing() {
+    if !have_root() {
+        return;
+    }
+    let disk = Tmpfs::mount("size=8m");
+    let mut registry = start(disk.path().join("registry"), 1).await;
+
+    // Fill it: distinct functions of 512 KiB until one does not fit.
+    let mut kept = Vec::new();
+    let refusal = loop {
+        let name = format!("f{}", kept.len());
+        let sent = bundle(kept.len() as u64, 512);
+        match push(&mut registry, &name, sent.clone()).await {
+            Ok(_) => kept.push((name, sent)),
+            Err(status) => break status,
+        }
+        assert!(kept.len() < 64, "an 8 MiB disk took 32 MiB of pushes");
+    };
+    assert!(!kept.is_empty(), "nothing fitted: {refusal:?}");
+    assert_eq!(
+        ErrorKind::stamped(&refusal),
+        Some(ErrorKind::Platform),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.message().starts_with("the registry's disk is full")
+            && refusal.message().contains("min_free_mb"),
+        "the refusal says the disk is full and which setting: {refusal:?}"
+    );
+
+    // Everything pushed before serves, from the same process.
+    for (name, sent) in &kept {
+        let info = registry
+            .client
+            .get_function(GetFunctionRequest { name: name.clone() })
+            .await
+            .expect("a function pushed before the disk filled")
+            .into_inner();
+        assert_eq!(info.version, 1);
+        assert!(served(&registry, name).await == *sent, "{name} changed");
+    }
+
+    // Room again: the same process takes pushes.
+    disk.resize("size=64m");
+    let after = bundle(1000, 512);
+    push(&mut registry, "after", after.clone())
+        .await
+        .expect("a push once there is room");
+
+    // And a restart finds everything.
+    registry.process.stop(Signal::SIGTERM);
+    let registry = start(disk.path().join("registry"), 1).await;
+    for (name, sent) in kept.iter().chain([&("after".to_string(), after)]) {
+        assert!(
+            served(&registry, name).await == *sent,
+            "{name} after a restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_out_of_inodes_refuses_pushes_clearly_and_loses_nothing() {
+    if !have_root() {
+        return;
+    }
+    // Space, but few files.
+    let disk = Tmpfs::mount("size=64m,nr_inodes=96");
+    let mut registry = start(disk.path().join("registry"), 1).await;
+    let mut kept = Vec::new();
+    let refusal = loop {
+        let name = format!("f{}", kept.len());
+        let sent = bundle(kept.len() as u64, 256);
+        match push(&mut registry, &name, sent.clone()).await {
+            Ok(_) => kept.push((name, sent)),
+            Err(status) => break status,
+        }
+        assert!(kept.len() < 200, "96 inodes took 200 pushes");
+    };
+    assert!(!kept.is_empty(), "nothing fitted: {refusal:?}");
+    assert_eq!(
+        ErrorKind::stamped(&refusal),
+        Some(ErrorKind::Platform),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.message().starts_with("the registry's disk is full")
+            && refusal.message().contains("64 files"),
+        "{refusal:?}"
+    );
+    for (name, sent) in &kept {
+        assert!(
+            served(&registry, name).await == *sent,
+            "{name} after the refusal"
+        );
+    }
+
+    disk.resize("nr_inodes=4096");
+    let after = bundle(1000, 256);
+    push(&mut registry, "after", after.clone())
+        .await
+        .expect("a push once there is room");
+    assert!(served(&registry, "after").await == after);
+}
