@@ -4,15 +4,20 @@
 //! there is room again pushes work, on the same process and after a
 //! restart. A disk that runs out of files (inodes) before bytes is
 //! refused the same way: sled, whose blob file met ENOSPC there, hung the
-//! registry before the check counted files. Each data dir is a small
+//! registry before the check counted files. The cache's data dir filling
+//! up fails a `Prepare` saying so, leaves nothing half-unpacked, and the
+//! same function prepares once there is room. Each data dir is a small
 //! tmpfs the test mounts (root), unmounted by a guard even when the test
 //! fails.
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::Signal;
+use sock_proto::v1::cache_client::CacheClient;
 use sock_proto::v1::registry_client::RegistryClient;
-use sock_proto::v1::{ErrorKind, GetFunctionRequest, PushFunctionRequest};
+use sock_proto::v1::{
+    ErrorKind, FunctionRef, GetFunctionRequest, PrepareRequest, PushFunctionRequest,
+};
 use sock_testkit::cluster::have_root;
 use sock_testkit::process::{self, Process, free_addr};
 use tonic::transport::Channel;
@@ -232,4 +237,81 @@ async fn a_disk_out_of_inodes_refuses_pushes_clearly_and_loses_nothing() {
         .await
         .expect("a push once there is room");
     assert!(served(&registry, "after").await == after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_cache_disk_fails_prepare_clearly_and_leaves_nothing_half_done() {
+    if !have_root() {
+        return;
+    }
+    let registry = sock_testkit::registry::Registry::start().await;
+    let mut pushing = registry.client().max_encoding_message_size(64 << 20);
+    for (name, kb) in [("small", 16), ("big", 3 * 1024)] {
+        pushing
+            .push_function(PushFunctionRequest {
+                name: name.into(),
+                bundle: bundle(kb as u64, kb),
+            })
+            .await
+            .expect("push");
+    }
+    let disk = Tmpfs::mount("size=2m");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let config = sock_cache::Config {
+        listen: addr.to_string(),
+        registry_url: registry.http_url(),
+        data_dir: disk.path().to_path_buf(),
+        ..Default::default()
+    };
+    tokio::spawn(sock_cache::run(config, listener, shutdown.clone()));
+    let mut cache = CacheClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect_lazy(),
+    )
+    .max_decoding_message_size(64 << 20);
+    let prepare = |name: &str| PrepareRequest {
+        function: Some(FunctionRef {
+            name: name.into(),
+            version: 1,
+        }),
+        ..PrepareRequest::default()
+    };
+
+    cache.prepare(prepare("small")).await.expect("small fits");
+    let refusal = cache
+        .prepare(prepare("big"))
+        .await
+        .expect_err("3 MiB do not fit on a 2 MiB disk");
+    assert_eq!(
+        ErrorKind::stamped(&refusal),
+        Some(ErrorKind::Platform),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal
+            .message()
+            .starts_with("the code cache's disk is full"),
+        "{refusal:?}"
+    );
+    let staging: Vec<_> = std::fs::read_dir(disk.path().join("tmp"))
+        .expect("the cache's staging dir")
+        .collect();
+    assert!(staging.is_empty(), "left half-unpacked: {staging:?}");
+    assert!(!disk.path().join("code/big").join("1").exists());
+    cache
+        .prepare(prepare("small"))
+        .await
+        .expect("what was prepared before still serves");
+
+    disk.resize("size=64m");
+    cache
+        .prepare(prepare("big"))
+        .await
+        .expect("the same function prepares once there is room");
 }

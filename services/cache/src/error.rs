@@ -165,8 +165,12 @@ impl From<Error> for Status {
             }
             | Error::Io { .. } => {
                 tracing::error!(error = %message, "prepare failed");
-                return ErrorKind::Platform
-                    .status("the code cache failed to prepare the function; see the cache's log");
+                return ErrorKind::Platform.status(if sock_service::disk_full(&err) {
+                    "the code cache's disk is full (no space left on device); nothing was kept \
+                     of this function, and functions prepared before still serve"
+                } else {
+                    "the code cache failed to prepare the function; see the cache's log"
+                });
             }
         };
         kind.status(message)

@@ -95,14 +95,7 @@ const DISK_FULL: &str = "the registry's disk is full (no space left on device): 
 impl Error {
     /// The store's disk (or the data dir's quota) is full.
     fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            Error::Storage(sled::Error::Io(io))
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                )
-        )
+        matches!(self, Error::Storage(sled::Error::Io(io)) if sock_service::disk_full(io))
     }
 }
 
