@@ -161,7 +161,9 @@ fn render_soak(r: &soak::Results) -> String {
          {} sandboxes idle at their limit next to the root zygote's 256 MB, and each sandbox stays \
          idle that long after its call, so the cold functions ask for more than the pool holds and \
          sandboxd must evict. {} clients (own connections) call in a closed loop, of every 10 calls \
-         5 warm (two echo functions), 4 cold (the next of {} echo functions, round all clients) and \
+         5 warm (two echo functions), 4 cold (the next of {} echo functions, round all clients; one \
+         in four imports `soakpkg`, a wheel built here that its `requirements.txt` pins and the \
+         node's cache installs from a local wheel dir) and \
          1 abusive, in turn: `hog` allocates 512 MB (must fail OUT_OF_MEMORY), `loop` never returns \
          (a {} ms budget; must fail TIMEOUT), `flood` prints 2 MiB to stdout (must answer), `raise` \
          raises (must fail FUNCTION). Every other call has a {} ms budget; a call with no answer \

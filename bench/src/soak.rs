@@ -15,6 +15,7 @@ use sock_proto::v1::gateway_client::GatewayClient;
 use sock_proto::v1::invoke_response::Outcome;
 use sock_proto::v1::{InvokeRequest, StatusResponse};
 use sock_testkit::cluster::{Authed, Cluster, leftover_cgroups, sandbox_pids};
+use sock_testkit::wheels;
 
 use crate::run::{self, Machine};
 use crate::sock::{self, PAYLOAD};
@@ -48,6 +49,11 @@ const FLOOD: &str = "import sys\n\ndef f(event):\n    line = 'x' * 1023 + '\\n'\
                      for _ in range(2048):\n        sys.stdout.write(line)\n    \
                      sys.stdout.flush()\n    return 'flooded'\n";
 const RAISE: &str = "def f(event):\n    raise ValueError('raised on purpose')\n";
+/// The package one in four cold functions imports: a wheel built here,
+/// which each function's `requirements.txt` pins and the node's cache
+/// installs from a local wheel dir.
+const PACKAGE: (&str, &str) = ("soakpkg", "1.0");
+const WITH_PACKAGE: &str = "import soakpkg\n\ndef f(event):\n    return event\n";
 
 /// How long and how hard.
 #[derive(Clone, Debug)]
@@ -258,7 +264,15 @@ pub async fn run(
 ) -> anyhow::Result<Results> {
     let sizes = Sizes::new(quick, minutes);
     let mut machine = run::machine(bin);
+    // Kept until the cluster has stopped: its cache installs from here.
+    let wheels = tokio::task::spawn_blocking(|| {
+        let dir = wheels::wheel_dir();
+        wheels::module_wheel(dir.path(), PACKAGE.0, PACKAGE.1, &[], "VALUE = 1\n");
+        dir
+    })
+    .await?;
     let env = [
+        ("SOCK_CACHE_FIND_LINKS", wheels.path().display().to_string()),
         ("SOCK_SANDBOXD_MEM_POOL_MB", POOL_MB.to_string()),
         ("SOCK_SANDBOXD_MEMORY_MB", MEMORY_MB.to_string()),
         ("SOCK_SANDBOXD_PAUSE_AFTER_MS", PAUSE_AFTER_MS.to_string()),
@@ -276,6 +290,7 @@ pub async fn run(
     if let Some(cluster) = Arc::into_inner(cluster) {
         sock::stop(cluster).await?;
     }
+    drop(wheels);
     let Soaked {
         samples,
         totals,
@@ -383,17 +398,31 @@ async fn soak(cluster: &Arc<Cluster>, sizes: &Sizes) -> anyhow::Result<Soaked> {
         sock::push(cluster, name, &[("f.py", code)]).await?;
     }
     eprintln!(
-        "sock-bench: soak: pushing {} cold functions",
-        sizes.cold_functions
+        "sock-bench: soak: pushing {} cold functions ({} with a package)",
+        sizes.cold_functions,
+        sizes.cold_functions / 4
     );
+    let with_package = sizes.cold_functions / 4;
+    let requirements = format!("{}=={}\n", PACKAGE.0, PACKAGE.1);
     let cold = sock::push_all(
         cluster,
         "cold",
         &[("f.py", sock::ECHO)],
-        sizes.cold_functions,
+        sizes.cold_functions - with_package,
     )
     .await?;
-    functions.extend(cold.into_iter().map(|name| (name, Kind::Cold)));
+    let package = sock::push_all(
+        cluster,
+        "package",
+        &[("f.py", WITH_PACKAGE), ("requirements.txt", &requirements)],
+        with_package,
+    )
+    .await?;
+    functions.extend(
+        cold.into_iter()
+            .chain(package)
+            .map(|name| (name, Kind::Cold)),
+    );
     let functions: Arc<[(String, Kind)]> = functions.into();
 
     eprintln!(
