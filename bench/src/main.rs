@@ -1,6 +1,7 @@
 //! `sock-bench`: sock against fork-exec, unshare, bwrap, gVisor and Docker
 //! on this machine, in one run, then cold starts of functions that import
-//! real packages. Writes RESULTS.md and SVG plots.
+//! real packages, then a soak under mixed and abusive load. Writes
+//! RESULTS.md, RELIABILITY.md and SVG plots.
 #![forbid(unsafe_code)]
 
 mod baselines;
@@ -10,6 +11,7 @@ mod plot;
 mod profile;
 mod report;
 mod run;
+mod soak;
 mod sock;
 mod stats;
 
@@ -32,6 +34,9 @@ pub struct Args {
     /// target/bench-quick with --quick]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// How long the soak runs [default: 30, or 1 with --quick]
+    #[arg(long)]
+    minutes: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -45,6 +50,10 @@ enum Phase {
     /// printed and not written to RESULTS.md: to try a change to the warm
     /// path in a minute against the same figures the full run reports.
     Warm,
+    /// A cluster whose memory pool is smaller than the demand, under warm,
+    /// cold and abusive calls for `--minutes`: sandboxd's RSS, fds and
+    /// cgroups and the calls' p99 over time, into RELIABILITY.md.
+    Soak,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,11 +87,16 @@ fn main() -> anyhow::Result<()> {
         if args.only.is_none() {
             report::write(&out, &run::run(&bin, args.quick).await?)?;
         }
-        report::write_packages(&out, &packages::run(&bin, args.quick).await?)
-    })?;
-    println!(
-        "sock-bench: results in {}",
-        out.join("RESULTS.md").display()
-    );
-    Ok(())
+        if args.only != Some(Phase::Soak) {
+            report::write_packages(&out, &packages::run(&bin, args.quick).await?)?;
+            println!(
+                "sock-bench: results in {}",
+                out.join("RESULTS.md").display()
+            );
+        }
+        if args.only.is_none_or(|p| p == Phase::Soak) {
+            soak::phase(&bin, &out, args.quick, args.minutes).await?;
+        }
+        Ok(())
+    })
 }

@@ -119,3 +119,58 @@ pub fn cold_bars(path: &Path, title: &str, bars: &[Bar]) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// One panel of [`time_series`]: lines of (seconds into the run, value).
+pub struct Panel {
+    pub y_desc: String,
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Panels stacked one above the other over the same time axis, each
+/// scaled from 0 to a little above its largest value (so a flat line
+/// reads flat).
+pub fn time_series(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
+    let height = 80 + 280 * panels.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let points = || panels.iter().flat_map(|p| &p.lines).flat_map(|l| &l.1);
+    let end = points().map(|(t, _)| *t).fold(1.0, f64::max);
+    for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+        let top = panel
+            .lines
+            .iter()
+            .flat_map(|l| &l.1)
+            .map(|(_, v)| *v)
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..end, 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds into the run")
+            .y_desc(panel.y_desc.as_str())
+            .draw()?;
+        for (i, (label, line)) in panel.lines.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

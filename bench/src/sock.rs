@@ -19,7 +19,7 @@ pub const ECHO: &str = "def f(event):\n    return event\n";
 /// Ends its own runtime, so every call needs a new sandbox and the old one
 /// is destroyed: the creation rate, measured end to end.
 const EXIT: &str = "import os\n\ndef f(event):\n    os._exit(0)\n";
-const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
+pub const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
 
 /// A new connection to the gateway: one per simulated client.
 pub async fn gateway(cluster: &Cluster) -> anyhow::Result<GatewayClient<Authed>> {
