@@ -378,6 +378,15 @@ fn parse_requirements(bytes: &[u8]) -> Result<Vec<String>, BundleError> {
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
+    // One requirement per logical line, its whitespace runs made single
+    // spaces, however the line ended (a `\` on the last line too).
+    let mut finish = |pending: &mut String| {
+        let requirement = pending.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !requirement.is_empty() {
+            out.push(requirement);
+        }
+        pending.clear();
+    };
     let mut pending = String::new();
     for line in text.lines() {
         let line = strip_comment(line);
@@ -388,18 +397,11 @@ fn parse_requirements(bytes: &[u8]) -> Result<Vec<String>, BundleError> {
             }
             None => {
                 pending.push_str(line);
-                let requirement = pending.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !requirement.is_empty() {
-                    out.push(requirement);
-                }
-                pending.clear();
+                finish(&mut pending);
             }
         }
     }
-    let rest = pending.trim();
-    if !rest.is_empty() {
-        out.push(rest.to_string());
-    }
+    finish(&mut pending);
     Ok(out)
 }
 
@@ -713,5 +715,12 @@ mod tests {
             ]
         );
         assert!(parse_requirements(b"\xff\n").is_err());
+    }
+
+    #[test]
+    fn a_continuation_on_the_last_line_is_joined_like_any_other() {
+        // Found by the fuzzer: the last line kept its run of spaces.
+        let reqs = parse_requirements(b"pkg \\\n  ==1.0 \\\n").expect("valid");
+        assert_eq!(reqs, ["pkg ==1.0"]);
     }
 }

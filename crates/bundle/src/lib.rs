@@ -24,6 +24,8 @@ pub mod testing;
 use std::io::{self, Read};
 use std::path::Path;
 
+use sock_proto::v1::FunctionConfig;
+
 pub use cron::Schedule;
 pub use error::{BundleError, Size};
 pub use name::validate_name;
@@ -40,6 +42,18 @@ pub fn validate(bundle: &[u8], limits: &BundleLimits) -> Result<Manifest, Bundle
 /// `dest` is removed again.
 pub fn unpack(bundle: &[u8], dest: &Path, limits: &BundleLimits) -> Result<Manifest, BundleError> {
     unpack::unpack(bundle, dest, limits)
+}
+
+/// Reads a function's config from the bytes of its `ol.yaml` and
+/// `requirements.txt` (either may be absent) as [`validate`] does, less
+/// the checks against the bundle's files (that the entry file exists).
+/// Public for the fuzzer (`fuzz/`), which holds this parser of hostile
+/// text to its invariants.
+pub fn read_config(
+    ol_yaml: Option<&[u8]>,
+    requirements: Option<&[u8]>,
+) -> Result<FunctionConfig, BundleError> {
+    config::function_config(ol_yaml, requirements)
 }
 
 /// Packs a function directory into a bundle, leaving out `.git`,

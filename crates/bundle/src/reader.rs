@@ -71,6 +71,11 @@ const MAX_LONG_NAME: u64 = 4096;
 const MAX_PAX: u64 = 64 << 10;
 /// A tar header is one block; its data is padded to whole blocks.
 const BLOCK: u64 = 512;
+/// What a bundle that validates must also unpack: no name in a path over
+/// the kernel's NAME_MAX, and no path (or symlink target) so long that,
+/// below the directory it is unpacked into, it nears PATH_MAX (4096).
+const MAX_NAME: usize = 255;
+const MAX_PATH: usize = 1024;
 
 /// Reads `bundle`, refusing anything hostile, and feeds `sink`.
 pub(crate) fn read(
@@ -304,6 +309,12 @@ impl Reader<'_> {
                 return Err(BundleError::PathEscapes { entry: entry_name });
             }
         };
+        if path.len() > MAX_PATH || path.split('/').any(|part| part.len() > MAX_NAME) {
+            return Err(BundleError::InvalidEntry {
+                entry: entry_name,
+                reason: "its path is over 1024 bytes or holds a name over 255 bytes",
+            });
+        }
         if (path == OL_YAML || path == REQUIREMENTS) && !matches!(kind, Kind::File) {
             return Err(captured_error(
                 &path,
@@ -411,10 +422,10 @@ impl Reader<'_> {
             entry: name.to_string(),
             reason: "its symlink target is not valid UTF-8 or holds a NUL byte",
         })?;
-        if target.is_empty() {
+        if target.is_empty() || target.len() > MAX_PATH {
             return Err(BundleError::InvalidEntry {
                 entry: name.to_string(),
-                reason: "its symlink target is empty",
+                reason: "its symlink target is empty or over 1024 bytes",
             });
         }
         // The full check, through other symlinks, needs the whole archive

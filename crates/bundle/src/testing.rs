@@ -154,6 +154,24 @@ pub fn hostile_bundles() -> Vec<Hostile> {
     let many = (0..=10_000).fold(TarBuilder::with_entry_file(), |b, i| {
         b.dir(&format!("d{i}/"))
     });
+    // A name the kernel refuses (over NAME_MAX): found by the fuzzer, which
+    // saw it validate and then fail to unpack.
+    let long_name = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(0);
+        tar.append_data(
+            &mut header,
+            format!("{}.py", "n".repeat(253)),
+            std::io::empty(),
+        )
+        .expect("writing to a Vec cannot fail");
+        let mut bundle = TarBuilder::with_entry_file().tar();
+        bundle.truncate(bundle.len() - 1024);
+        bundle.extend(tar.into_inner().expect("writing to a Vec cannot fail"));
+        gzip(&bundle)
+    };
     vec![
         h(
             "not gzip",
@@ -293,6 +311,11 @@ pub fn hostile_bundles() -> Vec<Hostile> {
             "unknown limit",
             with_ol_yaml("limits:\n  memroy_mb: 64\n"),
             "invalid ol.yaml: limits: unknown field `memroy_mb`",
+        ),
+        h(
+            "name too long",
+            long_name,
+            "is invalid: its path is over 1024 bytes or holds a name over 255 bytes",
         ),
     ]
 }

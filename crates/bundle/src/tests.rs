@@ -339,6 +339,63 @@ fn refuses_invalid_ol_yaml() {
     assert!(matches!(err, BundleError::InvalidConfig { .. }), "{err}");
 }
 
+/// A tar of `f.py`, a directory `d` and `entries` (path, symlink target or
+/// "" for a file), with GNU long names where they need them.
+fn with_long_names(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, target) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(0);
+        if target.is_empty() {
+            tar.append_data(&mut header, path, std::io::empty())
+        } else {
+            header.set_entry_type(EntryType::Symlink);
+            tar.append_link(&mut header, path, target)
+        }
+        .expect("tar");
+    }
+    let mut bundle = TarBuilder::with_entry_file().dir("d/").tar();
+    bundle.truncate(bundle.len() - 1024);
+    bundle.extend(tar.into_inner().expect("tar"));
+    gzip(&bundle)
+}
+
+#[test]
+fn refuses_paths_the_kernel_would_not_unpack() {
+    // Each of these validated and then failed to unpack (ENAMETOOLONG).
+    assert!(matches!(
+        refused("name too long"),
+        BundleError::InvalidEntry { .. }
+    ));
+    let name = "n".repeat(250);
+    let deep = [name.as_str(); 5].join("/");
+    // tar drops `.` components, so the long way round is `d/..`.
+    let long_target = ["d/.."; 205].join("/") + "/f.py";
+    for (what, bundle) in [
+        ("path", with_long_names(&[(&format!("{deep}/x.py"), "")])),
+        ("symlink target", with_long_names(&[("l.py", &long_target)])),
+    ] {
+        let err = validate(&bundle, &BundleLimits::default()).expect_err(what);
+        assert!(
+            err.to_string().contains("over 1024 bytes"),
+            "{what}: got '{err}'"
+        );
+    }
+    // Up to the bounds, they unpack.
+    let at_bounds = with_long_names(&[
+        (&format!("{}/{}.py", "d".repeat(255), "n".repeat(252)), ""),
+        ("l.py", &(["d/.."; 203].join("/") + "/f.py")),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    unpack(
+        &at_bounds,
+        &dir.path().join("code"),
+        &BundleLimits::default(),
+    )
+    .expect("unpacks");
+}
+
 #[test]
 fn every_hostile_kind_has_its_own_test() {
     // Keeps the catalogue and the tests above from drifting apart.
@@ -365,6 +422,7 @@ fn every_hostile_kind_has_its_own_test() {
         "missing WSGI module",
         "invalid ol.yaml",
         "unknown limit",
+        "name too long",
     ];
     let kinds: Vec<_> = HOSTILE.iter().map(|h| h.kind).collect();
     assert_eq!(kinds, tested);

@@ -17,7 +17,7 @@ pub(crate) const MAX_HEADER_BYTES: usize = crate::protocol::MAX_HEADER_BYTES as 
 const MAX_FDS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     #[error("the socket closed")]
     Closed,
     #[error("{0}")]
@@ -40,8 +40,9 @@ pub(crate) fn write_header(sock: &mut UnixStream, header: &[u8]) -> Result<(), F
     Ok(())
 }
 
-/// Reads one frame whose body is empty; returns its header's bytes.
-pub(crate) fn read_header(sock: &mut UnixStream) -> Result<Vec<u8>, FrameError> {
+/// Reads one frame whose body is empty; returns its header's bytes. Any
+/// reader, so the fuzzer (`fuzz/`) reads sandboxd's bytes as a child does.
+pub fn read_header(sock: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     let len = read_len(sock)?;
     if len > MAX_HEADER_BYTES {
         return Err(FrameError::TooLarge(len));
@@ -54,7 +55,7 @@ pub(crate) fn read_header(sock: &mut UnixStream) -> Result<Vec<u8>, FrameError> 
     }
 }
 
-fn read_len(sock: &mut UnixStream) -> Result<usize, FrameError> {
+fn read_len(sock: &mut impl Read) -> Result<usize, FrameError> {
     let mut len = [0u8; 4];
     sock.read_exact(&mut len).map_err(eof)?;
     Ok(u32::from_be_bytes(len) as usize)

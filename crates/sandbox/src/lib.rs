@@ -52,7 +52,7 @@
 //! equal to [`INIT_ARG`] to [`sandbox_init`] before it starts any thread,
 //! as `sock-sandboxd`'s main does.
 pub mod cgroups;
-mod frame;
+pub mod frame;
 pub mod init;
 mod lockdown;
 pub mod mounts;

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Headers are a few fields; anything longer is a broken peer.
-pub(crate) const MAX_HEADER_BYTES: u32 = 64 << 10;
+pub const MAX_HEADER_BYTES: u32 = 64 << 10;
 /// Payloads, and any frame but a reply to a call. Replies are bounded by
 /// `max_result_bytes` instead, which the runtime learns from a
 /// [`Header::Limits`] and keeps to itself with a clear error, so only a

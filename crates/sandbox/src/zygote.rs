@@ -149,7 +149,7 @@ pub unsafe extern "C" fn sock_zygote_serve(
     let mut control = std::mem::ManuallyDrop::new(socket());
     loop {
         let (fds, request) = match frame::recv_fds(&control)
-            .and_then(|fds| Ok((fds, frame::read_header(&mut control)?)))
+            .and_then(|fds| Ok((fds, frame::read_header(&mut *control)?)))
         {
             Ok(next) => next,
             Err(FrameError::Closed) => return 1,
@@ -249,7 +249,7 @@ fn child(frame: ForkFrame, request: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>,
             let [root, out, err]: [OwnedFd; 3] = frame::recv_fds(&sock)?
                 .try_into()
                 .map_err(|_| ChildError::Refused("expected 3 fds".into()))?;
-            let served = frame::read_header(&mut sock)?;
+            let served = frame::read_header(&mut *sock)?;
             let function: ForkFrame = serde_json::from_slice(&served)?;
             if function.kind != Kind::Function {
                 return Err(ChildError::Refused(format!(

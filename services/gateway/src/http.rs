@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use sock_proto::v1::{HttpHeader, HttpRequest, HttpResponse};
@@ -54,52 +54,31 @@ pub(crate) fn router(state: Arc<HttpState>, openlambda: Arc<OpenLambda>) -> Rout
 async fn run_root(
     State(state): State<Arc<HttpState>>,
     Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    run(&state, name, String::new(), method, &uri, headers, body).await
+    run(&state, name, String::new(), request).await
 }
 
 async fn run_path(
     State(state): State<Arc<HttpState>>,
     Path((name, path)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    run(&state, name, path, method, &uri, headers, body).await
+    run(&state, name, path, request).await
 }
 
-async fn run(
-    state: &HttpState,
-    function: String,
-    path: String,
-    method: Method,
-    uri: &Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn run(state: &HttpState, function: String, path: String, request: Request) -> Response {
     let (call_id, span) = call_span(&function, "http");
+    let method = request.method().clone();
     let result = async {
-        let timeout_ms = timeout_header(&headers)?;
-        let body = read_body(&headers, body, state.invoker.max_payload_bytes()).await?;
-        let http = HttpRequest {
-            method: method.to_string(),
-            path: format!("/{path}"),
-            query: uri.query().unwrap_or_default().to_string(),
-            headers: forwarded_headers(&headers, state.strip_authorization),
-            root_path: format!("/run/{function}"),
-        };
-        let invocation = Invocation {
+        let invocation = http_invocation(
             function,
-            payload: body,
-            timeout_ms,
-            deadline_left: None,
-            http: Some(http),
-        };
+            &path,
+            request,
+            state.invoker.max_payload_bytes(),
+            state.strip_authorization,
+        )
+        .await?;
         state
             .invoker
             .invoke(invocation, Some(method.as_str()), &call_id)
@@ -124,6 +103,38 @@ async fn run(
             error.into_http(Some(&call_id))
         }
     }
+}
+
+/// The call a `/run/<function>/<path>` request asks for, as routed: its
+/// budget (`x-sock-timeout-ms`), its body within `max_payload_bytes`, and
+/// what an app gets of it. With `strip_authorization` the caller's
+/// `authorization` is the platform's and stays here. Public for the fuzzer
+/// (`fuzz/`), which holds this mapping of hostile requests to its
+/// invariants.
+pub async fn http_invocation(
+    function: String,
+    path: &str,
+    request: Request,
+    max_payload_bytes: u64,
+    strip_authorization: bool,
+) -> Result<Invocation, Error> {
+    let (parts, body) = request.into_parts();
+    let timeout_ms = timeout_header(&parts.headers)?;
+    let payload = read_body(&parts.headers, body, max_payload_bytes).await?;
+    let http = HttpRequest {
+        method: parts.method.to_string(),
+        path: format!("/{path}"),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: forwarded_headers(&parts.headers, strip_authorization),
+        root_path: format!("/run/{function}"),
+    };
+    Ok(Invocation {
+        function,
+        payload,
+        timeout_ms,
+        deadline_left: None,
+        http: Some(http),
+    })
 }
 
 fn timeout_header(headers: &HeaderMap) -> Result<Option<u32>, Error> {

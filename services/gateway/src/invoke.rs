@@ -50,7 +50,7 @@ use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 
 /// A call as it arrives.
-pub(crate) struct Invocation {
+pub struct Invocation {
     pub function: String,
     pub payload: Vec<u8>,
     /// The caller's own bound (`timeout_ms`, `x-sock-timeout-ms`).

@@ -55,7 +55,8 @@ use tonic::transport::Server;
 pub use config::Config;
 pub use cron::{FIRE_TIME_HEADER, SCHEDULE_HEADER, TRIGGER_HEADER};
 pub use error::{CALL_ID_HEADER, ERROR_HEADER, Error, StartError};
-pub use http::TIMEOUT_HEADER;
+pub use http::{TIMEOUT_HEADER, http_invocation};
+pub use invoke::Invocation;
 pub use openlambda::VERSION_HEADER;
 
 use grpc::GatewayService;
