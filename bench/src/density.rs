@@ -186,13 +186,7 @@ pub async fn fill(bin: &Path, sizes: &FillSizes) -> anyhow::Result<Fill> {
         ("SOCK_SANDBOXD_MEMORY_MB", sizes.memory_mb.to_string()),
         ("SOCK_SANDBOXD_PAUSE_AFTER_MS", PAUSE_AFTER_MS.to_string()),
     ];
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking({
-            let bin = bin.to_path_buf();
-            move || sock::start(&bin, &env.each_ref().map(|(k, v)| (*k, v.as_str())))
-        })
-        .await?,
-    );
+    let cluster = sock::start_shared(bin, &env).await?;
     let filled = fill_pool(&cluster, sizes).await;
     // Every task holding the cluster has ended.
     if let Some(cluster) = Arc::into_inner(cluster) {

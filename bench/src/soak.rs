@@ -277,13 +277,7 @@ pub async fn run(
         ("SOCK_SANDBOXD_MEMORY_MB", MEMORY_MB.to_string()),
         ("SOCK_SANDBOXD_PAUSE_AFTER_MS", PAUSE_AFTER_MS.to_string()),
     ];
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking({
-            let bin = bin.to_path_buf();
-            move || sock::start(&bin, &env.each_ref().map(|(k, v)| (*k, v.as_str())))
-        })
-        .await?,
-    );
+    let cluster = sock::start_shared(bin, &env).await?;
     let soaked = soak(&cluster, &sizes).await;
     let instance = cluster.instance.clone();
     // Every task holding the cluster has ended.

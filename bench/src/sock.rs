@@ -296,6 +296,22 @@ pub fn start(bin: &Path, env: &[(&str, &str)]) -> Cluster {
     Cluster::start_from(bin, "bench", &all)
 }
 
+/// [`start`] off the runtime (starting waits for every service), shared
+/// by the tasks that call it.
+pub async fn start_shared(bin: &Path, env: &[(&str, String)]) -> anyhow::Result<Arc<Cluster>> {
+    let bin = bin.to_path_buf();
+    let env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let env: Vec<_> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        start(&bin, &env)
+    })
+    .await?;
+    Ok(Arc::new(cluster))
+}
+
 /// Stops `cluster` as Ctrl-C would; a `sock up` that does not exit cleanly
 /// is worth a warning, not a failed run.
 pub async fn stop(cluster: Cluster) -> anyhow::Result<()> {

@@ -94,18 +94,12 @@ async fn start(data_dir: PathBuf, min_free_mb: u64) -> Registry {
 
 /// A bundle of about `kb` KiB that gzip cannot shrink.
 fn bundle(seed: u64, kb: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let filler: String = (0..kb * 1024 / 16)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            format!("{state:016x}")
-        })
-        .collect();
     sock_testkit::functions::bundle(&[
         ("f.py", &format!("def f(event):\n    return {seed}\n")),
-        ("filler.txt", &filler),
+        (
+            "filler.txt",
+            &sock_testkit::functions::incompressible(seed, kb << 10),
+        ),
     ])
 }
 
@@ -134,24 +128,19 @@ async fn served(registry: &Registry, name: &str) -> Vec<u8> {
     response.bytes().await.expect("body").to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_registry_disk_refuses_pushes_clearly_and_loses_nothing() {
-    if !have_root() {
-        return;
-    }
-    let disk = Tmpfs::mount("size=8m");
-    let mut registry = start(disk.path().join("registry"), 1).await;
-
-    // Fill it: distinct functions of 512 KiB until one does not fit.
+/// Pushes distinct functions of `kb` KiB until one is refused: what was
+/// stored (name, bundle) and the refusal, checked to be the registry's
+/// typed "disk is full" naming `limit` (what ran out).
+async fn fill(registry: &mut Registry, kb: usize, limit: &str) -> Vec<(String, Vec<u8>)> {
     let mut kept = Vec::new();
     let refusal = loop {
         let name = format!("f{}", kept.len());
-        let sent = bundle(kept.len() as u64, 512);
-        match push(&mut registry, &name, sent.clone()).await {
+        let sent = bundle(kept.len() as u64, kb);
+        match push(registry, &name, sent.clone()).await {
             Ok(_) => kept.push((name, sent)),
             Err(status) => break status,
         }
-        assert!(kept.len() < 64, "an 8 MiB disk took 32 MiB of pushes");
+        assert!(kept.len() < 200, "the disk took 200 pushes");
     };
     assert!(!kept.is_empty(), "nothing fitted: {refusal:?}");
     assert_eq!(
@@ -161,9 +150,22 @@ async fn a_full_registry_disk_refuses_pushes_clearly_and_loses_nothing() {
     );
     assert!(
         refusal.message().starts_with("the registry's disk is full")
-            && refusal.message().contains("min_free_mb"),
-        "the refusal says the disk is full and which setting: {refusal:?}"
+            && refusal.message().contains(limit),
+        "the refusal says the disk is full and what ran out ({limit}): {refusal:?}"
     );
+    kept
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_registry_disk_refuses_pushes_clearly_and_loses_nothing() {
+    if !have_root() {
+        return;
+    }
+    let disk = Tmpfs::mount("size=8m");
+    let mut registry = start(disk.path().join("registry"), 1).await;
+
+    // Fill it with functions of 512 KiB.
+    let kept = fill(&mut registry, 512, "min_free_mb").await;
 
     // Everything pushed before serves, from the same process.
     for (name, sent) in &kept {
@@ -203,27 +205,7 @@ async fn a_disk_out_of_inodes_refuses_pushes_clearly_and_loses_nothing() {
     // Space, but few files.
     let disk = Tmpfs::mount("size=64m,nr_inodes=96");
     let mut registry = start(disk.path().join("registry"), 1).await;
-    let mut kept = Vec::new();
-    let refusal = loop {
-        let name = format!("f{}", kept.len());
-        let sent = bundle(kept.len() as u64, 256);
-        match push(&mut registry, &name, sent.clone()).await {
-            Ok(_) => kept.push((name, sent)),
-            Err(status) => break status,
-        }
-        assert!(kept.len() < 200, "96 inodes took 200 pushes");
-    };
-    assert!(!kept.is_empty(), "nothing fitted: {refusal:?}");
-    assert_eq!(
-        ErrorKind::stamped(&refusal),
-        Some(ErrorKind::Platform),
-        "{refusal:?}"
-    );
-    assert!(
-        refusal.message().starts_with("the registry's disk is full")
-            && refusal.message().contains("64 files"),
-        "{refusal:?}"
-    );
+    let kept = fill(&mut registry, 256, "64 files").await;
     for (name, sent) in &kept {
         assert!(
             served(&registry, name).await == *sent,

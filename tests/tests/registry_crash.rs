@@ -37,15 +37,8 @@ fn start(data_dir: &Path, grpc: &str, http: &str) -> Process {
 
 /// Push `seq` of client `client`: its own code and filler.
 fn bundle(client: usize, seq: u64) -> Vec<u8> {
-    let mut state = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq;
-    let filler: String = (0..FILLER_BYTES / 16)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            format!("{state:016x}")
-        })
-        .collect();
+    let seed = ((client as u64) << 32) | seq;
+    let filler = sock_testkit::functions::incompressible(seed, FILLER_BYTES);
     let code = format!("def f(event):\n    return \"{client}-{seq}\"\n");
     sock_testkit::functions::bundle(&[("f.py", &code), ("filler.txt", &filler)])
 }

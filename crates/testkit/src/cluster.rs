@@ -188,17 +188,10 @@ impl Cluster {
     /// state: those whose environment names its data dir.
     pub fn processes(&self) -> Vec<i32> {
         let dir = self.data_dir().as_os_str().as_encoded_bytes();
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.windows(dir.len()).any(|w| w == dir))
-            })
-            .collect()
+        pids_where(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(dir.len()).any(|w| w == dir))
+        })
     }
 
     /// Waits up to `within` for `sock up` to exit on its own.
@@ -380,16 +373,21 @@ pub async fn channel(addr: &str) -> Channel {
 /// hierarchy: the sandboxes' inits, runtimes and zygotes.
 pub fn sandbox_pids(instance: &str) -> Vec<i32> {
     let below = format!("/sock/{instance}/");
+    pids_where(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|cgroups| cgroups.contains(&below))
+    })
+}
+
+/// The processes of this machine for which `keep` holds.
+fn pids_where(keep: impl Fn(i32) -> bool) -> Vec<i32> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cgroups| cgroups.contains(&below))
-        })
+        .filter(|pid| keep(*pid))
         .collect()
 }
 

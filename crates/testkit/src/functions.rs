@@ -19,6 +19,20 @@ pub fn bundle(files: &[(&str, &str)]) -> Vec<u8> {
     sock_bundle::pack(dir.path()).expect("pack test function")
 }
 
+/// About `bytes` of text that gzip cannot shrink much (the hex of a
+/// xorshift stream from `seed`): filler that makes a bundle big.
+pub fn incompressible(seed: u64, bytes: usize) -> String {
+    let mut state = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..bytes / 16)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            format!("{state:016x}")
+        })
+        .collect()
+}
+
 /// The repository's `examples/<name>` directory.
 pub fn example(name: &str) -> std::path::PathBuf {
     crate::repository().join("examples").join(name)
