@@ -19,6 +19,44 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     )
 }
 
+/// Series `index`'s line through `points`, named `label` in the legend.
+fn line<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    index: usize,
+    label: String,
+    points: impl IntoIterator<Item = (f64, f64)>,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let color = Palette99::pick(index).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend of the lines drawn, at the lower right.
+fn legend<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged,
+    Y: Ranged,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// CDF of per-call latency of every series, on a log axis.
 pub fn latency_cdf(path: &Path, title: &str, series: &[&Series]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
@@ -38,23 +76,14 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[&Series]) -> anyhow::Resu
     for (i, s) in series.iter().enumerate() {
         let ms = s.sorted_ms();
         let n = ms.len() as f64;
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                ms.iter().enumerate().map(|(k, v)| (*v, (k + 1) as f64 / n)),
-                color.stroke_width(2),
-            ))?
-            .label(format!("{} (n={})", s.label, s.samples.len()))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(
+            &mut chart,
+            i,
+            format!("{} (n={})", s.label, s.samples.len()),
+            ms.iter().enumerate().map(|(k, v)| (*v, (k + 1) as f64 / n)),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -155,21 +184,10 @@ pub fn time_series(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result
             .x_desc("seconds into the run")
             .y_desc(panel.y_desc.as_str())
             .draw()?;
-        for (i, (label, line)) in panel.lines.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))?
-                .label(label.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+        for (i, (label, points)) in panel.lines.iter().enumerate() {
+            line(&mut chart, i, label.clone(), points.iter().copied())?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart)?;
     }
     root.present()?;
     Ok(())
