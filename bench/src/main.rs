@@ -95,7 +95,9 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if args.only.is_none_or(|p| p == Phase::Soak) {
-            soak::phase(&bin, &out, args.quick, args.minutes).await?;
+            let soaked = soak::run(&bin, args.quick, args.minutes).await?;
+            report::write_soak(&out, &soaked)?;
+            soak::verdict(&soaked, &out)?;
         }
         Ok(())
     })

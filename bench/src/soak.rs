@@ -308,16 +308,9 @@ pub async fn run(
     })
 }
 
-/// The soak, written to RELIABILITY.md; fails the run on any untyped
-/// failure or hung call, never on timing or growth.
-pub async fn phase(
-    bin: &std::path::Path,
-    out: &std::path::Path,
-    quick: bool,
-    minutes: Option<u64>,
-) -> anyhow::Result<()> {
-    let r = run(bin, quick, minutes).await?;
-    crate::report::write_soak(out, &r)?;
+/// Says how the soak went (its report written to `out`); fails the run on
+/// any untyped failure or hung call, never on timing or growth.
+pub fn verdict(r: &Results, out: &std::path::Path) -> anyhow::Result<()> {
     for g in r.growth() {
         println!("sock-bench: soak: {}", g.verdict());
     }
