@@ -72,17 +72,9 @@ struct Registry {
 
 async fn start(data_dir: PathBuf, min_free_mb: u64) -> Registry {
     let (grpc, http) = (free_addr(), free_addr());
-    let process = process::start(
-        "sock-registry",
-        &[
-            ("SOCK_REGISTRY_GRPC_LISTEN", grpc.clone()),
-            ("SOCK_REGISTRY_HTTP_LISTEN", http.clone()),
-            ("SOCK_REGISTRY_DATA_DIR", data_dir.display().to_string()),
-            ("SOCK_REGISTRY_MIN_FREE_MB", min_free_mb.to_string()),
-        ],
-    );
+    let env = [("SOCK_REGISTRY_MIN_FREE_MB", min_free_mb.to_string())];
+    let process = process::registry(&data_dir, &grpc, &http, &env).await;
     let url = format!("http://{grpc}");
-    process::wait_for(&url).await;
     let client = RegistryClient::new(Channel::from_shared(url).expect("url").connect_lazy())
         .max_encoding_message_size(64 << 20);
     Registry {
@@ -116,16 +108,9 @@ async fn push(registry: &mut Registry, name: &str, bundle: Vec<u8>) -> Result<u6
 
 /// The latest bundle of `name`, as the registry's HTTP store serves it.
 async fn served(registry: &Registry, name: &str) -> Vec<u8> {
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(format!("http://{}/functions/{name}", registry.http))
-        .send()
+    process::bundle_at(&registry.http, &format!("/functions/{name}"))
         .await
-        .expect("GET");
-    assert_eq!(response.status(), 200, "{name}");
-    response.bytes().await.expect("body").to_vec()
+        .1
 }
 
 /// Pushes distinct functions of `kb` KiB until one is refused: what was

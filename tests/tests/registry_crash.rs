@@ -7,7 +7,6 @@
 //! the exact bytes pushed, and version numbers go on growing, never
 //! reused. Real registry processes; no root needed.
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use sock_proto::v1::registry_client::RegistryClient;
 use sock_proto::v1::{GetFunctionRequest, PushFunctionRequest};
-use sock_testkit::process::{self, Process, free_addr};
+use sock_testkit::process::{self, bundle_at, free_addr};
 use tonic::transport::Channel;
 
 const ROUNDS: u64 = 5;
@@ -23,17 +22,6 @@ const CLIENTS: usize = 4;
 /// Pseudo-random text in each bundle, so that a push takes long enough to
 /// be cut in the middle.
 const FILLER_BYTES: usize = 128 << 10;
-
-fn start(data_dir: &Path, grpc: &str, http: &str) -> Process {
-    process::start(
-        "sock-registry",
-        &[
-            ("SOCK_REGISTRY_GRPC_LISTEN", grpc.to_string()),
-            ("SOCK_REGISTRY_HTTP_LISTEN", http.to_string()),
-            ("SOCK_REGISTRY_DATA_DIR", data_dir.display().to_string()),
-        ],
-    )
-}
 
 /// Push `seq` of client `client`: its own code and filler.
 fn bundle(client: usize, seq: u64) -> Vec<u8> {
@@ -92,18 +80,6 @@ async fn push_until_killed(
     }
 }
 
-async fn fetch(http: &reqwest::Client, url: String) -> (u64, Vec<u8>) {
-    let response = http.get(&url).send().await.expect("GET a bundle");
-    assert_eq!(response.status(), 200, "{url}");
-    let version = response
-        .headers()
-        .get("x-sock-version")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("x-sock-version");
-    (version, response.bytes().await.expect("body").to_vec())
-}
-
 /// Checks, after a restart, what the kills left of each client's pushes;
 /// `current` remembers each function's version at the last check.
 async fn check_after_kill(
@@ -112,10 +88,6 @@ async fn check_after_kill(
     http_addr: &str,
     current: &mut HashMap<String, u64>,
 ) {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client");
     let mut registry = RegistryClient::new(
         Channel::from_shared(format!("http://{grpc}"))
             .expect("url")
@@ -136,15 +108,15 @@ async fn check_after_kill(
             "{name}: version {} after the kill, last acknowledged {last_version}",
             info.version
         );
-        let (latest, bytes) = fetch(&http, format!("http://{http_addr}/functions/{name}")).await;
+        let (latest, bytes) = bundle_at(http_addr, &format!("/functions/{name}")).await;
         assert_eq!(latest, info.version);
         assert!(
             pushes.sent.contains(&bytes),
             "{name}: the latest bundle is not one that was pushed (torn write)"
         );
-        let (kept, bytes) = fetch(
-            &http,
-            format!("http://{http_addr}/functions/{name}/versions/{last_version}"),
+        let (kept, bytes) = bundle_at(
+            http_addr,
+            &format!("/functions/{name}/versions/{last_version}"),
         )
         .await;
         assert_eq!(kept, last_version);
@@ -171,9 +143,8 @@ async fn a_registry_killed_mid_push_keeps_every_acknowledged_push_whole() {
     let mut current = HashMap::new();
 
     for round in 0..=ROUNDS {
-        let mut registry = start(data_dir.path(), &grpc, &http_addr);
+        let mut registry = process::registry(data_dir.path(), &grpc, &http_addr, &[]).await;
         let url = format!("http://{grpc}");
-        process::wait_for(&url).await;
         check_after_kill(&clients, &grpc, &http_addr, &mut current).await;
         if round == ROUNDS {
             registry.stop(Signal::SIGTERM);

@@ -1,5 +1,6 @@
 //! Single services a test starts beside a cluster (a second node, a
 //! second gateway), from the workspace's binaries.
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,4 +69,40 @@ pub async fn wait_for(addr: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A `sock-registry` process serving gRPC on `grpc` and its bundle store on
+/// `http` from `data_dir`, with `env` besides, once it takes connections.
+pub async fn registry(data_dir: &Path, grpc: &str, http: &str, env: &[(&str, String)]) -> Process {
+    let mut all = vec![
+        ("SOCK_REGISTRY_GRPC_LISTEN", grpc.to_string()),
+        ("SOCK_REGISTRY_HTTP_LISTEN", http.to_string()),
+        ("SOCK_REGISTRY_DATA_DIR", data_dir.display().to_string()),
+    ];
+    all.extend_from_slice(env);
+    let process = start("sock-registry", &all);
+    wait_for(&format!("http://{grpc}")).await;
+    process
+}
+
+/// The bundle a registry's store at `http` serves at `path`
+/// (`/functions/NAME[/versions/N]`), with its `x-sock-version`.
+pub async fn bundle_at(http: &str, path: &str) -> (u64, Vec<u8>) {
+    let url = format!("http://{http}{path}");
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(&url)
+        .send()
+        .await
+        .expect("GET a bundle");
+    assert_eq!(response.status(), 200, "{url}");
+    let version = response
+        .headers()
+        .get("x-sock-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("x-sock-version");
+    (version, response.bytes().await.expect("body").to_vec())
 }
